@@ -1,0 +1,173 @@
+"""The ``searchlearn`` command: run a config, show or export a stored run.
+
+Errors the user can fix (bad config, missing file, missing key) print one message and
+exit 2, with no traceback. Logs are structured (structlog), quiet by default
+(warnings only), ``--verbose`` for info, ``--log-json`` for JSON lines on stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import structlog
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from runtime.config import DEFAULT_STORE, load_config
+from runtime.errors import ConfigError
+from runtime.store import EpisodeStore
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="searchlearn: search and learning for reasoning models, online and durable.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+
+def configure_logging(verbose: bool, json_logs: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    renderer: Any = structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def summary_table(title: str, stats: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f} %"
+
+    rows = [
+        ("episodes", f"{stats['episodes']:,}"),
+        ("failed", f"{stats['failed']:,}"),
+        ("accuracy", pct(stats.get("accuracy"))),
+        ("mean reward", "-" if stats.get("mean_reward") is None else f"{stats['mean_reward']:.3f}"),
+        ("prompt tokens", f"{stats['prompt_tokens']:,}"),
+        ("completion tokens", f"{stats['completion_tokens']:,}"),
+        ("cost", f"${stats['cost']:.4f}"),
+    ]
+    if "episodes_per_s" in stats:
+        rows.append(("episodes/s", f"{stats['episodes_per_s']:.2f}"))
+    if stats.get("skipped"):
+        rows.append(("skipped (already stored)", f"{stats['skipped']:,}"))
+    for name, count in stats.get("failures", {}).items():
+        rows.append((f"  failures: {name}", f"{count:,}"))
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="YAML run config.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: key.sub=value (repeatable).")] = None,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Structured JSON logs on stderr.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at info level.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Run a config: stream episodes into the store, then print a summary table.
+
+    Rerunning the same run_id resumes: stored episodes are skipped.
+    """
+    configure_logging(verbose, log_json)
+    try:
+        cfg = load_config(config, set_ or [])
+        from runtime.build import build_runtime, build_tasks
+
+        tasks = list(build_tasks(cfg))
+        rt = build_runtime(cfg, handle_signals=True)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    total = len(tasks) * cfg.scheduler.samples_per_task
+    stats = anyio.run(_run, rt, tasks, total, progress)
+    out.print(summary_table(f"run {cfg.run_id}", stats))
+    if rt.stop_reason:
+        console.print(f"stopped early: {rt.stop_reason}", highlight=False)
+        if "budget" in rt.stop_reason:
+            raise typer.Exit(3)
+
+
+async def _run(rt: Any, tasks: list[Any], total: int, show: bool) -> dict[str, Any]:
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    columns.append(TextColumn("acc {task.fields[acc]}  fail {task.fields[fail]}"))
+    with Progress(*columns, console=console, disable=not show or not console.is_terminal, transient=False) as bar:
+        job = bar.add_task("episodes", total=total, acc="-", fail=0)
+        try:
+            async with rt:
+                done = rt.store.count(rt.run_id) if rt.store else 0
+                bar.update(job, completed=min(done, total))
+                async for _ in rt.stream(tasks):
+                    s = rt.stats
+                    acc = f"{100 * s.solved / s.rewarded:.1f}%" if s.rewarded else "-"
+                    bar.update(job, advance=1, acc=acc, fail=s.failed)
+        finally:
+            await rt.policy.aclose()
+    return rt.stats.as_dict()
+
+
+@app.command()
+def show(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    store: Annotated[Path, typer.Option(help="Episode store (SQLite file).")] = Path(DEFAULT_STORE),
+) -> None:
+    """Summarise a stored run: episodes, accuracy, tokens, cost, failures."""
+    st = _open_store(store)
+    summary = st.summary(run_id)
+    if not summary["episodes"]:
+        _fail(f"no episodes of run {run_id!r} in {store} (runs there: {', '.join(st.runs()) or 'none'})")
+    if summary["span_seconds"]:
+        summary["episodes_per_s"] = summary["episodes"] / summary["span_seconds"]
+    out.print(summary_table(f"run {run_id} ({store})", summary))
+
+
+@app.command()
+def export(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    store: Annotated[Path, typer.Option(help="Episode store (SQLite file).")] = Path(DEFAULT_STORE),
+    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="JSONL file (default RUN.jsonl).")] = None,
+) -> None:
+    """Export a stored run's episodes (full trees) to JSONL, one episode per line."""
+    st = _open_store(store)
+    if not st.count(run_id):
+        _fail(f"no episodes of run {run_id!r} in {store}")
+    target = out_path or Path(f"{run_id}.jsonl")
+    n = st.export_jsonl(run_id, target)
+    console.print(f"wrote {n} episodes to {target}", highlight=False)
+
+
+def _open_store(path: Path) -> EpisodeStore:
+    if not path.is_file():
+        _fail(f"episode store {path} does not exist")
+    return EpisodeStore(path)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,248 @@
+"""Typed run configuration (YAML) and the one place that builds a run from it.
+
+Each section is a small pydantic model with ranges checked at construction and a
+docstring per field; unknown keys are errors. :func:`load_config` turns every problem
+(missing file, bad YAML, bad value, missing API key) into a :class:`ConfigError` whose
+message names the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from runtime.errors import ConfigError
+
+__all__ = ["RunConfig", "apply_overrides", "format_validation_error", "load_config"]
+
+DEFAULT_STORE = "runs/searchlearn.db"
+DEFAULT_CONCURRENCY = 64
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class PriceConfig(_Section):
+    input: float = Field(ge=0)
+    """USD per million prompt tokens."""
+    output: float = Field(ge=0)
+    """USD per million completion tokens."""
+
+
+class PolicyConfig(_Section):
+    kind: Literal["openai", "local", "scripted"] = "openai"
+    """Backend: an OpenAI-compatible server, a local transformers checkpoint, or the scripted fake."""
+    model: str = "gpt-4o-mini"
+    """Model name sent to the server (openai) or used for the price table."""
+    base_url: str | None = None
+    """Server URL, e.g. http://127.0.0.1:8000/v1; None means OpenAI itself."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key (required when base_url is None)."""
+    mode: Literal["chat", "completion"] = "chat"
+    """Chat completions or plain completions."""
+    server: Literal["openai", "vllm", "sglang", "transformers", "llamacpp", "other"] = "openai"
+    """Which server software, for its known quirks (n, sampling, continuation)."""
+    prompt_template: Literal["chatml", "plain"] = "chatml"
+    """How completion mode renders chat messages into a prompt."""
+    max_concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1)
+    """Most requests in flight to this endpoint at once."""
+    requests_per_minute: float | None = Field(None, gt=0)
+    """Request rate limit of the endpoint."""
+    tokens_per_minute: float | None = Field(None, gt=0)
+    """Token rate limit of the endpoint (prompt + completion)."""
+    budget_usd: float | None = Field(None, ge=0)
+    """Stop admitting episodes once this much has been spent."""
+    price: PriceConfig | None = None
+    """Price of the model; defaults to the built-in table."""
+    timeout: float = Field(60.0, gt=0)
+    """Seconds before one HTTP request times out."""
+    retry_attempts: int = Field(6, ge=1)
+    """Attempts per request on 429 / 5xx / timeouts / connection errors."""
+    retry_max_wait: float = Field(30.0, gt=0)
+    """Cap on one backoff wait, Retry-After included."""
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    """Extra JSON fields sent with every request."""
+    path: str = "bundled"
+    """Local checkpoint directory (kind local); 'bundled' is the shipped tiny policy."""
+    script: list[str] = Field(default_factory=lambda: ["Answer: 42"])
+    """Texts the scripted policy returns in turn (kind scripted)."""
+    latency: float = Field(0.0, ge=0)
+    """Seconds per call of the scripted policy."""
+
+
+class TasksConfig(_Section):
+    source: Literal["tiny", "reasoning_gym", "jsonl"] = "tiny"
+    """Where tasks come from."""
+    name: str | None = None
+    """reasoning-gym dataset name (source reasoning_gym)."""
+    size: int = Field(100, ge=1)
+    """Number of tasks (tiny, reasoning_gym)."""
+    seed: int = 0
+    """Seed of the generated tasks."""
+    config: dict[str, Any] = Field(default_factory=dict)
+    """Extra reasoning-gym dataset config."""
+    path: str | None = None
+    """JSONL file (source jsonl)."""
+    steps: list[Annotated[int, Field(ge=1, le=8)]] = Field(default_factory=lambda: [3, 4])
+    """Problem lengths of the tiny domain, cycled."""
+
+
+class ChainOfThoughtConfig(_Section):
+    name: Literal["chain_of_thought"]
+    """Step-by-step chain-of-thought, one step per call."""
+
+
+class BestOfNConfig(_Section):
+    name: Literal["best_of_n"]
+    """Best-of-N over full solutions."""
+    n: int = Field(8, ge=1, le=1024)
+    """Solutions sampled per episode."""
+    selection: Literal["majority", "weighted_majority", "process", "outcome"] = "majority"
+    """How the kept solution is chosen."""
+    aggregate: Literal["last", "min", "product", "mean"] = "min"
+    """How step scores combine for process selection."""
+
+
+StrategyConfig = Annotated[ChainOfThoughtConfig | BestOfNConfig, Field(discriminator="name")]
+
+
+class SamplingConfig(_Section):
+    temperature: float = Field(0.8, ge=0, le=2)
+    """Sampling temperature (0 = greedy)."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass."""
+    step_delimiter: str = Field("\n", min_length=1)
+    """Text that ends one reasoning step."""
+    step_max_tokens: int = Field(64, ge=1)
+    """Token cap of one step."""
+    max_tokens: int = Field(512, ge=1)
+    """Token cap of a full solution."""
+    max_steps: int = Field(16, ge=1)
+    """Steps before a path is cut off."""
+    logprobs: bool = False
+    """Ask the backend for token logprobs."""
+    seed: int | None = None
+    """Base sampling seed, where the backend honours seeds."""
+
+
+class VerifiersConfig(_Section):
+    outcome: Literal["exact", "regex", "math", "reasoning_gym", "none"] = "exact"
+    """Outcome verifier that sets the episode's reward."""
+    regex: str | None = None
+    """Pattern for the regex outcome verifier."""
+    process: Literal["tiny_rule", "none"] = "none"
+    """Process (step) verifier."""
+    answer_patterns: list[str] = Field(default_factory=lambda: ["boxed", "answer_line"])
+    """Answer extraction, in order: boxed, answer_line, last_number, or a regex with one group."""
+    timeout: float = Field(30.0, gt=0)
+    """Seconds one verifier call may take."""
+
+
+class SchedulerConfig(_Section):
+    concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1)
+    """Episodes running at once."""
+    buffer: int = Field(256, ge=1)
+    """Finished episodes buffered for the consumer."""
+    samples_per_task: int = Field(1, ge=1)
+    """Episodes per task."""
+    episode_timeout: float | None = Field(None, gt=0)
+    """Seconds before an episode fails with EpisodeTimeout."""
+    token_budget: int | None = Field(None, ge=1)
+    """Tokens one episode may use."""
+    on_shutdown: Literal["finish", "abandon"] = "finish"
+    """On SIGINT/SIGTERM: let in-flight episodes finish, or abandon them (they rerun on resume)."""
+    drain_timeout: float = Field(30.0, ge=0)
+    """Seconds in-flight episodes get to finish on shutdown."""
+    retry_failed: bool = False
+    """On resume, run failed episodes again."""
+
+
+class StoreConfig(_Section):
+    path: str = DEFAULT_STORE
+    """SQLite file of the episode store."""
+
+
+class RunConfig(_Section):
+    run_id: str = Field("default", min_length=1)
+    """Name of the run; rerunning the same id resumes it."""
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    tasks: TasksConfig = Field(default_factory=TasksConfig)
+    strategy: StrategyConfig = Field(default_factory=lambda: ChainOfThoughtConfig(name="chain_of_thought"))
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    verifiers: VerifiersConfig = Field(default_factory=VerifiersConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = err.get("input")
+        shown = "" if err["type"] == "missing" else f" (got {got!r})"
+        lines.append(f"  {loc}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides; values are parsed as YAML scalars."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        target = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = target.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part} is not a section")
+            target = child
+        target[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a YAML config; every failure is a ConfigError."""
+    data: Any = {}
+    source = str(path) if path else "(defaults)"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping, not {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+    check_config(config)
+    return config
+
+
+def check_config(config: RunConfig) -> None:
+    """Checks that need more than one field, or the environment."""
+    p, t = config.policy, config.tasks
+    if p.kind == "openai" and p.base_url is None and not os.environ.get(p.api_key_env):
+        raise ConfigError(
+            f"policy.api_key_env: environment variable {p.api_key_env} is not set; "
+            "set it, or point policy.base_url at a local OpenAI-compatible server"
+        )
+    if t.source == "reasoning_gym" and not t.name:
+        raise ConfigError("tasks.name: a reasoning_gym source needs a dataset name (e.g. basic_arithmetic)")
+    if t.source == "jsonl" and not t.path:
+        raise ConfigError("tasks.path: a jsonl source needs a file path")
+    if config.verifiers.process == "none" and getattr(config.strategy, "selection", "") in ("process", "weighted_majority"):
+        raise ConfigError(
+            f"verifiers.process: strategy.selection {config.strategy.selection!r} needs a process verifier "  # type: ignore[union-attr]
+            "(allowed: tiny_rule)"
+        )

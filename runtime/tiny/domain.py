@@ -1,0 +1,229 @@
+"""The tiny reasoning domain: arithmetic with precedence, solved one step per line.
+
+A problem is an expression over small integers with ``+``, ``-`` and ``*``
+(``Evaluate: 3+4*5-6``). A solution reduces it one operation at a time, products
+first, then sums from left to right, rewriting what is left after each step::
+
+    Plan: 1 product first, then 2 sums left to right.
+    4*5=20, leaving 3+20-6
+    3+20=23, leaving 23-6
+    23-6=17
+    Answer: 17
+
+Design decisions:
+- Products only ever join two original operands (no ``a*b*c``), so every product
+  step is a times-table fact and a few-million-parameter model can learn it.
+- Every step line restates the remaining expression, so a step can be checked in
+  isolation by :func:`check_step` (the rule-based process verifier) and a policy never
+  has to track hidden state.
+- Training traces carry the behaviours search exploits: a ``Plan:`` line for problems
+  of three or more steps, and with some probability a wrong step followed by an
+  explicit reflection (``check: 7*8=54 is wrong, 7*8=56, leaving ...``).
+- The answer checker is exact integer comparison of the ``Answer:`` line.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+__all__ = [
+    "ArithProblem",
+    "check_step",
+    "generate_problem",
+    "parse_expression",
+    "solution_steps",
+    "training_trace",
+]
+
+_TOKEN = re.compile(r"-?\d+|[+\-*]")
+_STEP = re.compile(
+    r"^(?:check: (?P<wa>-?\d+)(?P<wop>[+\-*])(?P<wb>-?\d+)=(?P<wc>-?\d+) is wrong, )?"
+    r"(?P<a>-?\d+)(?P<op>[+\-*])(?P<b>-?\d+)=(?P<c>-?\d+)(?:, leaving (?P<rest>[-+*\d]+))?$"
+)
+
+
+@dataclass(frozen=True)
+class ArithProblem:
+    """One problem: operands, operators and the value of the expression."""
+
+    numbers: tuple[int, ...]
+    ops: tuple[str, ...]
+
+    @property
+    def expression(self) -> str:
+        return render(list(self.numbers), list(self.ops))
+
+    @property
+    def question(self) -> str:
+        return f"Evaluate: {self.expression}"
+
+    @property
+    def steps(self) -> int:
+        return len(self.ops)
+
+    @property
+    def answer(self) -> int:
+        return evaluate(list(self.numbers), list(self.ops))
+
+
+def render(numbers: list[int], ops: list[str]) -> str:
+    out = [str(numbers[0])]
+    for op, n in zip(ops, numbers[1:], strict=True):
+        out.append(op)
+        out.append(str(n))
+    return "".join(out)
+
+
+def parse_expression(text: str) -> tuple[list[int], list[str]]:
+    """Split ``3+-4*5`` into numbers and operators; raise ValueError if malformed."""
+    tokens = _TOKEN.findall(text)
+    if "".join(tokens) != text.replace(" ", ""):
+        raise ValueError(f"not an expression: {text!r}")
+    numbers: list[int] = []
+    ops: list[str] = []
+    expect_number = True
+    for tok in tokens:
+        if expect_number:
+            numbers.append(int(tok))
+        elif tok in "+-*":
+            ops.append(tok)
+        else:  # "-3" directly after a number reads as "- 3"
+            ops.append("-")
+            numbers.append(int(tok[1:]))
+            continue
+        expect_number = not expect_number
+    if len(numbers) != len(ops) + 1:
+        raise ValueError(f"not an expression: {text!r}")
+    return numbers, ops
+
+
+def _apply(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def next_reduction(ops: list[str]) -> int:
+    """Index of the operator reduced next: the first product, else the first sum."""
+    return ops.index("*") if "*" in ops else 0
+
+
+def evaluate(numbers: list[int], ops: list[str]) -> int:
+    numbers, ops = list(numbers), list(ops)
+    while ops:
+        i = next_reduction(ops)
+        numbers[i : i + 2] = [_apply(numbers[i], ops[i], numbers[i + 1])]
+        del ops[i]
+    return numbers[0]
+
+
+def generate_problem(rng: random.Random, steps: int) -> ArithProblem:
+    """A random problem with ``steps`` operators and no chained products."""
+    ops: list[str] = []
+    for _ in range(steps):
+        choices = ["+", "-"] if ops and ops[-1] == "*" else ["+", "-", "*"]
+        ops.append(rng.choice(choices))
+    numbers = [rng.randint(2, 9) if _touches_product(ops, i) else rng.randint(1, 30) for i in range(steps + 1)]
+    return ArithProblem(tuple(numbers), tuple(ops))
+
+
+def _touches_product(ops: list[str], i: int) -> bool:
+    return (i > 0 and ops[i - 1] == "*") or (i < len(ops) and ops[i] == "*")
+
+
+def plan_line(problem: ArithProblem) -> str:
+    products = problem.ops.count("*")
+    sums = problem.steps - products
+    parts = []
+    if products:
+        parts.append(f"{products} product{'s' if products > 1 else ''} first")
+    if sums:
+        parts.append(f"{sums} sum{'s' if sums > 1 else ''} left to right")
+    return "Plan: " + ", then ".join(parts) + "."
+
+
+def solution_steps(problem: ArithProblem) -> list[str]:
+    """The correct step lines, without plan or answer line."""
+    numbers, ops = list(problem.numbers), list(problem.ops)
+    lines = []
+    while ops:
+        i = next_reduction(ops)
+        a, op, b = numbers[i], ops[i], numbers[i + 1]
+        c = _apply(a, op, b)
+        numbers[i : i + 2] = [c]
+        del ops[i]
+        line = f"{a}{op}{b}={c}"
+        lines.append(line + (f", leaving {render(numbers, ops)}" if ops else ""))
+    return lines
+
+
+def training_trace(problem: ArithProblem, rng: random.Random, error_rate: float = 0.15) -> list[tuple[str, bool]]:
+    """Solution lines for training, each with whether the loss should train on it.
+
+    With probability ``error_rate`` one step is first written with a wrong result
+    (masked out of the loss: the policy should learn to correct, not to err), then
+    corrected on the next line by an explicit ``check:`` reflection.
+    """
+    lines: list[tuple[str, bool]] = []
+    if problem.steps >= 3:
+        lines.append((plan_line(problem), True))
+    steps = solution_steps(problem)
+    bad = rng.randrange(len(steps)) if rng.random() < error_rate else -1
+    for k, line in enumerate(steps):
+        if k == bad:
+            fact, _, rest = line.partition(",")
+            lhs, _, value = fact.partition("=")
+            wrong = int(value) + rng.choice([-10, -2, -1, 1, 2, 10])
+            lines.append((f"{lhs}={wrong}", False))
+            lines.append((f"check: {lhs}={wrong} is wrong, {line}", True))
+        else:
+            lines.append((line, True))
+    lines.append((f"Answer: {problem.answer}", True))
+    return lines
+
+
+def check_step(previous: str, line: str) -> tuple[float, str]:
+    """Score one solution line given the expression it starts from.
+
+    Returns ``(score, explanation)``: 1.0 when the arithmetic is right and the
+    restated remainder is the original expression with exactly that reduction
+    applied, 0.0 otherwise. ``Plan:`` lines and a correct ``Answer:`` line score 1.0.
+    """
+    line = line.strip()
+    if line.startswith("Plan:"):
+        return 1.0, "plan"
+    try:
+        numbers, ops = parse_expression(previous)
+    except ValueError as exc:
+        return 0.0, str(exc)
+    if line.startswith("Answer:"):
+        if ops:
+            return 0.0, f"answered before finishing: {previous} is not reduced"
+        given = line.removeprefix("Answer:").strip()
+        ok = given == str(numbers[0])
+        return (1.0, "answer") if ok else (0.0, f"answer {given} but the value is {numbers[0]}")
+    match = _STEP.match(line)
+    if not match:
+        return 0.0, f"unreadable step: {line!r}"
+    a, op, b, c = int(match["a"]), match["op"], int(match["b"]), int(match["c"])
+    if not ops:
+        return 0.0, "nothing left to compute"
+    if _apply(a, op, b) != c:
+        return 0.0, f"{a}{op}{b}={c} is wrong, {a}{op}{b}={_apply(a, op, b)}"
+    i = next_reduction(ops)
+    if (numbers[i], ops[i], numbers[i + 1]) != (a, op, b):
+        return 0.0, f"the next operation is {numbers[i]}{ops[i]}{numbers[i + 1]}"
+    numbers[i : i + 2] = [c]
+    del ops[i]
+    expected = render(numbers, ops) if ops else None
+    if match["rest"] != expected:
+        return 0.0, f"what is left should be {expected}"
+    return 1.0, "correct"
+
+
+def remaining_after(previous: str, line: str) -> str:
+    """The expression a correct step line leaves (unchanged for plan lines)."""
+    match = _STEP.match(line.strip())
+    if not match:
+        return previous
+    return match["rest"] or match["c"]
