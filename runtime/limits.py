@@ -56,13 +56,15 @@ class EndpointLimits:
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
     budget_usd: float | None = None
+    burst_seconds: float = 60.0
+    """Rate buckets hold this many seconds' allowance (60: a full minute may burst)."""
 
 
 class _Bucket:
-    def __init__(self, per_minute: float) -> None:
+    def __init__(self, per_minute: float, burst_seconds: float) -> None:
         self.rate = per_minute / 60.0
-        self.capacity = per_minute
-        self.level = per_minute
+        self.capacity = max(1.0, self.rate * burst_seconds)
+        self.level = self.capacity
         self.stamp = time.monotonic()
         self.lock = anyio.Lock()
 
@@ -91,8 +93,8 @@ class EndpointLimiter:
     def __init__(self, limits: EndpointLimits) -> None:
         self.limits = limits
         self._concurrency = anyio.Semaphore(limits.max_concurrency)
-        self._requests = _Bucket(limits.requests_per_minute) if limits.requests_per_minute else None
-        self._tokens = _Bucket(limits.tokens_per_minute) if limits.tokens_per_minute else None
+        self._requests = _Bucket(limits.requests_per_minute, limits.burst_seconds) if limits.requests_per_minute else None
+        self._tokens = _Bucket(limits.tokens_per_minute, limits.burst_seconds) if limits.tokens_per_minute else None
         self.spent_usd = 0.0
         self.in_flight = 0
 

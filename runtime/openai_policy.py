@@ -228,6 +228,13 @@ class OpenAIPolicy:
         return kwargs
 
     async def _call(self, request: GenerationRequest, n: int, seed_offset: int) -> GenerationResult:
+        try:
+            response = await self._create(request, n, seed_offset)
+        except (json.JSONDecodeError, openai.APIResponseValidationError) as exc:
+            raise _Malformed(f"{type(exc).__name__}: {exc}") from exc
+        return self._parse(response, request)
+
+    async def _create(self, request: GenerationRequest, n: int, seed_offset: int) -> Any:
         kwargs = self._sampling(request, n, seed_offset)
         if self.mode == "completion":
             prompt = request.prompt
@@ -235,7 +242,7 @@ class OpenAIPolicy:
                 prompt = render_prompt(request.messages or [], self.prompt_template)
             if request.logprobs:
                 kwargs["logprobs"] = 1
-            response: Any = await self.client.completions.create(prompt=prompt + request.assistant_prefix, **kwargs)
+            return await self.client.completions.create(prompt=prompt + request.assistant_prefix, **kwargs)
         else:
             messages = list(request.messages or [{"role": "user", "content": request.prompt or ""}])
             if request.assistant_prefix:
@@ -247,8 +254,7 @@ class OpenAIPolicy:
                     messages.append({"role": "user", "content": "Continue."})
             if request.logprobs:
                 kwargs["logprobs"] = True
-            response = await self.client.chat.completions.create(messages=messages, **kwargs)
-        return self._parse(response, request)
+            return await self.client.chat.completions.create(messages=messages, **kwargs)
 
     def _parse(self, response: Any, request: GenerationRequest) -> GenerationResult:
         choices = getattr(response, "choices", None)

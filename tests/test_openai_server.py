@@ -1,0 +1,125 @@
+"""OpenAIPolicy against a real server on loopback: ``transformers serve`` over the
+bundled tiny policy (no hub download). It ignores ``n`` and ``logprobs``, so this also
+exercises the n > 1 fallback; the vLLM server test is in test_vllm_server.py (slow)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from runtime.context import Sampling, Verifiers
+from runtime.openai_policy import OpenAIPolicy
+from runtime.policy import GenerationRequest
+from runtime.scheduler import Runtime
+from runtime.tasks import tiny_tasks
+from runtime.tiny.policy_format import BUNDLED_POLICY, assistant_prefix
+from runtime.verifiers import ExactMatch, TinyStepVerifier
+from strategies import BestOfN, ChainOfThought
+
+MODEL_DIR = Path(os.environ.get("SEARCHLEARN_TEST_POLICY", BUNDLED_POLICY))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def hf_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    exe = Path(sys.executable).parent / "transformers"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path_factory.mktemp("hf"))}
+    log = (tmp_path_factory.mktemp("log") / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [str(exe), "serve", str(MODEL_DIR), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"transformers serve exited with {proc.returncode}; see {log.name}")
+            try:
+                if httpx2.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx2.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("transformers serve did not come up in 120 s")
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def tiny_policy(base_url: str, mode: str = "completion") -> OpenAIPolicy:
+    return OpenAIPolicy(str(MODEL_DIR), base_url=base_url, mode=mode, server="transformers", timeout=60)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_greedy_step_matches_local_generate(hf_server: str) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    task = next(iter(tiny_tasks(1, steps=[2], seed=3)))
+    prompt = assistant_prefix(task.prompt or "")
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR)
+    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR)
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**ids, max_new_tokens=40, do_sample=False, pad_token_id=tok.pad_token_id)
+    expected = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).split("\n")[0]
+
+    async with tiny_policy(hf_server) as p:
+        result = await p.generate(GenerationRequest(prompt=prompt, max_tokens=40, temperature=0.0, stop=["\n"]))
+    assert result.completions[0].text.strip() == expected.strip()
+    assert result.prompt_tokens > 0 and result.completion_tokens > 0
+
+
+@pytest.mark.anyio
+async def test_chat_mode_and_n_fallback(hf_server: str) -> None:
+    async with tiny_policy(hf_server, mode="chat") as p:
+        result = await p.generate(
+            GenerationRequest(messages=[{"role": "user", "content": "Evaluate: 3+4"}], n=3, max_tokens=24, temperature=1.0)
+        )
+    assert len(result.completions) == 3  # the server ignores n: three single calls
+    assert all(isinstance(c.text, str) and c.text for c in result.completions)
+    assert p.supports_n is False
+
+
+@pytest.mark.anyio
+async def test_runtime_runs_strategies_over_http(hf_server: str, tmp_path: Path) -> None:
+    tasks = list(tiny_tasks(6, steps=[1, 2], seed=11))
+    async with tiny_policy(hf_server) as p:
+        for strategy, verifiers in [
+            (ChainOfThought(), Verifiers(outcome=ExactMatch())),
+            (BestOfN(n=3, selection="process"), Verifiers(outcome=ExactMatch(), process=TinyStepVerifier())),
+        ]:
+            async with Runtime(
+                p,
+                strategy,
+                verifiers=verifiers,
+                sampling=Sampling(temperature=0.7, max_tokens=96),
+                store=str(tmp_path / "s.db"),
+                run_id=strategy.name,
+            ) as rt:
+                episodes = [ep async for ep in rt.stream(tasks)]
+            assert len(episodes) == len(tasks)
+            assert all(ep.status == "ok" for ep in episodes), [ep.errors for ep in episodes]
+            assert all(ep.reward is not None and ep.usage.calls >= 1 for ep in episodes)
+            assert all(len(ep.chosen_path) >= 2 for ep in episodes)  # at least a step and an answer line
+    assert rt.store is not None
