@@ -1,0 +1,418 @@
+"""A continuous-batching generation engine for local transformers causal LMs (CPU or GPU).
+
+One worker thread owns the model. Requests from any number of concurrent episodes
+queue up; between two decode steps the worker admits new requests into the running
+batch and retires finished ones, so requests join and leave a shared forward pass
+(continuous batching, as in Orca / vLLM), without a paged kernel.
+
+Design decisions:
+- The running batch is one left-padded KV cache (``DynamicCache``) with a 2-D
+  attention mask and per-row position ids. Joining rows are prefilled on their own,
+  then merged by re-padding; finished rows are dropped when a quarter of the batch is
+  done or at the next join, so the copy cost is amortised over many decode steps.
+- Prefix KV cache: after a prefill, the KV of every 16-token-aligned prefix of the
+  prompt is remembered (LRU over prompts). A new prompt looks up its longest aligned
+  prefix and prefills only the rest, so tree-search branches that share a path reuse
+  it. ``n > 1`` prefills once and copies the KV n times.
+- Hot weight swap: ``swap_weights`` only enqueues. The worker stops admitting, lets
+  the running batch finish under the old weights, loads the new ones in place, clears
+  the prefix cache (its KV belongs to the old weights) and resumes: no request is
+  dropped and every completion is sampled under exactly one version, which it carries.
+- Why not transformers' own continuous batching (``init_continuous_batching``): it
+  has paged attention and block sharing, but ``num_return_sequences`` is global (not
+  per request), it has no stop strings, per-request temperature / top-p / seed or
+  weight swap with version tags; on CPU its paged kernels gave no speed-up for a
+  model this small. Its manager is also a thread with a queue, as here.
+- Logprobs are of the raw model distribution (before temperature), as vLLM reports.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["EngineRequest", "EngineResult", "EngineStats", "LocalEngine", "Sequence"]
+
+BLOCK = 16
+
+
+@dataclass(slots=True)
+class Sequence:
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    finish_reason: str
+
+
+@dataclass(slots=True)
+class EngineResult:
+    sequences: list[Sequence]
+    prompt_tokens: int
+    version: int
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class EngineRequest:
+    prompt_ids: list[int]
+    n: int = 1
+    max_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    logprobs: bool = True
+    done: Callable[[EngineResult], None] = lambda r: None
+    cancelled: bool = False
+
+
+@dataclass(slots=True)
+class EngineStats:
+    requests: int = 0
+    generated_tokens: int = 0
+    prefill_requested: int = 0
+    prefill_computed: int = 0
+    decode_steps: int = 0
+    swaps: int = 0
+    peak_batch: int = 0
+
+    @property
+    def prefix_reuse(self) -> float:
+        return 1.0 - self.prefill_computed / self.prefill_requested if self.prefill_requested else 0.0
+
+
+@dataclass(slots=True)
+class _Row:
+    req: EngineRequest
+    index: int
+    generator: torch.Generator | None
+    length: int  # real tokens in the cache (prompt + generated so far, before the pending token)
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finished: str | None = None
+    text: str = ""
+
+
+class _Group:
+    """Results of the n rows of one request, delivered once all are finished."""
+
+    def __init__(self, req: EngineRequest, prompt_tokens: int, version: int) -> None:
+        self.req = req
+        self.prompt_tokens = prompt_tokens
+        self.version = version
+        self.sequences: list[Sequence | None] = [None] * req.n
+        self.left = req.n
+
+
+class LocalEngine:
+    """Continuous-batching engine over a loaded model and tokenizer (see module doc)."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_batch: int = 64,
+        prefix_cache_prompts: int = 256,
+        version: int = 0,
+        threads: int | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.tok = tokenizer
+        self.max_batch = max_batch
+        self.context = int(getattr(model.config, "max_position_embeddings", 2048))
+        self.eos = _eos_ids(model, tokenizer)
+        self.version = version
+        self.threads = threads
+        self.stats = EngineStats()
+        self._queue: queue.Queue[EngineRequest | tuple[str, Any]] = queue.Queue()
+        self._waiting: list[EngineRequest] = []
+        self._rows: list[_Row] = []
+        self._groups: dict[int, _Group] = {}
+        self._cache: Any = None
+        self._mask: torch.Tensor | None = None
+        self._last: torch.Tensor | None = None
+        self._prefix: OrderedDict[tuple[int, ...], tuple[list[tuple[torch.Tensor, torch.Tensor]], int]] = OrderedDict()
+        self._prefix_prompts = prefix_cache_prompts
+        self._pending_swap: tuple[dict[str, torch.Tensor], int, Callable[[], None]] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="searchlearn-engine", daemon=True)
+        self._thread.start()
+
+    # -- public, thread-safe ---------------------------------------------------------------
+
+    def submit(self, req: EngineRequest) -> None:
+        if not req.prompt_ids:
+            raise ValueError("empty prompt")
+        if req.max_tokens <= 0:
+            raise ValueError(f"max_tokens must be ≥ 1, got {req.max_tokens}")
+        if req.n < 1:
+            raise ValueError(f"n must be ≥ 1, got {req.n}")
+        if len(req.prompt_ids) >= self.context:
+            raise ValueError(f"prompt of {len(req.prompt_ids)} tokens does not fit the {self.context}-token context")
+        self._queue.put(req)
+
+    def swap_weights(self, state_dict: dict[str, torch.Tensor], version: int, done: Callable[[], None] = lambda: None) -> None:
+        """Serve ``version`` from ``state_dict`` once the running batch has finished."""
+        self._queue.put(("swap", (state_dict, version, done)))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._queue.put(("stop", None))
+        self._thread.join(timeout=30)
+
+    # -- worker thread -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            while not self._stop.is_set():
+                self._drain_queue(block=not self._rows and not self._waiting and self._pending_swap is None)
+                try:
+                    self._admit()
+                    if self._rows:
+                        self._step()
+                    elif self._pending_swap is not None:
+                        self._apply_swap()
+                except Exception as exc:  # never let one bad batch kill the engine
+                    self._fail_all(exc)
+
+    def _drain_queue(self, block: bool) -> None:
+        try:
+            item = self._queue.get(timeout=0.5) if block else self._queue.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if isinstance(item, EngineRequest):
+                self._waiting.append(item)
+            elif item[0] == "swap":
+                self._pending_swap = item[1]
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def _apply_swap(self) -> None:
+        assert self._pending_swap is not None
+        state, version, done = self._pending_swap
+        self._pending_swap = None
+        self.model.load_state_dict(state, strict=False)
+        self._prefix.clear()
+        self.version = version
+        self.stats.swaps += 1
+        done()
+
+    def _admit(self) -> None:
+        if self._pending_swap is not None or not self._waiting:
+            return
+        new_rows: list[tuple[_Row, list[tuple[torch.Tensor, torch.Tensor]], int]] = []
+        live = sum(not r.finished for r in self._rows)
+        while self._waiting:
+            req = self._waiting[0]
+            if live + len(new_rows) + req.n > self.max_batch and (live or new_rows):
+                break  # a request larger than max_batch still runs, alone
+            self._waiting.pop(0)
+            if req.cancelled:
+                continue
+            try:
+                kv, logits = self._prefill(req.prompt_ids)
+            except Exception as exc:
+                req.done(EngineResult([], len(req.prompt_ids), self.version, exc))
+                continue
+            self._groups[id(req)] = _Group(req, len(req.prompt_ids), self.version)
+            self.stats.requests += 1
+            for i in range(req.n):
+                gen = torch.Generator().manual_seed(req.seed + i) if req.seed is not None else None
+                row = _Row(req, i, gen, len(req.prompt_ids))
+                new_rows.append((row, kv, 0))
+                self._choose(row, logits)
+        if new_rows:
+            self._merge(new_rows)
+
+    def _prefill(self, ids: list[int]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """KV of the whole prompt and the logits of its last position."""
+        from transformers import DynamicCache
+
+        self.stats.prefill_requested += len(ids)
+        hit, reused = self._lookup(ids)
+        cache = DynamicCache()
+        if hit is not None:
+            for layer, (k, v) in enumerate(hit):
+                cache.update(k[:, :, :reused], v[:, :, :reused], layer)
+        rest = torch.tensor([ids[reused:]])
+        self.stats.prefill_computed += rest.shape[1]
+        out = self.model(
+            input_ids=rest,
+            past_key_values=cache,
+            position_ids=torch.arange(reused, len(ids)).unsqueeze(0),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            use_cache=True,
+        )
+        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        self._remember(ids, kv)
+        return kv, out.logits[0, -1].float()
+
+    def _lookup(self, ids: list[int]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]] | None, int]:
+        for length in range((len(ids) - 1) // BLOCK * BLOCK, 0, -BLOCK):
+            entry = self._prefix.get(tuple(ids[:length]))
+            if entry is not None:
+                self._prefix.move_to_end(tuple(ids[:length]))
+                return entry[0], length
+        return None, 0
+
+    def _remember(self, ids: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for length in range(BLOCK, len(ids) // BLOCK * BLOCK + 1, BLOCK):
+            self._prefix[tuple(ids[:length])] = (kv, length)
+            self._prefix.move_to_end(tuple(ids[:length]))
+        while len(self._prefix) > self._prefix_prompts * 8:
+            self._prefix.popitem(last=False)
+
+    def _merge(self, new_rows: list[tuple[_Row, list[tuple[torch.Tensor, torch.Tensor]], int]]) -> None:
+        """Left-pad the running batch and the new rows to one length and stack them."""
+        from transformers import DynamicCache
+
+        self._compact(force=True)
+        old_len = self._mask.shape[1] if self._mask is not None else 0
+        width = max([old_len] + [kv[0][0].shape[2] for _, kv, _ in new_rows])
+        layers = len(new_rows[0][1])
+        total = len(self._rows) + len(new_rows)
+        cache = DynamicCache()
+        mask = torch.zeros(total, width, dtype=torch.long)
+        for layer in range(layers):
+            k0 = new_rows[0][1][layer][0]
+            keys = k0.new_zeros((total, k0.shape[1], width, k0.shape[3]))
+            values = keys.clone()
+            if self._rows:
+                old = self._cache.layers[layer]
+                keys[: len(self._rows), :, width - old_len :] = old.keys
+                values[: len(self._rows), :, width - old_len :] = old.values
+            for j, (_, kv, _) in enumerate(new_rows):
+                k, v = kv[layer]
+                keys[len(self._rows) + j, :, width - k.shape[2] :] = k[0]
+                values[len(self._rows) + j, :, width - v.shape[2] :] = v[0]
+            cache.update(keys, values, layer)
+        if self._rows and self._mask is not None:
+            mask[: len(self._rows), width - old_len :] = self._mask
+        for j, (_, kv, _) in enumerate(new_rows):
+            mask[len(self._rows) + j, width - kv[0][0].shape[2] :] = 1
+        self._rows.extend(row for row, _, _ in new_rows)
+        self._cache, self._mask = cache, mask
+        self.stats.peak_batch = max(self.stats.peak_batch, len(self._rows))
+
+    def _compact(self, force: bool = False) -> None:
+        """Drop finished rows (and columns that are padding in every row left)."""
+        if not self._rows:
+            return
+        done = [i for i, r in enumerate(self._rows) if r.finished]
+        if not done or (not force and len(done) * 4 < len(self._rows)):
+            return
+        keep = [i for i, r in enumerate(self._rows) if not r.finished]
+        self._rows = [self._rows[i] for i in keep]
+        if not keep:
+            self._cache, self._mask = None, None
+            return
+        index = torch.tensor(keep)
+        assert self._mask is not None
+        mask = self._mask[index]
+        start = int((mask.sum(0) > 0).nonzero()[0]) if mask.any() else 0
+        self._mask = mask[:, start:]
+        for layer in self._cache.layers:
+            layer.keys = layer.keys[index, :, start:]
+            layer.values = layer.values[index, :, start:]
+
+    def _step(self) -> None:
+        """One decode step for every unfinished row."""
+        assert self._mask is not None
+        live = [r for r in self._rows if not r.finished]
+        if not live:
+            self._compact(force=True)
+            return
+        tokens = torch.tensor([[r.tokens[-1] if r.tokens else 0] for r in self._rows])
+        positions = torch.tensor([[r.length] for r in self._rows])
+        mask = torch.cat([self._mask, torch.ones(len(self._rows), 1, dtype=torch.long)], dim=1)
+        out = self.model(
+            input_ids=tokens, past_key_values=self._cache, position_ids=positions, attention_mask=mask, use_cache=True
+        )
+        self._cache, self._mask = out.past_key_values, mask
+        self.stats.decode_steps += 1
+        logits = out.logits[:, -1].float()
+        for i, row in enumerate(self._rows):
+            if row.finished:
+                continue
+            if row.req.cancelled:
+                row.finished = "cancelled"
+                continue
+            row.length += 1
+            self._choose(row, logits[i])
+        self._compact()
+
+    def _choose(self, row: _Row, logits: torch.Tensor) -> None:
+        """Sample the next token of ``row`` and check whether it is done."""
+        req = row.req
+        logprobs = torch.log_softmax(logits, dim=-1)
+        if req.temperature <= 0:
+            token = int(torch.argmax(logits))
+        else:
+            probs = torch.softmax(logits / req.temperature, dim=-1)
+            if req.top_p < 1.0:
+                sorted_p, order = torch.sort(probs, descending=True)
+                keep = torch.cumsum(sorted_p, 0) - sorted_p < req.top_p
+                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+            token = int(torch.multinomial(probs, 1, generator=row.generator))
+        self.stats.generated_tokens += 1
+        if token in self.eos:
+            self._finish(row, "stop")
+            return
+        row.tokens.append(token)
+        row.logprobs.append(float(logprobs[token]))
+        if req.stop:
+            row.text = self.tok.decode(row.tokens, skip_special_tokens=True)
+            cut = min((i for i in (row.text.find(s) for s in req.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                row.text = row.text[:cut]
+                self._finish(row, "stop")
+                return
+        if len(row.tokens) >= req.max_tokens or row.length + 1 >= self.context:
+            self._finish(row, "length")
+
+    def _finish(self, row: _Row, reason: str) -> None:
+        row.finished = reason
+        req = row.req
+        if req.stop and reason == "stop":
+            # drop the tokens that spelled the stop string: ids, logprobs and text agree
+            while row.tokens and any(s in self.tok.decode(row.tokens, skip_special_tokens=True) for s in req.stop):
+                row.tokens.pop()
+                row.logprobs.pop()
+        else:
+            row.text = self.tok.decode(row.tokens, skip_special_tokens=True)
+        group = self._groups[id(req)]
+        group.sequences[row.index] = Sequence(row.tokens, row.logprobs, row.text, reason)
+        group.left -= 1
+        if group.left == 0:
+            del self._groups[id(req)]
+            if not req.cancelled:
+                req.done(EngineResult([s for s in group.sequences if s is not None], group.prompt_tokens, group.version))
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for group in list(self._groups.values()):
+            group.req.done(EngineResult([], group.prompt_tokens, group.version, exc))
+        self._groups.clear()
+        self._rows, self._cache, self._mask = [], None, None
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if value is None:
+            continue
+        ids.update(value if isinstance(value, list) else [value])
+    return ids
+

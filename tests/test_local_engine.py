@@ -1,0 +1,169 @@
+"""The local continuous-batching engine against plain transformers on a small model built here."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+import torch
+from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+from runtime.errors import PolicyRequestError
+from runtime.local import LocalPolicy
+from runtime.policy import GenerationRequest
+from runtime.tiny.policy_format import BUNDLED_POLICY
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    return AutoTokenizer.from_pretrained(BUNDLED_POLICY)
+
+
+def make_model(tokenizer: Any, seed: int = 0) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():  # sharpen the random logits so greedy ties are unlikely
+        model.lm_head.weight.mul_(4.0) if not config.tie_word_embeddings else model.model.embed_tokens.weight.mul_(4.0)
+    return model
+
+
+@pytest.fixture
+def model(tokenizer: Any) -> Qwen2ForCausalLM:
+    return make_model(tokenizer)
+
+
+@pytest.fixture
+def policy(model: Any, tokenizer: Any) -> Iterator[LocalPolicy]:
+    p = LocalPolicy(model, tokenizer, max_batch=8, threads=1)
+    yield p
+    p.engine.close()
+
+
+def prompts(n: int, seed: int = 0, shared: str = "") -> list[str]:
+    rng = random.Random(seed)
+    return [shared + f"Evaluate: {rng.randint(1, 99)}+{rng.randint(1, 99)}*{rng.randint(2, 9)}" * rng.randint(1, 3) for _ in range(n)]
+
+
+def reference(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> list[int]:
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    tokens = out[0, ids["input_ids"].shape[1] :].tolist()
+    return tokens[: tokens.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in tokens else tokens
+
+
+async def generate_all(policy: LocalPolicy, texts: list[str], **kwargs: Any) -> list[Any]:
+    results: list[Any] = [None] * len(texts)
+
+    async def one(i: int) -> None:
+        results[i] = await policy.generate(GenerationRequest(prompt=texts[i], **kwargs))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(texts)):
+            tg.start_soon(one, i)
+    return results
+
+
+async def test_greedy_batched_matches_generate(policy: LocalPolicy, model: Any, tokenizer: Any) -> None:
+    texts = prompts(20)  # more than max_batch: requests join and leave mid-flight
+    results = await generate_all(policy, texts, max_tokens=24, temperature=0.0)
+    for text, result in zip(texts, results, strict=True):
+        assert result.completions[0].token_ids == reference(model, tokenizer, text, 24)
+    assert policy.engine.stats.peak_batch == 8
+    assert policy.engine.stats.decode_steps < sum(len(r.completions[0].token_ids) for r in results)
+
+
+async def test_prefix_reuse_is_exact_and_saves_prefill(policy: LocalPolicy, model: Any, tokenizer: Any) -> None:
+    shared = "Plan: " + "3+4*5-6 " * 12
+    texts = prompts(10, seed=1, shared=shared)
+    first = await generate_all(policy, texts[:1], max_tokens=16, temperature=0.0)
+    rest = await generate_all(policy, texts[1:], max_tokens=16, temperature=0.0)
+    for text, result in zip(texts, first + rest, strict=True):
+        assert result.completions[0].token_ids == reference(model, tokenizer, text, 16)
+    stats = policy.engine.stats
+    shared_len = len(tokenizer(shared, add_special_tokens=False)["input_ids"])
+    assert stats.prefill_requested - stats.prefill_computed >= 9 * (shared_len // 16 * 16 - 16)
+
+
+async def test_n_shares_prefill_and_seeds_repeat(policy: LocalPolicy) -> None:
+    text = prompts(1, seed=2)[0]
+    a = await policy.generate(GenerationRequest(prompt=text, n=4, max_tokens=12, temperature=1.0, seed=7))
+    computed = policy.engine.stats.prefill_computed
+    n_prompt = a.prompt_tokens
+    assert computed == n_prompt  # one prefill for four samples
+    b = await policy.generate(GenerationRequest(prompt=text, n=4, max_tokens=12, temperature=1.0, seed=7))
+    assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]
+    assert len({tuple(c.token_ids or []) for c in a.completions}) > 1
+
+
+async def test_logprobs_match_a_forward_pass(policy: LocalPolicy, model: Any, tokenizer: Any) -> None:
+    text = prompts(1, seed=3)[0]
+    result = await policy.generate(GenerationRequest(prompt=text, max_tokens=16, temperature=1.0, seed=1, logprobs=True))
+    c = result.completions[0]
+    assert c.token_ids and c.logprobs and len(c.token_ids) == len(c.logprobs)
+    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + c.token_ids])).logits[0]
+    expected = torch.log_softmax(logits.float(), -1)[len(prompt_ids) - 1 : -1].gather(1, torch.tensor(c.token_ids)[:, None])
+    assert torch.allclose(torch.tensor(c.logprobs), expected[:, 0], atol=1e-4)
+
+
+async def test_stop_sequences_cut_text_and_tokens(policy: LocalPolicy, tokenizer: Any) -> None:
+    texts = prompts(6, seed=4)
+    free = await generate_all(policy, texts, max_tokens=30, temperature=0.0)
+    stop = tokenizer.decode(free[0].completions[0].token_ids[3:4])  # a string the model writes
+    cut = await generate_all(policy, texts[:1], max_tokens=30, temperature=0.0, stop=[stop])
+    c = cut[0].completions[0]
+    assert stop not in c.text and c.finish_reason == "stop"
+    assert tokenizer.decode(c.token_ids) == c.text
+
+
+async def test_weight_swap_under_load_loses_nothing(policy: LocalPolicy, model: Any, tokenizer: Any) -> None:
+    new_model = make_model(tokenizer, seed=1)
+    texts = prompts(24, seed=5)
+    results: list[Any] = [None] * len(texts)
+
+    async def one(i: int) -> None:
+        results[i] = await policy.generate(GenerationRequest(prompt=texts[i], max_tokens=20, temperature=0.0))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(12):
+            tg.start_soon(one, i)
+        await anyio.sleep(0.05)
+        policy.swap_weights({k: v.clone() for k, v in new_model.state_dict().items()}, version=1)
+        for i in range(12, 24):
+            tg.start_soon(one, i)
+    assert all(r is not None for r in results)
+    versions = [r.policy_version for r in results]
+    assert set(versions) == {0, 1} and versions[-1] == 1
+    for text, r in zip(texts, results, strict=True):  # each sampled wholly under its version
+        owner = model if r.policy_version == 0 else new_model
+        assert r.completions[0].token_ids == reference(owner, tokenizer, text, 20)
+
+
+async def test_malformed_requests_get_clear_errors(policy: LocalPolicy) -> None:
+    with pytest.raises(PolicyRequestError, match="empty prompt"):
+        await policy.generate(GenerationRequest(prompt="", max_tokens=4))
+    with pytest.raises(PolicyRequestError, match="max_tokens"):
+        await policy.generate(GenerationRequest(prompt="1+1", max_tokens=0))
+    with pytest.raises(PolicyRequestError, match="does not fit"):
+        await policy.generate(GenerationRequest(prompt="1+1=2 " * 200, max_tokens=4))
+    ok = await policy.generate(GenerationRequest(prompt="1+1", max_tokens=4, temperature=0.0))
+    assert ok.completions  # the engine is still serving
