@@ -128,3 +128,9 @@ class ScriptedPolicy:
 
     async def aclose(self) -> None:
         return None
+
+    async def __aenter__(self) -> ScriptedPolicy:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
