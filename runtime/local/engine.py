@@ -18,11 +18,15 @@ Design decisions:
   the running batch finish under the old weights, loads the new ones in place, clears
   the prefix cache (its KV belongs to the old weights) and resumes: no request is
   dropped and every completion is sampled under exactly one version, which it carries.
-- Why not transformers' own continuous batching (``init_continuous_batching``): it
-  has paged attention and block sharing, but ``num_return_sequences`` is global (not
-  per request), it has no stop strings, per-request temperature / top-p / seed or
-  weight swap with version tags; on CPU its paged kernels gave no speed-up for a
-  model this small. Its manager is also a thread with a queue, as here.
+- Why not transformers' own continuous batching (``init_continuous_batching``,
+  transformers 5.23): it has paged attention, block (prefix) sharing, logprobs and
+  per-request temperature / top-p, but ``num_return_sequences`` is fixed per manager
+  (not per request), there are no stop strings and no per-request seeds, and nothing
+  swaps weights between steps or tags results with a version; a full input queue
+  drops requests with a warning. Each of these is what tree search and the online
+  loop need per request, so the engine is ours; its speed is compared with
+  ``transformers serve --continuous-batching`` (which uses that manager) in
+  ``tests/bench/local_engine.py``.
 - Logprobs are of the raw model distribution (before temperature), as vLLM reports.
 """
 
@@ -343,6 +347,8 @@ class LocalEngine:
         self._cache, self._mask = out.past_key_values, mask
         self.stats.decode_steps += 1
         logits = out.logits[:, -1].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        greedy = logits.argmax(dim=-1).tolist()
         for i, row in enumerate(self._rows):
             if row.finished:
                 continue
@@ -350,15 +356,17 @@ class LocalEngine:
                 row.finished = "cancelled"
                 continue
             row.length += 1
-            self._choose(row, logits[i])
+            self._choose(row, logits[i], logprobs[i], greedy[i])
         self._compact()
 
-    def _choose(self, row: _Row, logits: torch.Tensor) -> None:
+    def _choose(self, row: _Row, logits: torch.Tensor, logprobs: torch.Tensor | None = None,
+                greedy: int | None = None) -> None:
         """Sample the next token of ``row`` and check whether it is done."""
         req = row.req
-        logprobs = torch.log_softmax(logits, dim=-1)
+        if logprobs is None:
+            logprobs = torch.log_softmax(logits, dim=-1)
         if req.temperature <= 0:
-            token = int(torch.argmax(logits))
+            token = greedy if greedy is not None else int(torch.argmax(logits))
         else:
             probs = torch.softmax(logits / req.temperature, dim=-1)
             if req.top_p < 1.0:

@@ -24,11 +24,10 @@ __all__ = ["LocalPolicy", "resolve_checkpoint"]
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    if str(path) == "bundled":
-        from runtime.tiny.policy_format import BUNDLED_POLICY
+    """The checkpoint directory ``path`` names ('bundled': the shipped tiny policy)."""
+    from runtime.tiny.policy_format import BUNDLED_POLICY
 
-        return BUNDLED_POLICY
-    p = Path(path)
+    p = BUNDLED_POLICY if str(path) == "bundled" else Path(path)
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"{p} is not a transformers checkpoint directory (no config.json)")
     return p
