@@ -33,8 +33,12 @@ def build_policy(config: RunConfig) -> Policy:
     if p.kind == "scripted":
         return ScriptedPolicy(p.script, latency=p.latency)
     if p.kind == "local":
-        from runtime.local import LocalPolicy
+        from runtime.local import LocalPolicy, resolve_checkpoint
 
+        try:
+            resolve_checkpoint(p.path)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"policy.path: {exc}") from None
         return LocalPolicy.from_path(p.path, max_batch=p.max_concurrency)
     from runtime.openai_policy import OpenAIPolicy
 
@@ -87,7 +91,8 @@ def build_tasks(config: RunConfig) -> Iterable[Task]:
             return list(reasoning_gym_tasks(t.name or "", t.size, t.seed, t.config))
         return list(tiny_tasks(t.size, t.steps, t.seed))
     except TaskError as exc:
-        raise ConfigError(f"tasks: {exc}") from None
+        field = {"jsonl": "tasks.path", "reasoning_gym": "tasks.name"}.get(t.source, "tasks")
+        raise ConfigError(f"{field}: {exc}") from None
 
 
 def build_runtime(config: RunConfig, *, handle_signals: bool = False) -> Runtime:

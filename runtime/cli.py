@@ -16,6 +16,7 @@ import anyio
 import structlog
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -52,7 +53,9 @@ def configure_logging(verbose: bool, json_logs: bool) -> None:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print ``error: message`` on one line and exit 2. The message is escaped (a path
+    like ``runs/[x]/a.yaml`` is not rich markup) and never wrapped at the terminal width."""
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -110,7 +113,7 @@ def run(
     stats = anyio.run(_run, rt, tasks, total, progress)
     out.print(summary_table(f"run {cfg.run_id}", stats))
     if rt.stop_reason:
-        console.print(f"stopped early: {rt.stop_reason}", highlight=False)
+        console.print(f"stopped early: {rt.stop_reason}", highlight=False, markup=False, soft_wrap=True)
         if "budget" in rt.stop_reason:
             raise typer.Exit(3)
 
@@ -139,10 +142,11 @@ def show(
     store: Annotated[Path, typer.Option(help="Episode store (SQLite file).")] = Path(DEFAULT_STORE),
 ) -> None:
     """Summarise a stored run: episodes, accuracy, tokens, cost, failures."""
-    st = _open_store(store)
-    summary = st.summary(run_id)
+    with _open_store(store) as st:
+        summary = st.summary(run_id)
+        runs = st.runs()
     if not summary["episodes"]:
-        _fail(f"no episodes of run {run_id!r} in {store} (runs there: {', '.join(st.runs()) or 'none'})")
+        _fail(f"no episodes of run {run_id!r} in {store} (runs there: {', '.join(runs) or 'none'})")
     if summary["span_seconds"]:
         summary["episodes_per_s"] = summary["episodes"] / summary["span_seconds"]
     out.print(summary_table(f"run {run_id} ({store})", summary))
@@ -155,12 +159,12 @@ def export(
     out_path: Annotated[Path | None, typer.Option("--out", "-o", help="JSONL file (default RUN.jsonl).")] = None,
 ) -> None:
     """Export a stored run's episodes (full trees) to JSONL, one episode per line."""
-    st = _open_store(store)
-    if not st.count(run_id):
-        _fail(f"no episodes of run {run_id!r} in {store}")
     target = out_path or Path(f"{run_id}.jsonl")
-    n = st.export_jsonl(run_id, target)
-    console.print(f"wrote {n} episodes to {target}", highlight=False)
+    with _open_store(store) as st:
+        if not st.count(run_id):
+            _fail(f"no episodes of run {run_id!r} in {store}")
+        n = st.export_jsonl(run_id, target)
+    console.print(f"wrote {n} episodes to {target}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _open_store(path: Path) -> EpisodeStore:

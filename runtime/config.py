@@ -180,13 +180,18 @@ class RunConfig(_Section):
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid config {source}:"]
+    """One line: ``invalid config SOURCE: field: what is allowed (got value); ...``.
+
+    One line because the CLI prints it as its whole answer to a bad config; several
+    errors are joined with ``; `` in pydantic's order.
+    """
+    problems = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         got = err.get("input")
         shown = "" if err["type"] == "missing" else f" (got {got!r})"
-        lines.append(f"  {loc}: {err['msg']}{shown}")
-    return "\n".join(lines)
+        problems.append(f"{loc}: {err['msg']}{shown}")
+    return f"invalid config {source}: " + "; ".join(problems)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -217,7 +222,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+            raise ConfigError(f"config file {p} is not valid YAML: {_yaml_problem(exc)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a mapping, not {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
@@ -227,6 +232,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raise ConfigError(format_validation_error(exc, source)) from None
     check_config(config)
     return config
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: ``line L, column C: problem`` (its own text is a
+    multi-line excerpt of the file)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
 def check_config(config: RunConfig) -> None:

@@ -26,6 +26,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections import Counter
@@ -45,7 +46,7 @@ from runtime.store import EpisodeStore
 from runtime.tasks import iterate_tasks
 from runtime.types import Episode, ErrorInfo, Task
 
-__all__ = ["Runtime", "RunStats", "SchedulerSettings"]
+__all__ = ["RunStats", "Runtime", "SchedulerSettings"]
 
 log = structlog.get_logger("searchlearn.scheduler")
 
@@ -124,7 +125,7 @@ class Runtime:
         verifiers: Verifiers | None = None,
         sampling: Sampling | None = None,
         settings: SchedulerSettings | None = None,
-        store: EpisodeStore | str | None = None,
+        store: EpisodeStore | str | os.PathLike[str] | None = None,
         run_id: str = "default",
         config: dict[str, Any] | None = None,
         handle_signals: bool = False,
@@ -134,8 +135,10 @@ class Runtime:
         self.verifiers = verifiers or Verifiers()
         self.sampling = sampling or Sampling()
         self.settings = settings or SchedulerSettings()
-        self._own_store = isinstance(store, str)
-        self.store = EpisodeStore(store) if isinstance(store, str) else store
+        # A path (str or Path) opens a store this runtime owns and closes; a store
+        # object is shared and stays open.
+        self._own_store = isinstance(store, str | os.PathLike)
+        self.store = EpisodeStore(store) if isinstance(store, str | os.PathLike) else store
         self.run_id = run_id
         self.config = config or {}
         self.handle_signals = handle_signals
@@ -244,10 +247,13 @@ class Runtime:
                 if (task.id, sample) in done:
                     self.stats.skipped += 1
                     continue
+                await self._slots.acquire()
+                # Checked once the slot is ours: the budget may have run out while we
+                # waited, and an episode admitted now would only fail with BudgetExhausted.
                 if limiter is not None and (reason := limiter.exhausted):
+                    self._slots.release()
                     self.shutdown(reason, abandon=False)
                     return
-                await self._slots.acquire()
                 self.stats.admitted += 1
                 self._in_flight += 1
                 episodes.start_soon(self._episode, task, sample, to_store)

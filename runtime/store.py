@@ -15,6 +15,7 @@ Design decisions:
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -55,7 +56,7 @@ RunSummary = dict[str, Any]
 class EpisodeStore:
     """A SQLite episode store. Thread-safe; use one per process and file."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ recognises what it already did. Problems in a source are errors that name the pl
 
 from __future__ import annotations
 
+import difflib
 import json
 import random
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
@@ -59,7 +60,8 @@ async def iterate_tasks(source: Iterable[Any] | AsyncIterable[Any]) -> AsyncIter
 
 
 def jsonl_tasks(path: str | Path) -> list[Task]:
-    """Tasks of a JSONL file, one object per line; blank lines are skipped.
+    """Tasks of a JSONL file, one object (or a plain string prompt) per line; blank
+    lines are skipped; a task without an ``id`` gets ``<file stem>-<line>``.
 
     Raises TaskError naming the file and line of the first malformed line, or if the
     file holds no task.
@@ -77,11 +79,13 @@ def jsonl_tasks(path: str | Path) -> list[Task]:
                 item = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise TaskError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(item, dict | str):
+                raise TaskError(f"{path}:{lineno}: expected a JSON object or string, got {type(item).__name__}")
             try:
                 task = to_task(item if isinstance(item, dict) else {"prompt": item}, lineno)
             except TaskError as exc:
                 raise TaskError(f"{path}:{lineno}: {exc}") from None
-            if "id" not in item:
+            if not isinstance(item, dict) or "id" not in item:
                 task.id = f"{path.stem}-{lineno}"
             if task.id in seen:
                 raise TaskError(f"{path}:{lineno}: duplicate task id {task.id!r}")
@@ -93,14 +97,29 @@ def jsonl_tasks(path: str | Path) -> list[Task]:
 
 
 def reasoning_gym_tasks(name: str, size: int = 100, seed: int = 0, config: dict[str, Any] | None = None) -> Iterator[Task]:
-    """Tasks of a reasoning-gym procedural dataset; scored by its own ``score_answer``."""
-    import reasoning_gym
+    """Tasks of a reasoning-gym procedural dataset; scored by its own ``score_answer``.
 
+    The dataset is created (and an unknown name or bad config raises TaskError) when
+    this is called, not when the first task is drawn, so a bad source fails before the
+    run starts.
+    """
+    import reasoning_gym
+    from reasoning_gym.factory import DATASETS
+
+    if name not in DATASETS:
+        close = difflib.get_close_matches(name, DATASETS, n=3)
+        allowed = f"did you mean {', '.join(close)}?" if close else "allowed: a name in reasoning_gym.factory.DATASETS"
+        raise TaskError(f"unknown reasoning-gym dataset {name!r} ({len(DATASETS)} registered); {allowed}")
     params = {**(config or {}), "size": size, "seed": seed}
     try:
         dataset = reasoning_gym.create_dataset(name, **params)
-    except Exception as exc:  # unknown name, bad config
+    except Exception as exc:  # bad config
         raise TaskError(f"reasoning-gym dataset {name!r}: {exc}") from None
+    return _reasoning_gym_entries(name, dataset, size, params)
+
+
+def _reasoning_gym_entries(name: str, dataset: Any, size: int, params: dict[str, Any]) -> Iterator[Task]:
+    seed = params["seed"]
     for index in range(size):
         entry = dataset[index]
         yield Task(

@@ -9,6 +9,11 @@ Design decisions:
 - Plain ``dataclasses`` with slots on the hot path (thousands of nodes a second); JSON
   goes through one pydantic ``TypeAdapter`` per type, which round-trips losslessly
   (checked by a property-based test).
+- Infinities are written as the JSON constants ``Infinity`` / ``-Infinity`` everywhere,
+  including inside free-form ``metadata`` / ``meta`` / ``strategy_config`` values:
+  pydantic applies a dataclass's ``ser_json_inf_nan`` only to float-typed fields and
+  writes an inferred (``Any``) infinity as ``null``, so :func:`episode_to_json`
+  serializes the validated Python form with ``inf_nan_mode="constants"`` instead.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import ConfigDict, TypeAdapter
+from pydantic_core import to_json
 
 __all__ = [
     "Episode",
@@ -145,7 +151,7 @@ _EPISODE = TypeAdapter(Episode)
 
 
 def episode_to_json(episode: Episode) -> str:
-    return _EPISODE.dump_json(episode).decode()
+    return to_json(_EPISODE.dump_python(episode), inf_nan_mode="constants").decode()
 
 
 def episode_from_json(data: str | bytes) -> Episode:

@@ -60,9 +60,20 @@ class ProcessVerifier(Protocol):
     async def score_step(self, task: Task, previous: Sequence[str], step: str) -> Score: ...
 
 
+def _balanced(depth: int) -> str:
+    """Text whose braces balance, nested up to ``depth`` levels (``re`` cannot recurse).
+
+    ``\\boxed{\\frac{\\sqrt{3}}{2}}`` already nests two levels; four covers real answers.
+    """
+    inner = r"[^{}]*"
+    for _ in range(depth):
+        inner = r"(?:[^{}]|\{" + inner + r"\})*"
+    return inner
+
+
 #: Named extraction patterns; each has one capture group.
 EXTRACTORS: dict[str, str] = {
-    "boxed": r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}",
+    "boxed": r"\\boxed\{(" + _balanced(4) + r")\}",
     "answer_line": r"(?im)^\s*(?:final\s+)?answer\s*[:=]\s*(.+?)\s*$",
     "last_number": r"(-?\d+(?:\.\d+)?(?:/\d+)?)(?!.*\d)",
 }

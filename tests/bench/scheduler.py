@@ -1,0 +1,554 @@
+"""Benchmark of the scheduler's overhead and of the OpenAI backend's overhead.
+
+Run: ``python tests/bench/scheduler.py [--quick]``. Prints Markdown tables,
+configuration first. The process pins itself to core 0 (``os.sched_setaffinity``).
+
+(a) In-process: ``Runtime`` + ``ChainOfThought`` + ``ScriptedPolicy`` with a fixed
+    latency L per call and S steps per episode (S-1 step lines, then ``Answer: 1``),
+    at concurrency C, N = 3·C episodes (three waves), no store; plus one row with the
+    SQLite store at the largest C. Reports episodes/s against the ideal C/(S·L) (a
+    wave of C episodes takes S·L with zero overhead), process CPU µs per step, and
+    event-loop lag p50/p99 (a task sleeping 10 ms in a loop: actual minus expected).
+    A reference row runs the same C·S sleeps as bare asyncio tasks (no runtime): the
+    floor of what the event loop itself costs per step.
+    Target: ratio >= 0.90 at C=10000, S=8, L=100 ms, one core.
+(b) Over HTTP: ``OpenAIPolicy`` (chat, ``server="openai"``, max_concurrency 256,
+    retries on, request/token rate limits set high enough never to throttle, so the
+    limiter's code runs) against the fake server (``tests/fakeserver.py``, latency
+    50 ms, a subprocess pinned to core 1), 256 requests in flight, through
+    ``policy.generate`` under an anyio task group and semaphore; baseline in the same
+    run: the raw ``openai.AsyncOpenAI`` client (``max_retries=0``, a 256-connection
+    pool) under ``asyncio.gather`` + ``asyncio.Semaphore(256)``, same request body.
+    Each side is warmed up, then measured twice in alternating order; best kept.
+    A raw asyncio HTTP/1.1 client row shows what the server itself sustains.
+    Target: OpenAIPolicy >= 0.9x the raw client's requests/s.
+"""
+
+# ruff: noqa: T201  (a benchmark script: it prints its tables)
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import anyio  # noqa: E402
+import httpx2  # noqa: E402
+import openai  # noqa: E402
+from fakeserver import FakeServer, serve, stats  # noqa: E402
+
+from runtime.limits import EndpointLimits  # noqa: E402
+from runtime.openai_policy import OpenAIPolicy  # noqa: E402
+from runtime.policy import GenerationRequest, ScriptedPolicy  # noqa: E402
+from runtime.scheduler import Runtime, SchedulerSettings  # noqa: E402
+from runtime.types import Task  # noqa: E402
+from strategies import ChainOfThought  # noqa: E402
+
+CLIENT_CPU = 0
+SERVER_CPU = 1
+LATENCY = 0.1
+SLOW_LATENCY = 1.0
+STEPS = 8
+HTTP_LATENCY = 0.05
+HTTP_CONCURRENCY = 256
+MONITOR_PERIOD = 0.010
+MESSAGES: Any = [{"role": "user", "content": "What is six times seven? Answer with one number."}]
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def mark(ok: bool) -> str:
+    return "✅" if ok else "❌"
+
+
+# -- (a) in-process ---------------------------------------------------------------------
+
+
+@dataclass
+class LoopRun:
+    episodes: int
+    steps: int
+    wall: float
+    cpu: float
+    lag: list[float]
+    gc: float = 0.0
+    failed: int = 0
+
+
+class GcClock:
+    """Seconds spent in the cyclic garbage collector (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.total += time.perf_counter() - self._start
+
+
+GC = GcClock()
+
+
+async def _monitor(lag: list[float]) -> None:
+    while True:
+        t = time.perf_counter()
+        await anyio.sleep(MONITOR_PERIOD)
+        lag.append(time.perf_counter() - t - MONITOR_PERIOD)
+
+
+def script(steps: int) -> Callable[[GenerationRequest, int], str]:
+    """S-1 step lines, then the answer: decided by the lines already written."""
+
+    def next_line(request: GenerationRequest, i: int) -> str:
+        done = request.assistant_prefix.count("\n")
+        return f"step {done + 1}: x = {done}" if done < steps - 1 else "Answer: 1"
+
+    return next_line
+
+
+async def runtime_run(concurrency: int, episodes: int, steps: int, latency: float, store: Path | None) -> LoopRun:
+    policy = ScriptedPolicy(script(steps), latency=latency)
+    tasks = [Task(id=f"t{i}", prompt=f"question {i}") for i in range(episodes)]
+    settings = SchedulerSettings(concurrency=concurrency, buffer=1024)
+    lag: list[float] = []
+    finished = failed = 0
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_monitor, lag)
+        cpu0, t0, gc0 = time.process_time(), time.perf_counter(), GC.total
+        async with Runtime(policy, ChainOfThought(), settings=settings, store=store) as rt:
+            async for ep in rt.stream(tasks):
+                finished += 1
+                failed += ep.status != "ok"
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        tg.cancel_scope.cancel()
+    assert finished == episodes, (finished, episodes)
+    return LoopRun(finished, policy.calls, wall, cpu, lag, GC.total - gc0, failed)
+
+
+async def bare_run(concurrency: int, episodes: int, steps: int, latency: float) -> LoopRun:
+    """The same waves as bare asyncio tasks: S sleeps each, at most C at once."""
+    lag: list[float] = []
+    sem = asyncio.Semaphore(concurrency)
+    monitor = asyncio.ensure_future(_monitor(lag))
+
+    async def episode() -> None:
+        async with sem:
+            for _ in range(steps):
+                await asyncio.sleep(latency)
+
+    cpu0, t0, gc0 = time.process_time(), time.perf_counter(), GC.total
+    await asyncio.gather(*(episode() for _ in range(episodes)))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    monitor.cancel()
+    return LoopRun(episodes, episodes * steps, wall, cpu, lag, GC.total - gc0)
+
+
+def loop_row(label: str, c: int, steps: int, latency: float, run: LoopRun, target: float | None) -> list[str]:
+    assert run.failed == 0, f"{run.failed} episodes failed"
+    rate = run.episodes / run.wall
+    ideal = c / (steps * latency)
+    ratio = rate / ideal
+    verdict = f"{ratio:.2f} {mark(ratio >= target)}" if target is not None else f"{ratio:.2f}"
+    return [
+        label,
+        f"{latency * 1e3:.0f}",
+        f"{c:,}",
+        f"{run.episodes:,}",
+        f"{run.wall:.2f}",
+        f"{rate:,.0f}",
+        f"{ideal:,.0f}",
+        verdict,
+        f"{run.cpu / run.steps * 1e6:.1f}",
+        f"{run.cpu / run.wall * 100:.0f} %",
+        f"{run.gc / run.cpu * 100:.0f} %",
+        f"{pct(run.lag, 0.5) * 1e3:.1f} / {pct(run.lag, 0.99) * 1e3:.1f}",
+    ]
+
+
+def bench_in_process(quick: bool) -> str:
+    levels = [100, 1000] if quick else [100, 1000, 10_000]
+    top = levels[-1]
+    rows = []
+    for c in levels:
+        run = anyio.run(runtime_run, c, 3 * c, STEPS, LATENCY, None)
+        rows.append(loop_row("Runtime, no store", c, STEPS, LATENCY, run, 0.90 if c == 10_000 else None))
+        print(f"  runtime C={c}: {run.wall:.2f}s", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = anyio.run(runtime_run, top, 3 * top, STEPS, LATENCY, Path(tmp) / "episodes.db")
+    rows.append(loop_row("Runtime, SQLite store", top, STEPS, LATENCY, run, None))
+    print(f"  runtime+store C={top}: {run.wall:.2f}s", file=sys.stderr)
+    run = asyncio.run(bare_run(top, 3 * top, STEPS, LATENCY))
+    rows.append(loop_row("floor: bare asyncio.sleep tasks", top, STEPS, LATENCY, run, None))
+    if not quick:
+        run = anyio.run(runtime_run, top, 3 * top, STEPS, SLOW_LATENCY, None)
+        rows.append(loop_row("Runtime, no store", top, STEPS, SLOW_LATENCY, run, None))
+        print(f"  runtime C={top} L={SLOW_LATENCY}: {run.wall:.2f}s", file=sys.stderr)
+    header = [
+        "system",
+        "L ms",
+        "C",
+        "episodes",
+        "wall s",
+        "episodes/s",
+        "ideal C/(S·L)",
+        "ratio",
+        "CPU µs/step",
+        "CPU busy",
+        "of which GC",
+        "loop lag p50/p99 ms",
+    ]
+    return (
+        f"### (a) In-process scheduler overhead (S={STEPS} steps, L={LATENCY * 1e3:.0f} ms per call, "
+        f"N=3·C episodes, one core)\n\n"
+        + table(header, rows)
+        + "\n\nTarget: ratio >= 0.90 at C=10,000, L=100 ms. CPU µs/step is process CPU time over all "
+        'steps (the fake policy\'s work included); "of which GC" is time in the cyclic garbage collector. '
+        "The floor row is C tasks doing S `asyncio.sleep(L)` each, with no runtime at all. "
+        f"The L={SLOW_LATENCY * 1e3:.0f} ms row is the same run at a latency closer to a real model's step."
+    )
+
+
+# -- (b) over HTTP ----------------------------------------------------------------------
+
+
+@dataclass
+class HttpRun:
+    requests: int
+    wall: float
+    cpu: float
+    server_cpu: float
+    errors: int = 0
+    connections: int | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.wall
+
+
+Driver = Callable[[int], Awaitable[int]]
+
+
+async def measure(base_url: str, drive: Driver, n: int) -> HttpRun:
+    before = await asyncio.to_thread(stats, base_url)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    errors = await drive(n)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    after = await asyncio.to_thread(stats, base_url)
+    return HttpRun(n, wall, cpu, after["cpu_seconds"] - before["cpu_seconds"], errors)
+
+
+def policy_driver(policy: OpenAIPolicy) -> Driver:
+    async def drive(n: int) -> int:
+        sem = anyio.Semaphore(HTTP_CONCURRENCY)
+        errors = 0
+
+        async def one() -> None:
+            nonlocal errors
+            async with sem:
+                result = await policy.generate(GenerationRequest(messages=MESSAGES, max_tokens=16))
+            errors += result.completions[0].text != "Answer: 42"
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(n):
+                tg.start_soon(one)
+        return errors
+
+    return drive
+
+
+def raw_openai_driver(client: openai.AsyncOpenAI) -> Driver:
+    async def drive(n: int) -> int:
+        sem = asyncio.Semaphore(HTTP_CONCURRENCY)
+
+        async def one() -> int:
+            async with sem:
+                r = await client.chat.completions.create(
+                    model="fake",
+                    messages=MESSAGES,
+                    max_tokens=16,
+                    temperature=1.0,
+                    top_p=1.0,
+                )
+            return int(r.choices[0].message.content != "Answer: 42")
+
+        return sum(await asyncio.gather(*(one() for _ in range(n))))
+
+    return drive
+
+
+def raw_http_driver(base_url: str) -> Driver:
+    """Hand-written keep-alive HTTP/1.1 over asyncio streams: what the server sustains."""
+    host, port = base_url.split("//", 1)[1].split("/", 1)[0].split(":")
+    body = (
+        b'{"model":"fake","messages":[{"role":"user","content":"What is six times seven?"}],'
+        b'"max_tokens":16,"temperature":1.0,"top_p":1.0}'
+    )
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n" % (host.encode(), len(body))
+    ) + body
+
+    async def drive(n: int) -> int:
+        remaining = n
+        errors = 0
+
+        async def connection() -> None:
+            nonlocal remaining, errors
+            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                while remaining > 0:
+                    remaining -= 1
+                    writer.write(request)
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+                    data = await reader.readexactly(length)
+                    errors += not head.startswith(b"HTTP/1.1 200") or b"Answer: 42" not in data
+            finally:
+                writer.close()
+
+        await asyncio.gather(*(connection() for _ in range(HTTP_CONCURRENCY)))
+        return errors
+
+    return drive
+
+
+def pool_size(client: httpx2.AsyncClient) -> int | None:
+    """Connections open in an httpx2 client's pool (private attributes; None if moved)."""
+    pool = getattr(getattr(client, "_transport", None), "_pool", None)
+    connections = getattr(pool, "connections", None)
+    return None if connections is None else len(connections)
+
+
+def http_row(label: str, run: HttpRun, baseline: HttpRun | None) -> list[str]:
+    ideal = HTTP_CONCURRENCY / HTTP_LATENCY
+    ratio = "—"
+    if baseline is not None:
+        r = run.rate / baseline.rate
+        ratio = f"{r:.2f} {mark(r >= 0.9)}"
+    return [
+        label,
+        f"{run.requests:,}",
+        f"{run.wall:.2f}",
+        f"{run.rate:,.0f}",
+        f"{run.rate / ideal:.2f}",
+        ratio,
+        f"{run.cpu / run.requests * 1e6:.0f}",
+        f"{run.cpu / run.wall * 100:.0f} %",
+        f"{run.server_cpu / run.wall * 100:.0f} %",
+        "—" if run.connections is None else str(run.connections),
+        str(run.errors),
+    ]
+
+
+async def bench_http(quick: bool) -> str:
+    n = 1500 if quick else 5000
+    warm = 2 * HTTP_CONCURRENCY
+    limits = EndpointLimits(
+        max_concurrency=HTTP_CONCURRENCY, requests_per_minute=10_000_000, tokens_per_minute=10_000_000
+    )
+    with serve(latency=HTTP_LATENCY, cpu=SERVER_CPU) as base_url:
+        raw_http = raw_http_driver(base_url)
+        await raw_http(warm)
+        capacity = await measure(base_url, raw_http, 4 * n)
+        print(f"  raw HTTP: {capacity.rate:,.0f} req/s", file=sys.stderr)
+
+        pool = httpx2.Limits(max_connections=HTTP_CONCURRENCY, max_keepalive_connections=HTTP_CONCURRENCY)
+        raw_http_client = httpx2.AsyncClient(limits=pool)
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0, http_client=raw_http_client)
+        policy = OpenAIPolicy("fake", base_url=base_url, api_key="x", mode="chat", server="openai", limits=limits)
+        sides: dict[str, tuple[Driver, list[HttpRun]]] = {
+            "raw": (raw_openai_driver(client), []),
+            "policy": (policy_driver(policy), []),
+        }
+        http_clients = {"raw": raw_http_client, "policy": policy._http}
+        try:
+            for drive, _ in sides.values():
+                await drive(warm)
+            for order in (("raw", "policy"), ("policy", "raw")):
+                for name in order:
+                    drive, runs = sides[name]
+                    runs.append(await measure(base_url, drive, n))
+                    runs[-1].connections = pool_size(http_clients[name])
+                    print(f"  {name}: {runs[-1].rate:,.0f} req/s", file=sys.stderr)
+        finally:
+            await client.close()
+            await policy.aclose()
+    raw = max(sides["raw"][1], key=lambda r: r.rate)
+    pol = max(sides["policy"][1], key=lambda r: r.rate)
+    all_runs = "; ".join(f"{name} " + ", ".join(f"{r.rate:,.0f}" for r in runs) for name, (_, runs) in sides.items())
+    header = [
+        "client",
+        "requests",
+        "wall s",
+        "req/s",
+        "of ideal",
+        "vs raw openai",
+        "client CPU µs/req",
+        "client CPU busy",
+        "server CPU busy",
+        "pool connections",
+        "errors",
+    ]
+    rows = [
+        http_row("raw asyncio HTTP/1.1 (server capacity)", capacity, None),
+        http_row("raw openai.AsyncOpenAI + asyncio.gather", raw, None),
+        http_row("OpenAIPolicy.generate (retries + limiter)", pol, raw),
+    ]
+    return (
+        f"### (b) OpenAI backend over HTTP (fake server, latency {HTTP_LATENCY * 1e3:.0f} ms, "
+        f"{HTTP_CONCURRENCY} in flight, client on core {CLIENT_CPU}, server on core {SERVER_CPU})\n\n"
+        + table(header, rows)
+        + f"\n\nIdeal: {HTTP_CONCURRENCY}/{HTTP_LATENCY} = {HTTP_CONCURRENCY / HTTP_LATENCY:,.0f} req/s. "
+        f"Best of two alternating runs each (all runs, req/s: {all_runs}). Target: OpenAIPolicy >= 0.9x raw. "
+        "Pool connections: connections open in the client's httpx2 pool after the run; httpcore2 scans "
+        "every pooled connection twice per request, so a client's CPU per request grows with its pool."
+    )
+
+
+async def bench_no_network(quick: bool) -> str:
+    """CPU per request of each client with the network taken out (``httpx2.MockTransport``
+    answering from the fake server's handler, one request at a time): what
+    OpenAIPolicy adds on top of the openai client, without the connection pool."""
+    fake = FakeServer()
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        status, body = fake.handle(request.method.encode(), request.url.path.encode(), request.content)
+        return httpx2.Response(status, content=body, headers={"content-type": "application/json"})
+
+    base_url = "http://fake.invalid/v1"
+    limits = EndpointLimits(
+        max_concurrency=HTTP_CONCURRENCY, requests_per_minute=10_000_000, tokens_per_minute=10_000_000
+    )
+    client = openai.AsyncOpenAI(
+        base_url=base_url,
+        api_key="x",
+        max_retries=0,
+        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler)),
+    )
+    policy = OpenAIPolicy(
+        "fake", base_url=base_url, api_key="x", limits=limits, transport=httpx2.MockTransport(handler)
+    )
+
+    async def raw_one() -> None:
+        await client.chat.completions.create(
+            model="fake",
+            messages=MESSAGES,
+            max_tokens=16,
+            temperature=1.0,
+            top_p=1.0,
+        )
+
+    async def policy_one() -> None:
+        await policy.generate(GenerationRequest(messages=MESSAGES, max_tokens=16))
+
+    n = 1000 if quick else 3000
+    best: dict[str, float] = {}
+    try:
+        for name, one in [("raw", raw_one), ("policy", policy_one)] * 2:
+            for _ in range(200):
+                await one()
+            cpu0 = time.process_time()
+            for _ in range(n):
+                await one()
+            cost = (time.process_time() - cpu0) / n
+            best[name] = min(best.get(name, cost), cost)
+    finally:
+        await client.close()
+        await policy.aclose()
+    extra = best["policy"] - best["raw"]
+    rows = [
+        ["raw openai.AsyncOpenAI chat.completions.create", f"{best['raw'] * 1e6:.0f}", "—"],
+        [
+            "OpenAIPolicy.generate",
+            f"{best['policy'] * 1e6:.0f}",
+            f"+{extra * 1e6:.0f} µs (+{extra / best['raw'] * 100:.0f} %)",
+        ],
+    ]
+    return (
+        f"### (b2) Client CPU per request without the network (httpx2.MockTransport, sequential, "
+        f"best of 2 × {n:,})\n\n" + table(["client", "CPU µs/request", "OpenAIPolicy's own cost"], rows)
+    )
+
+
+# -- main -------------------------------------------------------------------------------
+
+
+def configuration(quick: bool) -> str:
+    pinned = os.sched_getaffinity(0)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "?",
+    )
+    rows = [
+        ["mode", "quick" if quick else "full"],
+        [
+            "cpu",
+            f"{model}, {os.cpu_count()} cores; this process pinned to core(s) {sorted(pinned)}, "
+            f"fake server to core {SERVER_CPU}",
+        ],
+        ["load average at start", load],
+        ["python", f"{platform.python_implementation()} {platform.python_version()}, asyncio default loop"],
+        [
+            "versions",
+            f"anyio {_version('anyio')}, "
+            f"openai {openai.__version__}, httpx2 {_version('httpx2')}, tenacity {_version('tenacity')}",
+        ],
+    ]
+    return "## Scheduler and backend overhead benchmark\n\n" + table(["", ""], rows)
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Scheduler and OpenAI-backend overhead benchmark.")
+    parser.add_argument("--quick", action="store_true", help="C in {100, 1000}; fewer HTTP requests")
+    parser.add_argument("--only", choices=["loop", "http"], help="run one part only")
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {CLIENT_CPU})
+    gc.callbacks.append(GC)
+    print(configuration(args.quick), flush=True)
+    if args.only in (None, "loop"):
+        print("\n" + bench_in_process(args.quick), flush=True)
+    if args.only in (None, "http"):
+        print("\n" + asyncio.run(bench_http(args.quick)), flush=True)
+        print("\n" + asyncio.run(bench_no_network(args.quick)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
