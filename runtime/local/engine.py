@@ -32,6 +32,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import inspect
 import queue
 import threading
 from collections import OrderedDict
@@ -132,6 +133,7 @@ class LocalEngine:
         self.max_batch = max_batch
         self.context = int(getattr(model.config, "max_position_embeddings", 2048))
         self.eos = _eos_ids(model, tokenizer)
+        self._cache_arg = _cache_argument(model)
         self.version = version
         self.threads = threads
         self.stats = EngineStats()
@@ -254,12 +256,13 @@ class LocalEngine:
         self.stats.prefill_computed += rest.shape[1]
         out = self.model(
             input_ids=rest,
-            past_key_values=cache,
             position_ids=torch.arange(reused, len(ids)).unsqueeze(0),
             attention_mask=torch.ones(1, len(ids), dtype=torch.long),
             use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_arg: cache},
         )
-        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        kv = [(layer.keys, layer.values) for layer in _cache_of(out).layers]
         self._remember(ids, kv)
         return kv, out.logits[0, -1].float()
 
@@ -342,9 +345,10 @@ class LocalEngine:
         positions = torch.tensor([[r.length] for r in self._rows])
         mask = torch.cat([self._mask, torch.ones(len(self._rows), 1, dtype=torch.long)], dim=1)
         out = self.model(
-            input_ids=tokens, past_key_values=self._cache, position_ids=positions, attention_mask=mask, use_cache=True
+            input_ids=tokens, position_ids=positions, attention_mask=mask, use_cache=True,
+            **{self._cache_arg: self._cache},
         )
-        self._cache, self._mask = out.past_key_values, mask
+        self._cache, self._mask = _cache_of(out), mask
         self.stats.decode_steps += 1
         logits = out.logits[:, -1].float()
         logprobs = torch.log_softmax(logits, dim=-1)
@@ -413,6 +417,18 @@ class LocalEngine:
             group.req.done(EngineResult([], group.prompt_tokens, group.version, exc))
         self._groups.clear()
         self._rows, self._cache, self._mask = [], None, None
+
+
+def _cache_argument(model: Any) -> str:
+    """The forward keyword of the KV cache: ``cache`` from transformers 5.24 on,
+    ``past_key_values`` before (still accepted there, with a FutureWarning)."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _cache_of(output: Any) -> Any:
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
