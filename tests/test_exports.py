@@ -60,19 +60,7 @@ def test_package_all_names_exist_and_are_unique(name: str) -> None:
     assert not [n for n in names if n.startswith("_")]
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            "runtime",
-            marks=pytest.mark.xfail(
-                strict=True, reason="runtime/__init__.py lists TaskError before TableVerifier (not sorted)"
-            ),
-        ),
-        "strategies",
-        "learners",
-    ],
-)
+@pytest.mark.parametrize("name", PACKAGES)
 def test_package_all_is_sorted(name: str) -> None:
     names = public_all(name)
     assert names == sorted(names, key=isort_key)
@@ -89,20 +77,7 @@ def _defined_in(module: ModuleType, package: str) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            "runtime",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="runtime/__init__.py imports Verifiers from runtime.context but leaves it out of __all__",
-            ),
-        ),
-        "strategies",
-        "learners",
-    ],
-)
+@pytest.mark.parametrize("name", PACKAGES)
 def test_package_all_covers_what_it_imports(name: str) -> None:
     """A public name imported into the package is exported (or it should not be there)."""
     module = importlib.import_module(name)

@@ -167,3 +167,11 @@ async def test_malformed_requests_get_clear_errors(policy: LocalPolicy) -> None:
         await policy.generate(GenerationRequest(prompt="1+1=2 " * 200, max_tokens=4))
     ok = await policy.generate(GenerationRequest(prompt="1+1", max_tokens=4, temperature=0.0))
     assert ok.completions  # the engine is still serving
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_policy_runs_under_either_anyio_backend(policy: LocalPolicy, model: Any, tokenizer: Any) -> None:
+    texts = prompts(4, seed=7)
+    results = await generate_all(policy, texts, max_tokens=6, temperature=0.0)
+    for text, result in zip(texts, results, strict=True):
+        assert result.completions[0].token_ids == reference(model, tokenizer, text, 6)

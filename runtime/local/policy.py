@@ -3,18 +3,21 @@
 Any local transformers checkpoint directory (``path='bundled'`` is the shipped tiny
 policy). Prompts are rendered with the tokenizer's chat template and the episode's
 ``assistant_prefix`` appended, so branches of one episode share a token prefix that the
-engine's prefix cache reuses. The async side waits on an asyncio future the engine
-thread resolves; at most ``max_pending`` requests wait in the engine's queue, so
+engine's prefix cache reuses. The async side waits on an event the engine thread sets
+without blocking (asyncio's ``call_soon_threadsafe`` or trio's ``run_sync_soon``, so
+the policy works under either anyio backend); at most ``max_pending`` requests wait in the engine's queue, so
 memory stays bounded however many episodes call at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
+import sniffio
 
 from runtime.errors import PolicyRequestError
 from runtime.local.engine import EngineRequest, EngineResult, LocalEngine
@@ -69,11 +72,13 @@ class LocalPolicy:
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         ids = self.encode(request)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[EngineResult] = loop.create_future()
+        finished = anyio.Event()
+        box: list[EngineResult] = []
+        wake = _waker(finished)
 
         def done(result: EngineResult) -> None:
-            loop.call_soon_threadsafe(_resolve, future, result)
+            box.append(result)
+            wake()
 
         req = EngineRequest(
             prompt_ids=ids,
@@ -91,9 +96,10 @@ class LocalPolicy:
             except ValueError as exc:
                 raise PolicyRequestError(str(exc)) from None
             try:
-                result = await future
+                await finished.wait()
             finally:
-                req.cancelled = not future.done()
+                req.cancelled = not box
+        result = box[0]
         if result.error is not None:
             raise result.error
         return GenerationResult(
@@ -126,6 +132,13 @@ class LocalPolicy:
         await self.aclose()
 
 
-def _resolve(future: asyncio.Future[EngineResult], result: EngineResult) -> None:
-    if not future.done():
-        future.set_result(result)
+def _waker(event: anyio.Event) -> Callable[[], None]:
+    """A function any thread may call to set ``event`` in the current event loop,
+    without waiting for the loop (the engine thread must never block on it)."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+        return lambda: token.run_sync_soon(event.set)
+    loop = asyncio.get_running_loop()
+    return lambda: loop.call_soon_threadsafe(event.set)
