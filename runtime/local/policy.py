@@ -27,10 +27,11 @@ __all__ = ["LocalPolicy", "resolve_checkpoint"]
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint directory ``path`` names ('bundled': the shipped tiny policy)."""
-    from runtime.tiny.policy_format import BUNDLED_POLICY
+    """The checkpoint directory ``path`` names ('bundled': the shipped tiny policy;
+    'bundled-weak': its weaker early checkpoint, the starting point of expert iteration)."""
+    from runtime.tiny.policy_format import BUNDLED
 
-    p = BUNDLED_POLICY if str(path) == "bundled" else Path(path)
+    p = BUNDLED[str(path)] if str(path) in BUNDLED else Path(path)
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"{p} is not a transformers checkpoint directory (no config.json)")
     return p

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "BUNDLED",
     "BUNDLED_POLICY",
     "CHAT_TEMPLATE",
     "SPECIAL_TOKENS",
@@ -21,6 +22,8 @@ __all__ = [
 ]
 
 BUNDLED_POLICY = Path(__file__).parent / "policy"
+#: Checkpoints that ship with the package, by the name configs use for them.
+BUNDLED = {"bundled": BUNDLED_POLICY, "bundled-weak": Path(__file__).parent / "weak"}
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 STEP_DELIMITER = "\n"
 CHAT_TEMPLATE = (
