@@ -1,4 +1,5 @@
-"""The ``searchlearn`` command: run a config, show or export a stored run.
+"""The ``searchlearn`` command: run a config (with or without a learner), show, export
+or plot a stored run.
 
 Errors the user can fix (bad config, missing file, missing key) print one message and
 exit 2, with no traceback. Logs are structured (structlog), quiet by default
@@ -105,6 +106,9 @@ def run(
         from runtime.build import build_runtime, build_tasks
 
         tasks = list(build_tasks(cfg))
+        if cfg.learner is not None:
+            _learn(cfg, tasks, progress)
+            return
         rt = build_runtime(cfg, handle_signals=True)
     except ConfigError as exc:
         _fail(str(exc))
@@ -136,6 +140,79 @@ async def _run(rt: Any, tasks: list[Any], total: int, show: bool) -> dict[str, A
     return rt.stats.as_dict()
 
 
+def _learn(cfg: Any, tasks: list[Any], show: bool) -> None:
+    """Run the online loop of a config with a learner section (see learners.loop)."""
+    from learners.build import build_loop, export_path
+
+    loop = build_loop(cfg, handle_signals=True)
+    total = len(tasks) * cfg.scheduler.samples_per_task
+    stats = anyio.run(_run_loop, loop, tasks, total, show)
+    rt = loop.runtime
+    out.print(summary_table(f"run {cfg.run_id}: episodes", rt.stats.as_dict()))
+    out.print(learner_table(loop.stats.as_dict()))
+    if loop.stats.curve:
+        out.print(curve_table(f"run {cfg.run_id}: held-out evaluation", loop.stats.curve))
+    target = export_path(cfg)
+    loop.learner.export(target)
+    console.print(f"policy version {stats.version} saved to {target}", highlight=False, markup=False, soft_wrap=True)
+    if rt.stop_reason:
+        console.print(f"stopped early: {rt.stop_reason}", highlight=False, markup=False, soft_wrap=True)
+
+
+async def _run_loop(loop: Any, tasks: list[Any], total: int, show: bool) -> Any:
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    columns.append(TextColumn("v{task.fields[version]}  loss {task.fields[loss]}  acc {task.fields[acc]}"))
+    rt = loop.runtime
+    with Progress(*columns, console=console, disable=not show or not console.is_terminal, transient=False) as bar:
+        job = bar.add_task("episodes", total=total, version=0, loss="-", acc="-")
+
+        async def refresh() -> None:
+            while True:
+                s, ls = rt.stats, loop.stats
+                done = (rt.store.count(rt.run_id) if rt.store else s.finished)
+                acc = f"{100 * s.solved / s.rewarded:.1f}%" if s.rewarded else "-"
+                loss = "-" if ls.last_loss is None else f"{ls.last_loss:.4f}"
+                bar.update(job, completed=min(done, total), version=ls.version, loss=loss, acc=acc)
+                await anyio.sleep(0.5)
+
+        try:
+            async with rt, anyio.create_task_group() as tg:
+                tg.start_soon(refresh)
+                stats = await loop.run(tasks)
+                tg.cancel_scope.cancel()
+        finally:
+            await rt.policy.aclose()
+            if loop.evaluator is not None:
+                await loop.evaluator.aclose()
+    return stats
+
+
+def learner_table(stats: dict[str, Any]) -> Table:
+    table = Table(title="learner", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    for name, value in stats.items():
+        if isinstance(value, float):
+            shown = f"{100 * value:.1f} %" if "utilisation" in name else f"{value:.4f}"
+        elif isinstance(value, dict):
+            shown = "  ".join(f"{k}:{v}" for k, v in value.items()) or "-"
+        else:
+            shown = "-" if value is None else f"{value:,}"
+        table.add_row(name, shown)
+    return table
+
+
+def curve_table(title: str, curve: list[dict[str, Any]]) -> Table:
+    metrics = [k for k in curve[0] if k not in ("version", "episodes", "wall_time")]
+    table = Table(title=title)
+    for name in ("version", "episodes", "wall time", *metrics):
+        table.add_column(name, justify="right")
+    for point in curve:
+        values = [f"{100 * point[m]:.1f} %" if point.get(m) is not None else "-" for m in metrics]
+        table.add_row(str(point["version"]), f"{point['episodes']:,}", f"{point['wall_time']:.0f} s", *values)
+    return table
+
+
 @app.command()
 def show(
     run_id: Annotated[str, typer.Argument(help="Run id.")],
@@ -145,11 +222,32 @@ def show(
     with _open_store(store) as st:
         summary = st.summary(run_id)
         runs = st.runs()
+        curve = st.curve(run_id)
     if not summary["episodes"]:
         _fail(f"no episodes of run {run_id!r} in {store} (runs there: {', '.join(runs) or 'none'})")
     if summary["span_seconds"]:
         summary["episodes_per_s"] = summary["episodes"] / summary["span_seconds"]
     out.print(summary_table(f"run {run_id} ({store})", summary))
+    if curve:
+        out.print(curve_table(f"run {run_id}: held-out evaluation", curve))
+
+
+@app.command()
+def plot(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    store: Annotated[Path, typer.Option(help="Episode store (SQLite file).")] = Path(DEFAULT_STORE),
+    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="PNG file (default RUN-curve.png).")] = None,
+) -> None:
+    """Draw a learning run's held-out accuracy against policy version and wall time (PNG)."""
+    with _open_store(store) as st:
+        curve = st.curve(run_id)
+    if not curve:
+        _fail(f"run {run_id!r} in {store} has no evaluation curve (only runs with a learner section have one)")
+    target = out_path or Path(f"{run_id}-curve.png")
+    from runtime.plot import plot_curve
+
+    plot_curve(curve, target, title=f"{run_id}: held-out accuracy")
+    console.print(f"wrote {target}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

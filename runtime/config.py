@@ -162,6 +162,78 @@ class SchedulerConfig(_Section):
     """On resume, run failed episodes again."""
 
 
+class LoraConfig(_Section):
+    r: int = Field(8, ge=1, le=256)
+    """LoRA rank."""
+    alpha: int = Field(16, ge=1)
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the LoRA input."""
+
+
+class EvalConfig(_Section):
+    every: int = Field(5, ge=1)
+    """Evaluate every this many policy versions (and at the start and the end)."""
+    tasks: TasksConfig = Field(default_factory=lambda: TasksConfig(size=100, seed=10_000))
+    """Held-out tasks; use a seed the training tasks do not use."""
+    strategy: bool = True
+    """Also measure the run's strategy (besides greedy pass@1)."""
+
+
+class LearnerConfig(_Section):
+    kind: Literal["expert_iteration", "distill"] = "expert_iteration"
+    """expert_iteration: the policy learns from its own verified episodes (policy.kind local);
+    distill: episodes come from policy (any backend, e.g. a hosted teacher) and train the student."""
+    student: str | None = None
+    """Distill: the student's checkpoint directory ('bundled' or a path)."""
+    student_init: Literal["pretrained", "scratch", "scratch_small"] = "pretrained"
+    """Distill: start from the student's weights, or a fresh model of its architecture (or a smaller one)."""
+    mode: Literal["online", "sync"] = "online"
+    """online: generation and training overlap; sync: generate a batch, stop, train, repeat (baseline)."""
+    keep: Literal["chosen", "all_correct"] = "chosen"
+    """Which verified paths of an episode become examples."""
+    min_reward: float = Field(1.0, ge=0, le=1)
+    """A path counts as correct at this outcome score."""
+    dedupe: bool = True
+    """Skip an example whose (task, text) was already trained on."""
+    lr: float = Field(1e-4, gt=0, le=1)
+    """AdamW learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    batch_examples: int = Field(32, ge=1)
+    """Examples per optimizer step (whole episodes: a step may take a few more)."""
+    micro_batch: int = Field(16, ge=1)
+    """Examples per forward pass inside a step."""
+    passes: int = Field(1, ge=1, le=100)
+    """Optimizer steps per batch of examples (reuse of scarce teacher traces)."""
+    steps_per_version: int = Field(1, ge=1)
+    """Optimizer steps between published policy versions."""
+    max_staleness: int = Field(4, ge=0)
+    """k: examples sampled more than k versions ago are dropped or down-weighted."""
+    stale: Literal["drop", "downweight"] = "drop"
+    """What happens to a stale example (always counted)."""
+    stale_decay: float = Field(0.5, gt=0, le=1)
+    """Down-weighting: weight x decay ** (staleness - k)."""
+    buffer_episodes: int = Field(64, ge=1)
+    """Finished episodes waiting for the learner; a full buffer slows admission."""
+    sync_episodes: int = Field(64, ge=1)
+    """Sync mode: episodes generated per round."""
+    max_minutes: float | None = Field(None, gt=0)
+    """Stop after this much wall time."""
+    max_versions: int | None = Field(None, ge=1)
+    """Stop after this many published versions."""
+    checkpoint: str | None = None
+    """Learner checkpoint file; default runs/<run_id>/learner.pt next to the store."""
+    checkpoint_every: int = Field(1, ge=1)
+    """Checkpoint every this many versions."""
+    lora: LoraConfig | None = None
+    """Train LoRA adapters (peft) instead of all weights; published weights are merged."""
+    threads: int | None = Field(None, ge=1)
+    """torch threads of the learner's steps."""
+    eval: EvalConfig | None = Field(default_factory=EvalConfig)
+    """Held-out evaluation inside the loop (null: none)."""
+
+
 class StoreConfig(_Section):
     path: str = DEFAULT_STORE
     """SQLite file of the episode store."""
@@ -177,6 +249,8 @@ class RunConfig(_Section):
     verifiers: VerifiersConfig = Field(default_factory=VerifiersConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    learner: LearnerConfig | None = None
+    """Train on the episodes as they finish (expert iteration, distillation); null: only run."""
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
@@ -250,6 +324,19 @@ def check_config(config: RunConfig) -> None:
             f"policy.api_key_env: environment variable {p.api_key_env} is not set; "
             "set it, or point policy.base_url at a local OpenAI-compatible server"
         )
+    learner = config.learner
+    if learner is not None:
+        if learner.kind == "expert_iteration" and p.kind != "local":
+            raise ConfigError(
+                f"learner.kind: expert_iteration trains the policy it samples from, so policy.kind must be local "
+                f"(got {p.kind!r}); use learner.kind: distill to learn from a {p.kind} policy"
+            )
+        if learner.kind == "distill" and not learner.student:
+            raise ConfigError("learner.student: distillation needs a student checkpoint directory ('bundled' or a path)")
+        if learner.eval is not None and learner.eval.tasks.source != "tiny" and not (
+            learner.eval.tasks.name or learner.eval.tasks.path
+        ):
+            raise ConfigError("learner.eval.tasks: a reasoning_gym or jsonl source needs a name or path")
     if t.source == "reasoning_gym" and not t.name:
         raise ConfigError("tasks.name: a reasoning_gym source needs a dataset name (e.g. basic_arithmetic)")
     if t.source == "jsonl" and not t.path:

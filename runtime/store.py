@@ -10,6 +10,8 @@ Design decisions:
 - Failed episodes are stored like any other, with their errors; ``retry_failed``
   makes a restarted run produce them again (the new row replaces the failed one).
 - Rows keep the episode's full JSON plus the columns summaries need.
+- A learning run also stores its evaluation curve (one row per evaluated policy
+  version: episodes consumed, wall time, metrics as JSON) next to its episodes.
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ CREATE TABLE IF NOT EXISTS episodes (
     finished_at REAL NOT NULL,
     data TEXT NOT NULL,
     PRIMARY KEY (run_id, task_id, sample)
+);
+CREATE TABLE IF NOT EXISTS curve (
+    run_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    episodes INTEGER NOT NULL,
+    wall_time REAL NOT NULL,
+    metrics TEXT NOT NULL,
+    PRIMARY KEY (run_id, version)
 );
 """
 
@@ -158,6 +168,22 @@ class EpisodeStore:
                 f.write(episode_to_json(ep) + "\n")
                 n += 1
         return n
+
+    def add_curve_point(self, run_id: str, version: int, episodes: int, wall_time: float, metrics: dict[str, Any]) -> None:
+        """Record the evaluation of policy ``version`` (a re-evaluation replaces it)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO curve VALUES (?, ?, ?, ?, ?)",
+                (run_id, version, episodes, wall_time, json.dumps(metrics)),
+            )
+
+    def curve(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's evaluation curve, by version: version, episodes, wall_time, metrics."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT version, episodes, wall_time, metrics FROM curve WHERE run_id = ? ORDER BY version", (run_id,)
+            ).fetchall()
+        return [{"version": v, "episodes": e, "wall_time": w, **json.loads(m)} for v, e, w, m in rows]
 
     def summary(self, run_id: str) -> RunSummary:
         """Counts, reward, tokens, cost and failures by error class of a stored run."""

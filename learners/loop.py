@@ -1,0 +1,327 @@
+"""The online loop: episodes stream into a learner whose weights flow back into the policy.
+
+::
+
+    Runtime.stream(tasks) ──► episodes (bounded) ──► examples ──► learner.update ──► version N+1
+          ▲                                                                           │
+          └──────────────────── policy.swap_weights(weights, N+1) ◄───────────────────┘
+
+Design decisions (after AReaL's asynchronous RL, Fu et al. 2025, on one machine):
+- No stop-the-world: the scheduler keeps running episodes while the learner takes an
+  optimizer step in a worker thread; the engine swaps weights between decode steps.
+  ``mode="sync"`` (generate a batch, stop, train, repeat) exists as the baseline.
+- Backpressure both ways: finished episodes wait in a bounded buffer; when the learner
+  falls behind, the buffer and then the scheduler's own buffers fill and admission
+  stops, so memory stays bounded. The learner only waits for data between steps.
+- Staleness bound k: an example sampled under a version more than k versions older
+  than the learner's is dropped or down-weighted (``decay ** (staleness - k)``), and
+  counted either way; the staleness of everything consumed is kept as a histogram.
+- Durable and resumable: the learner checkpoints (model, optimizer, version, the set
+  of episodes consumed, the dedupe state) right after a step, when no example is
+  pending. A restarted loop first replays the stored episodes it had not consumed,
+  then continues the stream (which skips what is stored): no episode of the training
+  stream is lost or used twice.
+- Every ``eval_every`` versions the evaluator scores a snapshot of the weights in the
+  background; the curve (version, episodes consumed, wall time, metrics) goes to the
+  run's store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import anyio.abc
+import structlog
+
+from learners.evaluate import Evaluator
+from learners.examples import Example, VerifiedPaths
+from learners.sft import SFTLearner
+from runtime.scheduler import Runtime
+from runtime.types import Episode, Task
+
+__all__ = ["LoopSettings", "LoopStats", "OnlineLoop"]
+
+log = structlog.get_logger("searchlearn.loop")
+
+
+@dataclass(slots=True)
+class LoopSettings:
+    mode: Literal["online", "sync"] = "online"
+    batch_examples: int = 32
+    passes: int = 1
+    steps_per_version: int = 1
+    max_staleness: int = 4
+    stale: Literal["drop", "downweight"] = "drop"
+    stale_decay: float = 0.5
+    buffer_episodes: int = 64
+    sync_episodes: int = 64
+    eval_every: int = 5
+    checkpoint_every: int = 1
+    max_seconds: float | None = None
+    max_versions: int | None = None
+
+
+@dataclass(slots=True)
+class LoopStats:
+    episodes: int = 0
+    replayed: int = 0
+    examples: int = 0
+    no_examples: int = 0
+    dropped_stale: int = 0
+    downweighted: int = 0
+    steps: int = 0
+    version: int = 0
+    last_loss: float | None = None
+    learner_seconds: float = 0.0
+    elapsed_before: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    staleness: Counter[int] = field(default_factory=Counter)
+    curve: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "episodes consumed": self.episodes,
+            "replayed after restart": self.replayed,
+            "examples trained": self.examples,
+            "episodes without an example": self.no_examples,
+            "dropped (stale)": self.dropped_stale,
+            "down-weighted (stale)": self.downweighted,
+            "optimizer steps": self.steps,
+            "policy version": self.version,
+            "last loss": self.last_loss,
+            "learner utilisation": self.learner_seconds / self.elapsed if self.elapsed > 0 else 0.0,
+            "staleness histogram": dict(sorted(self.staleness.items())),
+        }
+
+
+class OnlineLoop:
+    """Runs ``runtime`` over tasks and trains ``learner`` on what it produces."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        learner: SFTLearner,
+        source: VerifiedPaths,
+        *,
+        publish: Any | None = None,
+        evaluator: Evaluator | None = None,
+        checkpoint: str | Path | None = None,
+        settings: LoopSettings | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.learner = learner
+        self.source = source
+        self.publish_to = publish
+        self.evaluator = evaluator
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.settings = settings or LoopSettings()
+        # Episodes queued anywhere between the scheduler and the learner age by one
+        # version per step: keep the scheduler's own buffer no deeper than the loop's.
+        runtime.settings.buffer = min(runtime.settings.buffer, self.settings.buffer_episodes)
+        self.stats = LoopStats()
+        self._consumed: set[tuple[str, int]] = set()
+        self._pending: list[Example] = []
+        self._eval_lock = anyio.Lock()
+        self._evaluated: set[int] = set()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._pending_keys: set[tuple[str, int]] = set()
+        self.log = log.bind(run_id=runtime.run_id)
+
+    # -- the loop -----------------------------------------------------------------------
+
+    async def run(self, tasks: Iterable[Task]) -> LoopStats:
+        """Run to the end of ``tasks`` (or of the time / version budget); returns the stats."""
+        replay = self._restore()
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            if self.evaluator is not None and self.learner.version not in self._evaluated:
+                await self._evaluate(self.learner.weights(), self.learner.version)
+            if self.settings.mode == "sync":
+                await self._sync(list(replay), list(tasks))
+            else:
+                await self._online(replay, tasks)
+            if self._pending:
+                await self._train()
+            self._save()
+            if self.evaluator is not None and self.learner.version not in self._evaluated:
+                self._tg = None
+                await self._evaluate(self.learner.weights(), self.learner.version)
+        return self.stats
+
+    async def _online(self, replay: list[Episode], tasks: Iterable[Task]) -> None:
+        send, receive = anyio.create_memory_object_stream[Episode](self.settings.buffer_episodes)
+
+        async def produce() -> None:
+            async with send:
+                try:
+                    for ep in replay:
+                        self.stats.replayed += 1
+                        await send.send(ep)
+                    async with aclosing(self.runtime.stream(tasks)) as stream:
+                        async for ep in stream:
+                            await send.send(ep)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    self.runtime.shutdown("the learner stopped", abandon=True)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            async with receive:
+                async for episode in receive:
+                    await self._take(episode)
+                    if len(self._pending) >= self.settings.batch_examples:
+                        await self._train()
+                    if self._budget_spent():
+                        self.runtime.shutdown("learning budget spent", abandon=True)
+                        break
+
+    async def _sync(self, replay: list[Episode], tasks: list[Task]) -> None:
+        """The baseline: generate ``sync_episodes`` episodes, stop, train on them, repeat."""
+        for episode in replay:
+            self.stats.replayed += 1
+            await self._take(episode)
+        done = self.runtime.store.done_keys(self.runtime.run_id) if self.runtime.store is not None else set()
+        todo = [t for t in tasks if (t.id, 0) not in done]
+        chunk = self.settings.sync_episodes
+        for start in range(0, len(todo), chunk):
+            if self._budget_spent():
+                break
+            async with aclosing(self.runtime.stream(todo[start : start + chunk])) as stream:
+                async for episode in stream:
+                    await self._take(episode)
+            while len(self._pending) >= self.settings.batch_examples and not self._budget_spent():
+                await self._train(self.settings.batch_examples)
+
+    def _budget_spent(self) -> bool:
+        s = self.settings
+        if s.max_seconds is not None and self.stats.elapsed >= s.max_seconds:
+            return True
+        return s.max_versions is not None and self.learner.version >= s.max_versions
+
+    # -- from episodes to steps ---------------------------------------------------------
+
+    async def _take(self, episode: Episode) -> None:
+        self.stats.episodes += 1
+        key = (episode.task.id, episode.sample)
+        examples = await self.source.examples(episode, self.runtime.verifiers)
+        k = self.settings.max_staleness
+        kept = []
+        for ex in examples:
+            staleness = self.learner.version - ex.policy_version if ex.policy_version is not None else 0
+            self.stats.staleness[staleness] += 1
+            if staleness > k:
+                if self.settings.stale == "drop":
+                    self.stats.dropped_stale += 1
+                    continue
+                ex.weight *= self.settings.stale_decay ** (staleness - k)
+                self.stats.downweighted += 1
+            kept.append(ex)
+        if not kept:
+            self.stats.no_examples += 1
+            self._consumed.add(key)
+            return
+        self._pending.extend(kept)
+        self._pending_keys.add(key)
+
+    async def _train(self, limit: int | None = None) -> None:
+        """Optimizer step(s) on pending examples; then maybe publish, checkpoint, evaluate."""
+        if limit is None or limit >= len(self._pending):
+            batch, self._pending = self._pending, []
+            keys, self._pending_keys = self._pending_keys, set()
+        else:  # sync mode: a fixed batch, whole episodes only for the consumed set
+            batch, self._pending = self._pending[:limit], self._pending[limit:]
+            left = {ex.key[1:] for ex in self._pending}
+            keys = {ex.key[1:] for ex in batch} - left
+            self._pending_keys -= keys
+        for _ in range(self.settings.passes):
+            result = await self.learner.update(batch)
+            self.stats.steps = self.learner.steps
+            self.stats.last_loss = result.loss
+            self.stats.learner_seconds += result.seconds
+        self.stats.examples += len(batch)
+        self._consumed |= keys
+        if self.learner.steps % self.settings.steps_per_version == 0:
+            await self._publish()
+
+    async def _publish(self) -> None:
+        self.learner.version += 1
+        version = self.stats.version = self.learner.version
+        weights = self.learner.weights()
+        if self.publish_to is not None:
+            self.publish_to.swap_weights(weights, version)
+        self.log.info("published", version=version, loss=self.stats.last_loss, episodes=self.stats.episodes)
+        if not self._pending and version % self.settings.checkpoint_every == 0:
+            self._save()
+        due = self.evaluator is not None and version % self.settings.eval_every == 0
+        if due and self._tg is not None and not self._eval_lock.locked():  # one evaluation at a time
+            self._tg.start_soon(self._evaluate, weights, version)
+
+    async def _evaluate(self, weights: dict[str, Any], version: int) -> None:
+        assert self.evaluator is not None
+        episodes, wall = self.stats.episodes, self.stats.elapsed
+        self._evaluated.add(version)
+        async with self._eval_lock:
+            metrics = await self.evaluator.evaluate(weights, version)
+        point = {"version": version, "episodes": episodes, "wall_time": wall, **metrics}
+        self.stats.curve.append(point)
+        self.log.info("evaluated", **point)
+        if self.runtime.store is not None:
+            self.runtime.store.add_curve_point(self.runtime.run_id, version, episodes, wall, metrics)
+
+    # -- durability ---------------------------------------------------------------------
+
+    def _save(self) -> None:
+        if self.checkpoint is None or self._pending:
+            return
+        s = self.stats
+        self.learner.save(
+            self.checkpoint,
+            {
+                "consumed": sorted(self._consumed),
+                "seen": self.source.state(),
+                "stats": {
+                    "episodes": s.episodes,
+                    "examples": s.examples,
+                    "no_examples": s.no_examples,
+                    "dropped_stale": s.dropped_stale,
+                    "downweighted": s.downweighted,
+                    "learner_seconds": s.learner_seconds,
+                    "elapsed": s.elapsed,
+                    "staleness": dict(s.staleness),
+                },
+            },
+        )
+
+    def _restore(self) -> list[Episode]:
+        """Load the checkpoint if there is one; the stored episodes not yet consumed."""
+        store, run_id = self.runtime.store, self.runtime.run_id
+        if store is not None:
+            self.stats.curve = store.curve(run_id)
+            self._evaluated = {p["version"] for p in self.stats.curve}
+        if self.checkpoint is not None and self.checkpoint.is_file():
+            extra = self.learner.load(self.checkpoint)
+            self._consumed = {(t, int(n)) for t, n in extra["consumed"]}
+            self.source.load_state(extra["seen"])
+            saved = extra["stats"]
+            s = self.stats
+            s.episodes, s.examples, s.no_examples = saved["episodes"], saved["examples"], saved["no_examples"]
+            s.dropped_stale, s.downweighted = saved["dropped_stale"], saved["downweighted"]
+            s.learner_seconds, s.elapsed_before = saved["learner_seconds"], saved["elapsed"]
+            s.staleness = Counter({int(k): v for k, v in saved["staleness"].items()})
+            s.steps, s.version = self.learner.steps, self.learner.version
+            if self.publish_to is not None:
+                self.publish_to.swap_weights(self.learner.weights(), self.learner.version)
+            self.log.info("resumed", version=s.version, consumed=len(self._consumed))
+        if store is None:
+            return []
+        return [ep for ep in store.episodes(run_id) if (ep.task.id, ep.sample) not in self._consumed]

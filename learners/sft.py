@@ -1,0 +1,247 @@
+"""Supervised fine-tuning of a local causal LM on examples: the learner of expert
+iteration and of distillation.
+
+Design decisions:
+- The learner owns its own copy of the model, in train mode, and never touches the
+  serving engine's copy: it publishes a snapshot of its weights (``weights()``) that
+  the engine swaps in between decode steps. Training and serving overlap.
+- ``update`` runs the optimizer step in a worker thread, so the event loop keeps
+  driving episodes while the learner computes (no stop-the-world).
+- Loss on the completion tokens only (and the end-of-turn token), each example
+  weighted (stale examples may be down-weighted), normalised by the weighted token
+  count of the whole batch; micro-batches sorted by length keep padding small.
+- LoRA through peft is optional; a LoRA learner publishes merged weights, so the
+  engine always serves a plain model.
+- Checkpoints hold model, optimizer, version and step; they are written to a
+  temporary file and renamed, so a kill mid-write leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import torch
+
+from learners.examples import Example
+
+__all__ = ["LoraSettings", "SFTLearner", "UpdateResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class LoraSettings:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(slots=True)
+class UpdateResult:
+    """What one optimizer step did."""
+
+    step: int
+    loss: float
+    examples: int
+    tokens: int
+    seconds: float
+    grad_norm: float
+
+
+class SFTLearner:
+    """Behaviour cloning of examples into a local transformers model (see module doc)."""
+
+    name = "sft"
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        max_grad_norm: float = 1.0,
+        micro_batch: int = 16,
+        max_length: int = 512,
+        lora: LoraSettings | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.micro_batch = micro_batch
+        self.max_grad_norm = max_grad_norm
+        self.threads = threads
+        self.lora = lora
+        if lora is not None:
+            with warnings.catch_warnings():  # peft reads a property transformers deprecated
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+                model = self._peft(model, lora)
+        self.model = model.train()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+        self.steps = 0
+        self.version = 0
+        self.busy_seconds = 0.0
+        self._eos = tokenizer.eos_token or ""
+
+    @staticmethod
+    def _peft(model: Any, lora: LoraSettings) -> Any:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, config)
+
+    @classmethod
+    def from_path(cls, path: str | Path, **kwargs: Any) -> SFTLearner:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from runtime.local import resolve_checkpoint
+
+        directory = resolve_checkpoint(path)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+        return cls(model, tokenizer, **kwargs)
+
+    # -- examples to tensors -----------------------------------------------------------
+
+    def encode(self, example: Example) -> tuple[list[int], list[int]]:
+        """Token ids of prompt + completion + end of turn, and labels (-100 on the prompt)."""
+        prompt = self.tokenizer.apply_chat_template(example.messages, tokenize=False, add_generation_prompt=True)
+        prompt_ids: list[int] = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        completion_ids: list[int] = self.tokenizer(example.completion + self._eos, add_special_tokens=False)["input_ids"]
+        ids = (prompt_ids + completion_ids)[: self.max_length]
+        labels = ([-100] * len(prompt_ids) + completion_ids)[: self.max_length]
+        return ids, labels
+
+    # -- one optimizer step ------------------------------------------------------------
+
+    async def update(self, examples: Sequence[Example]) -> UpdateResult:
+        """One optimizer step on ``examples``, computed in a worker thread."""
+        return await anyio.to_thread.run_sync(self.step, list(examples))
+
+    def step(self, examples: Sequence[Example]) -> UpdateResult:
+        if not examples:
+            raise ValueError("a learner step needs at least one example")
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        started = time.monotonic()
+        encoded = sorted(
+            ((*self.encode(ex), ex.weight) for ex in examples if ex.weight > 0), key=lambda e: len(e[0])
+        )
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        total_weight = sum(w * sum(t != -100 for t in y[1:]) for _, y, w in encoded) or 1.0
+        loss_sum = 0.0
+        tokens = 0
+        self.model.train()
+        for start in range(0, len(encoded), self.micro_batch):
+            micro = encoded[start : start + self.micro_batch]
+            width = max(len(ids) for ids, _, _ in micro)
+            ids = torch.full((len(micro), width), pad, dtype=torch.long)
+            labels = torch.full((len(micro), width), -100, dtype=torch.long)
+            mask = torch.zeros((len(micro), width), dtype=torch.long)
+            weights = torch.zeros(len(micro))
+            for i, (x, y, w) in enumerate(micro):
+                ids[i, : len(x)] = torch.tensor(x)
+                labels[i, : len(y)] = torch.tensor(y)
+                mask[i, : len(x)] = 1
+                weights[i] = w
+            logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            target = labels[:, 1:]
+            per_token = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
+            ).view(target.shape)
+            loss = (per_token * weights[:, None]).sum() / total_weight
+            loss.backward()
+            loss_sum += float(loss.detach())
+            tokens += int((target != -100).sum())
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps += 1
+        seconds = time.monotonic() - started
+        self.busy_seconds += seconds
+        return UpdateResult(self.steps, loss_sum, len(encoded), tokens, seconds, grad_norm)
+
+    @torch.no_grad()
+    def loss(self, examples: Sequence[Example]) -> float:
+        """Mean completion-token loss on ``examples`` (no update); for tests and logs."""
+        self.model.eval()
+        total, count = 0.0, 0
+        for ex in examples:
+            ids, labels = self.encode(ex)
+            out = self.model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
+            n = sum(t != -100 for t in labels[1:])
+            total += float(out.loss) * n
+            count += n
+        self.model.train()
+        return total / max(count, 1)
+
+    # -- publishing and checkpoints ----------------------------------------------------
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """A snapshot of the weights in the plain model's names (LoRA merged in)."""
+        if self.lora is None:
+            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.merge_adapter()
+        try:
+            out = {}
+            for key, value in self.model.state_dict().items():
+                if "lora_" in key:
+                    continue
+                name = key.removeprefix("base_model.model.").replace(".base_layer", "")
+                out[name] = value.detach().clone()
+            return out
+        finally:
+            self.model.unmerge_adapter()
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """Write model, optimizer, version, step and ``extra`` to ``path`` atomically."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "version": self.version,
+            "steps": self.steps,
+            "extra": extra or {},
+        }
+        tmp = target.with_suffix(target.suffix + ".tmp")
+        torch.save(state, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+
+    def load(self, path: str | Path) -> dict[str, Any]:
+        """Restore a checkpoint written by :meth:`save`; returns its ``extra``."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.version = int(state["version"])
+        self.steps = int(state["steps"])
+        extra: dict[str, Any] = state["extra"]
+        return extra
+
+    def export(self, directory: str | Path) -> None:
+        """Save the current policy as a plain transformers checkpoint directory (servable;
+        LoRA merged in)."""
+        from transformers import AutoModelForCausalLM
+
+        config = (self.model.get_base_model() if self.lora is not None else self.model).config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(self.weights(), strict=False)
+        plain.generation_config = getattr(self.model, "generation_config", plain.generation_config)
+        plain.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
