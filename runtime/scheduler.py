@@ -22,6 +22,12 @@ Design decisions:
   and so run again on resume. A second signal abandons.
 - Admission also stops when the policy's endpoint budget is spent; the reason is
   kept in ``stop_reason``.
+- Cheap per episode, because at 10,000 episodes the scheduler's own work competes
+  with every step (``tests/bench/scheduler.py``): the in-flight episodes of a stream
+  share one cancel scope (their task group's, which abandoning cancels) instead of one
+  each; a timeout scope exists only when a timeout is set; slots and buffers are taken
+  with the non-blocking call first and awaited only when full, and the consumer drains
+  what is buffered without a checkpoint per episode.
 """
 
 from __future__ import annotations
@@ -147,7 +153,7 @@ class Runtime:
         self._strategy_config = strategy.config()
         self._slots = anyio.Semaphore(self.settings.concurrency)
         self._admissions: set[anyio.CancelScope] = set()
-        self._inflight: set[anyio.CancelScope] = set()
+        self._inflight: set[anyio.CancelScope] = set()  # one per stream: its episodes' task group
         self._stack = AsyncExitStack()
         self._tg: TaskGroup | None = None
         self._in_flight = 0
@@ -222,6 +228,12 @@ class Runtime:
         async with receive:
             async for episode in receive:
                 yield episode
+                while True:  # what is already buffered, without a checkpoint each
+                    try:
+                        episode = receive.receive_nowait()
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                    yield episode
 
     async def _produce(self, tasks: Iterable[Any] | AsyncIterable[Any], out: Any) -> None:
         to_store, from_episodes = anyio.create_memory_object_stream[Episode](self.settings.buffer)
@@ -230,15 +242,22 @@ class Runtime:
             done = self.store.done_keys(self.run_id, include_failed=not self.settings.retry_failed)
         async with out, anyio.create_task_group() as tg:
             tg.start_soon(self._write, from_episodes, out, tg.cancel_scope)
-            async with to_store, anyio.create_task_group() as episodes:
-                with anyio.CancelScope() as admission:
-                    self._admissions.add(admission)
-                    if self.stop_reason is not None:
-                        admission.cancel()
-                    try:
-                        await self._admit(tasks, done, episodes, to_store)
-                    finally:
-                        self._admissions.discard(admission)
+            episodes = anyio.create_task_group()
+            # Abandoning cancels the episodes' task group: every in-flight episode of the
+            # stream at once (an abandoned episode ends unrecorded: it runs again on resume).
+            self._inflight.add(episodes.cancel_scope)
+            try:
+                async with to_store, episodes:
+                    with anyio.CancelScope() as admission:
+                        self._admissions.add(admission)
+                        if self.stop_reason is not None:
+                            admission.cancel()
+                        try:
+                            await self._admit(tasks, done, episodes, to_store)
+                        finally:
+                            self._admissions.discard(admission)
+            finally:
+                self._inflight.discard(episodes.cancel_scope)
 
     async def _admit(self, tasks: Any, done: set[tuple[str, int]], episodes: TaskGroup, to_store: Any) -> None:
         limiter = getattr(self.policy, "limiter", None)
@@ -247,7 +266,12 @@ class Runtime:
                 if (task.id, sample) in done:
                     self.stats.skipped += 1
                     continue
-                await self._slots.acquire()
+                if self.stop_reason is not None:
+                    return  # the non-blocking path below never reaches a cancellation point
+                try:
+                    self._slots.acquire_nowait()
+                except anyio.WouldBlock:
+                    await self._slots.acquire()
                 # Checked once the slot is ours: the budget may have run out while we
                 # waited, and an episode admitted now would only fail with BudgetExhausted.
                 if limiter is not None and (reason := limiter.exhausted):
@@ -267,15 +291,16 @@ class Runtime:
                 strategy=self.strategy.name,
                 strategy_config=self._strategy_config,
             )
-            with anyio.CancelScope() as scope:
-                self._inflight.add(scope)
-                try:
-                    await self._run_one(episode)
-                finally:
-                    self._inflight.discard(scope)
-            if scope.cancelled_caught:
-                return  # abandoned on shutdown: not stored, runs again on resume
-            await to_store.send(episode)
+            # Cancellation (abandon) propagates out of here: the episode is not stored.
+            await self._run_one(episode)
+            try:
+                to_store.send_nowait(episode)
+            except anyio.WouldBlock:
+                # Finished work waits for the writer; abandoning no longer applies to it.
+                with anyio.CancelScope(shield=True):
+                    await to_store.send(episode)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return  # the writer is gone (the run is stopping): not stored, runs again on resume
         finally:
             self._in_flight -= 1
             self._slots.release()
@@ -285,8 +310,11 @@ class Runtime:
         ctx = Context(episode, self.policy, self.verifiers, self.sampling, self.settings.token_budget)
         timeout = self.settings.episode_timeout
         try:
-            with anyio.fail_after(timeout):
+            if timeout is None:
                 await self.strategy.run(ctx)
+            else:
+                with anyio.fail_after(timeout):
+                    await self.strategy.run(ctx)
         except TimeoutError:
             episode.status = "failed"
             episode.errors.append(
@@ -318,7 +346,10 @@ class Runtime:
                         await anyio.to_thread.run_sync(self.store.write_many, batch, self.settings.retry_failed)
                     for ep in batch:
                         self.stats.record(ep)
-                        await out.send(ep)
+                        try:
+                            out.send_nowait(ep)
+                        except anyio.WouldBlock:
+                            await out.send(ep)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             # The consumer stopped listening: stop the run rather than block forever.
             self.shutdown("the consumer closed the stream", abandon=True)

@@ -69,7 +69,7 @@ from runtime.tiny.policy_format import BUNDLED_POLICY, assistant_prefix  # noqa:
 THREADS = 2
 MAX_TOKENS = 64
 MAX_BATCH = 128
-VLLM_PYTHON = Path(os.environ.get("SEARCHLEARN_VLLM_PYTHON", "/work/vllm-venv/bin/python"))
+VLLM_PYTHON = Path(os.environ.get("SEARCHLEARN_VLLM_PYTHON", str(ROOT / ".vllm-venv" / "bin" / "python")))
 
 Generate = Callable[[GenerationRequest], Awaitable[GenerationResult]]
 

@@ -50,11 +50,12 @@ import httpx2  # noqa: E402
 import openai  # noqa: E402
 from fakeserver import FakeServer, serve, stats  # noqa: E402
 
+from runtime.context import Context, Sampling, Verifiers  # noqa: E402
 from runtime.limits import EndpointLimits  # noqa: E402
 from runtime.openai_policy import OpenAIPolicy  # noqa: E402
 from runtime.policy import GenerationRequest, ScriptedPolicy  # noqa: E402
 from runtime.scheduler import Runtime, SchedulerSettings  # noqa: E402
-from runtime.types import Task  # noqa: E402
+from runtime.types import Episode, Task  # noqa: E402
 from strategies import ChainOfThought  # noqa: E402
 
 CLIENT_CPU = 0
@@ -152,6 +153,43 @@ async def runtime_run(concurrency: int, episodes: int, steps: int, latency: floa
     return LoopRun(finished, policy.calls, wall, cpu, lag, GC.total - gc0, failed)
 
 
+async def direct_run(concurrency: int, episodes: int, steps: int, latency: float) -> LoopRun:
+    """The same episodes (``ChainOfThought`` on a ``Context`` over the same policy) run
+    without the Runtime: ``asyncio.gather`` + a semaphore, nothing stored or streamed.
+    What the strategy, context and policy cost, without the scheduler's share."""
+    policy = ScriptedPolicy(script(steps), latency=latency)
+    strategy = ChainOfThought()
+    tasks = [Task(id=f"t{i}", prompt=f"question {i}") for i in range(episodes)]
+    lag: list[float] = []
+    sem = asyncio.Semaphore(concurrency)
+    monitor = asyncio.ensure_future(_monitor(lag))
+    failed = 0
+
+    async def episode(task: Task) -> None:
+        nonlocal failed
+        async with sem:
+            ep = Episode(run_id="direct", task=task, strategy=strategy.name)
+            await strategy.run(Context(ep, policy, Verifiers(), Sampling()))
+            failed += ep.status != "ok"
+
+    cpu0, t0, gc0 = time.process_time(), time.perf_counter(), GC.total
+    await asyncio.gather(*(episode(t) for t in tasks))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    monitor.cancel()
+    return LoopRun(episodes, policy.calls, wall, cpu, lag, GC.total - gc0, failed)
+
+
+def without_gc(run: Callable[[], LoopRun]) -> LoopRun:
+    """``run()`` with the cyclic garbage collector switched off (a diagnostic only)."""
+    gc.collect()
+    gc.disable()
+    try:
+        return run()
+    finally:
+        gc.enable()
+        gc.collect()
+
+
 async def bare_run(concurrency: int, episodes: int, steps: int, latency: float) -> LoopRun:
     """The same waves as bare asyncio tasks: S sleeps each, at most C at once."""
     lag: list[float] = []
@@ -204,6 +242,12 @@ def bench_in_process(quick: bool) -> str:
         run = anyio.run(runtime_run, top, 3 * top, STEPS, LATENCY, Path(tmp) / "episodes.db")
     rows.append(loop_row("Runtime, SQLite store", top, STEPS, LATENCY, run, None))
     print(f"  runtime+store C={top}: {run.wall:.2f}s", file=sys.stderr)
+    run = without_gc(lambda: anyio.run(runtime_run, top, 3 * top, STEPS, LATENCY, None))
+    rows.append(loop_row("Runtime, no store, cyclic GC off (diagnostic)", top, STEPS, LATENCY, run, None))
+    print(f"  runtime C={top}, GC off: {run.wall:.2f}s", file=sys.stderr)
+    run = asyncio.run(direct_run(top, 3 * top, STEPS, LATENCY))
+    rows.append(loop_row("no Runtime: ChainOfThought + Context, asyncio.gather", top, STEPS, LATENCY, run, None))
+    print(f"  direct C={top}: {run.wall:.2f}s", file=sys.stderr)
     run = asyncio.run(bare_run(top, 3 * top, STEPS, LATENCY))
     rows.append(loop_row("floor: bare asyncio.sleep tasks", top, STEPS, LATENCY, run, None))
     if not quick:
@@ -230,7 +274,11 @@ def bench_in_process(quick: bool) -> str:
         + table(header, rows)
         + "\n\nTarget: ratio >= 0.90 at C=10,000, L=100 ms. CPU µs/step is process CPU time over all "
         'steps (the fake policy\'s work included); "of which GC" is time in the cyclic garbage collector. '
-        "The floor row is C tasks doing S `asyncio.sleep(L)` each, with no runtime at all. "
+        "Reaching the ideal needs all C·S/(S·L) = C/L steps a second, i.e. at most L/C of CPU per step "
+        f"({LATENCY / levels[-1] * 1e6:.0f} µs at C={levels[-1]:,}). "
+        "The diagnostic rows split the cost at the largest C: the same Runtime run with the cyclic GC off; "
+        "the same episodes (ChainOfThought on a Context over the same policy) without the Runtime; "
+        "and the floor, C tasks doing S `asyncio.sleep(L)` each with nothing else. "
         f"The L={SLOW_LATENCY * 1e3:.0f} ms row is the same run at a latency closer to a real model's step."
     )
 
