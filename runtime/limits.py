@@ -93,7 +93,9 @@ class EndpointLimiter:
     def __init__(self, limits: EndpointLimits) -> None:
         self.limits = limits
         self._concurrency = anyio.Semaphore(limits.max_concurrency)
-        self._requests = _Bucket(limits.requests_per_minute, limits.burst_seconds) if limits.requests_per_minute else None
+        self._requests = (
+            _Bucket(limits.requests_per_minute, limits.burst_seconds) if limits.requests_per_minute else None
+        )
         self._tokens = _Bucket(limits.tokens_per_minute, limits.burst_seconds) if limits.tokens_per_minute else None
         self.spent_usd = 0.0
         self.in_flight = 0

@@ -217,7 +217,7 @@ class OpenAIPolicy:
             kwargs["seed"] = request.seed + seed_offset
         extra = dict(self.extra_body)
         if self.server == "transformers":
-            config = {"do_sample": request.temperature > 0, "max_new_tokens": request.max_tokens}
+            config: dict[str, Any] = {"do_sample": request.temperature > 0, "max_new_tokens": request.max_tokens}
             if request.temperature > 0:
                 config |= {"temperature": request.temperature, "top_p": request.top_p}
             extra["generation_config"] = json.dumps(config)
@@ -254,7 +254,7 @@ class OpenAIPolicy:
                     messages.append({"role": "user", "content": "Continue."})
             if request.logprobs:
                 kwargs["logprobs"] = True
-            return await self.client.chat.completions.create(messages=messages, **kwargs)
+            return await self.client.chat.completions.create(messages=messages, **kwargs)  # type: ignore[arg-type]
 
     def _parse(self, response: Any, request: GenerationRequest) -> GenerationResult:
         choices = getattr(response, "choices", None)

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
+import anyio.lowlevel
 import structlog
 from anyio.abc import TaskGroup
 
@@ -266,12 +267,14 @@ class Runtime:
                 if (task.id, sample) in done:
                     self.stats.skipped += 1
                     continue
-                if self.stop_reason is not None:
-                    return  # the non-blocking path below never reaches a cancellation point
                 try:
                     self._slots.acquire_nowait()
                 except anyio.WouldBlock:
                     await self._slots.acquire()
+                else:
+                    # Let the episodes already admitted run (and spend) before the
+                    # budget check below; a bare checkpoint costs no cancel scope.
+                    await anyio.lowlevel.checkpoint()
                 # Checked once the slot is ours: the budget may have run out while we
                 # waited, and an episode admitted now would only fail with BudgetExhausted.
                 if limiter is not None and (reason := limiter.exhausted):

@@ -58,7 +58,10 @@ def policy(model: Any, tokenizer: Any) -> Iterator[LocalPolicy]:
 
 def prompts(n: int, seed: int = 0, shared: str = "") -> list[str]:
     rng = random.Random(seed)
-    return [shared + f"Evaluate: {rng.randint(1, 99)}+{rng.randint(1, 99)}*{rng.randint(2, 9)}" * rng.randint(1, 3) for _ in range(n)]
+    return [
+        shared + f"Evaluate: {rng.randint(1, 99)}+{rng.randint(1, 99)}*{rng.randint(2, 9)}" * rng.randint(1, 3)
+        for _ in range(n)
+    ]
 
 
 def reference(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> list[int]:
@@ -90,6 +93,57 @@ async def test_greedy_batched_matches_generate(policy: LocalPolicy, model: Any, 
     assert policy.engine.stats.decode_steps < sum(len(r.completions[0].token_ids) for r in results)
 
 
+@pytest.fixture(scope="module")
+def trained() -> Any:
+    """The bundled trained policy. The random test model's greedy picks barely depend on
+    its KV (its sharpened tied embeddings dominate), so only a real model notices lost or
+    misplaced KV."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(BUNDLED_POLICY, dtype=torch.float32).eval()
+
+
+def tiny_questions(n: int, seed: int) -> list[str]:
+    from runtime.tiny.domain import generate_problem
+    from runtime.tiny.policy_format import assistant_prefix
+
+    rng = random.Random(seed)
+    return [assistant_prefix(generate_problem(rng, 3).question) for _ in range(n)]
+
+
+async def test_kv_buffers_that_grow_mid_batch_stay_exact(
+    trained: Any, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runtime.local.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "ROOM", 3)  # the running batch's buffers fill and grow many times
+    texts = tiny_questions(12, seed=8)
+    policy = LocalPolicy(trained, tokenizer, max_batch=8, threads=1)
+    try:
+        results = await generate_all(policy, texts, max_tokens=40, temperature=0.0)
+    finally:
+        policy.engine.close()
+    for text, result in zip(texts, results, strict=True):
+        assert result.completions[0].token_ids == reference(trained, tokenizer, text, 40)
+
+
+async def test_prefix_reuse_is_exact_on_a_trained_model(trained: Any, tokenizer: Any) -> None:
+    shared = tiny_questions(1, seed=9)[0] + "plan: first the products, then the sums\n"
+    texts = [shared + f"check: {2 + i}*{3 + i}=" for i in range(6)]
+    policy = LocalPolicy(trained, tokenizer, max_batch=8, threads=1)
+    try:
+        await generate_all(policy, [shared], max_tokens=4, temperature=0.0)  # caches the shared prefix
+        stats = policy.engine.stats
+        requested, computed = stats.prefill_requested, stats.prefill_computed
+        results = await generate_all(policy, texts, max_tokens=24, temperature=0.0)
+        reused = (stats.prefill_requested - requested) - (stats.prefill_computed - computed)
+    finally:
+        policy.engine.close()
+    assert reused >= 6 * 16  # every branch found at least one cached block of the shared prefix
+    for text, result in zip(texts, results, strict=True):
+        assert result.completions[0].token_ids == reference(trained, tokenizer, text, 24)
+
+
 async def test_prefix_reuse_is_exact_and_saves_prefill(policy: LocalPolicy, model: Any, tokenizer: Any) -> None:
     shared = "Plan: " + "3+4*5-6 " * 12
     texts = prompts(10, seed=1, shared=shared)
@@ -115,13 +169,17 @@ async def test_n_shares_prefill_and_seeds_repeat(policy: LocalPolicy) -> None:
 
 async def test_logprobs_match_a_forward_pass(policy: LocalPolicy, model: Any, tokenizer: Any) -> None:
     text = prompts(1, seed=3)[0]
-    result = await policy.generate(GenerationRequest(prompt=text, max_tokens=16, temperature=1.0, seed=1, logprobs=True))
+    result = await policy.generate(
+        GenerationRequest(prompt=text, max_tokens=16, temperature=1.0, seed=1, logprobs=True)
+    )
     c = result.completions[0]
     assert c.token_ids and c.logprobs and len(c.token_ids) == len(c.logprobs)
     prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         logits = model(torch.tensor([prompt_ids + c.token_ids])).logits[0]
-    expected = torch.log_softmax(logits.float(), -1)[len(prompt_ids) - 1 : -1].gather(1, torch.tensor(c.token_ids)[:, None])
+    expected = torch.log_softmax(logits.float(), -1)[len(prompt_ids) - 1 : -1].gather(
+        1, torch.tensor(c.token_ids)[:, None]
+    )
     assert torch.allclose(torch.tensor(c.logprobs), expected[:, 0], atol=1e-4)
 
 

@@ -30,7 +30,9 @@ Q = [{"role": "user", "content": "What is 6*7?"}]
 _port = iter(range(1, 10**6))
 
 
-def chat_body(texts: list[str], prompt_tokens: int = 3, completion_tokens: int = 2, **choice_extra: Any) -> dict[str, Any]:
+def chat_body(
+    texts: list[str], prompt_tokens: int = 3, completion_tokens: int = 2, **choice_extra: Any
+) -> dict[str, Any]:
     return {
         "id": "cmpl-1",
         "object": "chat.completion",
@@ -104,7 +106,9 @@ async def test_retries_are_capped_and_errors_classified() -> None:
         await policy(always_500, retry_attempts=3).generate(GenerationRequest(messages=Q))
     assert len(always_500.requests) == 3
 
-    garbage = Server(lambda req, i: httpx2.Response(200, content=b"<html>", headers={"content-type": "application/json"}))
+    garbage = Server(
+        lambda req, i: httpx2.Response(200, content=b"<html>", headers={"content-type": "application/json"})
+    )
     with pytest.raises(PolicyResponseError, match="unreadable response"):
         await policy(garbage, retry_attempts=2).generate(GenerationRequest(messages=Q))
 
@@ -120,7 +124,9 @@ async def test_connection_refused_is_retried_then_unavailable() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once we leave: nothing listens there
-    p = OpenAIPolicy("m", base_url=f"http://127.0.0.1:{port}/v1", retry_attempts=3, retry_initial=0.01, retry_max_wait=0.02)
+    p = OpenAIPolicy(
+        "m", base_url=f"http://127.0.0.1:{port}/v1", retry_attempts=3, retry_initial=0.01, retry_max_wait=0.02
+    )
     with pytest.raises(PolicyUnavailable, match="APIConnectionError after 3 attempts"):
         await p.generate(GenerationRequest(messages=Q))
     await p.aclose()
@@ -214,9 +220,16 @@ async def test_cost_budget_stops_calls_and_the_run_says_so(tmp_path: Any) -> Non
 
 async def test_logprobs_token_ids_and_server_quirks() -> None:
     def respond(req: httpx2.Request, i: int) -> httpx2.Response:
-        body = chat_body(["4 2"], logprobs={"content": [{"token": "4", "logprob": -0.1, "bytes": None, "top_logprobs": []},
-                                                        {"token": " 2", "logprob": -0.2, "bytes": None, "top_logprobs": []}]},
-                         token_ids=[19, 17])
+        body = chat_body(
+            ["4 2"],
+            logprobs={
+                "content": [
+                    {"token": "4", "logprob": -0.1, "bytes": None, "top_logprobs": []},
+                    {"token": " 2", "logprob": -0.2, "bytes": None, "top_logprobs": []},
+                ]
+            },
+            token_ids=[19, 17],
+        )
         return httpx2.Response(200, json=body)
 
     server = Server(respond)
@@ -226,7 +239,10 @@ async def test_logprobs_token_ids_and_server_quirks() -> None:
     assert c.logprobs == [-0.1, -0.2] and c.token_ids == [19, 17]
     sent = server.requests[0]
     assert sent["logprobs"] is True and sent["return_token_ids"] is True
-    assert sent["continue_final_message"] is True and sent["messages"][-1] == {"role": "assistant", "content": "Step 1.\n"}
+    assert sent["continue_final_message"] is True and sent["messages"][-1] == {
+        "role": "assistant",
+        "content": "Step 1.\n",
+    }
 
     hf = Server(lambda req, i: httpx2.Response(200, json=chat_body(["line one\nline two"])))
     p = policy(hf, server="transformers")
@@ -245,8 +261,19 @@ async def test_completion_mode_renders_prompt_and_reads_logprobs() -> None:
                 "object": "text_completion",
                 "created": 1,
                 "model": "m",
-                "choices": [{"index": 0, "text": "7", "finish_reason": "stop",
-                             "logprobs": {"tokens": ["7"], "token_logprobs": [-0.5], "top_logprobs": None, "text_offset": [0]}}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": "7",
+                        "finish_reason": "stop",
+                        "logprobs": {
+                            "tokens": ["7"],
+                            "token_logprobs": [-0.5],
+                            "top_logprobs": None,
+                            "text_offset": [0],
+                        },
+                    }
+                ],
                 "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
             },
         )

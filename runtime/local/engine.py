@@ -10,6 +10,10 @@ Design decisions:
   attention mask and per-row position ids. Joining rows are prefilled on their own,
   then merged by re-padding; finished rows are dropped when a quarter of the batch is
   done or at the next join, so the copy cost is amortised over many decode steps.
+- Each layer of the running batch's cache is a buffer with room to grow (a
+  ``DynamicLayer`` subclass): a decode step writes its one new position in place. transformers'
+  ``DynamicLayer`` concatenates, i.e. copies the whole batch's KV every step, which
+  at 64 rows of ~150 positions is ~80 MB of copying per step for a 4-layer model.
 - Prefix KV cache: after a prefill, the KV of every 16-token-aligned prefix of the
   prompt is remembered (LRU over prompts). A new prompt looks up its longest aligned
   prefix and prefills only the rest, so tree-search branches that share a path reuse
@@ -32,6 +36,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import queue
 import threading
@@ -90,6 +95,58 @@ class EngineStats:
     @property
     def prefix_reuse(self) -> float:
         return 1.0 - self.prefill_computed / self.prefill_requested if self.prefill_requested else 0.0
+
+
+ROOM = 64  # spare positions in a running-batch KV buffer; it grows by at least this much when full
+
+
+def _buffers(like: torch.Tensor, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed key and value buffers shaped like ``like`` for ``batch`` rows of ``length``
+    positions, plus ``ROOM``."""
+    shape = (batch, like.shape[1], length + ROOM, like.shape[3])
+    return like.new_zeros(shape), like.new_zeros(shape)
+
+
+@functools.cache
+def _slab_layer_class() -> Any:
+    """A ``DynamicLayer`` whose KV lives in buffers with room to grow (module doc);
+    built on first use because transformers is imported lazily here."""
+    from transformers.cache_utils import DynamicLayer
+
+    class SlabLayer(DynamicLayer):  # type: ignore[no-untyped-call]
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+            super().__init__()  # type: ignore[no-untyped-call]
+            self._k, self._v, self._n = keys, values, length
+            self.keys, self.values = keys[:, :, :length], values[:, :, :length]
+            self.device = keys.device
+            self.is_initialized = True
+
+        def update(
+            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            n, m = self._n, key_states.shape[-2]
+            if n + m > self._k.shape[2]:
+                k, v = _buffers(self._k, self._k.shape[0], n + max(n // 2, m))
+                k[:, :, :n] = self._k[:, :, :n]
+                v[:, :, :n] = self._v[:, :, :n]
+                self._k, self._v = k, v
+            self._k[:, :, n : n + m] = key_states
+            self._v[:, :, n : n + m] = value_states
+            self._n = n + m
+            self.keys, self.values = self._k[:, :, : n + m], self._v[:, :, : n + m]
+            return self.keys, self.values
+
+    return SlabLayer
+
+
+def _slab_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> Any:
+    """A ``DynamicCache`` over per-layer (keys, values) buffers holding ``length`` positions."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    cache.layers = [_slab_layer_class()(k, v, length) for k, v in layers]
+    cache.layer_class_to_replicate = None
+    return cache
 
 
 @dataclass(slots=True)
@@ -164,7 +221,9 @@ class LocalEngine:
             raise ValueError(f"prompt of {len(req.prompt_ids)} tokens does not fit the {self.context}-token context")
         self._queue.put(req)
 
-    def swap_weights(self, state_dict: dict[str, torch.Tensor], version: int, done: Callable[[], None] = lambda: None) -> None:
+    def swap_weights(
+        self, state_dict: dict[str, torch.Tensor], version: int, done: Callable[[], None] = lambda: None
+    ) -> None:
         """Serve ``version`` from ``state_dict`` once the running batch has finished."""
         self._queue.put(("swap", (state_dict, version, done)))
 
@@ -283,28 +342,25 @@ class LocalEngine:
 
     def _merge(self, new_rows: list[tuple[_Row, list[tuple[torch.Tensor, torch.Tensor]], int]]) -> None:
         """Left-pad the running batch and the new rows to one length and stack them."""
-        from transformers import DynamicCache
-
         self._compact(force=True)
         old_len = self._mask.shape[1] if self._mask is not None else 0
         width = max([old_len] + [kv[0][0].shape[2] for _, kv, _ in new_rows])
         layers = len(new_rows[0][1])
         total = len(self._rows) + len(new_rows)
-        cache = DynamicCache()
+        slabs = []
         mask = torch.zeros(total, width, dtype=torch.long)
         for layer in range(layers):
-            k0 = new_rows[0][1][layer][0]
-            keys = k0.new_zeros((total, k0.shape[1], width, k0.shape[3]))
-            values = keys.clone()
+            keys, values = _buffers(new_rows[0][1][layer][0], total, width)
             if self._rows:
                 old = self._cache.layers[layer]
-                keys[: len(self._rows), :, width - old_len :] = old.keys
-                values[: len(self._rows), :, width - old_len :] = old.values
+                keys[: len(self._rows), :, width - old_len : width] = old.keys
+                values[: len(self._rows), :, width - old_len : width] = old.values
             for j, (_, kv, _) in enumerate(new_rows):
                 k, v = kv[layer]
-                keys[len(self._rows) + j, :, width - k.shape[2] :] = k[0]
-                values[len(self._rows) + j, :, width - v.shape[2] :] = v[0]
-            cache.update(keys, values, layer)
+                keys[len(self._rows) + j, :, width - k.shape[2] : width] = k[0]
+                values[len(self._rows) + j, :, width - v.shape[2] : width] = v[0]
+            slabs.append((keys, values))
+        cache = _slab_cache(slabs, width)
         if self._rows and self._mask is not None:
             mask[: len(self._rows), width - old_len :] = self._mask
         for j, (_, kv, _) in enumerate(new_rows):
@@ -330,9 +386,14 @@ class LocalEngine:
         mask = self._mask[index]
         start = int((mask.sum(0) > 0).nonzero()[0]) if mask.any() else 0
         self._mask = mask[:, start:]
+        width = self._mask.shape[1]
+        slabs = []
         for layer in self._cache.layers:
-            layer.keys = layer.keys[index, :, start:]
-            layer.values = layer.values[index, :, start:]
+            keys, values = _buffers(layer.keys, len(keep), width)
+            keys[:, :, :width] = layer.keys[index, :, start:]
+            values[:, :, :width] = layer.values[index, :, start:]
+            slabs.append((keys, values))
+        self._cache = _slab_cache(slabs, width)
 
     def _step(self) -> None:
         """One decode step for every unfinished row."""
@@ -410,7 +471,8 @@ class LocalEngine:
         if group.left == 0:
             del self._groups[id(req)]
             if not req.cancelled:
-                req.done(EngineResult([s for s in group.sequences if s is not None], group.prompt_tokens, group.version))
+                sequences = [s for s in group.sequences if s is not None]
+                req.done(EngineResult(sequences, group.prompt_tokens, group.version))
 
     def _fail_all(self, exc: BaseException) -> None:
         for group in list(self._groups.values()):

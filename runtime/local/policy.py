@@ -142,4 +142,8 @@ def _waker(event: anyio.Event) -> Callable[[], None]:
         token = trio.lowlevel.current_trio_token()
         return lambda: token.run_sync_soon(event.set)
     loop = asyncio.get_running_loop()
-    return lambda: loop.call_soon_threadsafe(event.set)
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(event.set)
+
+    return wake
