@@ -26,7 +26,7 @@ from runtime.context import Sampling
 from runtime.errors import ConfigError
 from runtime.types import Task
 
-__all__ = ["build_loop", "checkpoint_path", "export_path"]
+__all__ = ["build_learner", "build_loop", "checkpoint_path", "export_path"]
 
 
 def checkpoint_path(config: RunConfig) -> Path:
@@ -76,16 +76,14 @@ def _eval_tasks(config: RunConfig) -> list[Task]:
         raise ConfigError(f"learner.eval.{exc}") from None
 
 
-def build_loop(config: RunConfig, *, handle_signals: bool = False) -> OnlineLoop:
-    """The runtime, learner, evaluator and loop of ``config`` (which has a learner)."""
-    from runtime.local import LocalPolicy
-
+def build_learner(config: RunConfig) -> SFTLearner:
+    """The learner of ``config``: its model fresh or loaded, untrained by this run."""
     learner_config = config.learner
     if learner_config is None:
         raise ConfigError("learner: this config has no learner section")
     model, tokenizer = _student(config)
     lora = learner_config.lora
-    learner = SFTLearner(
+    return SFTLearner(
         model,
         tokenizer,
         lr=learner_config.lr,
@@ -94,13 +92,23 @@ def build_loop(config: RunConfig, *, handle_signals: bool = False) -> OnlineLoop
         lora=LoraSettings(lora.r, lora.alpha, lora.dropout) if lora else None,
         threads=learner_config.threads,
     )
+
+
+def build_loop(config: RunConfig, *, handle_signals: bool = False) -> OnlineLoop:
+    """The runtime, learner, evaluator and loop of ``config`` (which has a learner)."""
+    from runtime.local import LocalPolicy
+
+    learner = build_learner(config)
+    learner_config = config.learner
+    assert learner_config is not None
+    model, tokenizer = learner.model, learner.tokenizer
     runtime = build_runtime(config, handle_signals=handle_signals)
     evaluator = None
     if learner_config.eval is not None:
         from transformers import AutoModelForCausalLM
 
-        shape = model.config
-        eval_policy = LocalPolicy(AutoModelForCausalLM.from_config(shape, dtype=torch.float32), tokenizer, name="eval")
+        shape = learner.model.get_base_model().config if learner.lora else model.config
+        eval_policy = LocalPolicy(AutoModelForCausalLM.from_config(shape, dtype=torch.float32), tokenizer, name="eval")  # type: ignore[no-untyped-call]
         evaluator = Evaluator(
             eval_policy,
             _eval_tasks(config),
@@ -126,8 +134,9 @@ def build_loop(config: RunConfig, *, handle_signals: bool = False) -> OnlineLoop
     return OnlineLoop(
         runtime,
         learner,
-        VerifiedPaths(learner_config.keep, learner_config.min_reward, learner_config.dedupe,
-                      config.sampling.step_delimiter),
+        VerifiedPaths(
+            learner_config.keep, learner_config.min_reward, learner_config.dedupe, config.sampling.step_delimiter
+        ),
         publish=runtime.policy if learner_config.kind == "expert_iteration" else None,
         evaluator=evaluator,
         checkpoint=checkpoint_path(config),

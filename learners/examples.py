@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from runtime.context import Verifiers
 from runtime.types import Episode, Node
@@ -40,7 +40,7 @@ class Example:
     key: tuple[str, str, int]
     policy_version: int | None = None
     weight: float = 1.0
-    meta: dict[str, float] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def _path(episode: Episode, leaf: Node) -> list[Node]:

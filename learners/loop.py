@@ -16,6 +16,8 @@ Design decisions (after AReaL's asynchronous RL, Fu et al. 2025, on one machine)
 - Staleness bound k: an example sampled under a version more than k versions older
   than the learner's is dropped or down-weighted (``decay ** (staleness - k)``), and
   counted either way; the staleness of everything consumed is kept as a histogram.
+  Without a policy to publish to (distillation: the teacher samples and never
+  changes) nothing is stale.
 - Durable and resumable: the learner checkpoints (model, optimizer, version, the set
   of episodes consumed, the dedupe state) right after a step, when no example is
   pending. A restarted loop first replays the stored episodes it had not consumed,
@@ -168,7 +170,7 @@ class OnlineLoop:
                     for ep in replay:
                         self.stats.replayed += 1
                         await send.send(ep)
-                    async with aclosing(self.runtime.stream(tasks)) as stream:
+                    async with aclosing(self.runtime.stream(tasks)) as stream:  # type: ignore[type-var]
                         async for ep in stream:
                             await send.send(ep)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -196,7 +198,7 @@ class OnlineLoop:
         for start in range(0, len(todo), chunk):
             if self._budget_spent():
                 break
-            async with aclosing(self.runtime.stream(todo[start : start + chunk])) as stream:
+            async with aclosing(self.runtime.stream(todo[start : start + chunk])) as stream:  # type: ignore[type-var]
                 async for episode in stream:
                     await self._take(episode)
             while len(self._pending) >= self.settings.batch_examples and not self._budget_spent():
@@ -217,7 +219,10 @@ class OnlineLoop:
         k = self.settings.max_staleness
         kept = []
         for ex in examples:
-            staleness = self.learner.version - ex.policy_version if ex.policy_version is not None else 0
+            # Staleness only means something when the learner's versions are what samples
+            # (expert iteration); a distillation teacher never changes.
+            sampled = ex.policy_version if self.publish_to is not None else None
+            staleness = self.learner.version - sampled if sampled is not None else 0
             self.stats.staleness[staleness] += 1
             if staleness > k:
                 if self.settings.stale == "drop":

@@ -120,7 +120,9 @@ class SFTLearner:
         """Token ids of prompt + completion + end of turn, and labels (-100 on the prompt)."""
         prompt = self.tokenizer.apply_chat_template(example.messages, tokenize=False, add_generation_prompt=True)
         prompt_ids: list[int] = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        completion_ids: list[int] = self.tokenizer(example.completion + self._eos, add_special_tokens=False)["input_ids"]
+        completion_ids: list[int] = self.tokenizer(example.completion + self._eos, add_special_tokens=False)[
+            "input_ids"
+        ]
         ids = (prompt_ids + completion_ids)[: self.max_length]
         labels = ([-100] * len(prompt_ids) + completion_ids)[: self.max_length]
         return ids, labels
@@ -137,9 +139,7 @@ class SFTLearner:
         if self.threads:
             torch.set_num_threads(self.threads)
         started = time.monotonic()
-        encoded = sorted(
-            ((*self.encode(ex), ex.weight) for ex in examples if ex.weight > 0), key=lambda e: len(e[0])
-        )
+        encoded = sorted(((*self.encode(ex), ex.weight) for ex in examples if ex.weight > 0), key=lambda e: len(e[0]))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         total_weight = sum(w * sum(t != -100 for t in y[1:]) for _, y, w in encoded) or 1.0
         loss_sum = 0.0
@@ -163,7 +163,7 @@ class SFTLearner:
                 logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
             ).view(target.shape)
             loss = (per_token * weights[:, None]).sum() / total_weight
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             loss_sum += float(loss.detach())
             tokens += int((target != -100).sum())
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -240,7 +240,7 @@ class SFTLearner:
         from transformers import AutoModelForCausalLM
 
         config = (self.model.get_base_model() if self.lora is not None else self.model).config
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
         plain.load_state_dict(self.weights(), strict=False)
         plain.generation_config = getattr(self.model, "generation_config", plain.generation_config)
         plain.save_pretrained(directory)

@@ -91,7 +91,9 @@ def summary_table(title: str, stats: dict[str, Any]) -> Table:
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="YAML run config.")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: key.sub=value (repeatable).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field: key.sub=value (repeatable).")
+    ] = None,
     log_json: Annotated[bool, typer.Option("--log-json", help="Structured JSON logs on stderr.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at info level.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -169,7 +171,7 @@ async def _run_loop(loop: Any, tasks: list[Any], total: int, show: bool) -> Any:
         async def refresh() -> None:
             while True:
                 s, ls = rt.stats, loop.stats
-                done = (rt.store.count(rt.run_id) if rt.store else s.finished)
+                done = rt.store.count(rt.run_id) if rt.store else s.finished
                 acc = f"{100 * s.solved / s.rewarded:.1f}%" if s.rewarded else "-"
                 loss = "-" if ls.last_loss is None else f"{ls.last_loss:.4f}"
                 bar.update(job, completed=min(done, total), version=ls.version, loss=loss, acc=acc)

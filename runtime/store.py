@@ -169,7 +169,9 @@ class EpisodeStore:
                 n += 1
         return n
 
-    def add_curve_point(self, run_id: str, version: int, episodes: int, wall_time: float, metrics: dict[str, Any]) -> None:
+    def add_curve_point(
+        self, run_id: str, version: int, episodes: int, wall_time: float, metrics: dict[str, Any]
+    ) -> None:
         """Record the evaluation of policy ``version`` (a re-evaluation replaces it)."""
         with self._lock:
             self._db.execute(

@@ -63,7 +63,9 @@ def solution_example(seed: int, steps: int = 2) -> Example:
 
 
 @pytest.mark.parametrize("lora", [None, LoraSettings(r=4, alpha=8)])
-async def test_learner_step_lowers_the_loss_and_changes_the_parameters(tokenizer: Any, lora: LoraSettings | None) -> None:
+async def test_learner_step_lowers_the_loss_and_changes_the_parameters(
+    tokenizer: Any, lora: LoraSettings | None
+) -> None:
     lr = 3e-3 if lora is None else 3e-2  # adapters on a random model need a larger step
     learner = SFTLearner(tiny_model(tokenizer), tokenizer, lr=lr, micro_batch=4, lora=lora)
     batch = [solution_example(s) for s in range(8)]
@@ -110,7 +112,9 @@ async def test_checkpoint_round_trip(tokenizer: Any, tmp_path: Path) -> None:
 # -- from episodes to examples ------------------------------------------------------------
 
 
-def episode_with_leaves(texts: Sequence[tuple[str, float | None]], chosen: int, reward: float, version: int = 0) -> Episode:
+def episode_with_leaves(
+    texts: Sequence[tuple[str, float | None]], chosen: int, reward: float, version: int = 0
+) -> Episode:
     ep = Episode(run_id="r", task=Task(id="t", prompt="Evaluate: 2+3", answer="5"), reward=reward)
     ep.nodes.append(Node(id=0, parent=None, depth=0))
     for text, score in texts:
@@ -206,7 +210,9 @@ async def test_stale_examples_are_dropped_or_downweighted_and_counted(mode: str)
     learner = FakeLearner()
     learner.version = 6
     loop = OnlineLoop(
-        scripted_runtime(), learner, VerifiedPaths(dedupe=False),  # type: ignore[arg-type]
+        scripted_runtime(),
+        learner,
+        VerifiedPaths(dedupe=False),  # type: ignore[arg-type]
         settings=LoopSettings(max_staleness=2, stale=mode, stale_decay=0.5, batch_examples=100),  # type: ignore[arg-type]
     )
     loop._restore()
@@ -228,8 +234,13 @@ async def test_slow_learner_slows_admission_and_everything_is_consumed_once(tmp_
     learner = FakeLearner(seconds=0.05)
     store = EpisodeStore(tmp_path / "s.db")
     rt = scripted_runtime(store, concurrency=8, buffer=4)
-    loop = OnlineLoop(rt, learner, VerifiedPaths(), publish=Publish(rt.policy),  # type: ignore[arg-type]
-                      settings=LoopSettings(batch_examples=4, buffer_episodes=4, max_staleness=1000))
+    loop = OnlineLoop(
+        rt,
+        learner,
+        VerifiedPaths(),
+        publish=Publish(rt.policy),  # type: ignore[arg-type]
+        settings=LoopSettings(batch_examples=4, buffer_episodes=4, max_staleness=1000),
+    )
     peak_gap = 0
 
     async def watch() -> None:
@@ -255,7 +266,13 @@ async def test_slow_learner_slows_admission_and_everything_is_consumed_once(tmp_
 async def test_sync_mode_alternates_generation_and_training() -> None:
     learner = FakeLearner()
     rt = scripted_runtime()
-    loop = OnlineLoop(rt, learner, VerifiedPaths(), publish=Publish(rt.policy), settings=LoopSettings(mode="sync", batch_examples=10, sync_episodes=20))  # type: ignore[arg-type]
+    loop = OnlineLoop(
+        rt,
+        learner,
+        VerifiedPaths(),
+        publish=Publish(rt.policy),
+        settings=LoopSettings(mode="sync", batch_examples=10, sync_episodes=20),
+    )  # type: ignore[arg-type]
     async with rt:
         stats = await loop.run(ones(60))
     assert learner.steps == 6 and stats.examples == 60 and len(set(learner.seen)) == 60
@@ -273,11 +290,24 @@ async def test_expert_iteration_loop_publishes_versions_evaluates_and_resumes(tm
         policy = LocalPolicy.from_path("bundled", max_batch=32)
         learner = SFTLearner.from_path("bundled", lr=1e-5, micro_batch=8)
         evaluator = Evaluator(LocalPolicy.from_path("bundled"), held_out, verifiers, sampling, BestOfN(n=2))
-        rt = Runtime(policy, BestOfN(n=2, selection="process"), verifiers=verifiers, sampling=sampling,
-                     settings=SchedulerSettings(concurrency=4), store=store, run_id="ei")
-        return OnlineLoop(rt, learner, VerifiedPaths("all_correct"), publish=policy, evaluator=evaluator,
-                          checkpoint=tmp_path / "ei" / "learner.pt",
-                          settings=LoopSettings(batch_examples=8, eval_every=2, max_versions=3))
+        rt = Runtime(
+            policy,
+            BestOfN(n=2, selection="process"),
+            verifiers=verifiers,
+            sampling=sampling,
+            settings=SchedulerSettings(concurrency=4),
+            store=store,
+            run_id="ei",
+        )
+        return OnlineLoop(
+            rt,
+            learner,
+            VerifiedPaths("all_correct"),
+            publish=policy,
+            evaluator=evaluator,
+            checkpoint=tmp_path / "ei" / "learner.pt",
+            settings=LoopSettings(batch_examples=8, eval_every=2, max_versions=3),
+        )
 
     tasks = list(tiny_tasks(160, steps=[2, 3], seed=5))
     store = EpisodeStore(tmp_path / "s.db")
@@ -315,7 +345,9 @@ async def test_evaluator_measures_the_version_it_is_given(tokenizer: Any) -> Non
     tasks = list(tiny_tasks(6, steps=[1], seed=4))
     bundled = SFTLearner.from_path("bundled")
     random_weights = SFTLearner(tiny_model(tokenizer), tokenizer)
-    evaluator = Evaluator(LocalPolicy.from_path("bundled"), tasks, Verifiers(outcome=ExactMatch()), Sampling(max_tokens=40))
+    evaluator = Evaluator(
+        LocalPolicy.from_path("bundled"), tasks, Verifiers(outcome=ExactMatch()), Sampling(max_tokens=40)
+    )
     started = time.monotonic()
     try:
         good = await evaluator.evaluate(bundled.weights(), version=1)

@@ -1,0 +1,114 @@
+"""Distillation from a real HTTP teacher into a fresh local student.
+
+The teacher is the bundled policy served by ``transformers serve`` on loopback (the
+module-scoped ``hf_server`` fixture of test_openai_server.py); the student is a freshly
+initialised model of half the bundled policy's size, trained by the online loop of
+``configs/distill.yaml`` on the teacher's verified traces.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from test_openai_server import MODEL_DIR, hf_server  # noqa: F401  (a fixture)
+
+from learners import Example
+from learners.build import build_learner, build_loop
+from runtime.build import build_tasks
+from runtime.config import load_config
+from runtime.store import EpisodeStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def distill_config(base_url: str, tmp_path: Path, *overrides: str) -> Any:
+    return load_config(
+        ROOT / "configs" / "distill.yaml",
+        [
+            f"policy.base_url={base_url}",
+            f"policy.model={MODEL_DIR}",
+            f"store.path={tmp_path / 'runs.db'}",
+            "learner.max_minutes=null",
+            *overrides,
+        ],
+    )
+
+
+def run(config: Any) -> Any:
+    loop = build_loop(config)
+    tasks = list(build_tasks(config))
+
+    async def go() -> Any:
+        try:
+            async with loop.runtime:
+                return await loop.run(tasks)
+        finally:
+            await loop.runtime.policy.aclose()
+            if loop.evaluator is not None:
+                await loop.evaluator.aclose()
+
+    return loop, anyio.run(go)
+
+
+def test_student_learns_from_an_http_teacher(hf_server: str, tmp_path: Path) -> None:  # noqa: F811
+    config = distill_config(
+        hf_server,
+        tmp_path,
+        "tasks.size=48",
+        "tasks.steps=[1]",
+        "strategy.n=1",
+        "learner.batch_examples=16",
+        "learner.passes=4",
+        "learner.eval.every=2",
+        "learner.eval.tasks.size=12",
+        "learner.eval.tasks.steps=[1]",
+    )
+    loop, stats = run(config)
+    # every episode came from the teacher, over HTTP, and its usage was counted
+    assert loop.runtime.stats.finished == 48 and loop.runtime.stats.failed == 0
+    assert loop.runtime.stats.completion_tokens > 0
+    assert loop.publish_to is None and loop.runtime.policy.version == 0  # the teacher never changes
+    # the student trained on the teacher's verified traces, one version per batch
+    assert stats.examples >= 24 and stats.version >= 2 and stats.dropped_stale == 0
+    held_out = [
+        Example(messages=t.as_messages(), completion=_solution(t), key=("h", t.id, 0))
+        for t in build_tasks(config.model_copy(update={"tasks": config.learner.eval.tasks}))
+    ]
+    fresh = build_learner(config)  # the same fresh initialisation, untrained
+    assert loop.learner.loss(held_out) < fresh.loss(held_out) - 1.0
+    # the curve: the student's greedy pass@1 at v0 and every second version, stored with the run
+    with EpisodeStore(config.store.path) as store:
+        curve = store.curve(config.run_id)
+    assert [p["version"] for p in curve][:2] == [0, 2] and curve[-1]["version"] == stats.version
+    assert curve[0]["greedy_pass@1"] == 0.0  # a fresh model knows nothing
+
+
+@pytest.mark.slow
+def test_student_accuracy_rises_from_zero(hf_server: str, tmp_path: Path) -> None:  # noqa: F811
+    config = distill_config(
+        hf_server,
+        tmp_path,
+        "tasks.size=1024",
+        "tasks.steps=[1]",
+        "strategy.n=1",
+        "learner.batch_examples=32",
+        "learner.passes=3",
+        "learner.lr=1e-2",
+        "learner.eval.every=24",
+        "learner.eval.tasks.size=50",
+        "learner.eval.tasks.steps=[1]",
+    )
+    _, stats = run(config)
+    first, last = stats.curve[0]["greedy_pass@1"], stats.curve[-1]["greedy_pass@1"]
+    assert first == 0.0 and last >= 0.1, stats.curve
+
+
+def _solution(task: Any) -> str:
+    from runtime.tiny.domain import ArithProblem, parse_expression, solution_steps
+
+    numbers, ops = parse_expression(task.metadata["expression"])
+    problem = ArithProblem(tuple(numbers), tuple(ops))
+    return "\n".join([*solution_steps(problem), f"Answer: {problem.answer}"])
