@@ -1,11 +1,14 @@
 """searchlearn runtime: everything an episode needs to run.
 
-Core types, the Policy protocol and its backends, verifiers, the episode context,
+Core types, the Policy protocol and its backends, verifiers (rules, PRM, Monte-Carlo
+value, LLM judge, code execution, composition and shaping), the episode context,
 the scheduler (:class:`Runtime`), the SQLite episode store, task sources and config.
 """
 
 from __future__ import annotations
 
+from runtime.code_exec import CodeExecution
+from runtime.composition import Gate, WeightedSum
 from runtime.context import Context, Sampling, Verifiers
 from runtime.errors import (
     BudgetExhausted,
@@ -22,10 +25,14 @@ from runtime.errors import (
     TokenBudgetExceeded,
     VerifierError,
 )
+from runtime.judge import UNPARSEABLE, LLMJudge
 from runtime.limits import EndpointLimiter, EndpointLimits, Price
+from runtime.mc_value import MonteCarloValue
 from runtime.openai_policy import OpenAIPolicy
 from runtime.policy import Completion, GenerationRequest, GenerationResult, Policy, ScriptedPolicy
-from runtime.scheduler import Runtime, RunStats, SchedulerSettings
+from runtime.prm import PRMExample, ProcessRewardModel, mc_examples, train_prm
+from runtime.scheduler import RunStats, Runtime, SchedulerSettings
+from runtime.shaping import PotentialShaping
 from runtime.store import EpisodeStore
 from runtime.tasks import iterate_tasks, jsonl_tasks, reasoning_gym_tasks, tiny_tasks
 from runtime.types import Episode, ErrorInfo, Node, Task, Usage, episode_from_json, episode_to_json
@@ -43,8 +50,10 @@ from runtime.verifiers import (
 )
 
 __all__ = [
+    "UNPARSEABLE",
     "AnswerExtractor",
     "BudgetExhausted",
+    "CodeExecution",
     "Completion",
     "ConfigError",
     "Context",
@@ -56,18 +65,24 @@ __all__ = [
     "EpisodeTimeout",
     "ErrorInfo",
     "ExactMatch",
+    "Gate",
     "GenerationRequest",
     "GenerationResult",
+    "LLMJudge",
     "MathVerify",
+    "MonteCarloValue",
     "Node",
     "OpenAIPolicy",
     "OutcomeVerifier",
+    "PRMExample",
     "Policy",
     "PolicyError",
     "PolicyRequestError",
     "PolicyResponseError",
     "PolicyUnavailable",
+    "PotentialShaping",
     "Price",
+    "ProcessRewardModel",
     "ProcessVerifier",
     "ReasoningGymVerifier",
     "RegexMatch",
@@ -87,10 +102,13 @@ __all__ = [
     "Usage",
     "VerifierError",
     "Verifiers",
+    "WeightedSum",
     "episode_from_json",
     "episode_to_json",
     "iterate_tasks",
     "jsonl_tasks",
+    "mc_examples",
     "reasoning_gym_tasks",
     "tiny_tasks",
+    "train_prm",
 ]

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from runtime.config import RunConfig
+from runtime.composition import Gate, WeightedSum
+from runtime.config import ComputeOptimalConfig, PolicyConfig, RunConfig
 from runtime.context import Sampling, Verifiers
 from runtime.errors import ConfigError, TaskError
 from runtime.limits import EndpointLimits, Price
 from runtime.policy import Policy, ScriptedPolicy
 from runtime.scheduler import Runtime, SchedulerSettings
+from runtime.shaping import PotentialShaping
 from runtime.tasks import jsonl_tasks, reasoning_gym_tasks, tiny_tasks
 from runtime.types import Task
 from runtime.verifiers import (
@@ -29,7 +31,10 @@ __all__ = ["build_policy", "build_runtime", "build_strategy", "build_tasks", "bu
 
 
 def build_policy(config: RunConfig) -> Policy:
-    p = config.policy
+    return _policy(config.policy)
+
+
+def _policy(p: PolicyConfig) -> Policy:
     if p.kind == "scripted":
         return ScriptedPolicy(p.script, latency=p.latency)
     if p.kind == "local":
@@ -58,27 +63,142 @@ def build_policy(config: RunConfig) -> Policy:
     )
 
 
+#: Strategy configs that score steps, so they need a process verifier.
+_NEEDS_PROCESS = {"beam_search", "dvts", "tree_of_thought", "verify_backtrack"}
+
+
 def build_strategy(config: RunConfig) -> Any:
     from strategies import STRATEGIES
 
-    fields = config.strategy.model_dump(exclude={"name"})
-    return STRATEGIES[config.strategy.name](**fields)
-
-
-def build_verifiers(config: RunConfig) -> Verifiers:
+    s = config.strategy
     v = config.verifiers
-    outcome: OutcomeVerifier | None = {
-        "exact": ExactMatch,
-        "math": MathVerify,
-        "reasoning_gym": ReasoningGymVerifier,
-        "none": lambda: None,
-    }.get(v.outcome, lambda: RegexMatch(v.regex))()
-    process: ProcessVerifier | None = TinyStepVerifier() if v.process == "tiny_rule" else None
+    has_process = v.process != "none" or bool(v.process_weights)
+    option = {k: getattr(s, k, None) for k in ("value", "feedback", "medium_strategy", "hard_strategy")}
+    needs = (
+        s.name in _NEEDS_PROCESS
+        or (s.name == "mcts" and option["value"] != "rollout_outcome")
+        or (s.name == "self_refine" and option["feedback"] == "process")
+        or (s.name == "compute_optimal" and bool({option["medium_strategy"], option["hard_strategy"]} - {"best_of_n"}))
+    )
+    if needs and not has_process:
+        raise ConfigError(
+            f"verifiers.process: strategy {s.name!r} scores steps and needs a process verifier "
+            "(allowed: tiny_rule, prm, mc_value, judge)"
+        )
+    if isinstance(s, ComputeOptimalConfig) and s.hard_agreement > s.easy_agreement:
+        raise ConfigError(
+            f"strategy.hard_agreement: {s.hard_agreement} must not exceed strategy.easy_agreement ({s.easy_agreement})"
+        )
+    if v.outcome == "none" and (option["value"] == "rollout_outcome" or option["feedback"] == "outcome"):
+        raise ConfigError(f"verifiers.outcome: strategy {s.name!r} as configured needs an outcome verifier")
+    fields = s.model_dump(exclude={"name"})
+    return STRATEGIES[s.name](**fields)
+
+
+def build_verifiers(config: RunConfig, policy: Policy | None = None) -> Verifiers:
+    """The run's verifiers. ``policy`` is the run's policy, used by the Monte-Carlo
+    value and by an LLM judge without a ``judge_policy`` of its own."""
+    v = config.verifiers
     try:
         extractor = AnswerExtractor(v.answer_patterns)
     except (ValueError, Exception) as exc:
         raise ConfigError(f"verifiers.answer_patterns: {exc}") from None
-    return Verifiers(outcome=outcome, process=process, extractor=extractor, timeout=v.timeout)
+    judges: dict[str, Any] = {}
+
+    def judge() -> Any:
+        if not judges:
+            judges["judge"] = _judge(config, policy)
+        return judges["judge"]
+
+    def needs_policy(what: str) -> Policy:
+        if policy is None:
+            raise ConfigError(f"verifiers.process: {what} needs the run's policy")
+        return policy
+
+    def process_verifier(name: str) -> ProcessVerifier:
+        if name == "tiny_rule":
+            return TinyStepVerifier()
+        if name == "prm":
+            if not v.prm_path:
+                raise ConfigError("verifiers.prm_path: process 'prm' needs a checkpoint directory")
+            from runtime.prm import ProcessRewardModel
+
+            try:
+                return ProcessRewardModel(
+                    v.prm_path, batch_size=v.prm_batch_size, delimiter=config.sampling.step_delimiter
+                )
+            except (FileNotFoundError, OSError, ValueError) as exc:
+                raise ConfigError(f"verifiers.prm_path: {exc}") from None
+        if name == "mc_value":
+            from runtime.mc_value import MonteCarloValue
+
+            return MonteCarloValue(
+                needs_policy("mc_value"),
+                rollouts=v.mc_rollouts,
+                temperature=v.mc_temperature,
+                max_tokens=v.mc_max_tokens,
+                delimiter=config.sampling.step_delimiter,
+                outcome=ExactMatch(),
+                extractor=extractor,
+            )
+        process_judge: ProcessVerifier = judge()
+        return process_judge
+
+    outcome: OutcomeVerifier | None
+    if v.outcome == "judge":
+        outcome = judge()
+    elif v.outcome == "code":
+        from runtime.code_exec import CodeExecution
+
+        outcome = CodeExecution(timeout=v.code_timeout, memory_mb=v.code_memory_mb)
+    else:
+        makers: dict[str, Callable[[], OutcomeVerifier | None]] = {
+            "exact": ExactMatch,
+            "math": MathVerify,
+            "reasoning_gym": ReasoningGymVerifier,
+            "none": lambda: None,
+        }
+        outcome = makers.get(v.outcome, lambda: RegexMatch(v.regex))()
+    process: ProcessVerifier | None = None
+    if v.process_weights:
+        process = WeightedSum([(process_verifier(name), w) for name, w in v.process_weights.items()])
+    elif v.process != "none":
+        process = process_verifier(v.process)
+    if v.gate:
+        if process is None or outcome is None:
+            raise ConfigError("verifiers.gate: a gate needs both a process and an outcome verifier")
+        outcome = Gate(
+            process, outcome, threshold=v.gate_threshold, delimiter=config.sampling.step_delimiter, per_step=True
+        )
+    shaping = None
+    if v.shaping_gamma is not None:
+        if process is None:
+            raise ConfigError(
+                "verifiers.shaping_gamma: shaping takes its potential from the process verifier; none is set"
+            )
+        shaping = PotentialShaping(process, gamma=v.shaping_gamma, scope=v.shaping_scope)
+    return Verifiers(outcome=outcome, process=process, extractor=extractor, timeout=v.timeout, shaping=shaping)
+
+
+def _judge(config: RunConfig, policy: Policy | None) -> Any:
+    from runtime.judge import LLMJudge, load_template
+
+    v = config.verifiers
+    judge_policy = _policy(v.judge_policy) if v.judge_policy is not None else policy
+    if judge_policy is None:
+        raise ConfigError("verifiers.judge_policy: an LLM judge needs a policy (the run's, or judge_policy)")
+    try:
+        outcome_template = load_template(v.judge_outcome_template)
+        step_template = load_template(v.judge_step_template)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"verifiers.judge_*_template: {exc}") from None
+    return LLMJudge(
+        judge_policy,
+        outcome_template=outcome_template,
+        step_template=step_template,
+        samples=v.judge_samples,
+        max_tokens=v.judge_max_tokens,
+    )
 
 
 def build_tasks(config: RunConfig) -> Iterable[Task]:
@@ -98,6 +218,7 @@ def build_tasks(config: RunConfig) -> Iterable[Task]:
 def build_runtime(config: RunConfig, *, handle_signals: bool = False) -> Runtime:
     s = config.scheduler
     sampling = Sampling(**config.sampling.model_dump())
+    policy = build_policy(config)
     settings = SchedulerSettings(
         concurrency=s.concurrency,
         buffer=s.buffer,
@@ -109,9 +230,9 @@ def build_runtime(config: RunConfig, *, handle_signals: bool = False) -> Runtime
         retry_failed=s.retry_failed,
     )
     return Runtime(
-        build_policy(config),
+        policy,
         build_strategy(config),
-        verifiers=build_verifiers(config),
+        verifiers=build_verifiers(config, policy),
         sampling=sampling,
         settings=settings,
         store=config.store.path,

@@ -108,7 +108,158 @@ class BestOfNConfig(_Section):
     """How step scores combine for process selection."""
 
 
-StrategyConfig = Annotated[ChainOfThoughtConfig | BestOfNConfig, Field(discriminator="name")]
+Aggregate = Literal["last", "min", "product", "mean"]
+
+
+class BeamSearchConfig(_Section):
+    name: Literal["beam_search"]
+    """Step-level beam search guided by the process verifier (Snell et al. 2024)."""
+    width: int = Field(4, ge=1, le=256)
+    """Beams kept after each step."""
+    expansions: int = Field(4, ge=1, le=64)
+    """Next steps sampled from each beam."""
+    lookahead: int = Field(0, ge=0, le=8)
+    """Greedy steps rolled out before a candidate is scored (0: score the candidate itself)."""
+    aggregate: Aggregate = "min"
+    """How a path's step scores combine into its beam score: last, min, product or mean."""
+
+
+class DVTSConfig(_Section):
+    name: Literal["dvts"]
+    """Diverse verifier tree search: independent greedy subtrees (Beeching et al. 2024)."""
+    subtrees: int = Field(4, ge=1, le=256)
+    """Independent subtrees (N/M of a budget of N with M expansions)."""
+    expansions: int = Field(4, ge=1, le=64)
+    """Next steps sampled per subtree and step; the best one is kept."""
+    aggregate: Aggregate = "min"
+    """How a path's step scores combine: last, min, product or mean."""
+    selection: Literal["best", "weighted_majority"] = "best"
+    """Answer: the best-scored subtree, or the answer with the most score across subtrees."""
+
+
+class MCTSConfig(_Section):
+    name: Literal["mcts"]
+    """Monte-Carlo tree search over steps with PUCT selection."""
+    simulations: int = Field(16, ge=1, le=4096)
+    """Select-expand-evaluate-backpropagate rounds."""
+    expansions: int = Field(4, ge=1, le=64)
+    """Next steps sampled when a node is expanded."""
+    c_puct: float = Field(1.5, gt=0, le=100)
+    """Exploration constant of PUCT."""
+    value: Literal["process", "rollout_process", "rollout_outcome"] = "process"
+    """Node value: its process score, or the mean score of rollouts from it (process or outcome)."""
+    rollouts: int = Field(1, ge=1, le=64)
+    """Rollouts per evaluation (rollout values)."""
+    aggregate: Aggregate = "min"
+    """How a path's step scores combine: last, min, product or mean."""
+    dirichlet_alpha: float = Field(0.3, gt=0, le=10)
+    """Concentration of the Dirichlet noise on the root's priors."""
+    dirichlet_weight: float = Field(0.0, ge=0, le=1)
+    """Share of Dirichlet noise in the root's priors (0: none; use > 0 for training-time search)."""
+    seed: int | None = None
+    """Seed of the noise."""
+
+
+class TreeOfThoughtConfig(_Section):
+    name: Literal["tree_of_thought"]
+    """Tree of thoughts (Yao et al. 2023) with the process verifier as state evaluator."""
+    search: Literal["bfs", "dfs"] = "bfs"
+    """Breadth-first (keep the best states per level) or depth-first with pruning and backtracking."""
+    breadth: int = Field(3, ge=1, le=64)
+    """States kept per level (bfs)."""
+    expansions: int = Field(3, ge=1, le=64)
+    """Thoughts proposed per state."""
+    threshold: float = Field(0.5, ge=0, le=1)
+    """Thoughts scoring below this are pruned (dfs)."""
+    max_expansions: int = Field(32, ge=1, le=4096)
+    """Expansion calls before dfs gives up searching (dfs)."""
+    aggregate: Aggregate = "min"
+    """How a path's step scores combine into a state's value."""
+
+
+class VerifyBacktrackConfig(_Section):
+    name: Literal["verify_backtrack"]
+    """Propose a step, verify it, backtrack to the last accepted step on rejection."""
+    threshold: float = Field(0.5, ge=0, le=1)
+    """Process score a step needs to be accepted."""
+    step_retries: int = Field(3, ge=0, le=64)
+    """Resamples after rejections at one step before backtracking a further step."""
+    episode_retries: int = Field(16, ge=0, le=1024)
+    """Rejections allowed in the whole episode; then the rest is completed unverified."""
+    reflect: bool = False
+    """Write the verifier's explanation into the prefix (a reflection node) before resampling."""
+    reflection: str = Field("check: {explanation}", min_length=1)
+    """Reflection text; fields {step} (the rejected step) and {explanation}."""
+
+
+class SelfRefineConfig(_Section):
+    name: Literal["self_refine"]
+    """Sequential revision (Self-Refine / Reflexion): generate, get feedback, revise."""
+    rounds: int = Field(3, ge=0, le=16)
+    """Revisions after the first attempt, at most."""
+    feedback: Literal["process", "outcome", "critique"] = "process"
+    """Feedback from the process verifier, the outcome verifier, or the policy's own critique."""
+    threshold: float = Field(0.5, ge=0, le=1)
+    """Score that counts as passing."""
+    template: str = Field("check: {feedback}", min_length=1)
+    """Feedback note written before a revision; field {feedback}."""
+    explain: bool = False
+    """Pass the outcome verifier's explanation on (it may contain the reference answer)."""
+    critique_prompt: str = Field(
+        "Review: is every step above correct? Say CORRECT, or name the first wrong step.", min_length=1
+    )
+    """Prompt for the policy's critique (feedback critique)."""
+
+
+class LeastToMostConfig(_Section):
+    name: Literal["least_to_most"]
+    """Decomposition (least-to-most): sub-questions first, solved in order, then the question."""
+    max_subquestions: int = Field(4, ge=1, le=16)
+    """Sub-questions solved at most."""
+    decompose_prompt: str = Field(
+        "To solve this, first answer these simpler sub-questions, one per line:", min_length=1
+    )
+    """Text that asks the policy for sub-questions."""
+    subquestion_template: str = Field("Sub-question: {question}", min_length=1)
+    """Text that poses one sub-question; field {question}."""
+    final_template: str = Field("Now the original question: {question}", min_length=1)
+    """Text that poses the original question at the end; field {question}."""
+
+
+class ComputeOptimalConfig(_Section):
+    name: Literal["compute_optimal"]
+    """Compute-optimal allocation (Snell et al. 2024): strategy and budget per task by difficulty."""
+    probes: int = Field(4, ge=1, le=64)
+    """Cheap full samples that estimate a task's difficulty (their answers' agreement)."""
+    easy_agreement: float = Field(0.75, ge=0, le=1)
+    """Agreement from which a task is easy: the probes' majority answer is kept."""
+    hard_agreement: float = Field(0.5, ge=0, le=1)
+    """Agreement below which a task is hard."""
+    medium_strategy: Literal["best_of_n", "beam_search", "dvts", "verify_backtrack"] = "best_of_n"
+    """Strategy for medium tasks."""
+    medium_budget: int = Field(8, ge=1, le=1024)
+    """Samples-equivalent for a medium task."""
+    hard_strategy: Literal["best_of_n", "beam_search", "dvts", "verify_backtrack"] = "beam_search"
+    """Strategy for hard tasks."""
+    hard_budget: int = Field(16, ge=1, le=1024)
+    """Samples-equivalent for a hard task."""
+    global_token_budget: int | None = Field(None, ge=1)
+    """Generated tokens all tasks of the run may spend together (None: no cap)."""
+
+
+StrategyConfig = Annotated[
+    ChainOfThoughtConfig
+    | BestOfNConfig
+    | BeamSearchConfig
+    | DVTSConfig
+    | MCTSConfig
+    | TreeOfThoughtConfig
+    | VerifyBacktrackConfig
+    | SelfRefineConfig
+    | LeastToMostConfig
+    | ComputeOptimalConfig,
+    Field(discriminator="name"),
+]
 
 
 class SamplingConfig(_Section):
@@ -130,13 +281,50 @@ class SamplingConfig(_Section):
     """Base sampling seed, where the backend honours seeds."""
 
 
+ProcessName = Literal["tiny_rule", "prm", "mc_value", "judge"]
+
+
 class VerifiersConfig(_Section):
-    outcome: Literal["exact", "regex", "math", "reasoning_gym", "none"] = "exact"
-    """Outcome verifier that sets the episode's reward."""
+    outcome: Literal["exact", "regex", "math", "reasoning_gym", "judge", "code", "none"] = "exact"
+    """Outcome verifier that sets the episode's reward (judge: an LLM judge; code: run metadata.tests)."""
     regex: str | None = None
     """Pattern for the regex outcome verifier."""
-    process: Literal["tiny_rule", "none"] = "none"
-    """Process (step) verifier."""
+    process: Literal["tiny_rule", "prm", "mc_value", "judge", "none"] = "none"
+    """Process (step) verifier: the tiny domain's rules, a PRM checkpoint, Monte-Carlo rollouts, an LLM judge."""
+    prm_path: str | None = None
+    """Checkpoint directory of the process reward model (process prm)."""
+    prm_batch_size: int = Field(32, ge=1, le=1024)
+    """Paths the PRM scores in one forward pass."""
+    mc_rollouts: int = Field(4, ge=1, le=256)
+    """Completions per step for the Monte-Carlo value (process mc_value; needs reference answers)."""
+    mc_temperature: float = Field(0.8, ge=0, le=2)
+    """Sampling temperature of the Monte-Carlo rollouts."""
+    mc_max_tokens: int = Field(256, ge=1)
+    """Token cap of one Monte-Carlo rollout."""
+    judge_outcome_template: str = Field("outcome", min_length=1)
+    """Judge prompt for solutions: a file path, or a name in configs/judges."""
+    judge_step_template: str = Field("step", min_length=1)
+    """Judge prompt for steps: a file path, or a name in configs/judges."""
+    judge_samples: int = Field(1, ge=1, le=16)
+    """Judgements averaged per verdict."""
+    judge_max_tokens: int = Field(256, ge=1)
+    """Token cap of one judgement."""
+    judge_policy: PolicyConfig | None = None
+    """Model that judges; None: the run's own policy."""
+    code_timeout: float = Field(5.0, gt=0, le=600)
+    """Wall-clock seconds one code-execution run may take (outcome code)."""
+    code_memory_mb: int = Field(256, ge=32, le=65536)
+    """Address-space limit of one code-execution run, in MiB."""
+    gate: bool = False
+    """The outcome counts only if every step of the solution passes the process verifier."""
+    gate_threshold: float = Field(1.0, ge=0, le=1)
+    """Process score each step needs to pass the gate."""
+    process_weights: dict[ProcessName, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    """Weighted sum of several process verifiers, e.g. {tiny_rule: 0.7, prm: 0.3}; replaces process when set."""
+    shaping_gamma: float | None = Field(None, ge=0, le=1)
+    """Potential-based shaping r + gamma*Phi(s') - Phi(s), Phi the process verifier, per node (None: off)."""
+    shaping_scope: Literal["tree", "path"] = "tree"
+    """Shape every explored node, or only the chosen path."""
     answer_patterns: list[str] = Field(default_factory=lambda: ["boxed", "answer_line"])
     """Answer extraction, in order: boxed, answer_line, last_number, or a regex with one group."""
     timeout: float = Field(30.0, gt=0)

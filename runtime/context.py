@@ -4,6 +4,9 @@
 a step with the process verifier, ``judge`` a path with the outcome verifier, ``fork``
 a node with text the strategy writes itself (a reflection, feedback), and ``finish``
 the episode on a chosen leaf. Every node created is kept in the episode's tree.
+Tree searches also get ``expand_all`` (several nodes at once), ``gather`` (run
+awaitables concurrently, results in order) and ``dedupe`` (identical sibling steps are
+one state).
 
 Design decisions:
 - Branches share their prefix: a request carries the task's messages plus the path's
@@ -13,14 +16,22 @@ Design decisions:
   token budget is checked before every call and clamps ``max_tokens``.
 - Errors are attributed at the boundary: anything a policy raises that is not already
   a :class:`~runtime.errors.PolicyError` is wrapped in one, likewise for verifiers,
-  so the stored episode says which part failed.
+  so the stored episode says which part failed. ``gather`` re-raises the first error
+  of its task group unwrapped, so attribution survives concurrency.
+- Concurrency without nondeterministic trees: ``expand_all`` issues its calls
+  concurrently (a batching backend serves them in one batch) but adds the children in
+  the order of its arguments, so node ids do not depend on which call returned first.
+- Verifier cost is episode cost: a verifier that calls a model (Monte-Carlo rollouts,
+  an LLM judge) reports its tokens on the :class:`~runtime.verifiers.Score` and they
+  are added to the episode's usage.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 
@@ -29,9 +40,58 @@ from runtime.policy import GenerationRequest, GenerationResult, Policy
 from runtime.types import Episode, Node
 from runtime.verifiers import AnswerExtractor, OutcomeVerifier, ProcessVerifier, Score
 
-__all__ = ["Aggregate", "Context", "Sampling", "Verifiers"]
+if TYPE_CHECKING:
+    from runtime.shaping import PotentialShaping
+
+__all__ = ["Aggregate", "Context", "Sampling", "Verifiers", "aggregate_scores", "gather"]
 
 Aggregate = Literal["last", "min", "product", "mean"]
+Meta = dict[str, Any] | None  # fields every node a call creates carries
+T = TypeVar("T")
+
+
+def aggregate_scores(scores: Sequence[float], aggregate: Aggregate) -> float:
+    """Combine step scores: the last, the minimum, the mean or the product (0 if none)."""
+    if not scores:
+        return 0.0
+    if aggregate == "last":
+        return scores[-1]
+    if aggregate == "min":
+        return min(scores)
+    if aggregate == "mean":
+        return sum(scores) / len(scores)
+    product = 1.0
+    for v in scores:
+        product *= v
+    return product
+
+
+async def gather(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """Await ``calls`` concurrently in a task group; results in argument order.
+
+    The first error is re-raised as itself (not as an ``ExceptionGroup``) so the
+    episode records the boundary it crossed.
+    """
+    pending = list(calls)
+    results: list[Any] = [None] * len(pending)
+
+    async def one(i: int, call: Awaitable[T]) -> None:
+        results[i] = await call
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i, call in enumerate(pending):
+                tg.start_soon(one, i, call)
+    except BaseExceptionGroup as group:
+        raise _first_leaf(group) from None
+    return results
+
+
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 @dataclass(slots=True)
@@ -54,6 +114,7 @@ class Verifiers:
     process: ProcessVerifier | None = None
     extractor: AnswerExtractor = field(default_factory=AnswerExtractor)
     timeout: float = 30.0
+    shaping: PotentialShaping | None = None
 
 
 class Context:
@@ -112,7 +173,23 @@ class Context:
         """A child of ``node`` with text the strategy wrote (no model call)."""
         return self._add(node, text, meta=dict(meta))
 
-    async def _generate(self, node: Node, n: int, max_tokens: int, stop: list[str] | None, **overrides: Any) -> GenerationResult:
+    def dedupe(self, nodes: Sequence[Node]) -> list[Node]:
+        """The first of each group of identical sibling steps; the others stay in the
+        tree, marked ``meta['duplicate_of']`` (sampling the same step twice reaches the
+        same state, so a search should spend its budget once on it)."""
+        seen: dict[tuple[int | None, str], Node] = {}
+        out = []
+        for n in nodes:
+            first = seen.setdefault((n.parent, n.text), n)
+            if first is n:
+                out.append(n)
+            else:
+                n.meta["duplicate_of"] = first.id
+        return out
+
+    async def _generate(
+        self, node: Node, n: int, max_tokens: int, stop: list[str] | None, **overrides: Any
+    ) -> GenerationResult:
         usage = self.episode.usage
         if self.token_budget is not None:
             left = self.token_budget - usage.prompt_tokens - usage.completion_tokens
@@ -148,10 +225,24 @@ class Context:
             self.episode.policy_versions = [min(span[0], v), max(span[1], v)] if span else [v, v]
         return result
 
-    async def expand(self, node: Node, n: int = 1, **overrides: Any) -> list[Node]:
-        """Sample ``n`` next steps of ``node``; each becomes a child."""
+    async def expand(self, node: Node, n: int = 1, *, meta: Meta = None, **overrides: Any) -> list[Node]:
+        """Sample ``n`` next steps of ``node``; each becomes a child (tagged with ``meta``)."""
         s = self.sampling
         result = await self._generate(node, n, s.step_max_tokens, [s.step_delimiter], **overrides)
+        return self._add_steps(node, result, meta)
+
+    async def expand_all(
+        self, nodes: Sequence[Node], n: int = 1, *, meta: Meta = None, **overrides: Any
+    ) -> list[list[Node]]:
+        """``expand`` every node of ``nodes`` concurrently; children are added in the
+        order of ``nodes`` whatever order the calls finish in."""
+        s = self.sampling
+        results = await gather(
+            self._generate(node, n, s.step_max_tokens, [s.step_delimiter], **overrides) for node in nodes
+        )
+        return [self._add_steps(node, result, meta) for node, result in zip(nodes, results, strict=True)]
+
+    def _add_steps(self, node: Node, result: GenerationResult, meta: Meta) -> list[Node]:
         return [
             self._add(
                 node,
@@ -160,16 +251,18 @@ class Context:
                 logprobs=c.logprobs,
                 policy_version=result.policy_version,
                 finish_reason=c.finish_reason,
+                meta=dict(meta or {}),
             )
             for c in result.completions
         ]
 
-    async def complete(self, node: Node, n: int = 1, **overrides: Any) -> list[Node]:
+    async def complete(self, node: Node, n: int = 1, *, meta: Meta = None, **overrides: Any) -> list[Node]:
         """Sample ``n`` continuations of ``node`` to the end; returns their leaves.
 
         Each continuation is split at the step delimiter into a chain of step nodes,
         so process verifiers and learners see steps either way; the continuation's
         token ids and logprobs are kept on its first node (``meta['covers']`` steps).
+        Every node created carries ``meta``.
         """
         s = self.sampling
         result = await self._generate(node, n, s.max_tokens, None, **overrides)
@@ -185,7 +278,7 @@ class Context:
                     logprobs=c.logprobs if k == 0 else None,
                     policy_version=result.policy_version,
                     finish_reason=c.finish_reason if k == len(lines) - 1 else None,
-                    meta={"covers": len(lines)} if k == 0 else {},
+                    meta=({"covers": len(lines)} if k == 0 else {}) | (meta or {}),
                 )
             parent.terminal = True
             leaves.append(parent)
@@ -193,9 +286,10 @@ class Context:
 
     # -- scoring ------------------------------------------------------------------------
 
-    async def score(self, node: Node) -> float:
-        """Process-verifier score of ``node``'s step given its prefix (cached)."""
-        verifier = self.verifiers.process
+    async def score(self, node: Node, verifier: ProcessVerifier | None = None) -> float:
+        """Process-verifier score of ``node``'s step given its prefix (cached per
+        verifier name). ``verifier`` defaults to the configured process verifier."""
+        verifier = verifier or self.verifiers.process
         if verifier is None:
             raise VerifierError("this strategy needs a process verifier and none is configured")
         if verifier.name in node.scores:
@@ -207,21 +301,15 @@ class Context:
             node.explanations[verifier.name] = result.explanation
         return result.value
 
-    async def score_path(self, node: Node, aggregate: Aggregate = "min") -> float:
+    async def score_path(
+        self, node: Node, aggregate: Aggregate = "min", verifier: ProcessVerifier | None = None
+    ) -> float:
         """Aggregate of the process scores of every step from the root to ``node``."""
-        scores = [await self.score(n) for n in self.path(node)]
-        if not scores:
-            return 0.0
-        if aggregate == "last":
-            return scores[-1]
-        if aggregate == "min":
-            return min(scores)
-        if aggregate == "mean":
-            return sum(scores) / len(scores)
-        product = 1.0
-        for v in scores:
-            product *= v
-        return product
+        return aggregate_scores([await self.score(n, verifier) for n in self.path(node)], aggregate)
+
+    async def score_all(self, nodes: Sequence[Node], aggregate: Aggregate = "min") -> list[float]:
+        """``score_path`` of every node, concurrently (a batching verifier serves them together)."""
+        return await gather(self.score_path(n, aggregate) for n in nodes)
 
     def answer(self, node: Node) -> str | None:
         """The answer written on the path to ``node`` (last one found), if any."""
@@ -256,6 +344,11 @@ class Context:
             raise VerifierError(f"verifier {name} raised {type(exc).__name__}: {exc}") from exc
         if not 0.0 <= result.value <= 1.0:
             raise VerifierError(f"verifier {name} returned {result.value}, outside [0, 1]")
+        if result.calls:
+            usage = self.episode.usage
+            usage.calls += result.calls
+            usage.prompt_tokens += result.prompt_tokens
+            usage.completion_tokens += result.completion_tokens
         return result
 
     # -- the end -----------------------------------------------------------------------
@@ -267,5 +360,7 @@ class Context:
         ep.final_answer = self.answer(leaf)
         if reward_from_outcome and self.verifiers.outcome is not None and self.task.answer is not None:
             ep.reward = (await self.judge(leaf)).value
+        if self.verifiers.shaping is not None:
+            await self.verifiers.shaping.apply(self)
         ep.finished_at = time.time()
         return ep

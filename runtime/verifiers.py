@@ -42,8 +42,14 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Score:
+    """A verifier's verdict in [0, 1], with why. A verifier that calls a model reports
+    what it spent (``calls`` and tokens); the context adds it to the episode's usage."""
+
     value: float
     explanation: str | None = None
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @runtime_checkable

@@ -33,7 +33,11 @@ def context(
 
 
 def test_registry_and_protocol() -> None:
-    assert STRATEGIES == {"chain_of_thought": ChainOfThought, "best_of_n": BestOfN}
+    assert set(STRATEGIES) == {
+        "chain_of_thought", "best_of_n", "beam_search", "dvts", "mcts", "tree_of_thought",
+        "verify_backtrack", "self_refine", "least_to_most", "compute_optimal",
+    }  # fmt: skip
+    assert STRATEGIES["chain_of_thought"] is ChainOfThought and STRATEGIES["best_of_n"] is BestOfN
     for cls in STRATEGIES.values():
         assert isinstance(cls(), Strategy)
     assert BestOfN(n=3, selection="outcome").config() == {"n": 3, "selection": "outcome", "aggregate": "min"}

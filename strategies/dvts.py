@@ -1,0 +1,50 @@
+"""Diverse verifier tree search (DVTS; Beeching, Tunstall & Rush 2024, "Scaling
+test-time compute with open models").
+
+Beam search with N beams and M expansions each tends to collapse onto one prefix that
+the verifier likes. DVTS splits the budget N into N/M independent subtrees, each a
+greedy beam search (width 1, M expansions per step) from the root, so the subtrees
+explore different prefixes::
+
+    for i in 1..N/M (concurrently):  leaf_i <- BeamSearch(width=1, expansions=M) from root
+    answer <- the best leaf_i (or the weighted majority of their answers)
+
+Every node a subtree creates carries ``meta['subtree'] = i``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from runtime.context import Aggregate, Context, gather
+from runtime.types import Episode
+from strategies.beam_search import BeamSearch
+
+__all__ = ["DVTS"]
+
+
+@dataclass
+class DVTS:
+    subtrees: int = 4
+    expansions: int = 4
+    aggregate: Aggregate = "min"
+    selection: Literal["best", "weighted_majority"] = "best"
+    name = "dvts"
+
+    def config(self) -> dict[str, Any]:
+        return asdict(self)
+
+    async def run(self, ctx: Context) -> Episode:
+        greedy = BeamSearch(width=1, expansions=self.expansions, aggregate=self.aggregate)
+        leaves = await gather(greedy.search(ctx, ctx.root, {"subtree": i}) for i in range(self.subtrees))
+        if self.selection == "weighted_majority":
+            votes: dict[str | None, float] = defaultdict(float)
+            for leaf in leaves:
+                votes[ctx.answer(leaf)] += leaf.value or 0.0
+            votes.pop(None, None)
+            if votes:
+                best_answer = max(votes, key=lambda a: votes[a])
+                leaves = [leaf for leaf in leaves if ctx.answer(leaf) == best_answer]
+        return await ctx.finish(max(leaves, key=lambda n: n.value or 0.0))

@@ -1,0 +1,91 @@
+"""Verify and backtrack: propose a step, have a step-level verifier check it, keep it
+or throw it away and try again from the last step that passed. The behaviour o1-style
+reasoners show in their traces, done by the search instead of by the model (after
+Yao et al. 2023's DFS with a value check, and the "reflect and retry" of Shinn et al.
+2023 applied per step).
+
+::
+
+    accepted <- root
+    while accepted is not finished:
+        step <- expand(source, 1)                 # source: accepted, or a reflection under it
+        if score(step) >= threshold: accepted <- step; continue
+        mark step rejected                        # it stays in the tree
+        if this step position failed `step_retries` times: abandon accepted,
+            accepted <- the accepted step before it
+        source <- accepted, or fork(accepted, reflection(step, explanation))
+    (episode retries spent: the rest is completed unverified)
+
+Design decisions:
+- Rejected steps, reflections and abandoned steps stay in the tree (``meta`` marks
+  ``rejected``, ``reflection``, ``abandoned``, ``accepted``); learners get
+  step-level preference pairs and self-correction traces from them.
+- A reflection is a node the strategy writes under the last accepted step from
+  ``reflection`` (fields ``{step}`` and ``{explanation}``), so the resample sees the
+  verifier's explanation in its prefix. Its default matches the tiny domain's
+  training traces (``check: 7*8=54 is wrong, 7*8=56``).
+- Bounded: at most ``step_retries`` rejections per accepted step before backtracking
+  one level, and ``episode_retries`` rejections in all; after that the episode
+  finishes with one unverified completion from the last accepted step (marked
+  ``meta['unverified']``), so it always has an answer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from runtime.context import Context
+from runtime.types import Episode, Node
+
+__all__ = ["VerifyAndBacktrack"]
+
+
+@dataclass
+class VerifyAndBacktrack:
+    threshold: float = 0.5
+    step_retries: int = 3
+    episode_retries: int = 16
+    reflect: bool = False
+    reflection: str = "check: {explanation}"
+    name = "verify_backtrack"
+
+    def config(self) -> dict[str, Any]:
+        return asdict(self)
+
+    async def run(self, ctx: Context) -> Episode:
+        verifier = ctx.verifiers.process
+        accepted = source = ctx.root
+        failures: Counter[int] = Counter()
+        retries_left = self.episode_retries
+        while not accepted.terminal:
+            (step,) = await ctx.expand(source, 1)
+            if await ctx.score(step, verifier) >= self.threshold:
+                step.meta["accepted"] = True
+                accepted = source = step
+                continue
+            step.meta["rejected"] = True
+            if retries_left == 0:
+                (leaf,) = await ctx.complete(accepted, 1, meta={"unverified": True})
+                return await ctx.finish(leaf)
+            retries_left -= 1
+            failures[accepted.id] += 1
+            if failures[accepted.id] > self.step_retries and accepted is not ctx.root:
+                accepted.meta["abandoned"] = True
+                accepted = self._previous_accepted(ctx, accepted)
+            source = accepted
+            if self.reflect:
+                explanation = step.explanations.get(getattr(verifier, "name", ""), "this step is wrong")
+                text = self.reflection.format(step=step.text, explanation=explanation)
+                source = ctx.fork(accepted, text, reflection=True)
+        return await ctx.finish(accepted)
+
+    @staticmethod
+    def _previous_accepted(ctx: Context, node: Node) -> Node:
+        """The nearest ancestor that is an accepted step (or the root), skipping reflections."""
+        while node.parent is not None:
+            node = ctx.node(node.parent)
+            if node.meta.get("accepted") or node.parent is None:
+                return node
+        return node
