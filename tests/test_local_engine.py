@@ -127,21 +127,46 @@ async def test_kv_buffers_that_grow_mid_batch_stay_exact(
         assert result.completions[0].token_ids == reference(trained, tokenizer, text, 40)
 
 
-async def test_prefix_reuse_is_exact_on_a_trained_model(trained: Any, tokenizer: Any) -> None:
+@pytest.mark.parametrize("warm", [True, False])
+async def test_prefix_reuse_is_exact_on_a_trained_model(trained: Any, tokenizer: Any, warm: bool) -> None:
+    """Branches of one prefix reuse its KV whether it was cached before (warm) or the
+    branches all arrive together on a cold cache (the first is prefilled alone, the rest
+    wait one step and reuse it), and generate exactly what ``generate`` does."""
     shared = tiny_questions(1, seed=9)[0] + "plan: first the products, then the sums\n"
     texts = [shared + f"check: {2 + i}*{3 + i}=" for i in range(6)]
     policy = LocalPolicy(trained, tokenizer, max_batch=8, threads=1)
     try:
-        await generate_all(policy, [shared], max_tokens=4, temperature=0.0)  # caches the shared prefix
+        if warm:
+            await generate_all(policy, [shared], max_tokens=4, temperature=0.0)
         stats = policy.engine.stats
         requested, computed = stats.prefill_requested, stats.prefill_computed
         results = await generate_all(policy, texts, max_tokens=24, temperature=0.0)
         reused = (stats.prefill_requested - requested) - (stats.prefill_computed - computed)
     finally:
         policy.engine.close()
-    assert reused >= 6 * 16  # every branch found at least one cached block of the shared prefix
+    shared_blocks = len(tokenizer(shared, add_special_tokens=False)["input_ids"]) // 16 * 16
+    assert reused >= (6 if warm else 5) * shared_blocks
     for text, result in zip(texts, results, strict=True):
         assert result.completions[0].token_ids == reference(trained, tokenizer, text, 24)
+
+
+async def test_a_bad_prompt_in_a_batched_prefill_fails_alone(policy: LocalPolicy, tokenizer: Any) -> None:
+    from runtime.local.engine import EngineRequest, EngineResult
+
+    results: dict[int, EngineResult] = {}
+    good = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts(4, seed=11)]
+    bad = [5, 6, 10**6]  # a token id far outside the vocabulary
+
+    def done(i: int) -> Any:
+        return lambda result: results.__setitem__(i, result)
+
+    for i, ids in enumerate([good[0], good[1], bad, good[2], good[3]]):
+        policy.engine.submit(EngineRequest(prompt_ids=ids, max_tokens=4, temperature=0.0, done=done(i)))
+    with anyio.fail_after(30):
+        while len(results) < 5:  # noqa: ASYNC110 (the engine calls back from its thread)
+            await anyio.sleep(0.01)
+    assert results[2].error is not None and not results[2].sequences
+    assert all(results[i].error is None and results[i].sequences for i in (0, 1, 3, 4))
 
 
 async def test_prefix_reuse_is_exact_and_saves_prefill(policy: LocalPolicy, model: Any, tokenizer: Any) -> None:

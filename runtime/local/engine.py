@@ -50,6 +50,10 @@ import torch
 __all__ = ["EngineRequest", "EngineResult", "EngineStats", "LocalEngine", "Sequence"]
 
 BLOCK = 16
+PREFILL_POSITIONS = 4096  # at most this many (row, position) pairs in one batched prefill pass
+LOGITS_BUDGET = 1 << 24  # at most this many logits from one batched prefill pass
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values, [1, heads, positions, head_dim]
 
 
 @dataclass(slots=True)
@@ -201,7 +205,7 @@ class LocalEngine:
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
         self._last: torch.Tensor | None = None
-        self._prefix: OrderedDict[tuple[int, ...], tuple[list[tuple[torch.Tensor, torch.Tensor]], int]] = OrderedDict()
+        self._prefix: OrderedDict[tuple[int, ...], tuple[KV, int]] = OrderedDict()
         self._prefix_prompts = prefix_cache_prompts
         self._pending_swap: tuple[dict[str, torch.Tensor], int, Callable[[], None]] | None = None
         self._stop = threading.Event()
@@ -277,20 +281,31 @@ class LocalEngine:
     def _admit(self) -> None:
         if self._pending_swap is not None or not self._waiting:
             return
-        new_rows: list[tuple[_Row, list[tuple[torch.Tensor, torch.Tensor]], int]] = []
+        chosen: list[tuple[EngineRequest, KV | None, int]] = []
+        this_round: set[tuple[int, ...]] = set()  # aligned prefixes of the prompts chosen so far
+        rows = 0
         live = sum(not r.finished for r in self._rows)
         while self._waiting:
             req = self._waiting[0]
-            if live + len(new_rows) + req.n > self.max_batch and (live or new_rows):
+            if live + rows + req.n > self.max_batch and (live or rows):
                 break  # a request larger than max_batch still runs, alone
-            self._waiting.pop(0)
             if req.cancelled:
+                self._waiting.pop(0)
                 continue
-            try:
-                kv, logits = self._prefill(req.prompt_ids)
-            except Exception as exc:
-                req.done(EngineResult([], len(req.prompt_ids), self.version, exc))
+            ids = req.prompt_ids
+            hit, reused = self._lookup(ids)
+            if _longest_aligned(ids, this_round) > reused:
+                break  # it shares more with a prompt prefilled now: next round, it reuses that one's KV
+            self._waiting.pop(0)
+            this_round.update(tuple(ids[:n]) for n in range(BLOCK, len(ids) // BLOCK * BLOCK + 1, BLOCK))
+            chosen.append((req, hit, reused))
+            rows += req.n
+        new_rows: list[tuple[_Row, KV, int]] = []
+        for (req, _, _), result in zip(chosen, self._prefill_many(chosen), strict=True):
+            if isinstance(result, BaseException):
+                req.done(EngineResult([], len(req.prompt_ids), self.version, result))
                 continue
+            kv, logits = result
             self._groups[id(req)] = _Group(req, len(req.prompt_ids), self.version)
             self.stats.requests += 1
             for i in range(req.n):
@@ -301,31 +316,78 @@ class LocalEngine:
         if new_rows:
             self._merge(new_rows)
 
-    def _prefill(self, ids: list[int]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-        """KV of the whole prompt and the logits of its last position."""
+    def _prefill_many(
+        self, chosen: list[tuple[EngineRequest, KV | None, int]]
+    ) -> list[tuple[KV, torch.Tensor] | BaseException]:
+        """Prefill the chosen prompts in as few forward passes as fit: prompts that reuse
+        the same number of cached positions share one right-padded pass (chunked to
+        ``PREFILL_POSITIONS``); if a shared pass fails, its prompts are redone one by one,
+        so a bad prompt fails only its own request."""
+        results: list[tuple[KV, torch.Tensor] | BaseException | None] = [None] * len(chosen)
+        by_reuse: dict[int, list[int]] = {}
+        for i, (req, _, reused) in enumerate(chosen):
+            self.stats.prefill_requested += len(req.prompt_ids)
+            by_reuse.setdefault(reused, []).append(i)
+        vocab = int(getattr(self.model.config, "vocab_size", 0) or 0)
+        for reused, members in by_reuse.items():
+            members.sort(key=lambda i: len(chosen[i][0].prompt_ids))
+            for chunk in _chunks(members, [len(chosen[i][0].prompt_ids) - reused for i in members], vocab):
+                try:
+                    for i, out in zip(chunk, self._prefill_batch([chosen[i] for i in chunk], reused), strict=True):
+                        results[i] = out
+                except Exception as exc:
+                    for i in chunk:
+                        try:
+                            results[i] = self._prefill_batch([chosen[i]], reused)[0] if len(chunk) > 1 else exc
+                        except Exception as one:
+                            results[i] = one
+        return [r if r is not None else RuntimeError("prompt not prefilled") for r in results]
+
+    def _prefill_batch(
+        self, members: list[tuple[EngineRequest, KV | None, int]], reused: int
+    ) -> list[tuple[KV, torch.Tensor]]:
+        """One forward pass over prompts that each reuse ``reused`` cached positions: their
+        cached KV stacked as the past, their remaining tokens right-padded (a causal model
+        never looks at the padding after a real token, and every padding position has real
+        tokens to attend to). Returns each prompt's KV and its last position's logits."""
         from transformers import DynamicCache
 
-        self.stats.prefill_requested += len(ids)
-        hit, reused = self._lookup(ids)
+        rests = [req.prompt_ids[reused:] for req, _, _ in members]
+        width = max(len(r) for r in rests)
+        batch = len(rests)
+        input_ids = torch.zeros(batch, width, dtype=torch.long)
+        mask = torch.zeros(batch, reused + width, dtype=torch.long)
+        mask[:, :reused] = 1
+        for j, rest in enumerate(rests):
+            input_ids[j, : len(rest)] = torch.tensor(rest)
+            mask[j, reused : reused + len(rest)] = 1
         cache = DynamicCache()
-        if hit is not None:
-            for layer, (k, v) in enumerate(hit):
-                cache.update(k[:, :, :reused], v[:, :, :reused], layer)
-        rest = torch.tensor([ids[reused:]])
-        self.stats.prefill_computed += rest.shape[1]
+        if reused:
+            for layer in range(len(members[0][1] or [])):
+                keys = torch.cat([hit[layer][0][:, :, :reused] for _, hit, _ in members if hit is not None])
+                values = torch.cat([hit[layer][1][:, :, :reused] for _, hit, _ in members if hit is not None])
+                cache.update(keys, values, layer)
+        last = [len(rest) - 1 for rest in rests]
+        keep = sorted(set(last))
         out = self.model(
-            input_ids=rest,
-            position_ids=torch.arange(reused, len(ids)).unsqueeze(0),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            input_ids=input_ids,
+            position_ids=torch.arange(reused, reused + width).unsqueeze(0).expand(batch, -1),
+            attention_mask=mask,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=torch.tensor(keep),
             **{self._cache_arg: cache},
         )
-        kv = [(layer.keys, layer.values) for layer in _cache_of(out).layers]
-        self._remember(ids, kv)
-        return kv, out.logits[0, -1].float()
+        self.stats.prefill_computed += sum(len(rest) for rest in rests)
+        layers = _cache_of(out).layers
+        results = []
+        for j, (req, _, _) in enumerate(members):
+            n = len(req.prompt_ids)
+            kv = [(layer.keys[j : j + 1, :, :n].clone(), layer.values[j : j + 1, :, :n].clone()) for layer in layers]
+            self._remember(req.prompt_ids, kv)
+            results.append((kv, out.logits[j, keep.index(last[j])].float()))
+        return results
 
-    def _lookup(self, ids: list[int]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]] | None, int]:
+    def _lookup(self, ids: list[int]) -> tuple[KV | None, int]:
         for length in range((len(ids) - 1) // BLOCK * BLOCK, 0, -BLOCK):
             entry = self._prefix.get(tuple(ids[:length]))
             if entry is not None:
@@ -333,14 +395,14 @@ class LocalEngine:
                 return entry[0], length
         return None, 0
 
-    def _remember(self, ids: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def _remember(self, ids: list[int], kv: KV) -> None:
         for length in range(BLOCK, len(ids) // BLOCK * BLOCK + 1, BLOCK):
             self._prefix[tuple(ids[:length])] = (kv, length)
             self._prefix.move_to_end(tuple(ids[:length]))
         while len(self._prefix) > self._prefix_prompts * 8:
             self._prefix.popitem(last=False)
 
-    def _merge(self, new_rows: list[tuple[_Row, list[tuple[torch.Tensor, torch.Tensor]], int]]) -> None:
+    def _merge(self, new_rows: list[tuple[_Row, KV, int]]) -> None:
         """Left-pad the running batch and the new rows to one length and stack them."""
         self._compact(force=True)
         old_len = self._mask.shape[1] if self._mask is not None else 0
@@ -479,6 +541,28 @@ class LocalEngine:
             group.req.done(EngineResult([], group.prompt_tokens, group.version, exc))
         self._groups.clear()
         self._rows, self._cache, self._mask = [], None, None
+
+
+def _longest_aligned(ids: list[int], prefixes: set[tuple[int, ...]]) -> int:
+    """Length of the longest ``BLOCK``-aligned proper prefix of ``ids`` in ``prefixes``."""
+    for length in range((len(ids) - 1) // BLOCK * BLOCK, 0, -BLOCK):
+        if tuple(ids[:length]) in prefixes:
+            return length
+    return 0
+
+
+def _chunks(members: list[int], lengths: list[int], vocab: int) -> list[list[int]]:
+    """Consecutive runs of ``members`` (sorted by length) small enough for one prefill pass:
+    at most ``PREFILL_POSITIONS`` padded positions and ``LOGITS_BUDGET`` logits."""
+    chunks: list[list[int]] = []
+    for member, length in zip(members, lengths, strict=True):
+        if chunks:
+            rows = len(chunks[-1]) + 1
+            if rows * length <= PREFILL_POSITIONS and rows * min(rows, length) * vocab <= LOGITS_BUDGET:
+                chunks[-1].append(member)
+                continue
+        chunks.append([member])
+    return chunks
 
 
 def _cache_argument(model: Any) -> str:
