@@ -611,3 +611,15 @@ async def test_step_strategy_unchanged_over_transformers_serve(
     ) as policy:
         episodes = await _run_on(policy, strategy, tmp_path, "http")
     _check_verified_tree(episodes)
+
+
+async def test_search_trees_round_trip_through_json() -> None:
+    from runtime.types import episode_from_json, episode_to_json
+
+    policy = LogprobPolicy(tree_script(depth=3), lambda t: -0.5)
+    ep = await MCTS(simulations=6, expansions=2, dirichlet_weight=0.25, seed=1).run(
+        context(policy, process=StepScores(pseudo))
+    )
+    again = episode_from_json(episode_to_json(ep))
+    assert again == ep
+    assert any("prior" in n.meta and "evals" in n.meta for n in again.nodes)
