@@ -15,7 +15,9 @@ every config run through the real ``Runtime`` with all tasks in flight at once.
 Configs (budget in samples-equivalent: about one full solution's worth of sampling):
 - ``chain_of_thought``: one step per call (budget 1);
 - ``best_of_n``: N full solutions, the one the rule verifier scores best (min over its
-  steps); ``self_consistency``: majority vote of N; N = 4, 16, 64;
+  steps); ``self_consistency``: the majority vote of the same N solutions (scored on
+  the best-of-N run's samples, so its tokens are best-of-N's: sampling is identical,
+  only the selection differs, and the benchmark does not pay for it twice); N = 4, 16, 64;
 - ``beam (rule)``: width x expansions = 2x2, 4x4, 8x8 with the rule verifier;
 - ``beam (MC value)``: 2x2 and 4x4 scored by the Monte-Carlo value of each candidate
   (2 rollouts; rollout tokens are counted as generated tokens; it uses the reference
@@ -46,6 +48,7 @@ import os
 import platform
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +98,39 @@ class Config:
         return f"{self.family} @{self.budget}"
 
 
+async def majority_row(row: Row, episodes: list[Any]) -> Row:
+    """Self-consistency on a best-of-N run's samples: the most common answer of its
+    leaves (ties to the earliest sample, as ``BestOfN(selection='majority')``)."""
+    correct: dict[str, bool] = {}
+    by_steps: dict[int, list[bool]] = {}
+    for ep in episodes:
+        answers = [_answer_on_path(ep, leaf) for leaf in ep.leaves]
+        tally = Counter(a for a in answers if a is not None)
+        best = max(range(len(answers)), key=lambda i: (tally[answers[i]] if answers[i] else 0, -i), default=None)
+        answer = answers[best] if best is not None else None
+        ok = (await ExactMatch().score(ep.task, answer, "")).value >= 1.0
+        correct[ep.task.id] = ok
+        by_steps.setdefault(ep.task.metadata["steps"], []).append(ok)
+    return Row(
+        config=Config("self_consistency", row.config.budget, lambda: None, None),
+        accuracy=sum(correct.values()) / len(correct),
+        accuracy_by_steps={k: sum(v) / len(v) for k, v in sorted(by_steps.items())},
+        tokens=row.tokens,
+        prompt_tokens=row.prompt_tokens,
+        prefill_saved=row.prefill_saved,
+        failed=row.failed,
+        seconds=0.0,
+    )
+
+
+def _answer_on_path(ep: Any, node: Any) -> str | None:
+    while node.parent is not None:
+        if node.answer is not None:
+            return str(node.answer)
+        node = ep.nodes[node.parent]
+    return None
+
+
 @dataclass
 class Row:
     config: Config
@@ -112,8 +148,6 @@ def configs(quick: bool) -> list[Config]:
     out = [Config("chain_of_thought", 1, ChainOfThought, None)]
     for n in budgets:
         out.append(Config("best_of_n", n, lambda n=n: BestOfN(n=n, selection="process", aggregate="min")))
-    for n in budgets:
-        out.append(Config("self_consistency", n, lambda n=n: BestOfN(n=n, selection="majority"), None))
     for w in [2, 4] if quick else [2, 4, 8]:
         out.append(Config("beam (rule)", w * w, lambda w=w: BeamSearch(width=w, expansions=w)))
     for w in [2] if quick else [2, 4]:
@@ -132,7 +166,7 @@ def configs(quick: bool) -> list[Config]:
     return out
 
 
-async def run_config(policy: LocalPolicy, config: Config, tasks: list[Any], concurrency: int) -> Row:
+async def run_config(policy: LocalPolicy, config: Config, tasks: list[Any], concurrency: int) -> tuple[Row, list[Any]]:
     process: ProcessVerifier | None = None
     extractor = AnswerExtractor(["answer_line"])
     if config.process == "rule":
@@ -170,7 +204,7 @@ async def run_config(policy: LocalPolicy, config: Config, tasks: list[Any], conc
         prefill_saved=(stats.prefill_requested - stats.prefill_computed - saved_before) / n,
         failed=sum(ep.status == "failed" for ep in episodes),
         seconds=seconds,
-    )
+    ), episodes
 
 
 def table(rows: list[Row], reference: Row | None) -> str:
@@ -271,18 +305,23 @@ async def main(args: argparse.Namespace) -> None:
         for config in configs(args.quick):
             if args.only and not any(o in config.label for o in args.only):
                 continue
-            row = await run_config(policy, config, tasks, args.concurrency)
+            row, episodes = await run_config(policy, config, tasks, args.concurrency)
             rows.append(row)
-            print(
-                f"  {config.label:32s} acc {row.accuracy:6.1%}  tokens {row.tokens:8,.0f}  {row.seconds:5.0f}s",
-                file=sys.stderr,
-                flush=True,
-            )
+            if config.family == "best_of_n":
+                rows.append(await majority_row(row, episodes))
+            for r in rows[-2 if config.family == "best_of_n" else -1 :]:
+                print(
+                    f"  {r.config.label:32s} acc {r.accuracy:6.1%}  tokens {r.tokens:8,.0f}  {r.seconds:5.0f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     reference = next((r for r in rows if r.config.family == "best_of_n" and r.config.budget == 64), None)
     if reference is None:
         reference = max(
             (r for r in rows if r.config.family == "best_of_n"), key=lambda r: r.config.budget, default=None
         )
+    order = ["chain_of_thought", "best_of_n", "self_consistency"]
+    rows.sort(key=lambda r: order.index(r.config.family) if r.config.family in order else len(order))
     body = table(rows, reference)
     total = sum(r.seconds for r in rows)
     notes = [
@@ -306,7 +345,7 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", type=int, default=32, help="held-out tasks (default 32)")
+    parser.add_argument("--tasks", type=int, default=20, help="held-out tasks, half 3-step, half 4-step (default 20)")
     parser.add_argument("--quick", action="store_true", help="smaller budgets, fewer configs")
     parser.add_argument("--model", default="bundled", help="policy checkpoint directory")
     parser.add_argument("--max-batch", type=int, default=128)
