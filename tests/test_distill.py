@@ -53,6 +53,7 @@ def run(config: Any) -> Any:
     return loop, anyio.run(go)
 
 
+@pytest.mark.timeout(600)
 def test_student_learns_from_an_http_teacher(hf_server: str, tmp_path: Path) -> None:  # noqa: F811
     config = distill_config(
         hf_server,
