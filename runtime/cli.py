@@ -9,6 +9,7 @@ exit 2, with no traceback. Logs are structured (structlog), quiet by default
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,6 +40,10 @@ out = Console()
 
 def configure_logging(verbose: bool, json_logs: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
+    # transformers / huggingface_hub draw their own bars and chatter while loading
+    # weights; the CLI has one progress bar (set before they are imported).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
     renderer: Any = structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
