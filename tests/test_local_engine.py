@@ -127,6 +127,29 @@ async def test_kv_buffers_that_grow_mid_batch_stay_exact(
         assert result.completions[0].token_ids == reference(trained, tokenizer, text, 40)
 
 
+async def test_requests_joining_finished_rows_places_stay_exact(trained: Any, tokenizer: Any) -> None:
+    """Requests of different lengths finish at different steps; waiting ones take the
+    places of finished rows in the running batch (and the batch is trimmed when it gets
+    wide); every output is still that of ``generate``."""
+    texts = tiny_questions(20, seed=12)
+    budgets = [4 + (7 * i) % 37 for i in range(len(texts))]
+    policy = LocalPolicy(trained, tokenizer, max_batch=6, threads=1)
+    results: list[Any] = [None] * len(texts)
+
+    async def one(i: int) -> None:
+        request = GenerationRequest(prompt=texts[i], max_tokens=budgets[i], temperature=0.0)
+        results[i] = await policy.generate(request)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(len(texts)):
+                tg.start_soon(one, i)
+    finally:
+        policy.engine.close()
+    for text, budget, result in zip(texts, budgets, results, strict=True):
+        assert result.completions[0].token_ids == reference(trained, tokenizer, text, budget)
+
+
 @pytest.mark.parametrize("warm", [True, False])
 async def test_prefix_reuse_is_exact_on_a_trained_model(trained: Any, tokenizer: Any, warm: bool) -> None:
     """Branches of one prefix reuse its KV whether it was cached before (warm) or the

@@ -403,7 +403,12 @@ class LocalEngine:
             self._prefix.popitem(last=False)
 
     def _merge(self, new_rows: list[tuple[_Row, KV, int]]) -> None:
-        """Left-pad the running batch and the new rows to one length and stack them."""
+        """Put the new rows into the running batch: into the places of finished rows when
+        there are enough and every new row fits the batch's width (no copy of the running
+        rows); otherwise left-pad the running batch and the new rows to one length and
+        stack them into new buffers."""
+        if self._fill_holes(new_rows):
+            return
         self._compact(force=True)
         old_len = self._mask.shape[1] if self._mask is not None else 0
         width = max([old_len] + [kv[0][0].shape[2] for _, kv, _ in new_rows])
@@ -431,13 +436,42 @@ class LocalEngine:
         self._cache, self._mask = cache, mask
         self.stats.peak_batch = max(self.stats.peak_batch, len(self._rows))
 
+    def _fill_holes(self, new_rows: list[tuple[_Row, KV, int]]) -> bool:
+        holes = [i for i, r in enumerate(self._rows) if r.finished]
+        if self._mask is None or len(new_rows) > len(holes):
+            return False
+        width = self._mask.shape[1]
+        if any(kv[0][0].shape[2] > width for _, kv, _ in new_rows):
+            return False
+        for (row, kv, _), i in zip(new_rows, holes, strict=False):
+            length = kv[0][0].shape[2]
+            for layer, (k, v) in zip(self._cache.layers, kv, strict=True):
+                layer.keys[i, :, width - length :] = k[0]  # a view of the layer's buffer: written in place
+                layer.values[i, :, width - length :] = v[0]
+            self._mask[i] = 0
+            self._mask[i, width - length :] = 1
+            self._rows[i] = row
+        return True
+
     def _compact(self, force: bool = False) -> None:
-        """Drop finished rows (and columns that are padding in every row left)."""
+        """Drop finished rows (and columns that are padding in every row left).
+
+        Unforced, only when it pays: a quarter of the rows are finished and no request
+        waits to take their places, or half the columns are padding for every live row
+        (rows that join into finished rows' places keep the batch as wide as it was)."""
         if not self._rows:
             return
         done = [i for i, r in enumerate(self._rows) if r.finished]
-        if not done or (not force and len(done) * 4 < len(self._rows)):
-            return
+        if force:
+            if not done:
+                return
+        else:
+            assert self._mask is not None
+            live = [r.length for r in self._rows if not r.finished]
+            idle = bool(done) and len(done) * 4 >= len(self._rows) and not self._waiting and self._queue.empty()
+            wide = bool(live) and 2 * max(live) + ROOM <= self._mask.shape[1]
+            if not (idle or wide):
+                return
         keep = [i for i, r in enumerate(self._rows) if not r.finished]
         self._rows = [self._rows[i] for i in keep]
         if not keep:
