@@ -215,10 +215,13 @@ async def test_n_shares_prefill_and_seeds_repeat(policy: LocalPolicy) -> None:
     assert len({tuple(c.token_ids or []) for c in a.completions}) > 1
 
 
-async def test_logprobs_match_a_forward_pass(policy: LocalPolicy, model: Any, tokenizer: Any) -> None:
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+async def test_logprobs_match_a_forward_pass(
+    policy: LocalPolicy, model: Any, tokenizer: Any, temperature: float
+) -> None:
     text = prompts(1, seed=3)[0]
     result = await policy.generate(
-        GenerationRequest(prompt=text, max_tokens=16, temperature=1.0, seed=1, logprobs=True)
+        GenerationRequest(prompt=text, max_tokens=16, temperature=temperature, seed=1, logprobs=True)
     )
     c = result.completions[0]
     assert c.token_ids and c.logprobs and len(c.token_ids) == len(c.logprobs)

@@ -509,7 +509,8 @@ class LocalEngine:
         self.stats.decode_steps += 1
         logits = out.logits[:, -1].float()
         logprobs = torch.log_softmax(logits, dim=-1)
-        greedy = logits.argmax(dim=-1).tolist()
+        picks = logits.argmax(dim=-1, keepdim=True)
+        greedy, greedy_logprobs = picks[:, 0].tolist(), logprobs.gather(1, picks)[:, 0].tolist()
         for i, row in enumerate(self._rows):
             if row.finished:
                 continue
@@ -517,17 +518,19 @@ class LocalEngine:
                 row.finished = "cancelled"
                 continue
             row.length += 1
-            self._choose(row, logits[i], logprobs[i], greedy[i])
+            if row.req.temperature <= 0:  # greedy rows need no per-row tensor work
+                self._accept(row, greedy[i], greedy_logprobs[i])
+            else:
+                self._choose(row, logits[i], logprobs[i])
         self._compact()
 
-    def _choose(self, row: _Row, logits: torch.Tensor, logprobs: torch.Tensor | None = None,
-                greedy: int | None = None) -> None:
+    def _choose(self, row: _Row, logits: torch.Tensor, logprobs: torch.Tensor | None = None) -> None:
         """Sample the next token of ``row`` and check whether it is done."""
         req = row.req
         if logprobs is None:
             logprobs = torch.log_softmax(logits, dim=-1)
         if req.temperature <= 0:
-            token = greedy if greedy is not None else int(torch.argmax(logits))
+            token = int(torch.argmax(logits))
         else:
             probs = torch.softmax(logits / req.temperature, dim=-1)
             if req.top_p < 1.0:
@@ -535,12 +538,17 @@ class LocalEngine:
                 keep = torch.cumsum(sorted_p, 0) - sorted_p < req.top_p
                 probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
             token = int(torch.multinomial(probs, 1, generator=row.generator))
+        self._accept(row, token, float(logprobs[token]))
+
+    def _accept(self, row: _Row, token: int, logprob: float) -> None:
+        """Append ``token`` to ``row`` and check whether the row is done."""
+        req = row.req
         self.stats.generated_tokens += 1
         if token in self.eos:
             self._finish(row, "stop")
             return
         row.tokens.append(token)
-        row.logprobs.append(float(logprobs[token]))
+        row.logprobs.append(logprob)
         if req.stop:
             row.text = self.tok.decode(row.tokens, skip_special_tokens=True)
             cut = min((i for i in (row.text.find(s) for s in req.stop) if i >= 0), default=-1)
