@@ -269,6 +269,7 @@ class OnlineLoop:
             self._save()
         due = self.evaluator is not None and version % self.settings.eval_every == 0
         if due and self._tg is not None and not self._eval_lock.locked():  # one evaluation at a time
+            self._evaluated.add(version)  # now, not when the task first runs: the end checks it
             self._tg.start_soon(self._evaluate, weights, version)
 
     async def _evaluate(self, weights: dict[str, Any], version: int) -> None:
