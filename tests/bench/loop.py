@@ -201,7 +201,9 @@ def main() -> None:
             f"- online reached the sync loop's final {100 * target_acc:.1f} % after {reached:.0f} s: "
             f"{reached / sync['elapsed']:.2f}x the sync loop's {sync['elapsed']:.0f} s (target <= 0.60x)"
         )
-    print("\n| curve | " + " | ".join(f"v{p['version']} @ {p['wall_time']:.0f}s" for p in online["curve"]) + " |")
+    width = max(len(r["curve"]) for r in results)
+    print("\n| curve (greedy pass@1, version, wall time) |" + " |" * width)
+    print("|---|" + "---|" * width)
     for r in results:
         print(
             f"| {r['mode']} | "
