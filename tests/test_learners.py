@@ -209,10 +209,12 @@ def ones(n: int) -> list[Task]:
 async def test_stale_examples_are_dropped_or_downweighted_and_counted(mode: str) -> None:
     learner = FakeLearner()
     learner.version = 6
+    rt = scripted_runtime()
     loop = OnlineLoop(
-        scripted_runtime(),
+        rt,
         learner,
         VerifiedPaths(dedupe=False),  # type: ignore[arg-type]
+        publish=Publish(rt.policy),
         settings=LoopSettings(max_staleness=2, stale=mode, stale_decay=0.5, batch_examples=100),  # type: ignore[arg-type]
     )
     loop._restore()
@@ -358,3 +360,13 @@ async def test_evaluator_measures_the_version_it_is_given(tokenizer: Any) -> Non
     finally:
         await evaluator.aclose()
     assert random_weights.version == 0 and time.monotonic() - started < 60
+
+
+async def test_nothing_is_stale_without_a_policy_to_publish_to() -> None:
+    """Distillation: the teacher samples and never changes, so no example is stale."""
+    learner = FakeLearner()
+    learner.version = 9
+    loop = OnlineLoop(scripted_runtime(), learner, VerifiedPaths(), settings=LoopSettings(max_staleness=0))  # type: ignore[arg-type]
+    loop._restore()
+    await loop._take(episode_with_leaves([("Answer: 5", 1.0)], chosen=0, reward=1.0, version=0))
+    assert loop.stats.dropped_stale == 0 and len(loop._pending) == 1 and loop.stats.staleness == {0: 1}
