@@ -88,6 +88,7 @@ def test_student_learns_from_an_http_teacher(hf_server: str, tmp_path: Path) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_student_accuracy_rises_from_zero(hf_server: str, tmp_path: Path) -> None:  # noqa: F811
     config = distill_config(
         hf_server,
