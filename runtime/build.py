@@ -117,7 +117,7 @@ def build_verifiers(config: RunConfig, policy: Policy | None = None) -> Verifier
 
     def process_verifier(name: str) -> ProcessVerifier:
         if name == "tiny_rule":
-            return TinyStepVerifier()
+            return TinyStepVerifier(hints=v.tiny_rule_hints)
         if name == "prm":
             if not v.prm_path:
                 raise ConfigError("verifiers.prm_path: process 'prm' needs a checkpoint directory")

@@ -291,6 +291,8 @@ class VerifiersConfig(_Section):
     """Pattern for the regex outcome verifier."""
     process: Literal["tiny_rule", "prm", "mc_value", "judge", "none"] = "none"
     """Process (step) verifier: the tiny domain's rules, a PRM checkpoint, Monte-Carlo rollouts, an LLM judge."""
+    tiny_rule_hints: bool = False
+    """The tiny rule verifier explains a rejected step with the correct one (feeds reflections and revisions)."""
     prm_path: str | None = None
     """Checkpoint directory of the process reward model (process prm)."""
     prm_batch_size: int = Field(32, ge=1, le=1024)

@@ -223,9 +223,17 @@ class TableVerifier:
 
 class TinyStepVerifier:
     """Rule-based process verifier of the tiny arithmetic domain: checks each step's
-    arithmetic, that it performs the operation due next, and the restated remainder."""
+    arithmetic, that it performs the operation due next, and the restated remainder.
+
+    With ``hints``, a rejected step's explanation is a correction in the form of the
+    policy's own training traces (``7*8=54 is wrong, 7*8=56, leaving 3+56``), so a
+    reflection or a revision built from it tells the policy the right step; a
+    ``check: ...`` line of that form is itself accepted as the step it corrects."""
 
     name = "tiny_rule"
+
+    def __init__(self, hints: bool = False) -> None:
+        self.hints = hints
 
     async def score_step(self, task: Task, previous: Sequence[str], step: str) -> Score:
         from runtime.tiny.domain import check_step, remaining_after
@@ -237,5 +245,19 @@ class TinyStepVerifier:
             if check_step(expression, line)[0] == 1.0:
                 expression = remaining_after(expression, line)
         value, why = check_step(expression, step)
+        if value < 1.0 and self.hints and (correct := _tiny_next_line(expression)) is not None:
+            why = f"{step.partition(',')[0].strip() or step} is wrong, {correct}"
         return Score(value, why)
 
+
+def _tiny_next_line(expression: str) -> str | None:
+    """The correct next line for what is left of a tiny-domain expression."""
+    from runtime.tiny.domain import ArithProblem, parse_expression, solution_steps
+
+    try:
+        numbers, ops = parse_expression(expression)
+    except ValueError:
+        return None
+    if not ops:
+        return f"Answer: {numbers[0]}"
+    return solution_steps(ArithProblem(tuple(numbers), tuple(ops)))[0]

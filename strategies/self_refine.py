@@ -15,6 +15,7 @@ Feedback, by ``feedback``:
 - ``process``: the first step of the latest attempt the process verifier rejects;
   the revision continues right after that step with its explanation, so the wrong
   step and the correction are both in the trace (the tiny domain's ``check:`` lines).
+  An attempt whose steps all pass but that gives no answer is revised too.
 - ``outcome``: the outcome verifier's verdict on the whole attempt; the revision
   follows the attempt. Its explanation is passed on only with ``explain`` (an exact
   match verifier's explanation contains the reference answer).
@@ -71,6 +72,8 @@ class SelfRefine:
                 if await ctx.score(step) < self.threshold:
                     why = next(iter(step.explanations.values()), f"{step.text} is wrong")
                     return False, step, why
+            if ctx.answer(leaf) is None:  # every step checks out, but it stops short
+                return False, leaf, "the solution gives no answer yet"
             return True, leaf, None
         if self.feedback == "outcome":
             verdict = await ctx.judge(leaf)

@@ -404,6 +404,8 @@ def test_verifiers_build_from_yaml(tmp_path: Path, trained_prm: tuple[Path, Any]
     judge_policy = {"kind": "scripted", "script": ["Verdict: yes"]}
     v = build_verifiers(_config(tmp_path, {"verifiers": {"outcome": "judge", "judge_policy": judge_policy}}), policy)
     assert isinstance(v.outcome, LLMJudge) and v.outcome.policy is not policy
+    v = build_verifiers(_config(tmp_path, {"verifiers": {"process": "tiny_rule", "tiny_rule_hints": True}}))
+    assert isinstance(v.process, TinyStepVerifier) and v.process.hints
     v = build_verifiers(_config(tmp_path, {"verifiers": {"outcome": "code", "code_timeout": 2}}))
     assert isinstance(v.outcome, CodeExecution) and v.outcome.timeout == 2
     data = {"process_weights": {"tiny_rule": 0.7, "mc_value": 0.3}, "gate": True, "shaping_gamma": 0.9}

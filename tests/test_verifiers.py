@@ -232,3 +232,22 @@ def test_generated_problems_have_solutions_that_end_at_the_answer() -> None:
         lines = solution_steps(problem)
         assert len(lines) == steps
         assert lines[-1].endswith(f"={problem.answer}")
+
+
+async def test_tiny_step_verifier_hints_are_corrections_it_then_accepts(
+    tiny_solution: Callable[..., tuple[Task, list[str]]],
+) -> None:
+    from runtime.tiny.domain import check_step
+
+    task, lines = tiny_solution(seed=11, steps=3)
+    fact, _, rest = lines[0].partition(",")
+    lhs, _, value = fact.partition("=")
+    wrong = f"{lhs}={int(value) + 1},{rest}"
+    hint = await TinyStepVerifier(hints=True).score_step(task, [], wrong)
+    assert hint.value == 0.0 and hint.explanation == f"{lhs}={int(value) + 1} is wrong, {lines[0]}"
+    reflection = f"check: {hint.explanation}"
+    assert check_step(task.metadata["expression"], reflection)[0] == 1.0
+    # The corrected line counts as the step: the next step is checked against its remainder.
+    assert (await TinyStepVerifier().score_step(task, [wrong, reflection], lines[1])).value == 1.0
+    early = await TinyStepVerifier(hints=True).score_step(task, lines[:-1], "Answer: 0")
+    assert early.explanation == f"Answer: 0 is wrong, {lines[-1]}" or task.answer == "0"

@@ -27,8 +27,13 @@ Configs (budget in samples-equivalent: about one full solution's worth of sampli
   (a solution is 5-6 steps deep, so fewer simulations rarely reach an answer and the
   last stretch is completed unsearched);
 - ``verify_backtrack``: rule verifier, 3 retries per step, N retries per episode,
-  N = 4, 16, 64; plus N = 16 with reflections;
-- ``self_refine``: process feedback from the rule verifier, 1 and 3 rounds.
+  N = 4, 16, 64; plus N = 16 with reflections (the verifier's explanation written
+  into the prefix before resampling);
+- ``self_refine``: process feedback from the rule verifier, 1 and 3 rounds (budget =
+  attempts);
+- ``(hints)`` rows: the rule verifier explains a rejected step with the correct one,
+  in the ``check: ... is wrong, ...`` form of the policy's training traces
+  (``TinyStepVerifier(hints=True)``), so reflections and revisions carry a correction.
 
 Columns: accuracy (exact match of the final answer), generated tokens per task
 (policy completion tokens, verifier rollouts included), their ratio to
@@ -83,7 +88,15 @@ STEP_MAX_TOKENS = 48
 THREADS = 2
 OUT_TABLE = Path("/tmp/bench/search_scaling.txt")
 OUT_PLOT = ROOT / "docs" / "search_scaling.png"
-STEP_LEVEL = {"beam (rule)", "beam (MC value)", "dvts", "mcts", "verify_backtrack", "verify_backtrack+reflect"}
+STEP_LEVEL = {
+    "beam (rule)",
+    "beam (MC value)",
+    "dvts",
+    "mcts",
+    "verify_backtrack",
+    "verify_backtrack+reflect",
+    "verify_backtrack+reflect (hints)",
+}
 
 
 @dataclass
@@ -160,9 +173,13 @@ def configs(quick: bool) -> list[Config]:
         out.append(Config("mcts", n, lambda n=n: MCTS(simulations=n, expansions=3, seed=0)))
     for n in budgets:
         out.append(Config("verify_backtrack", n, lambda n=n: VerifyAndBacktrack(step_retries=3, episode_retries=n)))
-    out.append(Config("verify_backtrack+reflect", 16, lambda: VerifyAndBacktrack(episode_retries=16, reflect=True)))
+    reflect = Config("verify_backtrack+reflect", 16, lambda: VerifyAndBacktrack(episode_retries=16, reflect=True))
+    out.append(reflect)
+    out.append(Config("verify_backtrack+reflect (hints)", 16, reflect.make, "rule_hints"))
     for rounds in [1] if quick else [1, 3]:
-        out.append(Config("self_refine", rounds + 1, lambda r=rounds: SelfRefine(rounds=r, feedback="process")))
+        make = lambda r=rounds: SelfRefine(rounds=r, feedback="process")  # noqa: E731
+        out.append(Config("self_refine", rounds + 1, make))
+        out.append(Config("self_refine (hints)", rounds + 1, make, "rule_hints"))
     return out
 
 
@@ -171,6 +188,8 @@ async def run_config(policy: LocalPolicy, config: Config, tasks: list[Any], conc
     extractor = AnswerExtractor(["answer_line"])
     if config.process == "rule":
         process = TinyStepVerifier()
+    elif config.process == "rule_hints":
+        process = TinyStepVerifier(hints=True)
     elif config.process == "mc":
         process = MonteCarloValue(
             policy, rollouts=2, temperature=TEMPERATURE, max_tokens=MAX_TOKENS, extractor=extractor
@@ -256,7 +275,7 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(10, 5.5))
     families: dict[str, list[Row]] = {}
     for r in rows:
         families.setdefault(r.config.family, []).append(r)
@@ -278,7 +297,9 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    low = min(100 * r.accuracy for r in rows)
+    ax.set_ylim(max(0.0, low - 5), 101)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
