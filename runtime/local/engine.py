@@ -32,6 +32,13 @@ Design decisions:
   ``transformers serve --continuous-batching`` (which uses that manager) in
   ``tests/bench/local_engine.py``.
 - Logprobs are of the raw model distribution (before temperature), as vLLM reports.
+- Threads: torch runs on the worker thread with ``threads`` OpenMP threads. Any other
+  live thread of the process that has run torch ops keeps its own OpenMP (libgomp)
+  team; once the teams hold more threads than there are cores, libgomp stops spinning
+  at barriers and each small op pays futex wake-ups. On 2 cores this made the engine
+  ~1.4x slower at concurrency 32 after ``generate`` had run on the main thread
+  (``tests/bench/local_engine.py`` runs its baseline on a thread that ends for this
+  reason). Where torch must run elsewhere in the process, compare ``threads=1``.
 """
 
 from __future__ import annotations
