@@ -140,6 +140,24 @@ class OnlineLoop:
         self._pending_keys: set[tuple[str, int]] = set()
         self.log = log.bind(run_id=runtime.run_id)
 
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> OnlineLoop:
+        """Enter the runtime; on exit close it, its policy and the evaluator's engine."""
+        await self.runtime.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        try:
+            await self.runtime.__aexit__(*exc_info)
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.runtime.policy.aclose()
+        if self.evaluator is not None:
+            await self.evaluator.aclose()
+
     # -- the loop -----------------------------------------------------------------------
 
     async def run(self, tasks: Iterable[Task]) -> LoopStats:

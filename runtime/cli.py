@@ -176,21 +176,16 @@ async def _run_loop(loop: Any, tasks: list[Any], total: int, show: bool) -> Any:
         async def refresh() -> None:
             while True:
                 s, ls = rt.stats, loop.stats
-                done = rt.store.count(rt.run_id) if rt.store else s.finished
+                done = s.skipped + s.finished  # no store query on the event loop
                 acc = f"{100 * s.solved / s.rewarded:.1f}%" if s.rewarded else "-"
                 loss = "-" if ls.last_loss is None else f"{ls.last_loss:.4f}"
                 bar.update(job, completed=min(done, total), version=ls.version, loss=loss, acc=acc)
                 await anyio.sleep(0.5)
 
-        try:
-            async with rt, anyio.create_task_group() as tg:
-                tg.start_soon(refresh)
-                stats = await loop.run(tasks)
-                tg.cancel_scope.cancel()
-        finally:
-            await rt.policy.aclose()
-            if loop.evaluator is not None:
-                await loop.evaluator.aclose()
+        async with loop, anyio.create_task_group() as tg:
+            tg.start_soon(refresh)
+            stats = await loop.run(tasks)
+            tg.cancel_scope.cancel()
     return stats
 
 

@@ -42,13 +42,8 @@ def run(config: Any) -> Any:
     tasks = list(build_tasks(config))
 
     async def go() -> Any:
-        try:
-            async with loop.runtime:
-                return await loop.run(tasks)
-        finally:
-            await loop.runtime.policy.aclose()
-            if loop.evaluator is not None:
-                await loop.evaluator.aclose()
+        async with loop:
+            return await loop.run(tasks)
 
     return loop, anyio.run(go)
 

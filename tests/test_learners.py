@@ -314,11 +314,8 @@ async def test_expert_iteration_loop_publishes_versions_evaluates_and_resumes(tm
     tasks = list(tiny_tasks(160, steps=[2, 3], seed=5))
     store = EpisodeStore(tmp_path / "s.db")
     first = make_loop(store)
-    async with first.runtime:
+    async with first:
         stats = await first.run(tasks)
-    await first.runtime.policy.aclose()
-    assert first.evaluator is not None
-    await first.evaluator.aclose()
     assert stats.version == 3 and (tmp_path / "ei" / "learner.pt").is_file()
     # generation ran under the published versions, and the curve is stored with the run
     versions = {v for ep in store.episodes("ei") for v in ep.policy_versions}
@@ -332,11 +329,8 @@ async def test_expert_iteration_loop_publishes_versions_evaluates_and_resumes(tm
     # consumed are replayed, and the rest of the tasks run
     second = make_loop(store)
     second.settings.max_versions = None
-    async with second.runtime:
+    async with second:
         resumed = await second.run(tasks)
-    await second.runtime.policy.aclose()
-    assert second.evaluator is not None
-    await second.evaluator.aclose()
     assert resumed.replayed == stored - stats.episodes
     assert resumed.episodes == store.count("ei") == len(tasks)  # every episode consumed exactly once
     assert second.runtime.policy.version == resumed.version > 3

@@ -67,13 +67,8 @@ def run_mode(mode: str, minutes: float, store: Path, overrides: list[str]) -> di
     loop = build_loop(config)
 
     async def go() -> Any:
-        try:
-            async with loop.runtime:
-                return await loop.run(tasks)
-        finally:
-            await loop.runtime.policy.aclose()
-            if loop.evaluator is not None:
-                await loop.evaluator.aclose()
+        async with loop:
+            return await loop.run(tasks)
 
     started = time.monotonic()
     stats = anyio.run(go)
