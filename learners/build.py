@@ -87,6 +87,7 @@ def build_learner(config: RunConfig) -> SFTLearner:
         model,
         tokenizer,
         lr=learner_config.lr,
+        warmup_steps=learner_config.warmup_steps,
         weight_decay=learner_config.weight_decay,
         micro_batch=learner_config.micro_batch,
         lora=LoraSettings(lora.r, lora.alpha, lora.dropout) if lora else None,

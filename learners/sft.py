@@ -10,6 +10,9 @@ Design decisions:
 - Loss on the completion tokens only (and the end-of-turn token), each example
   weighted (stale examples may be down-weighted), normalised by the weighted token
   count of the whole batch; micro-batches sorted by length keep padding small.
+- An optional linear warmup of the learning rate: a fresh AdamW's first updates move
+  every weight by about ``lr`` whatever its gradient, which can knock a converged
+  checkpoint off its optimum before the moment estimates settle.
 - LoRA through peft is optional; a LoRA learner publishes merged weights, so the
   engine always serves a plain model.
 - Checkpoints hold model, optimizer, version and step; they are written to a
@@ -65,6 +68,7 @@ class SFTLearner:
         tokenizer: Any,
         *,
         lr: float = 1e-4,
+        warmup_steps: int = 0,
         weight_decay: float = 0.0,
         max_grad_norm: float = 1.0,
         micro_batch: int = 16,
@@ -85,6 +89,8 @@ class SFTLearner:
         self.model = model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+        self.lr = lr
+        self.warmup_steps = warmup_steps
         self.steps = 0
         self.version = 0
         self.busy_seconds = 0.0
@@ -168,12 +174,20 @@ class SFTLearner:
             tokens += int((target != -100).sum())
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.steps)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.steps += 1
         seconds = time.monotonic() - started
         self.busy_seconds += seconds
         return UpdateResult(self.steps, loss_sum, len(encoded), tokens, seconds, grad_norm)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based): linear warmup, then flat."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / (self.warmup_steps + 1)
+        return self.lr
 
     @torch.no_grad()
     def loss(self, examples: Sequence[Example]) -> float:

@@ -388,6 +388,8 @@ class LearnerConfig(_Section):
     """Skip an example whose (task, text) was already trained on."""
     lr: float = Field(1e-4, gt=0, le=1)
     """AdamW learning rate."""
+    warmup_steps: int = Field(0, ge=0)
+    """Optimizer steps of linear learning-rate warmup (the rate is flat after them)."""
     weight_decay: float = Field(0.0, ge=0)
     """AdamW weight decay."""
     batch_examples: int = Field(32, ge=1)

@@ -92,6 +92,20 @@ async def test_labels_cover_only_the_completion(tokenizer: Any) -> None:
     assert labels[0] == -100 and len(ids) == len(labels)
 
 
+async def test_warmup_ramps_the_learning_rate_and_shrinks_the_first_update(tokenizer: Any) -> None:
+    def first_update(warmup: int) -> float:
+        learner = SFTLearner(tiny_model(tokenizer), tokenizer, lr=1e-3, warmup_steps=warmup)
+        before = learner.weights()
+        learner.step([solution_example(s) for s in range(4)])
+        after = learner.weights()
+        return max(float((after[k] - before[k]).abs().max()) for k in before)
+
+    learner = SFTLearner(tiny_model(tokenizer), tokenizer, lr=1e-3, warmup_steps=4)
+    assert [learner.lr_at(s) for s in range(6)] == pytest.approx([2e-4, 4e-4, 6e-4, 8e-4, 1e-3, 1e-3])
+    # Adam's first update moves weights by about lr: a fifth of it under a 4-step warmup.
+    assert first_update(4) == pytest.approx(first_update(0) / 5, rel=0.05)
+
+
 async def test_checkpoint_round_trip(tokenizer: Any, tmp_path: Path) -> None:
     learner = SFTLearner(tiny_model(tokenizer), tokenizer, lr=1e-3)
     await learner.update([solution_example(1)])
