@@ -136,7 +136,11 @@ def build_loop(config: RunConfig, *, handle_signals: bool = False) -> OnlineLoop
         runtime,
         learner,
         VerifiedPaths(
-            learner_config.keep, learner_config.min_reward, learner_config.dedupe, config.sampling.step_delimiter
+            learner_config.keep,
+            learner_config.min_reward,
+            learner_config.dedupe,
+            config.sampling.step_delimiter,
+            learner_config.min_step_score,
         ),
         publish=runtime.policy if learner_config.kind == "expert_iteration" else None,
         evaluator=evaluator,

@@ -8,6 +8,11 @@ Design decisions:
   reward reaches ``min_reward``; ``keep="all_correct"`` takes every terminal leaf whose
   outcome score reaches it (a leaf the strategy never judged is judged here with the
   run's outcome verifier), so one best-of-8 episode may give up to eight examples.
+- A path whose final answer is right but one of whose steps the run's process verifier
+  rejects (``min_step_score``) is not kept: two arithmetic slips can cancel out, and
+  such a path teaches the slips. Its wrong steps have the highest loss in the batch,
+  so a few of them dominate the gradient of a batch of already likely correct paths.
+  Steps the strategy never scored are scored here; rejected paths are counted.
 - Deduplicated by (task, completion text) over the whole stream, so a policy that has
   converged on one solution does not train on it eight times per episode.
 - An example carries the policy version its text was sampled under (the oldest in its
@@ -72,9 +77,12 @@ class VerifiedPaths:
         min_reward: float = 1.0,
         dedupe: bool = True,
         delimiter: str = "\n",
+        min_step_score: float | None = 0.5,
     ) -> None:
         self.keep = keep
         self.min_reward = min_reward
+        self.min_step_score = min_step_score
+        self.rejected_by_process = 0
         self.dedupe = dedupe
         self.delimiter = delimiter
         self._seen: set[bytes] = set()
@@ -101,6 +109,9 @@ class VerifiedPaths:
         out = []
         for leaf in leaves:
             path = _path(episode, leaf)
+            if not await self._steps_pass(episode, path, verifiers):
+                self.rejected_by_process += 1
+                continue
             text = self.delimiter.join(n.text for n in path if n.text)
             if not text or not self._fresh(episode.task.id, text):
                 continue
@@ -128,6 +139,24 @@ class VerifiedPaths:
         score = await verifiers.outcome.score(episode.task, answer, text)
         leaf.scores["outcome:" + verifiers.outcome.name] = score.value
         return score.value >= self.min_reward
+
+    async def _steps_pass(self, episode: Episode, path: Sequence[Node], verifiers: Verifiers | None) -> bool:
+        """Whether every step of ``path`` reaches ``min_step_score`` under the process verifier."""
+        process = verifiers.process if verifiers is not None else None
+        if process is None or self.min_step_score is None:
+            return True
+        previous: list[str] = []
+        for node in path:
+            if process.name not in node.scores:
+                try:
+                    score = await process.score_step(episode.task, previous, node.text)
+                except Exception:  # a verifier that cannot judge the step does not accept it
+                    return False
+                node.scores[process.name] = score.value
+            if node.scores[process.name] < self.min_step_score:
+                return False
+            previous.append(node.text)
+        return True
 
     def state(self) -> list[bytes]:
         return sorted(self._seen)

@@ -76,6 +76,7 @@ class LoopStats:
     replayed: int = 0
     examples: int = 0
     no_examples: int = 0
+    rejected_by_process: int = 0
     dropped_stale: int = 0
     downweighted: int = 0
     steps: int = 0
@@ -97,6 +98,7 @@ class LoopStats:
             "replayed after restart": self.replayed,
             "examples trained": self.examples,
             "episodes without an example": self.no_examples,
+            "correct paths with a rejected step": self.rejected_by_process,
             "dropped (stale)": self.dropped_stale,
             "down-weighted (stale)": self.downweighted,
             "optimizer steps": self.steps,
@@ -233,7 +235,9 @@ class OnlineLoop:
     async def _take(self, episode: Episode) -> None:
         self.stats.episodes += 1
         key = (episode.task.id, episode.sample)
+        rejected = self.source.rejected_by_process
         examples = await self.source.examples(episode, self.runtime.verifiers)
+        self.stats.rejected_by_process += self.source.rejected_by_process - rejected
         k = self.settings.max_staleness
         kept = []
         for ex in examples:
@@ -317,6 +321,7 @@ class OnlineLoop:
                     "episodes": s.episodes,
                     "examples": s.examples,
                     "no_examples": s.no_examples,
+                    "rejected_by_process": s.rejected_by_process,
                     "dropped_stale": s.dropped_stale,
                     "downweighted": s.downweighted,
                     "learner_seconds": s.learner_seconds,
@@ -340,6 +345,7 @@ class OnlineLoop:
             s = self.stats
             s.episodes, s.examples, s.no_examples = saved["episodes"], saved["examples"], saved["no_examples"]
             s.dropped_stale, s.downweighted = saved["dropped_stale"], saved["downweighted"]
+            s.rejected_by_process = saved.get("rejected_by_process", 0)
             s.learner_seconds, s.elapsed_before = saved["learner_seconds"], saved["elapsed"]
             s.staleness = Counter({int(k): v for k, v in saved["staleness"].items()})
             s.steps, s.version = self.learner.steps, self.learner.version

@@ -384,6 +384,9 @@ class LearnerConfig(_Section):
     """Which verified paths of an episode become examples."""
     min_reward: float = Field(1.0, ge=0, le=1)
     """A path counts as correct at this outcome score."""
+    min_step_score: float | None = Field(0.5, ge=0, le=1)
+    """With a process verifier, every step of a kept path must score at least this
+    (right answers reached through wrong steps are not kept); null: outcome only."""
     dedupe: bool = True
     """Skip an example whose (task, text) was already trained on."""
     lr: float = Field(1e-4, gt=0, le=1)

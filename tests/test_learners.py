@@ -164,6 +164,33 @@ async def test_verified_paths_chosen_all_correct_and_dedupe() -> None:
     assert await VerifiedPaths("chosen").examples(failed) == []
 
 
+async def test_a_right_answer_reached_through_wrong_steps_is_not_kept() -> None:
+    task = Task(id="t", prompt="Evaluate: 19-22+29", answer="26", metadata={"expression": "19-22+29"})
+    ep = Episode(run_id="r", task=task, reward=1.0)
+    ep.nodes.append(Node(id=0, parent=None, depth=0))
+    solutions = [
+        ["19-22=-3, leaving -3+29", "-3+29=26", "Answer: 26"],  # right
+        ["19-22=-5, leaving -5+29", "-5+29=26", "Answer: 26"],  # two slips that cancel out
+    ]
+    for lines in solutions:
+        parent = ep.nodes[0]
+        for line in lines:
+            node = Node(id=len(ep.nodes), parent=parent.id, depth=parent.depth + 1, text=line)
+            parent.children.append(node.id)
+            ep.nodes.append(node)
+            parent = node
+        parent.terminal, parent.answer = True, "26"
+        parent.scores["outcome:exact"] = 1.0
+    verifiers = Verifiers(outcome=ExactMatch(), process=TinyStepVerifier())
+    source = VerifiedPaths("all_correct")
+    kept = await source.examples(ep, verifiers)
+    assert [e.completion for e in kept] == ["\n".join(solutions[0])]
+    assert source.rejected_by_process == 1
+    assert ep.nodes[4].scores["tiny_rule"] == 0.0  # the strategy never scored it; the filter did
+    # outcome only: both are kept
+    assert len(await VerifiedPaths("all_correct", min_step_score=None).examples(ep, verifiers)) == 2
+
+
 # -- the loop with a fake learner -----------------------------------------------------------
 
 
