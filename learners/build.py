@@ -141,6 +141,7 @@ def build_loop(config: RunConfig, *, handle_signals: bool = False) -> OnlineLoop
             learner_config.dedupe,
             config.sampling.step_delimiter,
             learner_config.min_step_score,
+            learner_config.weighting,
         ),
         publish=runtime.policy if learner_config.kind == "expert_iteration" else None,
         evaluator=evaluator,

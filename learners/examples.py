@@ -13,6 +13,12 @@ Design decisions:
   such a path teaches the slips. Its wrong steps have the highest loss in the batch,
   so a few of them dominate the gradient of a batch of already likely correct paths.
   Steps the strategy never scored are scored here; rejected paths are counted.
+- ``weighting="pass_rate"`` weighs an episode's examples by the share of its samples
+  that failed (1 - pass rate): a problem every sample already solves teaches nothing
+  and gives no example, one solved by a single sample of eight weighs 7/8. This is
+  filtered behaviour cloning with a per-problem baseline, the positive half of a
+  policy gradient with the mean reward as baseline; it spends the learner's steps at
+  the frontier of what the policy can do.
 - Deduplicated by (task, completion text) over the whole stream, so a policy that has
   converged on one solution does not train on it eight times per episode.
 - An example carries the policy version its text was sampled under (the oldest in its
@@ -34,6 +40,7 @@ from runtime.types import Episode, Node
 __all__ = ["Example", "VerifiedPaths", "path_text"]
 
 Keep = Literal["chosen", "all_correct"]
+Weighting = Literal["uniform", "pass_rate"]
 
 
 @dataclass(slots=True)
@@ -78,7 +85,9 @@ class VerifiedPaths:
         dedupe: bool = True,
         delimiter: str = "\n",
         min_step_score: float | None = 0.5,
+        weighting: Weighting = "uniform",
     ) -> None:
+        self.weighting = weighting
         self.keep = keep
         self.min_reward = min_reward
         self.min_step_score = min_step_score
@@ -106,6 +115,16 @@ class VerifiedPaths:
             leaves = [episode.nodes[episode.chosen_path[-1]]]
         else:
             leaves = [leaf for leaf in episode.leaves if await self._correct(episode, leaf, verifiers)]
+        weight = 1.0
+        if self.weighting == "pass_rate" and leaves:
+            terminal = [leaf for leaf in episode.leaves if leaf.terminal] or leaves
+            passed = 0
+            for leaf in terminal:
+                if await self._correct(episode, leaf, verifiers):
+                    passed += await self._steps_pass(episode, _path(episode, leaf), verifiers)
+            weight = 1.0 - passed / len(terminal)
+            if weight <= 0.0:  # every sample solved it: nothing left to learn here
+                return []
         out = []
         for leaf in leaves:
             path = _path(episode, leaf)
@@ -121,6 +140,7 @@ class VerifiedPaths:
                     completion=text,
                     key=episode.key,
                     policy_version=_version(path),
+                    weight=weight,
                     meta={"reward": episode.reward if leaf.id == (episode.chosen_path or [-1])[-1] else 1.0},
                 )
             )

@@ -387,6 +387,9 @@ class LearnerConfig(_Section):
     min_step_score: float | None = Field(0.5, ge=0, le=1)
     """With a process verifier, every step of a kept path must score at least this
     (right answers reached through wrong steps are not kept); null: outcome only."""
+    weighting: Literal["uniform", "pass_rate"] = "uniform"
+    """pass_rate: weigh an episode's examples by the share of its samples that failed
+    (a problem every sample solves gives none)."""
     dedupe: bool = True
     """Skip an example whose (task, text) was already trained on."""
     lr: float = Field(1e-4, gt=0, le=1)

@@ -164,6 +164,16 @@ async def test_verified_paths_chosen_all_correct_and_dedupe() -> None:
     assert await VerifiedPaths("chosen").examples(failed) == []
 
 
+async def test_pass_rate_weighting_favours_problems_few_samples_solve() -> None:
+    source = VerifiedPaths("all_correct", weighting="pass_rate")
+    hard = episode_with_leaves([("Answer: 5", 1.0), ("Answer: 6", 0.0), ("Answer: 7", 0.0), ("Answer: 4", 0.0)], 0, 1.0)
+    [example] = await source.examples(hard)
+    assert example.weight == pytest.approx(0.75)
+    easy = episode_with_leaves([("Answer: 5", 1.0), ("Answer: 5", 1.0)], 0, 1.0)
+    assert await source.examples(easy) == []  # every sample solved it
+    assert [e.weight for e in await VerifiedPaths("all_correct").examples(easy)] == [1.0]
+
+
 async def test_a_right_answer_reached_through_wrong_steps_is_not_kept() -> None:
     task = Task(id="t", prompt="Evaluate: 19-22+29", answer="26", metadata={"expression": "19-22+29"})
     ep = Episode(run_id="r", task=task, reward=1.0)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
@@ -33,14 +34,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def hf_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def serve(tmp_path_factory: pytest.TempPathFactory, *extra: str) -> Iterator[str]:
+    """``transformers serve MODEL_DIR`` on a free loopback port (with ``extra`` flags); its base URL."""
     port = _free_port()
     exe = Path(sys.executable).parent / "transformers"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path_factory.mktemp("hf"))}
     log = (tmp_path_factory.mktemp("log") / "serve.log").open("w")
     proc = subprocess.Popen(
-        [str(exe), "serve", str(MODEL_DIR), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+        [str(exe), "serve", str(MODEL_DIR), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", *extra],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
@@ -66,6 +68,12 @@ def hf_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def hf_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serve(tmp_path_factory) as base_url:
+        yield base_url
 
 
 def tiny_policy(base_url: str, mode: str = "completion") -> OpenAIPolicy:
@@ -94,7 +102,9 @@ async def test_greedy_step_matches_local_generate(hf_server: str) -> None:
 async def test_chat_mode_and_n_fallback(hf_server: str) -> None:
     async with tiny_policy(hf_server, mode="chat") as p:
         result = await p.generate(
-            GenerationRequest(messages=[{"role": "user", "content": "Evaluate: 3+4"}], n=3, max_tokens=24, temperature=1.0)
+            GenerationRequest(
+                messages=[{"role": "user", "content": "Evaluate: 3+4"}], n=3, max_tokens=24, temperature=1.0
+            )
         )
     assert len(result.completions) == 3  # the server ignores n: three single calls
     assert all(isinstance(c.text, str) and c.text for c in result.completions)
