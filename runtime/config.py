@@ -377,7 +377,8 @@ class LearnerConfig(_Section):
     student: str | None = None
     """Distill: the student's checkpoint directory ('bundled' or a path)."""
     student_init: Literal["pretrained", "scratch", "scratch_small"] = "pretrained"
-    """Distill: start from the student's weights, or a fresh model of its architecture (or a smaller one)."""
+    """Distill: start from the student's weights, or a fresh model of its architecture
+    (scratch_small: with half its layers)."""
     mode: Literal["online", "sync"] = "online"
     """online: generation and training overlap; sync: generate a batch, stop, train, repeat (baseline)."""
     keep: Literal["chosen", "all_correct"] = "chosen"

@@ -217,7 +217,12 @@ class OpenAIPolicy:
             kwargs["seed"] = request.seed + seed_offset
         extra = dict(self.extra_body)
         if self.server == "transformers":
-            config: dict[str, Any] = {"do_sample": request.temperature > 0, "max_new_tokens": request.max_tokens}
+            # The server replaces the model's generation config with this one (in its
+            # continuous-batching mode that includes eos_token_id): fields given in
+            # extra_body.generation_config (a dict) are kept, the request's win.
+            base = extra.get("generation_config") or {}
+            config: dict[str, Any] = dict(json.loads(base) if isinstance(base, str) else base)
+            config |= {"do_sample": request.temperature > 0, "max_new_tokens": request.max_tokens}
             if request.temperature > 0:
                 config |= {"temperature": request.temperature, "top_p": request.top_p}
             extra["generation_config"] = json.dumps(config)

@@ -250,6 +250,11 @@ async def test_logprobs_token_ids_and_server_quirks() -> None:
     assert result.completions[0].text == "line one"  # a server that ignores stop is cut client-side
     config = json.loads(hf.requests[0]["generation_config"])
     assert config["do_sample"] is True and config["temperature"] == 0.7
+    # configured generation_config fields (the server drops the model's own) are kept
+    p = policy(hf, server="transformers", extra_body={"generation_config": {"eos_token_id": 2, "temperature": 9.0}})
+    await p.generate(GenerationRequest(messages=Q, temperature=0.5))
+    config = json.loads(hf.requests[-1]["generation_config"])
+    assert config["eos_token_id"] == 2 and config["temperature"] == 0.5
 
 
 async def test_completion_mode_renders_prompt_and_reads_logprobs() -> None:
