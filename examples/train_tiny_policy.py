@@ -78,7 +78,10 @@ def encode_example(tok: PreTrainedTokenizerFast, rng: random.Random, max_problem
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runtime/tiny/policy"))
-    parser.add_argument("--steps", type=int, default=1800, help="optimizer steps")
+    parser.add_argument("--steps", type=int, default=1800, help="optimizer steps of the schedule")
+    parser.add_argument(
+        "--stop-after", type=int, default=None, help="stop after this many steps, mid-schedule (an early checkpoint)"
+    )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -119,7 +122,8 @@ def main() -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     model.train()
     started = time.monotonic()
-    for step in range(args.steps):
+    stop = min(args.steps, args.stop_after or args.steps)
+    for step in range(stop):
         batch = sorted((encode_example(tok, rng, args.max_problem_steps) for _ in range(args.batch)), key=lambda b: len(b[0]))
         n_labels = sum(sum(t != -100 for t in y) for _, y in batch)
         total = 0.0
@@ -141,7 +145,7 @@ def main() -> None:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        if step % 50 == 0 or step == args.steps - 1:
+        if step % 50 == 0 or step == stop - 1:
             print(f"step {step:5d}  loss {total:.4f}  {time.monotonic() - started:7.1f}s", flush=True)
 
     model.eval()
@@ -151,7 +155,8 @@ def main() -> None:
     accuracy = evaluate_greedy(model, tok, per_steps=200, seed=12345)
     report = {
         "parameters": n_params,
-        "optimizer_steps": args.steps,
+        "optimizer_steps": stop,
+        "schedule_steps": args.steps,
         "batch": args.batch,
         "seed": args.seed,
         "max_problem_steps": args.max_problem_steps,

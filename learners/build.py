@@ -90,6 +90,8 @@ def build_learner(config: RunConfig) -> SFTLearner:
         tokenizer,
         lr=learner_config.lr,
         warmup_steps=learner_config.warmup_steps,
+        decay_steps=learner_config.decay_steps,
+        min_lr_ratio=learner_config.min_lr_ratio,
         weight_decay=learner_config.weight_decay,
         micro_batch=learner_config.micro_batch,
         lora=LoraSettings(lora.r, lora.alpha, lora.dropout) if lora else None,

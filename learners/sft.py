@@ -12,7 +12,9 @@ Design decisions:
   count of the whole batch; micro-batches sorted by length keep padding small.
 - An optional linear warmup of the learning rate: a fresh AdamW's first updates move
   every weight by about ``lr`` whatever its gradient, which can knock a converged
-  checkpoint off its optimum before the moment estimates settle.
+  checkpoint off its optimum before the moment estimates settle. An optional linear
+  decay after it (``decay_steps``): a checkpoint taken mid-schedule, at a high rate,
+  gains most from its rate falling.
 - LoRA through peft is optional; a LoRA learner publishes merged weights, so the
   engine always serves a plain model.
 - Checkpoints hold model, optimizer, version and step; they are written to a
@@ -69,6 +71,8 @@ class SFTLearner:
         *,
         lr: float = 1e-4,
         warmup_steps: int = 0,
+        decay_steps: int | None = None,
+        min_lr_ratio: float = 0.1,
         weight_decay: float = 0.0,
         max_grad_norm: float = 1.0,
         micro_batch: int = 16,
@@ -91,6 +95,8 @@ class SFTLearner:
         self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
         self.lr = lr
         self.warmup_steps = warmup_steps
+        self.decay_steps = decay_steps
+        self.min_lr_ratio = min_lr_ratio
         self.steps = 0
         self.version = 0
         self.busy_seconds = 0.0
@@ -184,10 +190,14 @@ class SFTLearner:
         return UpdateResult(self.steps, loss_sum, len(encoded), tokens, seconds, grad_norm)
 
     def lr_at(self, step: int) -> float:
-        """The learning rate of optimizer step ``step`` (0-based): linear warmup, then flat."""
+        """The learning rate of optimizer step ``step`` (0-based): linear warmup, then flat
+        or, with ``decay_steps``, a linear fall to ``min_lr_ratio`` x lr (flat after it)."""
         if step < self.warmup_steps:
             return self.lr * (step + 1) / (self.warmup_steps + 1)
-        return self.lr
+        if not self.decay_steps:
+            return self.lr
+        done = min(1.0, (step - self.warmup_steps) / self.decay_steps)
+        return self.lr * (1.0 - (1.0 - self.min_lr_ratio) * done)
 
     @torch.no_grad()
     def loss(self, examples: Sequence[Example]) -> float:

@@ -396,7 +396,11 @@ class LearnerConfig(_Section):
     lr: float = Field(1e-4, gt=0, le=1)
     """AdamW learning rate."""
     warmup_steps: int = Field(0, ge=0)
-    """Optimizer steps of linear learning-rate warmup (the rate is flat after them)."""
+    """Optimizer steps of linear learning-rate warmup."""
+    decay_steps: int | None = Field(None, ge=1)
+    """After warmup the rate falls linearly over this many steps to min_lr_ratio x lr (null: flat)."""
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """Where the decay ends, as a fraction of lr."""
     weight_decay: float = Field(0.0, ge=0)
     """AdamW weight decay."""
     batch_examples: int = Field(32, ge=1)

@@ -102,6 +102,8 @@ async def test_warmup_ramps_the_learning_rate_and_shrinks_the_first_update(token
 
     learner = SFTLearner(tiny_model(tokenizer), tokenizer, lr=1e-3, warmup_steps=4)
     assert [learner.lr_at(s) for s in range(6)] == pytest.approx([2e-4, 4e-4, 6e-4, 8e-4, 1e-3, 1e-3])
+    decaying = SFTLearner(tiny_model(tokenizer), tokenizer, lr=1e-3, warmup_steps=4, decay_steps=10, min_lr_ratio=0.1)
+    assert [decaying.lr_at(s) for s in (3, 4, 9, 14, 100)] == pytest.approx([8e-4, 1e-3, 5.5e-4, 1e-4, 1e-4])
     # Adam's first update moves weights by about lr: a fifth of it under a 4-step warmup.
     assert first_update(4) == pytest.approx(first_update(0) / 5, rel=0.05)
 
