@@ -4,7 +4,7 @@ Run: ``python tests/bench/loop.py [--minutes 6] [--quick]``. Prints Markdown tab
 configuration first, and writes ``docs/loop_curve.png``.
 
 Both modes run ``configs/expert_iteration.yaml`` (expert iteration on the tiny domain
-from the ``bundled-weak`` checkpoint: best-of-8 under the rule verifier, every
+from the ``bundled-weak`` checkpoint: best-of-4 under the rule verifier, every
 verified-correct solution behaviour-cloned, each version hot-swapped into the engine)
 for the same wall-clock budget, one after the other in this process:
 
@@ -15,7 +15,7 @@ for the same wall-clock budget, one after the other in this process:
 
 Reported per mode: episodes/s, optimizer steps, learner utilisation (time in optimizer
 steps / wall time), the staleness histogram (versions between sampling and training),
-examples dropped as stale, held-out greedy pass@1 at start and end (200 3-4-step tasks,
+examples dropped as stale, held-out greedy pass@1 at start and end (300 3-4-step tasks,
 evaluated every few versions by a separate engine). Target: the online loop reaches
 the synchronous loop's final accuracy in <= 0.6x the synchronous loop's wall time
 (the first evaluation at or above it).
@@ -160,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     minutes = 1.5 if args.quick else args.minutes
-    overrides = ["learner.eval.tasks.size=40", "learner.eval.every=3"] if args.quick else ["learner.eval.every=6"]
+    overrides = ["learner.eval.tasks.size=40", "learner.eval.every=3"] if args.quick else ["learner.eval.every=10"]
     print("## Online vs synchronous expert iteration\n")
     print(
         f"- machine: {platform.machine()}, {os.cpu_count()} cores, "
