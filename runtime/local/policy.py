@@ -28,7 +28,7 @@ __all__ = ["LocalPolicy", "resolve_checkpoint"]
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """The checkpoint directory ``path`` names ('bundled': the shipped tiny policy;
-    'bundled-weak': its weaker early checkpoint, the starting point of expert iteration)."""
+    'bundled-weak': a weaker, shorter run of its recipe, the starting point of expert iteration)."""
     from runtime.tiny.policy_format import BUNDLED
 
     p = BUNDLED[str(path)] if str(path) in BUNDLED else Path(path)
