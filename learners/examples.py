@@ -34,7 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from runtime.context import Verifiers
+from runtime.context import Context, Sampling, Verifiers
+from runtime.errors import VerifierError
 from runtime.types import Episode, Node
 
 __all__ = ["Example", "VerifiedPaths", "path_text"]
@@ -87,13 +88,13 @@ class VerifiedPaths:
         min_step_score: float | None = 0.5,
         weighting: Weighting = "uniform",
     ) -> None:
-        self.weighting = weighting
         self.keep = keep
         self.min_reward = min_reward
-        self.min_step_score = min_step_score
-        self.rejected_by_process = 0
         self.dedupe = dedupe
         self.delimiter = delimiter
+        self.min_step_score = min_step_score
+        self.weighting = weighting
+        self.rejected_by_process = 0
         self._seen: set[bytes] = set()
 
     def _fresh(self, task_id: str, text: str) -> bool:
@@ -109,28 +110,38 @@ class VerifiedPaths:
         """The examples ``episode`` gives (possibly none)."""
         if episode.status != "ok":
             return []
+        # A context for scoring only (it never generates): leaves and steps the strategy
+        # left unjudged get the caching, timeout and error handling of its own calls.
+        ctx = None
+        if verifiers is not None:
+            ctx = Context(episode, None, verifiers, Sampling(step_delimiter=self.delimiter))  # type: ignore[arg-type]
         if self.keep == "chosen":
             if episode.reward is None or episode.reward < self.min_reward or not episode.chosen_path:
                 return []
-            leaves = [episode.nodes[episode.chosen_path[-1]]]
+            candidates = [episode.nodes[episode.chosen_path[-1]]]
         else:
-            leaves = [leaf for leaf in episode.leaves if await self._correct(episode, leaf, verifiers)]
+            candidates = [leaf for leaf in episode.leaves if await self._correct(ctx, leaf)]
+        leaves = []
+        for leaf in candidates:
+            if await self._steps_pass(ctx, leaf):
+                leaves.append(leaf)
+            else:
+                self.rejected_by_process += 1
         weight = 1.0
         if self.weighting == "pass_rate" and leaves:
             terminal = [leaf for leaf in episode.leaves if leaf.terminal] or leaves
-            passed = 0
-            for leaf in terminal:
-                if await self._correct(episode, leaf, verifiers):
-                    passed += await self._steps_pass(episode, _path(episode, leaf), verifiers)
+            if self.keep == "all_correct":  # every verified terminal leaf is in ``leaves``
+                passed = len(leaves)
+            else:
+                passed = sum(
+                    [await self._correct(ctx, leaf) and await self._steps_pass(ctx, leaf) for leaf in terminal]
+                )
             weight = 1.0 - passed / len(terminal)
             if weight <= 0.0:  # every sample solved it: nothing left to learn here
                 return []
         out = []
         for leaf in leaves:
             path = _path(episode, leaf)
-            if not await self._steps_pass(episode, path, verifiers):
-                self.rejected_by_process += 1
-                continue
             text = self.delimiter.join(n.text for n in path if n.text)
             if not text or not self._fresh(episode.task.id, text):
                 continue
@@ -146,36 +157,32 @@ class VerifiedPaths:
             )
         return out
 
-    async def _correct(self, episode: Episode, leaf: Node, verifiers: Verifiers | None) -> bool:
+    async def _correct(self, ctx: Context | None, leaf: Node) -> bool:
+        """Whether terminal ``leaf``'s outcome score reaches ``min_reward`` (judged now if
+        the strategy did not; a verifier that fails does not accept it)."""
         if not leaf.terminal:
             return False
         cached = [v for k, v in leaf.scores.items() if k.startswith("outcome:")]
         if cached:
             return max(cached) >= self.min_reward
-        if verifiers is None or verifiers.outcome is None or episode.task.answer is None:
+        if ctx is None or ctx.verifiers.outcome is None or ctx.task.answer is None:
             return False
-        answer = next((n.answer for n in reversed(_path(episode, leaf)) if n.answer is not None), None)
-        text = path_text(episode, leaf, self.delimiter)
-        score = await verifiers.outcome.score(episode.task, answer, text)
-        leaf.scores["outcome:" + verifiers.outcome.name] = score.value
-        return score.value >= self.min_reward
+        try:
+            return (await ctx.judge(leaf)).value >= self.min_reward
+        except VerifierError:
+            return False
 
-    async def _steps_pass(self, episode: Episode, path: Sequence[Node], verifiers: Verifiers | None) -> bool:
-        """Whether every step of ``path`` reaches ``min_step_score`` under the process verifier."""
-        process = verifiers.process if verifiers is not None else None
-        if process is None or self.min_step_score is None:
+    async def _steps_pass(self, ctx: Context | None, leaf: Node) -> bool:
+        """Whether every step to ``leaf`` reaches ``min_step_score`` under the process
+        verifier (scored now where the strategy did not; a failing verifier rejects)."""
+        if ctx is None or ctx.verifiers.process is None or self.min_step_score is None:
             return True
-        previous: list[str] = []
-        for node in path:
-            if process.name not in node.scores:
-                try:
-                    score = await process.score_step(episode.task, previous, node.text)
-                except Exception:  # a verifier that cannot judge the step does not accept it
+        try:
+            for node in ctx.path(leaf):
+                if await ctx.score(node) < self.min_step_score:
                     return False
-                node.scores[process.name] = score.value
-            if node.scores[process.name] < self.min_step_score:
-                return False
-            previous.append(node.text)
+        except VerifierError:
+            return False
         return True
 
     def state(self) -> list[bytes]:

@@ -98,6 +98,11 @@ class OpenAIPolicy:
         self.price = price or PRICES.get(model)
         self.prompt_template = prompt_template
         self.extra_body = dict(extra_body or {})
+        # transformers serve replaces the model's generation config with the request's
+        # (in its continuous-batching mode that drops eos_token_id): configured fields
+        # are parsed once here and sent under every request's own settings.
+        base = self.extra_body.pop("generation_config", None) if server == "transformers" else None
+        self._generation_config: dict[str, Any] = dict(json.loads(base) if isinstance(base, str) else base or {})
         self.version = version
         self.supports_n: bool | None = False if server in _NO_N else None
         endpoint = base_url or "https://api.openai.com/v1"
@@ -217,12 +222,10 @@ class OpenAIPolicy:
             kwargs["seed"] = request.seed + seed_offset
         extra = dict(self.extra_body)
         if self.server == "transformers":
-            # The server replaces the model's generation config with this one (in its
-            # continuous-batching mode that includes eos_token_id): fields given in
-            # extra_body.generation_config (a dict) are kept, the request's win.
-            base = extra.get("generation_config") or {}
-            config: dict[str, Any] = dict(json.loads(base) if isinstance(base, str) else base)
-            config |= {"do_sample": request.temperature > 0, "max_new_tokens": request.max_tokens}
+            config = self._generation_config | {
+                "do_sample": request.temperature > 0,
+                "max_new_tokens": request.max_tokens,
+            }
             if request.temperature > 0:
                 config |= {"temperature": request.temperature, "top_p": request.top_p}
             extra["generation_config"] = json.dumps(config)
