@@ -45,6 +45,7 @@ import structlog
 from learners.evaluate import Evaluator
 from learners.examples import Example, VerifiedPaths
 from learners.sft import SFTLearner
+from runtime.errors import ConfigError
 from runtime.scheduler import Runtime
 from runtime.types import Episode, Task
 
@@ -331,6 +332,22 @@ class OnlineLoop:
             },
         )
 
+    def _check_store_has(self, consumed: set[tuple[str, int]]) -> None:
+        """A checkpoint only resumes the run whose episodes it trained on: every episode it
+        consumed was committed to the store before the learner saw it. A checkpoint left
+        over from another store (same directory and run id) would otherwise be resumed
+        silently, with a budget, a version and weights that are not this run's."""
+        store = self.runtime.store
+        if store is None or not consumed:
+            return
+        missing = len(consumed - store.done_keys(self.runtime.run_id))
+        if missing:
+            raise ConfigError(
+                f"learner checkpoint {self.checkpoint} does not belong to run {self.runtime.run_id!r} of "
+                f"store {store.path}: {missing} of the {len(consumed)} episodes it trained on are not in "
+                "the store; delete the checkpoint to start over, or point learner.checkpoint elsewhere"
+            )
+
     def _restore(self) -> list[Episode]:
         """Load the checkpoint if there is one; the stored episodes not yet consumed."""
         store, run_id = self.runtime.store, self.runtime.run_id
@@ -340,6 +357,7 @@ class OnlineLoop:
         if self.checkpoint is not None and self.checkpoint.is_file():
             extra = self.learner.load(self.checkpoint)
             self._consumed = {(t, int(n)) for t, n in extra["consumed"]}
+            self._check_store_has(self._consumed)
             self.source.load_state(extra["seen"])
             saved = extra["stats"]
             s = self.stats

@@ -65,6 +65,17 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _only_config_error(group: BaseExceptionGroup[Any]) -> ConfigError:
+    """The ConfigError a task group wrapped, if that is all it holds; else re-raise."""
+    found, rest = group.split(ConfigError)
+    if found is None or rest is not None:
+        raise group
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    assert isinstance(found, ConfigError)
+    return found
+
+
 def summary_table(title: str, stats: dict[str, Any]) -> Table:
     table = Table(title=title, show_header=False)
     table.add_column("", style="bold")
@@ -119,6 +130,9 @@ def run(
         rt = build_runtime(cfg, handle_signals=True)
     except ConfigError as exc:
         _fail(str(exc))
+        return
+    except BaseExceptionGroup as group:  # raised inside the loop's task group
+        _fail(str(_only_config_error(group)))
         return
     total = len(tasks) * cfg.scheduler.samples_per_task
     stats = anyio.run(_run, rt, tasks, total, progress)

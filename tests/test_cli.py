@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from runtime.cli import app
+from runtime.errors import ConfigError
 from runtime.store import EpisodeStore
 from runtime.types import episode_from_json
 
@@ -142,3 +143,13 @@ def test_console_script_help() -> None:
     assert "Usage:" in result.stdout
     for command in ("run", "show", "export"):
         assert command in result.stdout
+
+
+def test_a_config_error_inside_the_loops_task_group_is_reported_on_one_line() -> None:
+    from runtime.cli import _only_config_error
+
+    error = ConfigError("learner checkpoint x does not belong to run 'r'")
+    assert _only_config_error(ExceptionGroup("loop", [ExceptionGroup("inner", [error])])) is error
+    mixed = ExceptionGroup("loop", [error, RuntimeError("boom")])
+    with pytest.raises(ExceptionGroup):
+        _only_config_error(mixed)

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 from learners import Evaluator, Example, LoopSettings, LoraSettings, OnlineLoop, SFTLearner, UpdateResult, VerifiedPaths
 from runtime.context import Sampling, Verifiers
+from runtime.errors import ConfigError
 from runtime.local import LocalPolicy
 from runtime.policy import GenerationRequest, ScriptedPolicy
 from runtime.scheduler import Runtime, SchedulerSettings
@@ -387,6 +388,15 @@ async def test_expert_iteration_loop_publishes_versions_evaluates_and_resumes(tm
     assert resumed.replayed == stored - stats.episodes
     assert resumed.episodes == store.count("ei") == len(tasks)  # every episode consumed exactly once
     assert second.runtime.policy.version == resumed.version > 3
+
+    # the checkpoint is never resumed against a store without the episodes it trained on
+    other_store = EpisodeStore(tmp_path / "other.db")
+    other = make_loop(other_store)
+    with pytest.raises(ConfigError, match="does not belong to run 'ei'"):
+        async with other:
+            await other.run(tasks)
+    assert other_store.count("ei") == 0
+    other_store.close()
     store.close()
 
 
