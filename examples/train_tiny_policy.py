@@ -9,6 +9,7 @@ deliberately wrong steps of reflection traces (the policy learns to correct, not
 err). At the end it reports greedy pass@1 by number of steps to ``training_report.json``.
 """
 
+# ruff: noqa: T201  (a training script: it prints its progress)
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,10 @@ def build_tokenizer(rng: random.Random, out: Path) -> PreTrainedTokenizerFast:
     return fast
 
 
-def encode_example(tok: PreTrainedTokenizerFast, rng: random.Random, max_problem_steps: int) -> tuple[list[int], list[int]]:
-    steps = rng.choices(range(1, max_problem_steps + 1), weights=[3, 3, 2, 2][:max_problem_steps])[0]
+def encode_example(
+    tok: PreTrainedTokenizerFast, rng: random.Random, max_problem_steps: int, step_weights: list[float]
+) -> tuple[list[int], list[int]]:
+    steps = rng.choices(range(1, max_problem_steps + 1), weights=step_weights[:max_problem_steps])[0]
     problem = generate_problem(rng, steps)
     prefix = assistant_prefix(problem.question)
     text, spans = prefix, []
@@ -86,11 +89,19 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-problem-steps", type=int, default=4, help="train on 1..K-step problems")
+    parser.add_argument(
+        "--step-weights",
+        default="3,3,2,2",
+        help="relative frequency of 1,2,3,4-step problems in training (e.g. 3,3,0.2,0.2: mostly short ones)",
+    )
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
+    step_weights = [float(w) for w in args.step_weights.split(",")]
+    if len(step_weights) < args.max_problem_steps or any(w < 0 for w in step_weights):
+        parser.error("--step-weights needs a non-negative weight for each of 1..--max-problem-steps steps")
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = random.Random(args.seed)
@@ -124,7 +135,8 @@ def main() -> None:
     started = time.monotonic()
     stop = min(args.steps, args.stop_after or args.steps)
     for step in range(stop):
-        batch = sorted((encode_example(tok, rng, args.max_problem_steps) for _ in range(args.batch)), key=lambda b: len(b[0]))
+        examples = (encode_example(tok, rng, args.max_problem_steps, step_weights) for _ in range(args.batch))
+        batch = sorted(examples, key=lambda b: len(b[0]))
         n_labels = sum(sum(t != -100 for t in y) for _, y in batch)
         total = 0.0
         for part in range(4):  # length-sorted micro-batches: little padding, same gradient
@@ -160,6 +172,7 @@ def main() -> None:
         "batch": args.batch,
         "seed": args.seed,
         "max_problem_steps": args.max_problem_steps,
+        "step_weights": step_weights,
         "train_seconds": round(time.monotonic() - started, 1),
         "greedy_pass_at_1_by_steps": accuracy,
     }

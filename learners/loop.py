@@ -23,6 +23,9 @@ Design decisions (after AReaL's asynchronous RL, Fu et al. 2025, on one machine)
   pending. A restarted loop first replays the stored episodes it had not consumed,
   then continues the stream (which skips what is stored): no episode of the training
   stream is lost or used twice.
+- ``passes`` > 1 reuses scarce examples without overfitting one batch: each round's
+  steps take the new batch and the previous ``passes - 1`` batches, shuffled together,
+  so every example is trained on ``passes`` times, each time among other examples.
 - Every ``eval_every`` versions the evaluator scores a snapshot of the weights in the
   background; the curve (version, episodes consumed, wall time, metrics) goes to the
   run's store.
@@ -30,6 +33,7 @@ Design decisions (after AReaL's asynchronous RL, Fu et al. 2025, on one machine)
 
 from __future__ import annotations
 
+import random
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -141,6 +145,7 @@ class OnlineLoop:
         self._evaluated: set[int] = set()
         self._tg: anyio.abc.TaskGroup | None = None
         self._pending_keys: set[tuple[str, int]] = set()
+        self._window: list[list[Example]] = []  # the last `passes` batches, for replay
         self.log = log.bind(run_id=runtime.run_id)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -271,8 +276,8 @@ class OnlineLoop:
             left = {ex.key[1:] for ex in self._pending}
             keys = {ex.key[1:] for ex in batch} - left
             self._pending_keys -= keys
-        for _ in range(self.settings.passes):
-            result = await self.learner.update(batch)
+        for chunk in self._replay_chunks(batch):
+            result = await self.learner.update(chunk)
             self.stats.steps = self.learner.steps
             self.stats.last_loss = result.loss
             self.stats.learner_seconds += result.seconds
@@ -280,6 +285,29 @@ class OnlineLoop:
         self._consumed |= keys
         if self.learner.steps % self.settings.steps_per_version == 0:
             await self._publish()
+
+    def _replay_chunks(self, batch: list[Example]) -> list[list[Example]]:
+        """The batches of this round's optimizer steps: ``batch`` and the last ``passes - 1``
+        batches, shuffled together and cut into one batch per batch in the window. Every
+        example is trained on in ``passes`` steps, each time among other examples: the same
+        batch stepped on twice in a row overfits it (measured: accuracy fell where the same
+        examples, reshuffled, left it flat). A replayed example whose version fell more than
+        ``max_staleness`` behind the learner's is retired from the window."""
+        self._window.append(batch)
+        del self._window[: -self.settings.passes]
+        if len(self._window) == 1:
+            return [batch]
+        k = self.settings.max_staleness
+        pool = list(batch)
+        for old in self._window[:-1]:
+            pool.extend(ex for ex in old if not self._stale(ex, k))
+        random.Random(self.learner.steps).shuffle(pool)
+        n = len(self._window)
+        return [chunk for j in range(n) if (chunk := pool[j * len(pool) // n : (j + 1) * len(pool) // n])]
+
+    def _stale(self, example: Example, k: int) -> bool:
+        sampled = example.policy_version if self.publish_to is not None else None
+        return sampled is not None and self.learner.version - sampled > k
 
     async def _publish(self) -> None:
         self.learner.version += 1
@@ -318,6 +346,7 @@ class OnlineLoop:
             {
                 "consumed": sorted(self._consumed),
                 "seen": self.source.state(),
+                "window": self._window,
                 "stats": {
                     "episodes": s.episodes,
                     "examples": s.examples,
@@ -359,6 +388,7 @@ class OnlineLoop:
             self._consumed = {(t, int(n)) for t, n in extra["consumed"]}
             self._check_store_has(self._consumed)
             self.source.load_state(extra["seen"])
+            self._window = extra.get("window", [])
             saved = extra["stats"]
             s = self.stats
             s.episodes, s.examples, s.no_examples = saved["episodes"], saved["examples"], saved["no_examples"]

@@ -408,7 +408,8 @@ class LearnerConfig(_Section):
     micro_batch: int = Field(16, ge=1)
     """Examples per forward pass inside a step."""
     passes: int = Field(1, ge=1, le=100)
-    """Optimizer steps per batch of examples (reuse of scarce teacher traces)."""
+    """Optimizer steps each example is trained in (reuse of scarce examples): each round
+    steps on the new batch and the previous passes-1 batches, shuffled together."""
     steps_per_version: int = Field(1, ge=1)
     """Optimizer steps between published policy versions."""
     max_staleness: int = Field(4, ge=0)
@@ -535,7 +536,9 @@ def check_config(config: RunConfig) -> None:
                 f"(got {p.kind!r}); use learner.kind: distill to learn from a {p.kind} policy"
             )
         if learner.kind == "distill" and not learner.student:
-            raise ConfigError("learner.student: distillation needs a student checkpoint directory ('bundled' or a path)")
+            raise ConfigError(
+                "learner.student: distillation needs a student checkpoint directory ('bundled' or a path)"
+            )
         if learner.eval is not None and learner.eval.tasks.source != "tiny" and not (
             learner.eval.tasks.name or learner.eval.tasks.path
         ):
@@ -544,7 +547,8 @@ def check_config(config: RunConfig) -> None:
         raise ConfigError("tasks.name: a reasoning_gym source needs a dataset name (e.g. basic_arithmetic)")
     if t.source == "jsonl" and not t.path:
         raise ConfigError("tasks.path: a jsonl source needs a file path")
-    if config.verifiers.process == "none" and getattr(config.strategy, "selection", "") in ("process", "weighted_majority"):
+    selection = getattr(config.strategy, "selection", "")
+    if config.verifiers.process == "none" and selection in ("process", "weighted_majority"):
         raise ConfigError(
             f"verifiers.process: strategy.selection {config.strategy.selection!r} needs a process verifier "  # type: ignore[union-attr]
             "(allowed: tiny_rule)"

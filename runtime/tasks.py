@@ -96,7 +96,9 @@ def jsonl_tasks(path: str | Path) -> list[Task]:
     return tasks
 
 
-def reasoning_gym_tasks(name: str, size: int = 100, seed: int = 0, config: dict[str, Any] | None = None) -> Iterator[Task]:
+def reasoning_gym_tasks(
+    name: str, size: int = 100, seed: int = 0, config: dict[str, Any] | None = None
+) -> Iterator[Task]:
     """Tasks of a reasoning-gym procedural dataset; scored by its own ``score_answer``.
 
     The dataset is created (and an unknown name or bad config raises TaskError) when

@@ -4,6 +4,7 @@ backpressure, checkpoints, evaluation inside the loop."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -217,12 +218,14 @@ class FakeLearner:
         self.version = 0
         self.steps = 0
         self.seen: list[tuple[str, str, int]] = []
+        self.batches: list[list[tuple[str, str, int]]] = []
         self.weights_given: list[float] = []
 
     async def update(self, examples: Sequence[Example]) -> UpdateResult:
         await anyio.sleep(self.seconds)
         self.steps += 1
         self.seen.extend(e.key for e in examples)
+        self.batches.append([e.key for e in examples])
         self.weights_given.extend(e.weight for e in examples)
         return UpdateResult(self.steps, 1.0 / self.steps, len(examples), 0, self.seconds, 0.0)
 
@@ -332,6 +335,30 @@ async def test_sync_mode_alternates_generation_and_training() -> None:
     async with rt:
         stats = await loop.run(ones(60))
     assert learner.steps == 6 and stats.examples == 60 and len(set(learner.seen)) == 60
+
+
+async def test_passes_replay_each_example_in_that_many_steps_among_other_examples() -> None:
+    learner = FakeLearner()
+    rt = scripted_runtime()
+    loop = OnlineLoop(
+        rt,
+        learner,
+        VerifiedPaths(),
+        publish=Publish(rt.policy),
+        settings=LoopSettings(mode="sync", batch_examples=10, sync_episodes=10, passes=3),
+    )  # type: ignore[arg-type]
+    async with rt:
+        stats = await loop.run(ones(60))
+    # rounds of 1, 2, 3, 3, 3, 3 steps: the window grows to `passes` batches
+    assert learner.steps == 15 and stats.examples == 60
+    assert all(len(b) == 10 for b in learner.batches)
+    uses = Counter(learner.seen)
+    first = [("loop", f"t{i}", 0) for i in range(40)]  # the first four batches left the window
+    assert all(uses[k] == 3 for k in first)
+    assert sorted(uses.values()) == [1] * 10 + [2] * 10 + [3] * 40
+    # never the same batch twice in a row, and replayed examples mix across batches
+    assert all(set(a) != set(b) for a, b in zip(learner.batches, learner.batches[1:], strict=False))
+    assert any(len({int(k[1][1:]) // 10 for k in b}) > 1 for b in learner.batches)
 
 
 # -- the real loop: bundled policy, its own engine, evaluation and resume --------------------

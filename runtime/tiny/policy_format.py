@@ -39,7 +39,9 @@ def assistant_prefix(question: str) -> str:
     return f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def evaluate_greedy(model: Any, tok: Any, per_steps: int = 200, seed: int = 12345, max_steps: int = 4) -> dict[str, float]:
+def evaluate_greedy(
+    model: Any, tok: Any, per_steps: int = 200, seed: int = 12345, max_steps: int = 4
+) -> dict[str, float]:
     """Greedy pass@1 of ``model`` on fresh problems, keyed by number of steps."""
     import torch
 
@@ -56,7 +58,11 @@ def evaluate_greedy(model: Any, tok: Any, per_steps: int = 200, seed: int = 1234
             enc = tok([assistant_prefix(p.question) for p in chunk], return_tensors="pt", padding=True)
             with torch.no_grad():
                 out = model.generate(
-                    **enc, max_new_tokens=160, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
+                    **enc,
+                    max_new_tokens=160,
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id,
                 )
             texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             for p, text in zip(chunk, texts, strict=True):
