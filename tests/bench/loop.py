@@ -4,8 +4,8 @@ Run: ``python tests/bench/loop.py [--minutes 6] [--quick]``. Prints Markdown tab
 configuration first, and writes ``docs/loop_curve.png``.
 
 Both modes run ``configs/expert_iteration.yaml`` (expert iteration on the tiny domain
-from the ``bundled-weak`` checkpoint: best-of-4 under the rule verifier, every
-verified-correct solution behaviour-cloned, each version hot-swapped into the engine)
+from the ``bundled-weak`` checkpoint: verify-and-backtrack under the rule verifier,
+every verified-correct solution behaviour-cloned, each version hot-swapped into the engine)
 for the same wall-clock budget, one after the other in this process:
 
 (a) ``sync``: generate ``sync_episodes`` episodes, stop, train on them, publish, repeat
