@@ -322,33 +322,29 @@ async def test_slow_learner_slows_admission_and_everything_is_consumed_once(tmp_
     store.close()
 
 
-async def test_sync_mode_alternates_generation_and_training() -> None:
+async def run_sync(tasks: int, **settings: Any) -> tuple[FakeLearner, Any]:
+    """A sync-mode loop over ``tasks`` scripted tasks with a fake learner."""
     learner = FakeLearner()
     rt = scripted_runtime()
     loop = OnlineLoop(
         rt,
-        learner,
+        learner,  # type: ignore[arg-type]
         VerifiedPaths(),
         publish=Publish(rt.policy),
-        settings=LoopSettings(mode="sync", batch_examples=10, sync_episodes=20),
-    )  # type: ignore[arg-type]
+        settings=LoopSettings(mode="sync", **settings),
+    )
     async with rt:
-        stats = await loop.run(ones(60))
+        stats = await loop.run(ones(tasks))
+    return learner, stats
+
+
+async def test_sync_mode_alternates_generation_and_training() -> None:
+    learner, stats = await run_sync(60, batch_examples=10, sync_episodes=20)
     assert learner.steps == 6 and stats.examples == 60 and len(set(learner.seen)) == 60
 
 
 async def test_passes_replay_each_example_in_that_many_steps_among_other_examples() -> None:
-    learner = FakeLearner()
-    rt = scripted_runtime()
-    loop = OnlineLoop(
-        rt,
-        learner,
-        VerifiedPaths(),
-        publish=Publish(rt.policy),
-        settings=LoopSettings(mode="sync", batch_examples=10, sync_episodes=10, passes=3),
-    )  # type: ignore[arg-type]
-    async with rt:
-        stats = await loop.run(ones(60))
+    learner, stats = await run_sync(60, batch_examples=10, sync_episodes=10, passes=3)
     # rounds of 1, 2, 3, 3, 3, 3 steps: the window grows to `passes` batches
     assert learner.steps == 15 and stats.examples == 60
     assert all(len(b) == 10 for b in learner.batches)
