@@ -247,10 +247,7 @@ class OnlineLoop:
         k = self.settings.max_staleness
         kept = []
         for ex in examples:
-            # Staleness only means something when the learner's versions are what samples
-            # (expert iteration); a distillation teacher never changes.
-            sampled = ex.policy_version if self.publish_to is not None else None
-            staleness = self.learner.version - sampled if sampled is not None else 0
+            staleness = self._staleness(ex)
             self.stats.staleness[staleness] += 1
             if staleness > k:
                 if self.settings.stale == "drop":
@@ -300,14 +297,18 @@ class OnlineLoop:
         k = self.settings.max_staleness
         pool = list(batch)
         for old in self._window[:-1]:
-            pool.extend(ex for ex in old if not self._stale(ex, k))
+            pool.extend(ex for ex in old if self._staleness(ex) <= k)
         random.Random(self.learner.steps).shuffle(pool)
         n = len(self._window)
         return [chunk for j in range(n) if (chunk := pool[j * len(pool) // n : (j + 1) * len(pool) // n])]
 
-    def _stale(self, example: Example, k: int) -> bool:
-        sampled = example.policy_version if self.publish_to is not None else None
-        return sampled is not None and self.learner.version - sampled > k
+    def _staleness(self, example: Example) -> int:
+        """Versions between the one ``example`` was sampled under and the learner's. It only
+        means something when the learner's versions are what samples (expert iteration);
+        a distillation teacher never changes, so nothing it wrote is stale."""
+        if self.publish_to is None or example.policy_version is None:
+            return 0
+        return self.learner.version - example.policy_version
 
     async def _publish(self) -> None:
         self.learner.version += 1
@@ -361,15 +362,15 @@ class OnlineLoop:
             },
         )
 
-    def _check_store_has(self, consumed: set[tuple[str, int]]) -> None:
+    def _check_store_has(self, consumed: set[tuple[str, int]], stored: list[Episode]) -> None:
         """A checkpoint only resumes the run whose episodes it trained on: every episode it
         consumed was committed to the store before the learner saw it. A checkpoint left
         over from another store (same directory and run id) would otherwise be resumed
         silently, with a budget, a version and weights that are not this run's."""
         store = self.runtime.store
-        if store is None or not consumed:
+        if store is None:
             return
-        missing = len(consumed - store.done_keys(self.runtime.run_id))
+        missing = len(consumed - {(ep.task.id, ep.sample) for ep in stored})
         if missing:
             raise ConfigError(
                 f"learner checkpoint {self.checkpoint} does not belong to run {self.runtime.run_id!r} of "
@@ -380,13 +381,14 @@ class OnlineLoop:
     def _restore(self) -> list[Episode]:
         """Load the checkpoint if there is one; the stored episodes not yet consumed."""
         store, run_id = self.runtime.store, self.runtime.run_id
+        stored = list(store.episodes(run_id)) if store is not None else []
         if store is not None:
             self.stats.curve = store.curve(run_id)
             self._evaluated = {p["version"] for p in self.stats.curve}
         if self.checkpoint is not None and self.checkpoint.is_file():
             extra = self.learner.load(self.checkpoint)
             self._consumed = {(t, int(n)) for t, n in extra["consumed"]}
-            self._check_store_has(self._consumed)
+            self._check_store_has(self._consumed, stored)
             self.source.load_state(extra["seen"])
             self._window = extra.get("window", [])
             saved = extra["stats"]
@@ -400,6 +402,4 @@ class OnlineLoop:
             if self.publish_to is not None:
                 self.publish_to.swap_weights(self.learner.weights(), self.learner.version)
             self.log.info("resumed", version=s.version, consumed=len(self._consumed))
-        if store is None:
-            return []
-        return [ep for ep in store.episodes(run_id) if (ep.task.id, ep.sample) not in self._consumed]
+        return [ep for ep in stored if (ep.task.id, ep.sample) not in self._consumed]
