@@ -13,7 +13,7 @@ import argparse
 import anyio
 
 from runtime import ExactMatch, Runtime, Sampling, ScriptedPolicy, TinyStepVerifier, Verifiers, tiny_tasks
-from runtime.verifiers import AnswerExtractor
+from runtime.rewards.base import AnswerExtractor
 from strategies import BestOfN
 
 
@@ -21,7 +21,7 @@ async def main(scripted: bool) -> None:
     if scripted:
         policy = ScriptedPolicy(["7*8=56\nAnswer: 56"])
     else:
-        from runtime.local import LocalPolicy
+        from runtime.policy.local import LocalPolicy
 
         policy = LocalPolicy.from_path("bundled", max_batch=32)
     verifiers = Verifiers(outcome=ExactMatch(), process=TinyStepVerifier(), extractor=AnswerExtractor(["answer_line"]))

@@ -1,7 +1,7 @@
 """Evaluation of policy versions on a fixed held-out task set, inside the loop.
 
 Design decisions:
-- The evaluator has its own engine (a second :class:`~runtime.local.LocalPolicy` over a
+- The evaluator has its own engine (a second :class:`~runtime.policy.local.LocalPolicy` over a
   copy of the model), so an evaluation sees exactly one policy version while the
   generation engine keeps serving and swapping; the evaluated version is swapped in
   first and every result carries it.
@@ -19,9 +19,9 @@ from typing import Any
 
 import anyio
 
-from runtime.context import Sampling, Verifiers
-from runtime.scheduler import Runtime, SchedulerSettings
-from runtime.types import Task
+from runtime.core.types import Task
+from runtime.scheduling.scheduler import Runtime, SchedulerSettings
+from runtime.search.context import Sampling, Verifiers
 from strategies import BestOfN
 
 __all__ = ["Evaluator"]

@@ -34,9 +34,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from runtime.context import Context, Sampling, Verifiers
-from runtime.errors import VerifierError
-from runtime.types import Episode, Node
+from runtime.core.errors import VerifierError
+from runtime.core.types import Episode, Node
+from runtime.search.context import Context, Sampling, Verifiers
 
 __all__ = ["Example", "VerifiedPaths", "path_text"]
 

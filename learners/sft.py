@@ -119,7 +119,7 @@ class SFTLearner:
     def from_path(cls, path: str | Path, **kwargs: Any) -> SFTLearner:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from runtime.local import resolve_checkpoint
+        from runtime.policy.local import resolve_checkpoint
 
         directory = resolve_checkpoint(path)
         tokenizer = AutoTokenizer.from_pretrained(directory)

@@ -1,57 +1,90 @@
-"""searchlearn runtime: everything an episode needs to run.
+"""searchlearn runtime: everything an episode needs to run, one subpackage per part of
+the roadmap (Zeng et al. 2024):
 
-Core types, the Policy protocol and its backends, verifiers (rules, PRM, Monte-Carlo
-value, LLM judge, code execution, composition and shaping), the episode context,
-the scheduler (:class:`Runtime`), the SQLite episode store, task sources and config.
+- :mod:`runtime.core`: types, errors, the component registry (the base layer);
+- :mod:`runtime.policy`: part 1, the Policy protocol and its backends;
+- :mod:`runtime.rewards`: part 2, verifiers, composition and shaping;
+- :mod:`runtime.search`: part 3's API, the episode context and the Strategy protocol
+  (the strategies themselves are the top-level package ``strategies``);
+- :mod:`runtime.scheduling`: the scheduler, the episode store, task sources;
+- :mod:`runtime.tiny`: the bundled tiny domain (tasks, rule verifier, policy files);
+- :mod:`runtime.app`: the composition root (run config, build, CLI, plot).
+
+Part 4, learning, is the top-level package ``learners``. The names below are imported
+on first use, so ``import runtime`` loads neither openai nor torch.
 """
 
 from __future__ import annotations
 
-from runtime.code_exec import CodeExecution
-from runtime.composition import Gate, WeightedSum
-from runtime.context import Context, Sampling, Verifiers
-from runtime.errors import (
-    BudgetExhausted,
-    ConfigError,
-    EpisodeBudgetError,
-    EpisodeTimeout,
-    PolicyError,
-    PolicyRequestError,
-    PolicyResponseError,
-    PolicyUnavailable,
-    SearchlearnError,
-    StrategyError,
-    TaskError,
-    TokenBudgetExceeded,
-    VerifierError,
-)
-from runtime.judge import UNPARSEABLE, LLMJudge
-from runtime.limits import EndpointLimiter, EndpointLimits, Price
-from runtime.mc_value import MonteCarloValue
-from runtime.openai_policy import OpenAIPolicy
-from runtime.policy import Completion, GenerationRequest, GenerationResult, Policy, ScriptedPolicy
-from runtime.prm import PRMExample, ProcessRewardModel, mc_examples, train_prm
-from runtime.scheduler import RunStats, Runtime, SchedulerSettings
-from runtime.shaping import PotentialShaping
-from runtime.store import EpisodeStore
-from runtime.tasks import iterate_tasks, jsonl_tasks, reasoning_gym_tasks, tiny_tasks
-from runtime.types import Episode, ErrorInfo, Node, Task, Usage, episode_from_json, episode_to_json
-from runtime.verifiers import (
-    AnswerExtractor,
-    ExactMatch,
-    MathVerify,
-    OutcomeVerifier,
-    ProcessVerifier,
-    ReasoningGymVerifier,
-    RegexMatch,
-    Score,
-    TableVerifier,
-    TinyStepVerifier,
-)
+from runtime.core.lazy import lazy_exports
+
+_EXPORTS = {
+    "AnswerExtractor": "runtime.rewards",
+    "BaseStrategy": "runtime.search",
+    "BudgetExhausted": "runtime.core",
+    "CodeExecution": "runtime.rewards",
+    "Completion": "runtime.policy",
+    "ConfigError": "runtime.core",
+    "Context": "runtime.search",
+    "EndpointLimiter": "runtime.policy",
+    "EndpointLimits": "runtime.policy",
+    "Episode": "runtime.core",
+    "EpisodeBudgetError": "runtime.core",
+    "EpisodeStore": "runtime.scheduling",
+    "EpisodeTimeout": "runtime.core",
+    "ErrorInfo": "runtime.core",
+    "ExactMatch": "runtime.rewards",
+    "Gate": "runtime.rewards",
+    "GenerationRequest": "runtime.policy",
+    "GenerationResult": "runtime.policy",
+    "LLMJudge": "runtime.rewards",
+    "MathVerify": "runtime.rewards",
+    "MonteCarloValue": "runtime.rewards",
+    "Node": "runtime.core",
+    "OpenAIPolicy": "runtime.policy",
+    "OutcomeVerifier": "runtime.rewards",
+    "Policy": "runtime.policy",
+    "PolicyError": "runtime.core",
+    "PolicyRequestError": "runtime.core",
+    "PolicyResponseError": "runtime.core",
+    "PolicyUnavailable": "runtime.core",
+    "PotentialShaping": "runtime.rewards",
+    "Price": "runtime.policy",
+    "ProcessRewardModel": "runtime.rewards",
+    "ProcessVerifier": "runtime.rewards",
+    "ReasoningGymVerifier": "runtime.rewards",
+    "RegexMatch": "runtime.rewards",
+    "RunStats": "runtime.scheduling",
+    "Runtime": "runtime.scheduling",
+    "Sampling": "runtime.search",
+    "SchedulerSettings": "runtime.scheduling",
+    "Score": "runtime.rewards",
+    "ScriptedPolicy": "runtime.policy",
+    "SearchlearnError": "runtime.core",
+    "Strategy": "runtime.search",
+    "StrategyError": "runtime.core",
+    "TableVerifier": "runtime.rewards",
+    "Task": "runtime.core",
+    "TaskError": "runtime.core",
+    "TinyStepVerifier": "runtime.tiny",
+    "TokenBudgetExceeded": "runtime.core",
+    "UNPARSEABLE": "runtime.rewards",
+    "Usage": "runtime.core",
+    "VerifierError": "runtime.core",
+    "Verifiers": "runtime.search",
+    "WeightedSum": "runtime.rewards",
+    "episode_from_json": "runtime.core",
+    "episode_to_json": "runtime.core",
+    "iterate_tasks": "runtime.scheduling",
+    "jsonl_tasks": "runtime.scheduling",
+    "reasoning_gym_tasks": "runtime.scheduling",
+    "resolve_checkpoint": "runtime.policy",
+    "tiny_tasks": "runtime.tiny",
+}
 
 __all__ = [
-    "UNPARSEABLE",
     "AnswerExtractor",
+    "BaseStrategy",
     "BudgetExhausted",
     "CodeExecution",
     "Completion",
@@ -74,7 +107,6 @@ __all__ = [
     "Node",
     "OpenAIPolicy",
     "OutcomeVerifier",
-    "PRMExample",
     "Policy",
     "PolicyError",
     "PolicyRequestError",
@@ -93,12 +125,14 @@ __all__ = [
     "Score",
     "ScriptedPolicy",
     "SearchlearnError",
+    "Strategy",
     "StrategyError",
     "TableVerifier",
     "Task",
     "TaskError",
     "TinyStepVerifier",
     "TokenBudgetExceeded",
+    "UNPARSEABLE",
     "Usage",
     "VerifierError",
     "Verifiers",
@@ -107,8 +141,9 @@ __all__ = [
     "episode_to_json",
     "iterate_tasks",
     "jsonl_tasks",
-    "mc_examples",
     "reasoning_gym_tasks",
+    "resolve_checkpoint",
     "tiny_tasks",
-    "train_prm",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -8,7 +8,7 @@ weighted majority). Step level: :class:`BeamSearch`, :class:`DVTS`, :class:`MCTS
 
 from __future__ import annotations
 
-from strategies.base import Strategy
+from runtime.search.strategy import Strategy
 from strategies.beam_search import BeamSearch
 from strategies.best_of_n import BestOfN
 from strategies.chain_of_thought import ChainOfThought

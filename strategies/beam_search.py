@@ -23,26 +23,33 @@ Design decisions:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from itertools import count
-from typing import Any
+from typing import Any, Literal
 
-from runtime.context import Aggregate, Context, gather
-from runtime.types import Episode, Node
+from pydantic import Field
+
+from runtime.core.types import Episode, Node
+from runtime.search.context import Aggregate, Context, gather
+from runtime.search.strategy import BaseStrategy
 
 __all__ = ["BeamSearch"]
 
 
-@dataclass
-class BeamSearch:
-    width: int = 4
-    expansions: int = 4
-    lookahead: int = 0
-    aggregate: Aggregate = "min"
-    name = "beam_search"
+class BeamSearch(BaseStrategy):
+    """Step-level beam search guided by the process verifier (Snell et al. 2024)."""
 
-    def config(self) -> dict[str, Any]:
-        return asdict(self)
+    name: Literal["beam_search"] = "beam_search"
+    width: int = Field(4, ge=1, le=256)
+    """Beams kept after each step."""
+    expansions: int = Field(4, ge=1, le=64)
+    """Next steps sampled from each beam."""
+    lookahead: int = Field(0, ge=0, le=8)
+    """Greedy steps rolled out before a candidate is scored (0: score the candidate itself)."""
+    aggregate: Aggregate = "min"
+    """How a path's step scores combine into its beam score: last, min, product or mean."""
+
+    def needs(self) -> set[str]:
+        return {"process"}
 
     async def run(self, ctx: Context) -> Episode:
         return await ctx.finish(await self.search(ctx, ctx.root))

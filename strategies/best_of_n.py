@@ -12,26 +12,32 @@ Ties go to the earliest sample.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from runtime.context import Aggregate, Context
-from runtime.types import Episode, Node
+from pydantic import Field
+
+from runtime.core.types import Episode, Node
+from runtime.search.context import Context
+from runtime.search.strategy import BaseStrategy
 
 __all__ = ["BestOfN"]
 
 Selection = Literal["majority", "weighted_majority", "process", "outcome"]
 
 
-@dataclass
-class BestOfN:
-    n: int = 8
-    selection: Selection = "majority"
-    aggregate: Aggregate = "min"
-    name = "best_of_n"
+class BestOfN(BaseStrategy):
+    """Best-of-N over full solutions."""
 
-    def config(self) -> dict[str, Any]:
-        return asdict(self)
+    name: Literal["best_of_n"] = "best_of_n"
+    n: int = Field(8, ge=1, le=1024)
+    """Solutions sampled per episode."""
+    selection: Selection = "majority"
+    """How the kept solution is chosen."""
+    aggregate: Aggregate = "min"
+    """How step scores combine for process selection."""
+
+    def needs(self) -> set[str]:
+        return {"process": {"process"}, "weighted_majority": {"process"}, "outcome": {"outcome"}}[self.selection]
 
     async def run(self, ctx: Context) -> Episode:
         leaves = await ctx.complete(ctx.root, self.n)

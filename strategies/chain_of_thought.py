@@ -6,21 +6,19 @@ scored, branched or resampled by the strategies built on this one).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Literal
 
-from runtime.context import Context
-from runtime.types import Episode
+from runtime.core.types import Episode
+from runtime.search.context import Context
+from runtime.search.strategy import BaseStrategy
 
 __all__ = ["ChainOfThought"]
 
 
-@dataclass
-class ChainOfThought:
-    name = "chain_of_thought"
+class ChainOfThought(BaseStrategy):
+    """Step-by-step chain-of-thought, one step per call."""
 
-    def config(self) -> dict[str, Any]:
-        return asdict(self)
+    name: Literal["chain_of_thought"] = "chain_of_thought"
 
     async def run(self, ctx: Context) -> Episode:
         node = ctx.root

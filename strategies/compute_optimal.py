@@ -28,32 +28,49 @@ Design decisions:
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from runtime.context import Context
-from runtime.types import Episode, Node
+from pydantic import Field, PrivateAttr, model_validator
+
+from runtime.core.types import Episode, Node
+from runtime.search.context import Context
+from runtime.search.strategy import BaseStrategy
 
 __all__ = ["ComputeOptimal"]
 
 Choice = Literal["best_of_n", "beam_search", "dvts", "verify_backtrack"]
 
 
-@dataclass
-class ComputeOptimal:
-    probes: int = 4
-    easy_agreement: float = 0.75
-    hard_agreement: float = 0.5
-    medium_strategy: Choice = "best_of_n"
-    medium_budget: int = 8
-    hard_strategy: Choice = "beam_search"
-    hard_budget: int = 16
-    global_token_budget: int | None = None
-    name = "compute_optimal"
-    _spent: int = field(default=0, init=False, repr=False)
+class ComputeOptimal(BaseStrategy):
+    """Compute-optimal allocation (Snell et al. 2024): strategy and budget per task by difficulty."""
 
-    def config(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+    name: Literal["compute_optimal"] = "compute_optimal"
+    probes: int = Field(4, ge=1, le=64)
+    """Cheap full samples that estimate a task's difficulty (their answers' agreement)."""
+    easy_agreement: float = Field(0.75, ge=0, le=1)
+    """Agreement from which a task is easy: the probes' majority answer is kept."""
+    hard_agreement: float = Field(0.5, ge=0, le=1)
+    """Agreement below which a task is hard."""
+    medium_strategy: Choice = "best_of_n"
+    """Strategy for medium tasks."""
+    medium_budget: int = Field(8, ge=1, le=1024)
+    """Samples-equivalent for a medium task."""
+    hard_strategy: Choice = "beam_search"
+    """Strategy for hard tasks."""
+    hard_budget: int = Field(16, ge=1, le=1024)
+    """Samples-equivalent for a hard task."""
+    global_token_budget: int | None = Field(None, ge=1)
+    """Generated tokens all tasks of the run may spend together (None: no cap)."""
+    _spent: int = PrivateAttr(0)
+
+    @model_validator(mode="after")
+    def _tiers_ordered(self) -> ComputeOptimal:
+        if self.hard_agreement > self.easy_agreement:
+            raise ValueError(f"hard_agreement ({self.hard_agreement}) must not exceed easy_agreement ({self.easy_agreement})")
+        return self
+
+    def needs(self) -> set[str]:
+        return {"process"} if {self.medium_strategy, self.hard_strategy} - {"best_of_n"} else set()
 
     async def run(self, ctx: Context) -> Episode:
         before = ctx.episode.usage.completion_tokens

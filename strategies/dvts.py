@@ -15,26 +15,33 @@ Every node a subtree creates carries ``meta['subtree'] = i``.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from runtime.context import Aggregate, Context, gather
-from runtime.types import Episode
+from pydantic import Field
+
+from runtime.core.types import Episode
+from runtime.search.context import Aggregate, Context, gather
+from runtime.search.strategy import BaseStrategy
 from strategies.beam_search import BeamSearch
 
 __all__ = ["DVTS"]
 
 
-@dataclass
-class DVTS:
-    subtrees: int = 4
-    expansions: int = 4
-    aggregate: Aggregate = "min"
-    selection: Literal["best", "weighted_majority"] = "best"
-    name = "dvts"
+class DVTS(BaseStrategy):
+    """Diverse verifier tree search: independent greedy subtrees (Beeching et al. 2024)."""
 
-    def config(self) -> dict[str, Any]:
-        return asdict(self)
+    name: Literal["dvts"] = "dvts"
+    subtrees: int = Field(4, ge=1, le=256)
+    """Independent subtrees (N/M of a budget of N with M expansions)."""
+    expansions: int = Field(4, ge=1, le=64)
+    """Next steps sampled per subtree and step; the best one is kept."""
+    aggregate: Aggregate = "min"
+    """How a path's step scores combine: last, min, product or mean."""
+    selection: Literal["best", "weighted_majority"] = "best"
+    """Answer: the best-scored subtree, or the answer with the most score across subtrees."""
+
+    def needs(self) -> set[str]:
+        return {"process"}
 
     async def run(self, ctx: Context) -> Episode:
         greedy = BeamSearch(width=1, expansions=self.expansions, aggregate=self.aggregate)

@@ -19,25 +19,31 @@ Design decisions:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Literal
 
-from runtime.context import Context
-from runtime.types import Episode
+from pydantic import Field
+
+from runtime.core.types import Episode
+from runtime.search.context import Context
+from runtime.search.strategy import BaseStrategy
 
 __all__ = ["LeastToMost"]
 
 
-@dataclass
-class LeastToMost:
-    max_subquestions: int = 4
-    decompose_prompt: str = "To solve this, first answer these simpler sub-questions, one per line:"
-    subquestion_template: str = "Sub-question: {question}"
-    final_template: str = "Now the original question: {question}"
-    name = "least_to_most"
+class LeastToMost(BaseStrategy):
+    """Decomposition (least-to-most): sub-questions first, solved in order, then the question."""
 
-    def config(self) -> dict[str, Any]:
-        return asdict(self)
+    name: Literal["least_to_most"] = "least_to_most"
+    max_subquestions: int = Field(4, ge=1, le=16)
+    """Sub-questions solved at most."""
+    decompose_prompt: str = Field(
+        "To solve this, first answer these simpler sub-questions, one per line:", min_length=1
+    )
+    """Text that asks the policy for sub-questions."""
+    subquestion_template: str = Field("Sub-question: {question}", min_length=1)
+    """Text that poses one sub-question; field {question}."""
+    final_template: str = Field("Now the original question: {question}", min_length=1)
+    """Text that poses the original question at the end; field {question}."""
 
     async def run(self, ctx: Context) -> Episode:
         plan = ctx.fork(ctx.root, self.decompose_prompt, stage="decompose")

@@ -30,32 +30,44 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from runtime.context import Aggregate, Context, gather
-from runtime.types import Episode, Node
+from pydantic import Field
+
+from runtime.core.types import Episode, Node
+from runtime.search.context import Aggregate, Context, gather
+from runtime.search.strategy import BaseStrategy
 
 __all__ = ["MCTS"]
 
 Value = Literal["process", "rollout_process", "rollout_outcome"]
 
 
-@dataclass
-class MCTS:
-    simulations: int = 16
-    expansions: int = 4
-    c_puct: float = 1.5
-    value: Value = "process"
-    rollouts: int = 1
-    aggregate: Aggregate = "min"
-    dirichlet_alpha: float = 0.3
-    dirichlet_weight: float = 0.0
-    seed: int | None = None
-    name = "mcts"
+class MCTS(BaseStrategy):
+    """Monte-Carlo tree search over steps with PUCT selection."""
 
-    def config(self) -> dict[str, Any]:
-        return asdict(self)
+    name: Literal["mcts"] = "mcts"
+    simulations: int = Field(16, ge=1, le=4096)
+    """Select-expand-evaluate-backpropagate rounds."""
+    expansions: int = Field(4, ge=1, le=64)
+    """Next steps sampled when a node is expanded."""
+    c_puct: float = Field(1.5, gt=0, le=100)
+    """Exploration constant of PUCT."""
+    value: Literal["process", "rollout_process", "rollout_outcome"] = "process"
+    """Node value: its process score, or the mean score of rollouts from it (process or outcome)."""
+    rollouts: int = Field(1, ge=1, le=64)
+    """Rollouts per evaluation (rollout values)."""
+    aggregate: Aggregate = "min"
+    """How a path's step scores combine: last, min, product or mean."""
+    dirichlet_alpha: float = Field(0.3, gt=0, le=10)
+    """Concentration of the Dirichlet noise on the root's priors."""
+    dirichlet_weight: float = Field(0.0, ge=0, le=1)
+    """Share of Dirichlet noise in the root's priors (0: none; use > 0 for training-time search)."""
+    seed: int | None = None
+    """Seed of the noise."""
+
+    def needs(self) -> set[str]:
+        return {"outcome"} if self.value == "rollout_outcome" else {"process"}
 
     async def run(self, ctx: Context) -> Episode:
         rng = random.Random(self.seed)

@@ -30,27 +30,38 @@ whole refinement trace.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from runtime.context import Context
-from runtime.types import Episode, Node
+from pydantic import Field
+
+from runtime.core.types import Episode, Node
+from runtime.search.context import Context
+from runtime.search.strategy import BaseStrategy
 
 __all__ = ["SelfRefine"]
 
 
-@dataclass
-class SelfRefine:
-    rounds: int = 3
-    feedback: Literal["process", "outcome", "critique"] = "process"
-    threshold: float = 0.5
-    template: str = "check: {feedback}"
-    explain: bool = False
-    critique_prompt: str = "Review: is every step above correct? Say CORRECT, or name the first wrong step."
-    name = "self_refine"
+class SelfRefine(BaseStrategy):
+    """Sequential revision (Self-Refine / Reflexion): generate, get feedback, revise."""
 
-    def config(self) -> dict[str, Any]:
-        return asdict(self)
+    name: Literal["self_refine"] = "self_refine"
+    rounds: int = Field(3, ge=0, le=16)
+    """Revisions after the first attempt, at most."""
+    feedback: Literal["process", "outcome", "critique"] = "process"
+    """Feedback from the process verifier, the outcome verifier, or the policy's own critique."""
+    threshold: float = Field(0.5, ge=0, le=1)
+    """Score that counts as passing."""
+    template: str = Field("check: {feedback}", min_length=1)
+    """Feedback note written before a revision; field {feedback}."""
+    explain: bool = False
+    """Pass the outcome verifier's explanation on (it may contain the reference answer)."""
+    critique_prompt: str = Field(
+        "Review: is every step above correct? Say CORRECT, or name the first wrong step.", min_length=1
+    )
+    """Prompt for the policy's critique (feedback critique)."""
+
+    def needs(self) -> set[str]:
+        return {"process": {"process"}, "outcome": {"outcome"}}.get(self.feedback, set())
 
     async def run(self, ctx: Context) -> Episode:
         (leaf,) = await ctx.complete(ctx.root, 1)

@@ -21,28 +21,37 @@ Design decisions:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from runtime.context import Aggregate, Context
-from runtime.types import Episode, Node
+from pydantic import Field
+
+from runtime.core.types import Episode, Node
+from runtime.search.context import Aggregate, Context
+from runtime.search.strategy import BaseStrategy
 from strategies.beam_search import BeamSearch
 
 __all__ = ["TreeOfThought"]
 
 
-@dataclass
-class TreeOfThought:
-    search: Literal["bfs", "dfs"] = "bfs"
-    breadth: int = 3
-    expansions: int = 3
-    threshold: float = 0.5
-    max_expansions: int = 32
-    aggregate: Aggregate = "min"
-    name = "tree_of_thought"
+class TreeOfThought(BaseStrategy):
+    """Tree of thoughts (Yao et al. 2023) with the process verifier as state evaluator."""
 
-    def config(self) -> dict[str, Any]:
-        return asdict(self)
+    name: Literal["tree_of_thought"] = "tree_of_thought"
+    search: Literal["bfs", "dfs"] = "bfs"
+    """Breadth-first (keep the best states per level) or depth-first with pruning and backtracking."""
+    breadth: int = Field(3, ge=1, le=64)
+    """States kept per level (bfs)."""
+    expansions: int = Field(3, ge=1, le=64)
+    """Thoughts proposed per state."""
+    threshold: float = Field(0.5, ge=0, le=1)
+    """Thoughts scoring below this are pruned (dfs)."""
+    max_expansions: int = Field(32, ge=1, le=4096)
+    """Expansion calls before dfs gives up searching (dfs)."""
+    aggregate: Aggregate = "min"
+    """How a path's step scores combine into a state's value."""
+
+    def needs(self) -> set[str]:
+        return {"process"}
 
     async def run(self, ctx: Context) -> Episode:
         if self.search == "bfs":

@@ -33,26 +33,34 @@ Design decisions:
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Literal
 
-from runtime.context import Context
-from runtime.types import Episode, Node
+from pydantic import Field
+
+from runtime.core.types import Episode, Node
+from runtime.search.context import Context
+from runtime.search.strategy import BaseStrategy
 
 __all__ = ["VerifyAndBacktrack"]
 
 
-@dataclass
-class VerifyAndBacktrack:
-    threshold: float = 0.5
-    step_retries: int = 3
-    episode_retries: int = 16
-    reflect: bool = False
-    reflection: str = "check: {explanation}"
-    name = "verify_backtrack"
+class VerifyAndBacktrack(BaseStrategy):
+    """Propose a step, verify it, backtrack to the last accepted step on rejection."""
 
-    def config(self) -> dict[str, Any]:
-        return asdict(self)
+    name: Literal["verify_backtrack"] = "verify_backtrack"
+    threshold: float = Field(0.5, ge=0, le=1)
+    """Process score a step needs to be accepted."""
+    step_retries: int = Field(3, ge=0, le=64)
+    """Resamples after rejections at one step before backtracking a further step."""
+    episode_retries: int = Field(16, ge=0, le=1024)
+    """Rejections allowed in the whole episode; then the rest is completed unverified."""
+    reflect: bool = False
+    """Write the verifier's explanation into the prefix (a reflection node) before resampling."""
+    reflection: str = Field("check: {explanation}", min_length=1)
+    """Reflection text; fields {step} (the rejected step) and {explanation}."""
+
+    def needs(self) -> set[str]:
+        return {"process"}
 
     async def run(self, ctx: Context) -> Episode:
         verifier = ctx.verifiers.process

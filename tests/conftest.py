@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import structlog
 
+from runtime.core.types import Task
 from runtime.tiny.domain import generate_problem, solution_steps
-from runtime.types import Task
 
 DATA = Path(__file__).parent / "data"
 

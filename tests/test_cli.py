@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from runtime.cli import app
-from runtime.errors import ConfigError
-from runtime.store import EpisodeStore
-from runtime.types import episode_from_json
+from runtime.app.cli import app
+from runtime.core.errors import ConfigError
+from runtime.core.types import episode_from_json
+from runtime.scheduling.store import EpisodeStore
 
 RUN_ID = "cli-test"  # tests/data/scripted.yaml
 
@@ -146,7 +146,7 @@ def test_console_script_help() -> None:
 
 
 def test_a_config_error_inside_the_loops_task_group_is_reported_on_one_line() -> None:
-    from runtime.cli import _only_config_error
+    from runtime.app.cli import _only_config_error
 
     error = ConfigError("learner checkpoint x does not belong to run 'r'")
     assert _only_config_error(ExceptionGroup("loop", [ExceptionGroup("inner", [error])])) is error

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from runtime.build import build_runtime, build_tasks, build_verifiers
-from runtime.config import DEFAULT_CONCURRENCY, RunConfig, apply_overrides, load_config
-from runtime.errors import ConfigError
-from runtime.policy import ScriptedPolicy
-from runtime.verifiers import ExactMatch, MathVerify, TinyStepVerifier
+from runtime.app.build import build_runtime, build_tasks, build_verifiers
+from runtime.app.config import DEFAULT_CONCURRENCY, RunConfig, apply_overrides, load_config
+from runtime.core.errors import ConfigError
+from runtime.policy.scripted import ScriptedPolicy
+from runtime.rewards.outcome import ExactMatch, MathVerify
+from runtime.tiny.verifier import TinyStepVerifier
 from strategies import BestOfN, ChainOfThought
 
 SCRIPTED = "policy:\n  kind: scripted\n"
@@ -164,14 +165,14 @@ def test_build_from_config(tmp_path: Path) -> None:
     assert isinstance(verifiers.outcome, MathVerify) and isinstance(verifiers.process, TinyStepVerifier)
     runtime = build_runtime(config)
     try:
-        assert isinstance(runtime.policy, ScriptedPolicy)
+        assert isinstance(runtime.policy.base, ScriptedPolicy)
         assert isinstance(runtime.strategy, BestOfN) and runtime.strategy.n == 2
         assert runtime.settings.concurrency == 7
-        assert runtime.store is not None and runtime.store.path == tmp_path / "store.db"
-        assert runtime.config["strategy"]["n"] == 2
+        assert runtime.scheduling.store is not None and runtime.scheduling.store.path == tmp_path / "store.db"
+        assert runtime.app.config["strategy"]["n"] == 2
     finally:
-        assert runtime.store is not None
-        runtime.store.close()
+        assert runtime.scheduling.store is not None
+        runtime.scheduling.store.close()
 
 
 def test_bad_answer_pattern_is_a_config_error(tmp_path: Path) -> None:
@@ -186,7 +187,7 @@ def test_bad_answer_pattern_is_a_config_error(tmp_path: Path) -> None:
 def test_default_strategy_is_chain_of_thought(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, SCRIPTED))
     assert config.strategy.name == "chain_of_thought"
-    from runtime.build import build_strategy
+    from runtime.app.build import build_strategy
 
     assert isinstance(build_strategy(config), ChainOfThought)
 

@@ -17,10 +17,10 @@ import pytest
 from test_openai_server import MODEL_DIR, hf_server, serve  # noqa: F401  (a fixture)
 
 from learners import Example
-from learners.build import build_learner, build_loop
-from runtime.build import build_tasks
-from runtime.config import load_config
-from runtime.store import EpisodeStore
+from runtime.app.build import build_tasks
+from runtime.app.config import load_config
+from runtime.app.learning import build_learner, build_loop
+from runtime.scheduling.store import EpisodeStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def test_student_learns_from_an_http_teacher(hf_server: str, tmp_path: Path) -> 
     # every episode came from the teacher, over HTTP, and its usage was counted
     assert loop.runtime.stats.finished == 48 and loop.runtime.stats.failed == 0
     assert loop.runtime.stats.completion_tokens > 0
-    assert loop.publish_to is None and loop.runtime.policy.version == 0  # the teacher never changes
+    assert loop.publish_to is None and loop.runtime.policy.base.version == 0  # the teacher never changes
     # the student trained on the teacher's verified traces, one version per batch
     assert stats.examples >= 24 and stats.version >= 2 and stats.dropped_stale == 0
     held_out = [

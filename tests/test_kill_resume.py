@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from runtime.store import EpisodeStore
+from runtime.scheduling.store import EpisodeStore
 
 TASKS = 400
 
@@ -43,7 +43,7 @@ def stored(db: Path) -> int:
 
 
 def start(config: Path) -> subprocess.Popen[bytes]:
-    cli = [sys.executable, "-c", "from runtime.cli import main; main()", "run", str(config), "--no-progress"]
+    cli = [sys.executable, "-c", "from runtime.app.cli import main; main()", "run", str(config), "--no-progress"]
     return subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -66,7 +66,7 @@ def test_sigkill_then_resume_stores_every_task_once(tmp_path: Path) -> None:
     assert 60 <= after_kill < TASKS  # really killed mid-run
 
     rerun = subprocess.run(
-        [sys.executable, "-c", "from runtime.cli import main; main()", "run", str(config), "--no-progress"],
+        [sys.executable, "-c", "from runtime.app.cli import main; main()", "run", str(config), "--no-progress"],
         capture_output=True, text=True, timeout=120,
     )
     assert rerun.returncode == 0, rerun.stderr

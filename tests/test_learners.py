@@ -15,17 +15,19 @@ import torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 from learners import Evaluator, Example, LoopSettings, LoraSettings, OnlineLoop, SFTLearner, UpdateResult, VerifiedPaths
-from runtime.context import Sampling, Verifiers
-from runtime.errors import ConfigError
-from runtime.local import LocalPolicy
-from runtime.policy import GenerationRequest, ScriptedPolicy
-from runtime.scheduler import Runtime, SchedulerSettings
-from runtime.store import EpisodeStore
-from runtime.tasks import tiny_tasks
+from runtime.core.errors import ConfigError
+from runtime.core.types import Episode, Node, Task
+from runtime.policy.base import GenerationRequest
+from runtime.policy.local import LocalPolicy
+from runtime.policy.scripted import ScriptedPolicy
+from runtime.rewards.outcome import ExactMatch
+from runtime.scheduling.scheduler import Runtime, SchedulerSettings
+from runtime.scheduling.store import EpisodeStore
+from runtime.search.context import Sampling, Verifiers
 from runtime.tiny.domain import generate_problem, solution_steps
 from runtime.tiny.policy_format import BUNDLED_POLICY
-from runtime.types import Episode, Node, Task
-from runtime.verifiers import ExactMatch, TinyStepVerifier
+from runtime.tiny.tasks import tiny_tasks
+from runtime.tiny.verifier import TinyStepVerifier
 from strategies import BestOfN
 
 pytestmark = pytest.mark.anyio
@@ -410,7 +412,7 @@ async def test_expert_iteration_loop_publishes_versions_evaluates_and_resumes(tm
         resumed = await second.run(tasks)
     assert resumed.replayed == stored - stats.episodes
     assert resumed.episodes == store.count("ei") == len(tasks)  # every episode consumed exactly once
-    assert second.runtime.policy.version == resumed.version > 3
+    assert second.runtime.policy.base.version == resumed.version > 3
 
     # the checkpoint is never resumed against a store without the episodes it trained on
     other_store = EpisodeStore(tmp_path / "other.db")

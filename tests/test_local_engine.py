@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-from runtime.errors import PolicyRequestError
-from runtime.local import LocalPolicy
-from runtime.policy import GenerationRequest
+from runtime.core.errors import PolicyRequestError
+from runtime.policy.base import GenerationRequest
+from runtime.policy.local import LocalPolicy
 from runtime.tiny.policy_format import BUNDLED_POLICY
 
 pytestmark = pytest.mark.anyio
@@ -114,7 +114,7 @@ def tiny_questions(n: int, seed: int) -> list[str]:
 async def test_kv_buffers_that_grow_mid_batch_stay_exact(
     trained: Any, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import runtime.local.engine as engine_module
+    import runtime.policy.local.engine as engine_module
 
     monkeypatch.setattr(engine_module, "ROOM", 3)  # the running batch's buffers fill and grow many times
     texts = tiny_questions(12, seed=8)
@@ -174,7 +174,7 @@ async def test_prefix_reuse_is_exact_on_a_trained_model(trained: Any, tokenizer:
 
 
 async def test_a_bad_prompt_in_a_batched_prefill_fails_alone(policy: LocalPolicy, tokenizer: Any) -> None:
-    from runtime.local.engine import EngineRequest, EngineResult
+    from runtime.policy.local.engine import EngineRequest, EngineResult
 
     results: dict[int, EngineResult] = {}
     good = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts(4, seed=11)]

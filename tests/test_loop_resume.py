@@ -13,10 +13,10 @@ import torch
 import yaml
 from test_kill_resume import stored
 
-from runtime.store import EpisodeStore
+from runtime.scheduling.store import EpisodeStore
 
 TASKS = 96
-CLI = [sys.executable, "-c", "from runtime.cli import main; main()", "run"]
+CLI = [sys.executable, "-c", "from runtime.app.cli import main; main()", "run"]
 
 
 def write_config(tmp_path: Path) -> tuple[Path, Path, Path]:

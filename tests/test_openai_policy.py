@@ -15,13 +15,13 @@ import anyio
 import httpx2
 import pytest
 
-from runtime.context import Sampling, Verifiers
-from runtime.errors import BudgetExhausted, PolicyRequestError, PolicyResponseError, PolicyUnavailable
-from runtime.limits import EndpointLimits, Price
-from runtime.openai_policy import OpenAIPolicy
-from runtime.policy import GenerationRequest
-from runtime.scheduler import Runtime
-from runtime.verifiers import ExactMatch
+from runtime.core.errors import BudgetExhausted, PolicyRequestError, PolicyResponseError, PolicyUnavailable
+from runtime.policy.base import GenerationRequest
+from runtime.policy.limits import EndpointLimits, Price
+from runtime.policy.openai_compatible import OpenAIPolicy
+from runtime.rewards.outcome import ExactMatch
+from runtime.scheduling.scheduler import Runtime
+from runtime.search.context import Sampling, Verifiers
 from strategies import ChainOfThought
 
 pytestmark = pytest.mark.anyio

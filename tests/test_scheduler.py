@@ -16,13 +16,14 @@ import anyio
 import psutil
 import pytest
 
-from runtime.context import Context, Sampling, Verifiers
-from runtime.errors import PolicyUnavailable
-from runtime.policy import Completion, GenerationRequest, GenerationResult, ScriptedPolicy
-from runtime.scheduler import Runtime, SchedulerSettings
-from runtime.store import EpisodeStore
-from runtime.types import Episode, Task
-from runtime.verifiers import ExactMatch, TableVerifier
+from runtime.core.errors import PolicyUnavailable
+from runtime.core.types import Episode, Task
+from runtime.policy.base import Completion, GenerationRequest, GenerationResult
+from runtime.policy.scripted import ScriptedPolicy
+from runtime.rewards.outcome import ExactMatch, TableVerifier
+from runtime.scheduling.scheduler import Runtime, SchedulerSettings
+from runtime.scheduling.store import EpisodeStore
+from runtime.search.context import Context, Sampling, Verifiers
 from strategies import ChainOfThought
 
 pytestmark = pytest.mark.anyio

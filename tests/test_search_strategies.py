@@ -17,13 +17,16 @@ import anyio
 import pytest
 from test_openai_server import MODEL_DIR, hf_server  # noqa: F401  (a fixture)
 
-from runtime.context import Context, Sampling, Verifiers, aggregate_scores
-from runtime.errors import VerifierError
-from runtime.policy import GenerationRequest, GenerationResult, ScriptedPolicy
-from runtime.scheduler import Runtime
-from runtime.tasks import tiny_tasks
-from runtime.types import Episode, Node, Task
-from runtime.verifiers import AnswerExtractor, ExactMatch, Score, TableVerifier, TinyStepVerifier
+from runtime.core.errors import VerifierError
+from runtime.core.types import Episode, Node, Task
+from runtime.policy.base import GenerationRequest, GenerationResult
+from runtime.policy.scripted import ScriptedPolicy
+from runtime.rewards.base import AnswerExtractor, Score
+from runtime.rewards.outcome import ExactMatch, TableVerifier
+from runtime.scheduling.scheduler import Runtime
+from runtime.search.context import Context, Sampling, Verifiers, aggregate_scores
+from runtime.tiny.tasks import tiny_tasks
+from runtime.tiny.verifier import TinyStepVerifier
 from strategies import (
     DVTS,
     MCTS,
@@ -589,7 +592,7 @@ STEP_STRATEGIES = [VerifyAndBacktrack(step_retries=2, episode_retries=6), BeamSe
 
 @pytest.fixture(scope="module")
 def local_policy() -> Iterator[Any]:
-    from runtime.local import LocalPolicy
+    from runtime.policy.local import LocalPolicy
 
     policy = LocalPolicy.from_path(MODEL_DIR, threads=2)
     yield policy
@@ -613,7 +616,7 @@ async def test_step_strategy_unchanged_over_transformers_serve(
     hf_server: str,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    from runtime.openai_policy import OpenAIPolicy
+    from runtime.policy.openai_compatible import OpenAIPolicy
 
     async with OpenAIPolicy(
         str(MODEL_DIR), base_url=hf_server, mode="completion", server="transformers", timeout=60
@@ -623,7 +626,7 @@ async def test_step_strategy_unchanged_over_transformers_serve(
 
 
 async def test_search_trees_round_trip_through_json() -> None:
-    from runtime.types import episode_from_json, episode_to_json
+    from runtime.core.types import episode_from_json, episode_to_json
 
     policy = LogprobPolicy(tree_script(depth=3), lambda t: -0.5)
     ep = await MCTS(simulations=6, expansions=2, dirichlet_weight=0.25, seed=1).run(

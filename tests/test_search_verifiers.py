@@ -11,19 +11,24 @@ from typing import Any
 import pytest
 import yaml
 
-from runtime.build import build_strategy, build_verifiers
-from runtime.code_exec import CodeExecution, extract_code, run_tests
-from runtime.composition import Gate, WeightedSum
-from runtime.config import load_config
-from runtime.context import Context, Sampling, Verifiers
-from runtime.errors import ConfigError, VerifierError
-from runtime.judge import TEMPLATES, UNPARSEABLE, LLMJudge, load_template, parse_judgement
-from runtime.mc_value import MonteCarloValue
-from runtime.policy import GenerationRequest, ScriptedPolicy
-from runtime.prm import PRMExample, ProcessRewardModel, corrupt_tiny_step, mc_examples, train_prm
-from runtime.shaping import PotentialShaping
-from runtime.types import Episode, Task
-from runtime.verifiers import AnswerExtractor, ExactMatch, Score, TableVerifier, TinyStepVerifier
+from learners.prm import PRMExample, mc_examples, train_prm
+from runtime.app.build import build_strategy, build_verifiers
+from runtime.app.config import load_config
+from runtime.core.errors import ConfigError, VerifierError
+from runtime.core.types import Episode, Task
+from runtime.policy.base import GenerationRequest
+from runtime.policy.scripted import ScriptedPolicy
+from runtime.rewards.base import AnswerExtractor, Score
+from runtime.rewards.code_exec import CodeExecution, extract_code, run_tests
+from runtime.rewards.composition import Gate, WeightedSum
+from runtime.rewards.judge import TEMPLATES, UNPARSEABLE, LLMJudge, load_template, parse_judgement
+from runtime.rewards.mc_value import MonteCarloValue
+from runtime.rewards.outcome import ExactMatch, TableVerifier
+from runtime.rewards.prm import ProcessRewardModel
+from runtime.rewards.shaping import PotentialShaping
+from runtime.search.context import Context, Sampling, Verifiers
+from runtime.tiny.corruption import corrupt_tiny_step
+from runtime.tiny.verifier import TinyStepVerifier
 from strategies import STRATEGIES, BeamSearch, ChainOfThought, VerifyAndBacktrack
 
 pytestmark = pytest.mark.anyio
@@ -164,7 +169,7 @@ def test_train_prm_fits_a_value_head_and_saves_a_checkpoint(trained_prm: tuple[P
 
 
 async def test_prm_scores_every_step_in_one_batched_pass(trained_prm: tuple[Path, Any]) -> None:
-    from runtime.context import gather
+    from runtime.search.context import gather
 
     prm = ProcessRewardModel(trained_prm[0], batch_size=8)
     assert prm.value_head

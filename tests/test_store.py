@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.store import EpisodeStore
-from runtime.types import Episode, ErrorInfo, Node, Task, Usage, episode_from_json
+from runtime.core.types import Episode, ErrorInfo, Node, Task, Usage, episode_from_json
+from runtime.scheduling.store import EpisodeStore
 
 
 def episode(

@@ -7,11 +7,14 @@ from typing import Any
 
 import pytest
 
-from runtime.context import Context, Sampling, Verifiers
-from runtime.errors import VerifierError
-from runtime.policy import GenerationRequest, ScriptedPolicy
-from runtime.types import Episode, Task
-from runtime.verifiers import AnswerExtractor, ExactMatch, Score, TableVerifier, TinyStepVerifier
+from runtime.core.errors import VerifierError
+from runtime.core.types import Episode, Task
+from runtime.policy.base import GenerationRequest
+from runtime.policy.scripted import ScriptedPolicy
+from runtime.rewards.base import AnswerExtractor, Score
+from runtime.rewards.outcome import ExactMatch, TableVerifier
+from runtime.search.context import Context, Sampling, Verifiers
+from runtime.tiny.verifier import TinyStepVerifier
 from strategies import STRATEGIES, BestOfN, ChainOfThought, Strategy
 
 pytestmark = pytest.mark.anyio

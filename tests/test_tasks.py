@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from runtime.errors import TaskError
-from runtime.tasks import iterate_tasks, jsonl_tasks, reasoning_gym_tasks, tiny_tasks, to_task
+from runtime.core.errors import TaskError
+from runtime.core.types import Task
+from runtime.scheduling.tasks import iterate_tasks, jsonl_tasks, reasoning_gym_tasks, to_task
 from runtime.tiny.domain import parse_expression
-from runtime.types import Task
+from runtime.tiny.tasks import tiny_tasks
 
 
 async def collect(source: Any) -> list[Task]:

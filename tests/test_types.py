@@ -10,8 +10,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.errors import EpisodeTimeout, PolicyUnavailable, VerifierError
-from runtime.types import Episode, ErrorInfo, Node, Task, Usage, episode_from_json, episode_to_json
+from runtime.core.errors import EpisodeTimeout, PolicyUnavailable, VerifierError
+from runtime.core.types import Episode, ErrorInfo, Node, Task, Usage, episode_from_json, episode_to_json
 
 # Finite floats and, often, the two infinities (NaN is excluded: NaN != NaN breaks
 # equality). The infinities are drawn on purpose: hypothesis rarely lands on them.

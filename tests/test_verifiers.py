@@ -9,21 +9,14 @@ from collections.abc import Callable
 
 import pytest
 
-from runtime.errors import VerifierError
-from runtime.tasks import reasoning_gym_tasks, tiny_tasks
+from runtime.core.errors import VerifierError
+from runtime.core.types import Task
+from runtime.rewards.base import AnswerExtractor, OutcomeVerifier, ProcessVerifier
+from runtime.rewards.outcome import ExactMatch, MathVerify, ReasoningGymVerifier, RegexMatch, TableVerifier
+from runtime.scheduling.tasks import reasoning_gym_tasks
 from runtime.tiny.domain import ArithProblem, generate_problem, parse_expression, solution_steps
-from runtime.types import Task
-from runtime.verifiers import (
-    AnswerExtractor,
-    ExactMatch,
-    MathVerify,
-    OutcomeVerifier,
-    ProcessVerifier,
-    ReasoningGymVerifier,
-    RegexMatch,
-    TableVerifier,
-    TinyStepVerifier,
-)
+from runtime.tiny.tasks import tiny_tasks
+from runtime.tiny.verifier import TinyStepVerifier
 
 pytestmark = pytest.mark.anyio
 
@@ -132,7 +125,7 @@ async def test_math_verify(reference: str, answer: str, value: float) -> None:
 async def test_math_verify_runs_in_a_worker_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """math-verify's own timeouts use signals, which only work on the main thread; the
     verifier turns them off and runs the check in a worker thread."""
-    import runtime.verifiers as verifiers
+    import runtime.rewards.base as verifiers
 
     threads: list[threading.Thread] = []
     real = verifiers._math_equal

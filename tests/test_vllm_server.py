@@ -17,13 +17,15 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from runtime.context import Sampling, Verifiers
-from runtime.openai_policy import OpenAIPolicy
-from runtime.policy import GenerationRequest
-from runtime.scheduler import Runtime
-from runtime.tasks import tiny_tasks
+from runtime.policy.base import GenerationRequest
+from runtime.policy.openai_compatible import OpenAIPolicy
+from runtime.rewards.base import AnswerExtractor
+from runtime.rewards.outcome import ExactMatch
+from runtime.scheduling.scheduler import Runtime
+from runtime.search.context import Sampling, Verifiers
 from runtime.tiny.policy_format import BUNDLED_POLICY
-from runtime.verifiers import AnswerExtractor, ExactMatch, TinyStepVerifier
+from runtime.tiny.tasks import tiny_tasks
+from runtime.tiny.verifier import TinyStepVerifier
 from strategies import BestOfN, ChainOfThought
 
 pytestmark = pytest.mark.slow

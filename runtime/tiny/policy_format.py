@@ -14,6 +14,7 @@ from typing import Any
 __all__ = [
     "BUNDLED",
     "BUNDLED_POLICY",
+    "WEAK_POLICY",
     "CHAT_TEMPLATE",
     "SPECIAL_TOKENS",
     "STEP_DELIMITER",
@@ -22,8 +23,10 @@ __all__ = [
 ]
 
 BUNDLED_POLICY = Path(__file__).parent / "policy"
-#: Checkpoints that ship with the package, by the name configs use for them.
-BUNDLED = {"bundled": BUNDLED_POLICY, "bundled-weak": Path(__file__).parent / "weak"}
+WEAK_POLICY = Path(__file__).parent / "weak"
+#: Checkpoints that ship with the package, by the name configs use for them
+#: (entry points of the group ``searchlearn.checkpoints``).
+BUNDLED = {"bundled": BUNDLED_POLICY, "bundled-weak": WEAK_POLICY}
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 STEP_DELIMITER = "\n"
 CHAT_TEMPLATE = (

@@ -1,4 +1,4 @@
-"""Benchmark of the local continuous-batching engine (``runtime.local.LocalPolicy``).
+"""Benchmark of the local continuous-batching engine (``runtime.policy.local.LocalPolicy``).
 
 Run: ``python tests/bench/local_engine.py [--model DIR] [--quick] [--no-peers]``.
 Prints Markdown tables, configuration first:
@@ -69,10 +69,10 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from runtime.limits import EndpointLimits  # noqa: E402
-from runtime.local import LocalEngine, LocalPolicy  # noqa: E402
-from runtime.openai_policy import OpenAIPolicy  # noqa: E402
-from runtime.policy import GenerationRequest, GenerationResult  # noqa: E402
+from runtime.policy.base import GenerationRequest, GenerationResult  # noqa: E402
+from runtime.policy.limits import EndpointLimits  # noqa: E402
+from runtime.policy.local import LocalEngine, LocalPolicy  # noqa: E402
+from runtime.policy.openai_compatible import OpenAIPolicy  # noqa: E402
 from runtime.tiny.domain import generate_problem, plan_line, solution_steps  # noqa: E402
 from runtime.tiny.policy_format import BUNDLED_POLICY, assistant_prefix  # noqa: E402
 

@@ -45,10 +45,10 @@ import structlog  # noqa: E402
 import torch  # noqa: E402
 
 from learners import Example, SFTLearner, VerifiedPaths  # noqa: E402
-from learners.build import build_loop  # noqa: E402
-from runtime.build import build_tasks  # noqa: E402
-from runtime.config import load_config  # noqa: E402
-from runtime.store import EpisodeStore  # noqa: E402
+from runtime.app.build import build_tasks  # noqa: E402
+from runtime.app.config import load_config  # noqa: E402
+from runtime.app.learning import build_loop  # noqa: E402
+from runtime.scheduling.store import EpisodeStore  # noqa: E402
 
 
 def run_mode(mode: str, minutes: float, store: Path, overrides: list[str]) -> dict[str, Any]:
@@ -98,7 +98,7 @@ def trl_reference(store: Path, run_id: str, steps: int) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from runtime.local import resolve_checkpoint
+    from runtime.policy.local import resolve_checkpoint
 
     source = VerifiedPaths("all_correct")
     examples: list[Example] = []

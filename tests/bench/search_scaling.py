@@ -65,12 +65,14 @@ sys.path.insert(0, str(ROOT))
 import anyio  # noqa: E402
 import torch  # noqa: E402
 
-from runtime.context import Sampling, Verifiers  # noqa: E402
-from runtime.local import LocalPolicy  # noqa: E402
-from runtime.mc_value import MonteCarloValue  # noqa: E402
-from runtime.scheduler import Runtime, SchedulerSettings  # noqa: E402
-from runtime.tasks import tiny_tasks  # noqa: E402
-from runtime.verifiers import AnswerExtractor, ExactMatch, ProcessVerifier, TinyStepVerifier  # noqa: E402
+from runtime.policy.local import LocalPolicy  # noqa: E402
+from runtime.rewards.base import AnswerExtractor, ProcessVerifier
+from runtime.rewards.mc_value import MonteCarloValue  # noqa: E402
+from runtime.rewards.outcome import ExactMatch
+from runtime.scheduling.scheduler import Runtime, SchedulerSettings  # noqa: E402
+from runtime.search.context import Sampling, Verifiers  # noqa: E402
+from runtime.tiny.tasks import tiny_tasks
+from runtime.tiny.verifier import TinyStepVerifier
 from strategies import (  # noqa: E402
     DVTS,
     MCTS,

@@ -1,0 +1,291 @@
+"""The ``searchlearn`` command: run a config (with or without a learner), show, export
+or plot a stored run.
+
+Errors the user can fix (bad config, missing file, missing key) print one message and
+exit 2, with no traceback. Logs are structured (structlog), quiet by default
+(warnings only), ``--verbose`` for info, ``--log-json`` for JSON lines on stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import structlog
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from runtime.app.config import DEFAULT_STORE, load_config
+from runtime.core.errors import ConfigError
+from runtime.scheduling.store import EpisodeStore
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="searchlearn: search and learning for reasoning models, online and durable.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+
+def configure_logging(verbose: bool, json_logs: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    # transformers / huggingface_hub draw their own bars and chatter while loading
+    # weights; the CLI has one progress bar (set before they are imported).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
+    renderer: Any = structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def _fail(message: str) -> None:
+    """Print ``error: message`` on one line and exit 2. The message is escaped (a path
+    like ``runs/[x]/a.yaml`` is not rich markup) and never wrapped at the terminal width."""
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _only_config_error(group: BaseExceptionGroup[Any]) -> ConfigError:
+    """The ConfigError a task group wrapped, if that is all it holds; else re-raise."""
+    found, rest = group.split(ConfigError)
+    if found is None or rest is not None:
+        raise group
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    assert isinstance(found, ConfigError)
+    return found
+
+
+def summary_table(title: str, stats: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f} %"
+
+    rows = [
+        ("episodes", f"{stats['episodes']:,}"),
+        ("failed", f"{stats['failed']:,}"),
+        ("accuracy", pct(stats.get("accuracy"))),
+        ("mean reward", "-" if stats.get("mean_reward") is None else f"{stats['mean_reward']:.3f}"),
+        ("prompt tokens", f"{stats['prompt_tokens']:,}"),
+        ("completion tokens", f"{stats['completion_tokens']:,}"),
+        ("cost", f"${stats['cost']:.4f}"),
+    ]
+    if "episodes_per_s" in stats:
+        rows.append(("episodes/s", f"{stats['episodes_per_s']:.2f}"))
+    if stats.get("skipped"):
+        rows.append(("skipped (already stored)", f"{stats['skipped']:,}"))
+    for name, count in stats.get("failures", {}).items():
+        rows.append((f"  failures: {name}", f"{count:,}"))
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="YAML run config.")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field: key.sub=value (repeatable).")
+    ] = None,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Structured JSON logs on stderr.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at info level.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Run a config: stream episodes into the store, then print a summary table.
+
+    Rerunning the same run_id resumes: stored episodes are skipped.
+    """
+    configure_logging(verbose, log_json)
+    try:
+        cfg = load_config(config, set_ or [])
+        from runtime.app.build import build_runtime, build_tasks
+
+        tasks = list(build_tasks(cfg))
+        if cfg.learner is not None:
+            _learn(cfg, tasks, progress)
+            return
+        rt = build_runtime(cfg, handle_signals=True)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    except BaseExceptionGroup as group:  # raised inside the loop's task group
+        _fail(str(_only_config_error(group)))
+        return
+    total = len(tasks) * cfg.scheduler.samples_per_task
+    stats = anyio.run(_run, rt, tasks, total, progress)
+    out.print(summary_table(f"run {cfg.run_id}", stats))
+    if rt.stop_reason:
+        console.print(f"stopped early: {rt.stop_reason}", highlight=False, markup=False, soft_wrap=True)
+        if "budget" in rt.stop_reason:
+            raise typer.Exit(3)
+
+
+async def _run(rt: Any, tasks: list[Any], total: int, show: bool) -> dict[str, Any]:
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    columns.append(TextColumn("acc {task.fields[acc]}  fail {task.fields[fail]}"))
+    with Progress(*columns, console=console, disable=not show or not console.is_terminal, transient=False) as bar:
+        job = bar.add_task("episodes", total=total, acc="-", fail=0)
+        try:
+            async with rt:
+                done = rt.store.count(rt.run_id) if rt.store else 0
+                bar.update(job, completed=min(done, total))
+                async for _ in rt.stream(tasks):
+                    s = rt.stats
+                    acc = f"{100 * s.solved / s.rewarded:.1f}%" if s.rewarded else "-"
+                    bar.update(job, advance=1, acc=acc, fail=s.failed)
+        finally:
+            await rt.policy.aclose()
+    return rt.stats.as_dict()
+
+
+def _learn(cfg: Any, tasks: list[Any], show: bool) -> None:
+    """Run the online loop of a config with a learner section (see learners.loop)."""
+    from runtime.app.learning import build_loop, export_path
+
+    loop = build_loop(cfg, handle_signals=True)
+    total = len(tasks) * cfg.scheduler.samples_per_task
+    stats = anyio.run(_run_loop, loop, tasks, total, show)
+    rt = loop.runtime
+    out.print(summary_table(f"run {cfg.run_id}: episodes", rt.stats.as_dict()))
+    out.print(learner_table(loop.stats.as_dict()))
+    if loop.stats.curve:
+        out.print(curve_table(f"run {cfg.run_id}: held-out evaluation", loop.stats.curve))
+    target = export_path(cfg)
+    loop.learner.export(target)
+    console.print(f"policy version {stats.version} saved to {target}", highlight=False, markup=False, soft_wrap=True)
+    if rt.stop_reason:
+        console.print(f"stopped early: {rt.stop_reason}", highlight=False, markup=False, soft_wrap=True)
+
+
+async def _run_loop(loop: Any, tasks: list[Any], total: int, show: bool) -> Any:
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    columns.append(TextColumn("v{task.fields[version]}  loss {task.fields[loss]}  acc {task.fields[acc]}"))
+    rt = loop.runtime
+    with Progress(*columns, console=console, disable=not show or not console.is_terminal, transient=False) as bar:
+        job = bar.add_task("episodes", total=total, version=0, loss="-", acc="-")
+
+        async def refresh() -> None:
+            while True:
+                s, ls = rt.stats, loop.stats
+                done = s.skipped + s.finished  # no store query on the event loop
+                acc = f"{100 * s.solved / s.rewarded:.1f}%" if s.rewarded else "-"
+                loss = "-" if ls.last_loss is None else f"{ls.last_loss:.4f}"
+                bar.update(job, completed=min(done, total), version=ls.version, loss=loss, acc=acc)
+                await anyio.sleep(0.5)
+
+        async with loop, anyio.create_task_group() as tg:
+            tg.start_soon(refresh)
+            stats = await loop.run(tasks)
+            tg.cancel_scope.cancel()
+    return stats
+
+
+def learner_table(stats: dict[str, Any]) -> Table:
+    table = Table(title="learner", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    for name, value in stats.items():
+        if isinstance(value, float):
+            shown = f"{100 * value:.1f} %" if "utilisation" in name else f"{value:.4f}"
+        elif isinstance(value, dict):
+            shown = "  ".join(f"{k}:{v}" for k, v in value.items()) or "-"
+        else:
+            shown = "-" if value is None else f"{value:,}"
+        table.add_row(name, shown)
+    return table
+
+
+def curve_table(title: str, curve: list[dict[str, Any]]) -> Table:
+    metrics = [k for k in curve[0] if k not in ("version", "episodes", "wall_time")]
+    table = Table(title=title)
+    for name in ("version", "episodes", "wall time", *metrics):
+        table.add_column(name, justify="right")
+    for point in curve:
+        values = [f"{100 * point[m]:.1f} %" if point.get(m) is not None else "-" for m in metrics]
+        table.add_row(str(point["version"]), f"{point['episodes']:,}", f"{point['wall_time']:.0f} s", *values)
+    return table
+
+
+@app.command()
+def show(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    store: Annotated[Path, typer.Option(help="Episode store (SQLite file).")] = Path(DEFAULT_STORE),
+) -> None:
+    """Summarise a stored run: episodes, accuracy, tokens, cost, failures."""
+    with _open_store(store) as st:
+        summary = st.summary(run_id)
+        runs = st.runs()
+        curve = st.curve(run_id)
+    if not summary["episodes"]:
+        _fail(f"no episodes of run {run_id!r} in {store} (runs there: {', '.join(runs) or 'none'})")
+    if summary["span_seconds"]:
+        summary["episodes_per_s"] = summary["episodes"] / summary["span_seconds"]
+    out.print(summary_table(f"run {run_id} ({store})", summary))
+    if curve:
+        out.print(curve_table(f"run {run_id}: held-out evaluation", curve))
+
+
+@app.command()
+def plot(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    store: Annotated[Path, typer.Option(help="Episode store (SQLite file).")] = Path(DEFAULT_STORE),
+    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="PNG file (default RUN-curve.png).")] = None,
+) -> None:
+    """Draw a learning run's held-out accuracy against policy version and wall time (PNG)."""
+    with _open_store(store) as st:
+        curve = st.curve(run_id)
+    if not curve:
+        _fail(f"run {run_id!r} in {store} has no evaluation curve (only runs with a learner section have one)")
+    target = out_path or Path(f"{run_id}-curve.png")
+    from runtime.app.plot import plot_curve
+
+    plot_curve(curve, target, title=f"{run_id}: held-out accuracy")
+    console.print(f"wrote {target}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def export(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    store: Annotated[Path, typer.Option(help="Episode store (SQLite file).")] = Path(DEFAULT_STORE),
+    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="JSONL file (default RUN.jsonl).")] = None,
+) -> None:
+    """Export a stored run's episodes (full trees) to JSONL, one episode per line."""
+    target = out_path or Path(f"{run_id}.jsonl")
+    with _open_store(store) as st:
+        if not st.count(run_id):
+            _fail(f"no episodes of run {run_id!r} in {store}")
+        n = st.export_jsonl(run_id, target)
+    console.print(f"wrote {n} episodes to {target}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _open_store(path: Path) -> EpisodeStore:
+    if not path.is_file():
+        _fail(f"episode store {path} does not exist")
+    return EpisodeStore(path)
+
+
+def main() -> None:
+    app()

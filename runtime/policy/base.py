@@ -1,0 +1,66 @@
+"""The Policy protocol: one async call from a generation request to n completions.
+
+Backends: :class:`~runtime.policy.openai_compatible.OpenAIPolicy` (any OpenAI-compatible server),
+the local transformers engine, and :class:`~runtime.policy.scripted.ScriptedPolicy`, the
+package's own fake.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "Completion",
+    "GenerationRequest",
+    "GenerationResult",
+    "Policy",
+]
+
+
+@dataclass(slots=True)
+class GenerationRequest:
+    """What to generate. Exactly one of ``messages`` (chat) or ``prompt`` (raw text).
+
+    ``assistant_prefix`` is text the assistant has already written (earlier steps of
+    the same episode); backends continue it rather than starting a new turn.
+    """
+
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    assistant_prefix: str = ""
+    n: int = 1
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] | None = None
+    logprobs: bool = False
+    seed: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Completion:
+    text: str
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(slots=True)
+class GenerationResult:
+    completions: list[Completion]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    policy_version: int | None = None
+    model: str = ""
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Anything that turns a :class:`GenerationRequest` into n completions."""
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult: ...
+
+    async def aclose(self) -> None: ...

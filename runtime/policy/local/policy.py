@@ -1,0 +1,139 @@
+"""LocalPolicy: the Policy protocol over :class:`~runtime.policy.local.engine.LocalEngine`.
+
+Any local transformers checkpoint directory (``path='bundled'`` is the shipped tiny
+policy). Prompts are rendered with the tokenizer's chat template and the episode's
+``assistant_prefix`` appended, so branches of one episode share a token prefix that the
+engine's prefix cache reuses. The async side waits on an event the engine thread sets
+without blocking (asyncio's ``call_soon_threadsafe`` or trio's ``run_sync_soon``, so
+the policy works under either anyio backend); at most ``max_pending`` requests wait in the engine's queue, so
+memory stays bounded however many episodes call at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import sniffio
+
+from runtime.core.errors import PolicyRequestError
+from runtime.policy.base import Completion, GenerationRequest, GenerationResult
+from runtime.policy.checkpoints import resolve_checkpoint
+from runtime.policy.local.engine import EngineRequest, EngineResult, LocalEngine
+
+__all__ = ["LocalPolicy"]
+
+
+class LocalPolicy:
+    """A Policy served in process by a continuous-batching engine."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 64, max_pending: int | None = None,
+                 version: int = 0, name: str = "local", threads: int | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.name = name
+        self.engine = LocalEngine(model, tokenizer, max_batch=max_batch, version=version, threads=threads)
+        self._pending = anyio.Semaphore(max_pending or 4 * max_batch)
+
+    @classmethod
+    def from_path(cls, path: str | Path, **kwargs: Any) -> LocalPolicy:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        directory = resolve_checkpoint(path)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+        return cls(model, tokenizer, name=str(directory), **kwargs)
+
+    @property
+    def version(self) -> int:
+        return self.engine.version
+
+    def encode(self, request: GenerationRequest) -> list[int]:
+        if request.prompt is not None:
+            text = request.prompt
+        else:
+            text = self.tokenizer.apply_chat_template(
+                request.messages or [], tokenize=False, add_generation_prompt=True
+            )
+        ids: list[int] = self.tokenizer(text + request.assistant_prefix, add_special_tokens=False)["input_ids"]
+        return ids
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        ids = self.encode(request)
+        finished = anyio.Event()
+        box: list[EngineResult] = []
+        wake = _waker(finished)
+
+        def done(result: EngineResult) -> None:
+            box.append(result)
+            wake()
+
+        req = EngineRequest(
+            prompt_ids=ids,
+            n=request.n,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            stop=list(request.stop or []),
+            seed=request.seed,
+            done=done,
+        )
+        async with self._pending:
+            try:
+                self.engine.submit(req)
+            except ValueError as exc:
+                raise PolicyRequestError(str(exc)) from None
+            try:
+                await finished.wait()
+            finally:
+                req.cancelled = not box
+        result = box[0]
+        if result.error is not None:
+            raise result.error
+        return GenerationResult(
+            completions=[
+                Completion(
+                    text=s.text,
+                    token_ids=s.token_ids,
+                    logprobs=s.logprobs if request.logprobs else None,
+                    finish_reason=s.finish_reason,
+                )
+                for s in result.sequences
+            ],
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=sum(len(s.token_ids) for s in result.sequences),
+            policy_version=result.version,
+            model=self.name,
+        )
+
+    def swap_weights(self, state_dict: dict[str, Any], version: int) -> None:
+        """Serve ``version`` next; in-flight requests finish under the current weights."""
+        self.engine.swap_weights(state_dict, version)
+
+    async def aclose(self) -> None:
+        await anyio.to_thread.run_sync(self.engine.close)
+
+    async def __aenter__(self) -> LocalPolicy:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def _waker(event: anyio.Event) -> Callable[[], None]:
+    """A function any thread may call to set ``event`` in the current event loop,
+    without waiting for the loop (the engine thread must never block on it)."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+        return lambda: token.run_sync_soon(event.set)
+    loop = asyncio.get_running_loop()
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(event.set)
+
+    return wake

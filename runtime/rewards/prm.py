@@ -1,0 +1,203 @@
+"""A process reward model (PRM) over any local transformers checkpoint (Math-Shepherd,
+Wang et al. 2024; Lightman et al. 2023 for step-level reward models).
+
+Scoring: the task's messages (chat template) plus the steps, each followed by the step
+delimiter, go through the model once; a step's score is read at the last token of its
+delimiter, so one forward pass scores every step of a path. Two kinds of checkpoint:
+- a ``*ForTokenClassification`` model (a value head): ``sigmoid(logit)`` with one label,
+  ``softmax(logits)[1]`` with two;
+- a causal LM (Math-Shepherd style): ``P(good) / (P(good) + P(bad))`` of the next token
+  at that position, for configurable ``good_token`` / ``bad_token``.
+
+Design decisions:
+- Batched across callers: concurrent ``score_step`` calls queue up; whoever holds the
+  model lock runs everything queued (up to ``batch_size``) in one padded forward pass in
+  a worker thread, so a beam's candidates are scored together without any background
+  task. Results are cached per (messages, prefix), so aggregating a path's step scores
+  never recomputes a prefix.
+- Training one lives with the learners (``learners.prm``): this module only scores.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import structlog
+from pydantic import Field, PrivateAttr
+
+from runtime.core.errors import ConfigError, VerifierError
+from runtime.core.types import Task
+from runtime.policy.checkpoints import resolve_checkpoint
+from runtime.rewards.base import Score, Verifier, VerifierEnv
+
+__all__ = ["ProcessRewardModel", "encode_steps", "pad_rows"]
+
+log = structlog.get_logger("searchlearn.prm")
+
+CACHE_SIZE = 4096
+
+
+@dataclass(slots=True)
+class _Entry:
+    item: tuple[list[dict[str, str]], list[str]]
+    result: list[float] | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+class ProcessRewardModel(Verifier):
+    """Process verifier backed by a local checkpoint (see module doc)."""
+
+    name: Literal["prm"] = "prm"
+    path: str
+    """Checkpoint directory of the PRM (a value-head or a causal-LM checkpoint)."""
+    batch_size: int = Field(32, ge=1, le=1024)
+    """Paths scored in one forward pass."""
+    good_token: str = "+"
+    """Causal-LM PRMs: the token that means a good step."""
+    bad_token: str = "-"
+    """Causal-LM PRMs: the token that means a bad step."""
+    threads: int | None = Field(None, ge=1)
+    """torch threads of the forward passes (None: torch's default)."""
+    _delimiter: str = PrivateAttr("\n")
+    _tokenizer: Any = PrivateAttr(None)
+    _model: Any = PrivateAttr(None)
+    _value_head: bool = PrivateAttr(False)
+    _good_bad: list[int] = PrivateAttr(default_factory=list)
+    _queue: list[_Entry] = PrivateAttr(default_factory=list)
+    _lock: Any = PrivateAttr(None)
+    _cache: OrderedDict[str, list[float]] = PrivateAttr(default_factory=OrderedDict)
+    _forward_passes: int = PrivateAttr(0)
+
+    def __init__(self, path: str | Path, /, *, delimiter: str = "\n", **settings: Any) -> None:
+        """Load the checkpoint at ``path`` (a config section only validates; ``build`` loads)."""
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+
+        super().__init__(path=str(path), **settings)
+        directory = resolve_checkpoint(path)
+        self._delimiter = delimiter
+        self._tokenizer = AutoTokenizer.from_pretrained(directory)
+        config = AutoConfig.from_pretrained(directory)
+        self._value_head = any(a.endswith("ForTokenClassification") for a in config.architectures or [])
+        loader = AutoModelForTokenClassification if self._value_head else AutoModelForCausalLM
+        self._model = loader.from_pretrained(directory, dtype=torch.float32).eval()
+        if not self._value_head:
+            ids = [self._tokenizer.convert_tokens_to_ids(t) for t in (self.good_token, self.bad_token)]
+            if any(i is None or i == self._tokenizer.unk_token_id for i in ids):
+                raise ValueError(
+                    f"good/bad tokens {self.good_token!r}/{self.bad_token!r} are not single tokens of {directory}"
+                )
+            self._good_bad = ids
+        self._lock = anyio.Lock()
+
+    def build(self, env: VerifierEnv) -> ProcessRewardModel:
+        try:
+            return ProcessRewardModel(self.path, delimiter=env.delimiter, **self.model_dump(exclude={"name", "path"}))
+        except (FileNotFoundError, OSError, ValueError) as exc:
+            raise ConfigError(f"verifiers: prm path {self.path!r}: {exc}") from None
+
+    @property
+    def value_head(self) -> bool:
+        """Whether the checkpoint is a value head (else a causal LM read at good/bad tokens)."""
+        return self._value_head
+
+    @property
+    def forward_passes(self) -> int:
+        """Forward passes run so far (batching is visible in it)."""
+        return self._forward_passes
+
+    async def score_step(self, task: Task, previous: Sequence[str], step: str) -> Score:
+        scores = await self.score_steps(task.as_messages(), [*previous, step])
+        return Score(scores[-1])
+
+    async def score_steps(self, messages: list[dict[str, str]], steps: Sequence[str]) -> list[float]:
+        """Scores of every step of one path (batched with concurrent callers, cached)."""
+        key = json.dumps([messages, list(steps)])
+        if (hit := self._cache.get(key)) is not None:
+            self._cache.move_to_end(key)
+            return hit
+        entry = _Entry((messages, list(steps)))
+        self._queue.append(entry)
+        await anyio.lowlevel.checkpoint()  # let callers of the same moment join the batch
+        async with self._lock:
+            while not entry.done:
+                batch, self._queue = self._queue[: self.batch_size], self._queue[self.batch_size :]
+                try:
+                    results = await anyio.to_thread.run_sync(self._forward, [e.item for e in batch])
+                except Exception as exc:  # every caller of the batch sees the failure
+                    for e in batch:
+                        e.error, e.done = exc, True
+                    break
+                for e, r in zip(batch, results, strict=True):
+                    e.result, e.done = r, True
+        if entry.error is not None:
+            raise VerifierError(f"prm forward failed: {entry.error!r}") from entry.error
+        assert entry.result is not None
+        self._cache[key] = entry.result
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return entry.result
+
+    def encode(self, messages: list[dict[str, str]], steps: Sequence[str]) -> tuple[list[int], list[int]]:
+        """Token ids of a path and the index of the token that scores each step."""
+        return encode_steps(self._tokenizer, self._delimiter, messages, steps)
+
+    def _forward(self, items: list[tuple[list[dict[str, str]], list[str]]]) -> list[list[float]]:
+        import torch
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        encoded = [self.encode(m, s) for m, s in items]
+        ids, mask = pad_rows([e[0] for e in encoded], self._tokenizer.pad_token_id or 0)
+        with torch.no_grad():
+            logits = self._model(input_ids=ids, attention_mask=mask).logits
+        self._forward_passes += 1
+        out = []
+        for row, (_, positions) in enumerate(encoded):
+            at = logits[row, positions]
+            if self._value_head:
+                probs = torch.sigmoid(at[:, 0]) if at.shape[-1] == 1 else torch.softmax(at, -1)[:, 1]
+            else:
+                pair = at[:, self._good_bad]
+                probs = torch.softmax(pair, -1)[:, 0]
+            out.append([float(p) for p in probs])
+        return out
+
+    async def aclose(self) -> None:
+        return None
+
+
+def encode_steps(
+    tokenizer: Any, delimiter: str, messages: list[dict[str, str]], steps: Sequence[str]
+) -> tuple[list[int], list[int]]:
+    """Token ids of the chat-rendered messages plus the steps (each followed by the
+    delimiter), and for each step the index of the last token of its delimiter."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ends = []
+    for s in steps:
+        text += s + delimiter
+        ends.append(len(text))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    starts = [start for start, _ in enc["offset_mapping"]]
+    positions = [max(i for i, start in enumerate(starts) if start < end) for end in ends]
+    return list(enc["input_ids"]), positions
+
+
+def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
+    """Right-padded ids and attention mask (scores are read at real positions only)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask

@@ -1,0 +1,32 @@
+"""Scheduling: the scheduler (:class:`Runtime`), the SQLite episode store and task
+sources."""
+
+from __future__ import annotations
+
+from runtime.core.lazy import lazy_exports
+
+_EXPORTS = {
+    "EpisodeStore": ".store",
+    "RunStats": ".scheduler",
+    "RunSummary": ".store",
+    "Runtime": ".scheduler",
+    "SchedulerSettings": ".scheduler",
+    "iterate_tasks": ".tasks",
+    "jsonl_tasks": ".tasks",
+    "reasoning_gym_tasks": ".tasks",
+    "to_task": ".tasks",
+}
+
+__all__ = [
+    "EpisodeStore",
+    "RunStats",
+    "RunSummary",
+    "Runtime",
+    "SchedulerSettings",
+    "iterate_tasks",
+    "jsonl_tasks",
+    "reasoning_gym_tasks",
+    "to_task",
+]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,359 @@
+"""The scheduler: many concurrent episodes under structured concurrency.
+
+``async with Runtime(policy, strategy, ...) as rt: async for ep in rt.stream(tasks)``
+runs ``strategy.run(ctx)`` for every (task, sample) and yields finished episodes in
+completion order.
+
+Design decisions:
+- Bounded everywhere. At most ``concurrency`` episodes run; a finished episode goes to
+  the store writer through a stream of ``buffer`` places and then to the consumer
+  through another. A slow consumer fills the buffers, episodes wait to hand over
+  their result while holding their slot, and admission stops: memory stays bounded.
+- An episode is "produced" once the store has committed it: the writer commits a
+  batch in a worker thread, then yields its episodes. A run restarted with the same
+  run id skips what the store holds, so a SIGKILL loses only uncommitted work, which
+  is redone, and duplicates nothing.
+- Anything an episode raises (policy, verifier, task, strategy, timeout, budget)
+  becomes a failed episode carrying the error class, message and boundary; siblings
+  never notice. Cancellation is the only thing that ends an episode unrecorded.
+- Shutdown (``shutdown()``, or SIGINT / SIGTERM with ``handle_signals``) stops
+  admission; in-flight episodes finish within ``drain_timeout`` (``on_shutdown:
+  finish``) or are abandoned at once (``abandon``); abandoned episodes are not stored
+  and so run again on resume. A second signal abandons.
+- Admission also stops when the policy's endpoint budget is spent; the reason is
+  kept in ``stop_reason``.
+- Cheap per episode, because at 10,000 episodes the scheduler's own work competes
+  with every step (``tests/bench/scheduler.py``): the in-flight episodes of a stream
+  share one cancel scope (their task group's, which abandoning cancels) instead of one
+  each; a timeout scope exists only when a timeout is set; slots and buffers are taken
+  with the non-blocking call first and awaited only when full, and the consumer drains
+  what is buffered without a checkpoint per episode.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+import anyio.lowlevel
+import structlog
+from anyio.abc import TaskGroup
+
+from runtime.core.errors import EpisodeTimeout, SearchlearnError
+from runtime.core.types import Episode, ErrorInfo, Task
+from runtime.policy.base import Policy
+from runtime.scheduling.store import EpisodeStore
+from runtime.scheduling.tasks import iterate_tasks
+from runtime.search.context import Context, Sampling, Verifiers
+
+__all__ = ["RunStats", "Runtime", "SchedulerSettings"]
+
+log = structlog.get_logger("searchlearn.scheduler")
+
+
+@dataclass(slots=True)
+class SchedulerSettings:
+    concurrency: int = 64
+    buffer: int = 256
+    samples_per_task: int = 1
+    episode_timeout: float | None = None
+    token_budget: int | None = None
+    on_shutdown: Literal["finish", "abandon"] = "finish"
+    drain_timeout: float = 30.0
+    retry_failed: bool = False
+    store_batch: int = 512
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Live counters of a runtime, for progress bars and the final summary."""
+
+    started: float = field(default_factory=time.monotonic)
+    admitted: int = 0
+    finished: int = 0
+    failed: int = 0
+    skipped: int = 0
+    rewarded: int = 0
+    reward_sum: float = 0.0
+    solved: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    failures: Counter[str] = field(default_factory=Counter)
+
+    def record(self, ep: Episode) -> None:
+        self.finished += 1
+        if ep.status == "failed":
+            self.failed += 1
+            self.failures[ep.errors[0].type if ep.errors else "unknown"] += 1
+        if ep.reward is not None:
+            self.rewarded += 1
+            self.reward_sum += ep.reward
+            self.solved += ep.reward >= 1.0
+        self.prompt_tokens += ep.usage.prompt_tokens
+        self.completion_tokens += ep.usage.completion_tokens
+        self.cost += ep.usage.cost
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "episodes": self.finished,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "accuracy": self.solved / self.rewarded if self.rewarded else None,
+            "mean_reward": self.reward_sum / self.rewarded if self.rewarded else None,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost": self.cost,
+            "seconds": self.elapsed,
+            "episodes_per_s": self.finished / self.elapsed if self.elapsed > 0 else 0.0,
+            "failures": dict(self.failures),
+        }
+
+
+class Runtime:
+    """Runs a strategy over tasks against a policy; see the module docstring."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        strategy: Any,
+        *,
+        verifiers: Verifiers | None = None,
+        sampling: Sampling | None = None,
+        settings: SchedulerSettings | None = None,
+        store: EpisodeStore | str | os.PathLike[str] | None = None,
+        run_id: str = "default",
+        config: dict[str, Any] | None = None,
+        handle_signals: bool = False,
+    ) -> None:
+        self.policy = policy
+        self.strategy = strategy
+        self.verifiers = verifiers or Verifiers()
+        self.sampling = sampling or Sampling()
+        self.settings = settings or SchedulerSettings()
+        # A path (str or Path) opens a store this runtime owns and closes; a store
+        # object is shared and stays open.
+        self._own_store = isinstance(store, str | os.PathLike)
+        self.store = EpisodeStore(store) if isinstance(store, str | os.PathLike) else store
+        self.run_id = run_id
+        self.config = config or {}
+        self.handle_signals = handle_signals
+        self.stats = RunStats()
+        self.stop_reason: str | None = None
+        self._strategy_config = strategy.config()
+        self._slots = anyio.Semaphore(self.settings.concurrency)
+        self._admissions: set[anyio.CancelScope] = set()
+        self._inflight: set[anyio.CancelScope] = set()  # one per stream: its episodes' task group
+        self._stack = AsyncExitStack()
+        self._tg: TaskGroup | None = None
+        self._in_flight = 0
+        self.log = log.bind(run_id=run_id)
+
+    async def __aenter__(self) -> Runtime:
+        self._tg = await self._stack.enter_async_context(anyio.create_task_group())
+        if self.store is not None:
+            self.store.register_run(self.run_id, self.config)
+        if self.handle_signals:
+            self._tg.start_soon(self._watch_signals)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()  # only the signal watcher can still be running
+        await self._stack.aclose()
+        if self._own_store and self.store is not None:
+            self.store.close()
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "in_flight": self._in_flight,
+            "concurrency": self.settings.concurrency,
+            "stopping": self.stop_reason is not None,
+            **self.stats.as_dict(),
+        }
+
+    # -- shutdown -----------------------------------------------------------------------
+
+    def shutdown(self, reason: str = "shutdown requested", abandon: bool | None = None) -> None:
+        """Stop admitting; finish (within ``drain_timeout``) or abandon in-flight work."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.log.info("stopping admission", reason=reason)
+        for scope in self._admissions:
+            scope.cancel()
+        if abandon is None:
+            abandon = self.settings.on_shutdown == "abandon"
+        if abandon:
+            for scope in self._inflight:
+                scope.cancel()
+        elif self._tg is not None:
+            self._tg.start_soon(self._drain_deadline)
+
+    async def _drain_deadline(self) -> None:
+        await anyio.sleep(self.settings.drain_timeout)
+        for scope in self._inflight:
+            scope.cancel()
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            count = 0
+            async for signum in signals:
+                count += 1
+                self.shutdown(f"received {signal.Signals(signum).name}", abandon=True if count > 1 else None)
+
+    # -- running ------------------------------------------------------------------------
+
+    async def run(self, tasks: Iterable[Task] | AsyncIterable[Task]) -> RunStats:
+        """Run every task to completion, discarding the stream; returns the stats."""
+        async for _ in self.stream(tasks):
+            pass
+        return self.stats
+
+    async def stream(self, tasks: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Episode]:
+        """Finished episodes, in completion order, each already committed to the store."""
+        if self._tg is None:
+            raise RuntimeError("use the Runtime as `async with Runtime(...) as rt:` before streaming")
+        send, receive = anyio.create_memory_object_stream[Episode](self.settings.buffer)
+        self._tg.start_soon(self._produce, tasks, send)
+        async with receive:
+            async for episode in receive:
+                yield episode
+                while True:  # what is already buffered, without a checkpoint each
+                    try:
+                        episode = receive.receive_nowait()
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                    yield episode
+
+    async def _produce(self, tasks: Iterable[Any] | AsyncIterable[Any], out: Any) -> None:
+        to_store, from_episodes = anyio.create_memory_object_stream[Episode](self.settings.buffer)
+        done: set[tuple[str, int]] = set()
+        if self.store is not None:
+            done = self.store.done_keys(self.run_id, include_failed=not self.settings.retry_failed)
+        async with out, anyio.create_task_group() as tg:
+            tg.start_soon(self._write, from_episodes, out, tg.cancel_scope)
+            episodes = anyio.create_task_group()
+            # Abandoning cancels the episodes' task group: every in-flight episode of the
+            # stream at once (an abandoned episode ends unrecorded: it runs again on resume).
+            self._inflight.add(episodes.cancel_scope)
+            try:
+                async with to_store, episodes:
+                    with anyio.CancelScope() as admission:
+                        self._admissions.add(admission)
+                        if self.stop_reason is not None:
+                            admission.cancel()
+                        try:
+                            await self._admit(tasks, done, episodes, to_store)
+                        finally:
+                            self._admissions.discard(admission)
+            finally:
+                self._inflight.discard(episodes.cancel_scope)
+
+    async def _admit(self, tasks: Any, done: set[tuple[str, int]], episodes: TaskGroup, to_store: Any) -> None:
+        limiter = getattr(self.policy, "limiter", None)
+        async for task in iterate_tasks(tasks):
+            for sample in range(self.settings.samples_per_task):
+                if (task.id, sample) in done:
+                    self.stats.skipped += 1
+                    continue
+                try:
+                    self._slots.acquire_nowait()
+                except anyio.WouldBlock:
+                    await self._slots.acquire()
+                else:
+                    # Let the episodes already admitted run (and spend) before the
+                    # budget check below; a bare checkpoint costs no cancel scope.
+                    await anyio.lowlevel.checkpoint()
+                # Checked once the slot is ours: the budget may have run out while we
+                # waited, and an episode admitted now would only fail with BudgetExhausted.
+                if limiter is not None and (reason := limiter.exhausted):
+                    self._slots.release()
+                    self.shutdown(reason, abandon=False)
+                    return
+                self.stats.admitted += 1
+                self._in_flight += 1
+                episodes.start_soon(self._episode, task, sample, to_store)
+
+    async def _episode(self, task: Task, sample: int, to_store: Any) -> None:
+        try:
+            episode = Episode(
+                run_id=self.run_id,
+                task=task,
+                sample=sample,
+                strategy=self.strategy.name,
+                strategy_config=self._strategy_config,
+            )
+            # Cancellation (abandon) propagates out of here: the episode is not stored.
+            await self._run_one(episode)
+            try:
+                to_store.send_nowait(episode)
+            except anyio.WouldBlock:
+                # Finished work waits for the writer; abandoning no longer applies to it.
+                with anyio.CancelScope(shield=True):
+                    await to_store.send(episode)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return  # the writer is gone (the run is stopping): not stored, runs again on resume
+        finally:
+            self._in_flight -= 1
+            self._slots.release()
+
+    async def _run_one(self, episode: Episode) -> None:
+        started = time.monotonic()
+        ctx = Context(episode, self.policy, self.verifiers, self.sampling, self.settings.token_budget)
+        timeout = self.settings.episode_timeout
+        try:
+            if timeout is None:
+                await self.strategy.run(ctx)
+            else:
+                with anyio.fail_after(timeout):
+                    await self.strategy.run(ctx)
+        except TimeoutError:
+            episode.status = "failed"
+            episode.errors.append(
+                ErrorInfo.from_exception(EpisodeTimeout(f"episode exceeded its {timeout}s timeout"))
+            )
+        except Exception as exc:
+            episode.status = "failed"
+            episode.errors.append(ErrorInfo.from_exception(exc))
+            if not isinstance(exc, SearchlearnError):
+                self.log.warning("episode raised", task_id=episode.task.id, error=repr(exc))
+        episode.usage.wall_time = time.monotonic() - started
+        episode.finished_at = time.time()
+
+    async def _write(self, from_episodes: Any, out: Any, scope: anyio.CancelScope) -> None:
+        """Commit finished episodes in batches, then hand them to the consumer."""
+        batch_max = self.settings.store_batch
+        try:
+            async with from_episodes:
+                async for first in from_episodes:
+                    batch = [first]
+                    while len(batch) < batch_max:
+                        try:
+                            batch.append(from_episodes.receive_nowait())
+                        except anyio.WouldBlock:
+                            break
+                        except anyio.EndOfStream:
+                            break
+                    if self.store is not None:
+                        await anyio.to_thread.run_sync(self.store.write_many, batch, self.settings.retry_failed)
+                    for ep in batch:
+                        self.stats.record(ep)
+                        try:
+                            out.send_nowait(ep)
+                        except anyio.WouldBlock:
+                            await out.send(ep)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            # The consumer stopped listening: stop the run rather than block forever.
+            self.shutdown("the consumer closed the stream", abandon=True)
+            scope.cancel()

@@ -1,0 +1,337 @@
+"""The episode context: the primitives every search strategy is written with.
+
+``expand`` a node into n one-step children, ``complete`` a node to the end, ``score``
+a step with the process verifier, ``judge`` a path with the outcome verifier, ``fork``
+a node with text the strategy writes itself (a reflection, feedback), and ``finish``
+the episode on a chosen leaf. Every node created is kept in the episode's tree.
+Tree searches also get ``expand_all`` (several nodes at once), ``gather`` (run
+awaitables concurrently, results in order) and ``dedupe`` (identical sibling steps are
+one state).
+
+Design decisions:
+- Branches share their prefix: a request carries the task's messages plus the path's
+  text as ``assistant_prefix``, identical for siblings, so a backend with a prefix
+  cache (vLLM, SGLang, the local engine) reuses it.
+- Budgets are enforced here, at the only place model calls are made: the episode's
+  token budget is checked before every call and clamps ``max_tokens``.
+- Errors are attributed at the boundary: anything a policy raises that is not already
+  a :class:`~runtime.core.errors.PolicyError` is wrapped in one, likewise for verifiers,
+  so the stored episode says which part failed. ``gather`` re-raises the first error
+  of its task group unwrapped, so attribution survives concurrency.
+- Concurrency without nondeterministic trees: ``expand_all`` issues its calls
+  concurrently (a batching backend serves them in one batch) but adds the children in
+  the order of its arguments, so node ids do not depend on which call returned first.
+- Verifier cost is episode cost: a verifier that calls a model (Monte-Carlo rollouts,
+  an LLM judge) reports its tokens on the :class:`~runtime.rewards.base.Score` and they
+  are added to the episode's usage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import anyio
+
+from runtime.core.concurrency import gather
+from runtime.core.errors import PolicyError, TokenBudgetExceeded, VerifierError
+from runtime.core.types import Episode, Node
+from runtime.policy.base import GenerationRequest, GenerationResult, Policy
+from runtime.rewards.base import AnswerExtractor, OutcomeVerifier, ProcessVerifier, Score
+from runtime.rewards.shaping import PotentialShaping
+
+__all__ = ["Aggregate", "Context", "Sampling", "Verifiers", "aggregate_scores", "gather"]
+
+Aggregate = Literal["last", "min", "product", "mean"]
+Meta = dict[str, Any] | None  # fields every node a call creates carries
+T = TypeVar("T")
+
+
+def aggregate_scores(scores: Sequence[float], aggregate: Aggregate) -> float:
+    """Combine step scores: the last, the minimum, the mean or the product (0 if none)."""
+    if not scores:
+        return 0.0
+    if aggregate == "last":
+        return scores[-1]
+    if aggregate == "min":
+        return min(scores)
+    if aggregate == "mean":
+        return sum(scores) / len(scores)
+    product = 1.0
+    for v in scores:
+        product *= v
+    return product
+
+
+@dataclass(slots=True)
+class Sampling:
+    """How the context samples: shared by every strategy."""
+
+    temperature: float = 0.8
+    top_p: float = 1.0
+    step_delimiter: str = "\n"
+    step_max_tokens: int = 64
+    max_tokens: int = 512
+    max_steps: int = 16
+    logprobs: bool = False
+    seed: int | None = None
+
+
+@dataclass(slots=True)
+class Verifiers:
+    outcome: OutcomeVerifier | None = None
+    process: ProcessVerifier | None = None
+    extractor: AnswerExtractor = field(default_factory=AnswerExtractor)
+    timeout: float = 30.0
+    shaping: PotentialShaping | None = None
+
+
+class Context:
+    """Everything one episode's strategy may use. Created by the scheduler."""
+
+    def __init__(
+        self,
+        episode: Episode,
+        policy: Policy,
+        verifiers: Verifiers,
+        sampling: Sampling,
+        token_budget: int | None = None,
+    ) -> None:
+        self.episode = episode
+        self.task = episode.task
+        self.policy = policy
+        self.verifiers = verifiers
+        self.sampling = sampling
+        self.token_budget = token_budget
+        if not episode.nodes:
+            episode.nodes.append(Node(id=0, parent=None, depth=0))
+
+    @property
+    def root(self) -> Node:
+        return self.episode.nodes[0]
+
+    def node(self, node_id: int) -> Node:
+        return self.episode.nodes[node_id]
+
+    def path(self, node: Node) -> list[Node]:
+        """Nodes from the first step down to ``node`` (the root excluded)."""
+        out = []
+        nodes = self.episode.nodes
+        while node.parent is not None:
+            out.append(node)
+            node = nodes[node.parent]
+        out.reverse()
+        return out
+
+    def text(self, node: Node) -> str:
+        d = self.sampling.step_delimiter
+        return "".join(n.text + d for n in self.path(node))
+
+    # -- building the tree -------------------------------------------------------------
+
+    def _add(self, parent: Node, text: str, **fields: Any) -> Node:
+        node = Node(id=len(self.episode.nodes), parent=parent.id, depth=parent.depth + 1, text=text, **fields)
+        self.episode.nodes.append(node)
+        parent.children.append(node.id)
+        answer = self.verifiers.extractor(text) if text else None
+        node.answer = answer
+        node.terminal = node.terminal or answer is not None or not text.strip() or node.depth >= self.sampling.max_steps
+        return node
+
+    def fork(self, node: Node, text: str, **meta: Any) -> Node:
+        """A child of ``node`` with text the strategy wrote (no model call)."""
+        return self._add(node, text, meta=dict(meta))
+
+    def dedupe(self, nodes: Sequence[Node]) -> list[Node]:
+        """The first of each group of identical sibling steps; the others stay in the
+        tree, marked ``meta['duplicate_of']`` (sampling the same step twice reaches the
+        same state, so a search should spend its budget once on it)."""
+        seen: dict[tuple[int | None, str], Node] = {}
+        out = []
+        for n in nodes:
+            first = seen.setdefault((n.parent, n.text), n)
+            if first is n:
+                out.append(n)
+            else:
+                n.meta["duplicate_of"] = first.id
+        return out
+
+    async def _generate(
+        self, node: Node, n: int, max_tokens: int, stop: list[str] | None, **overrides: Any
+    ) -> GenerationResult:
+        usage = self.episode.usage
+        if self.token_budget is not None:
+            left = self.token_budget - usage.prompt_tokens - usage.completion_tokens
+            if left <= 0:
+                raise TokenBudgetExceeded(f"episode used {usage.tokens} of {self.token_budget} tokens")
+            max_tokens = max(1, min(max_tokens, left // max(n, 1)))
+        s = self.sampling
+        request = GenerationRequest(
+            messages=self.task.as_messages(),
+            assistant_prefix=self.text(node),
+            n=n,
+            max_tokens=max_tokens,
+            temperature=overrides.get("temperature", s.temperature),
+            top_p=overrides.get("top_p", s.top_p),
+            stop=stop,
+            logprobs=s.logprobs,
+            seed=None if s.seed is None else s.seed + usage.calls,
+            metadata={"task_id": self.task.id, "sample": self.episode.sample},
+        )
+        try:
+            result = await self.policy.generate(request)
+        except PolicyError:
+            raise
+        except Exception as exc:
+            raise PolicyError(f"{type(exc).__name__}: {exc}") from exc
+        usage.calls += 1
+        usage.prompt_tokens += result.prompt_tokens
+        usage.completion_tokens += result.completion_tokens
+        usage.cost += result.cost
+        if result.policy_version is not None:
+            span = self.episode.policy_versions
+            v = result.policy_version
+            self.episode.policy_versions = [min(span[0], v), max(span[1], v)] if span else [v, v]
+        return result
+
+    async def expand(self, node: Node, n: int = 1, *, meta: Meta = None, **overrides: Any) -> list[Node]:
+        """Sample ``n`` next steps of ``node``; each becomes a child (tagged with ``meta``)."""
+        s = self.sampling
+        result = await self._generate(node, n, s.step_max_tokens, [s.step_delimiter], **overrides)
+        return self._add_steps(node, result, meta)
+
+    async def expand_all(
+        self, nodes: Sequence[Node], n: int = 1, *, meta: Meta = None, **overrides: Any
+    ) -> list[list[Node]]:
+        """``expand`` every node of ``nodes`` concurrently; children are added in the
+        order of ``nodes`` whatever order the calls finish in."""
+        s = self.sampling
+        results = await gather(
+            self._generate(node, n, s.step_max_tokens, [s.step_delimiter], **overrides) for node in nodes
+        )
+        return [self._add_steps(node, result, meta) for node, result in zip(nodes, results, strict=True)]
+
+    def _add_steps(self, node: Node, result: GenerationResult, meta: Meta) -> list[Node]:
+        return [
+            self._add(
+                node,
+                c.text.strip(),
+                token_ids=c.token_ids,
+                logprobs=c.logprobs,
+                policy_version=result.policy_version,
+                finish_reason=c.finish_reason,
+                meta=dict(meta or {}),
+            )
+            for c in result.completions
+        ]
+
+    async def complete(self, node: Node, n: int = 1, *, meta: Meta = None, **overrides: Any) -> list[Node]:
+        """Sample ``n`` continuations of ``node`` to the end; returns their leaves.
+
+        Each continuation is split at the step delimiter into a chain of step nodes,
+        so process verifiers and learners see steps either way; the continuation's
+        token ids and logprobs are kept on its first node (``meta['covers']`` steps).
+        Every node created carries ``meta``.
+        """
+        s = self.sampling
+        result = await self._generate(node, n, s.max_tokens, None, **overrides)
+        leaves = []
+        for c in result.completions:
+            lines = [ln.strip() for ln in c.text.split(s.step_delimiter) if ln.strip()] or [""]
+            parent = node
+            for k, line in enumerate(lines):
+                parent = self._add(
+                    parent,
+                    line,
+                    token_ids=c.token_ids if k == 0 else None,
+                    logprobs=c.logprobs if k == 0 else None,
+                    policy_version=result.policy_version,
+                    finish_reason=c.finish_reason if k == len(lines) - 1 else None,
+                    meta=({"covers": len(lines)} if k == 0 else {}) | (meta or {}),
+                )
+            parent.terminal = True
+            leaves.append(parent)
+        return leaves
+
+    # -- scoring ------------------------------------------------------------------------
+
+    async def score(self, node: Node, verifier: ProcessVerifier | None = None) -> float:
+        """Process-verifier score of ``node``'s step given its prefix (cached per
+        verifier name). ``verifier`` defaults to the configured process verifier."""
+        verifier = verifier or self.verifiers.process
+        if verifier is None:
+            raise VerifierError("this strategy needs a process verifier and none is configured")
+        if verifier.name in node.scores:
+            return node.scores[verifier.name]
+        previous = [n.text for n in self.path(node)[:-1]]
+        result = await self._verify(verifier.name, verifier.score_step(self.task, previous, node.text))
+        node.scores[verifier.name] = result.value
+        if result.explanation:
+            node.explanations[verifier.name] = result.explanation
+        return result.value
+
+    async def score_path(
+        self, node: Node, aggregate: Aggregate = "min", verifier: ProcessVerifier | None = None
+    ) -> float:
+        """Aggregate of the process scores of every step from the root to ``node``."""
+        return aggregate_scores([await self.score(n, verifier) for n in self.path(node)], aggregate)
+
+    async def score_all(self, nodes: Sequence[Node], aggregate: Aggregate = "min") -> list[float]:
+        """``score_path`` of every node, concurrently (a batching verifier serves them together)."""
+        return await gather(self.score_path(n, aggregate) for n in nodes)
+
+    def answer(self, node: Node) -> str | None:
+        """The answer written on the path to ``node`` (last one found), if any."""
+        for n in reversed(self.path(node)):
+            if n.answer is not None:
+                return n.answer
+        return None
+
+    async def judge(self, node: Node) -> Score:
+        """Outcome-verifier score of the solution ending at ``node`` (cached)."""
+        verifier = self.verifiers.outcome
+        if verifier is None:
+            raise VerifierError("this strategy needs an outcome verifier and none is configured")
+        key = "outcome:" + verifier.name
+        if key in node.scores:
+            return Score(node.scores[key], node.explanations.get(key))
+        result = await self._verify(verifier.name, verifier.score(self.task, self.answer(node), self.text(node)))
+        node.scores[key] = result.value
+        if result.explanation:
+            node.explanations[key] = result.explanation
+        return result
+
+    async def _verify(self, name: str, call: Any) -> Score:
+        try:
+            with anyio.fail_after(self.verifiers.timeout):
+                result: Score = await call
+        except VerifierError:
+            raise
+        except TimeoutError as exc:
+            raise VerifierError(f"verifier {name} timed out after {self.verifiers.timeout}s") from exc
+        except Exception as exc:
+            raise VerifierError(f"verifier {name} raised {type(exc).__name__}: {exc}") from exc
+        if not 0.0 <= result.value <= 1.0:
+            raise VerifierError(f"verifier {name} returned {result.value}, outside [0, 1]")
+        if result.calls:
+            usage = self.episode.usage
+            usage.calls += result.calls
+            usage.prompt_tokens += result.prompt_tokens
+            usage.completion_tokens += result.completion_tokens
+        return result
+
+    # -- the end -----------------------------------------------------------------------
+
+    async def finish(self, leaf: Node, reward_from_outcome: bool = True) -> Episode:
+        """Close the episode on ``leaf``: chosen path, final answer, outcome reward."""
+        ep = self.episode
+        ep.chosen_path = [n.id for n in self.path(leaf)]
+        ep.final_answer = self.answer(leaf)
+        if reward_from_outcome and self.verifiers.outcome is not None and self.task.answer is not None:
+            ep.reward = (await self.judge(leaf)).value
+        if self.verifiers.shaping is not None:
+            await self.verifiers.shaping.apply(self.episode, self.score)
+        ep.finished_at = time.time()
+        return ep
