@@ -13,15 +13,13 @@ Design decisions:
 
 from __future__ import annotations
 
-import threading
-from dataclasses import replace
 from typing import Any
 
-import anyio
-
 from runtime.core.types import Task
+from runtime.policy.base import WeightedPolicy
 from runtime.scheduling.scheduler import Runtime, SchedulerSettings
 from runtime.search.context import Sampling, Verifiers
+from runtime.search.strategy import Strategy
 from strategies import BestOfN
 
 __all__ = ["Evaluator"]
@@ -32,11 +30,11 @@ class Evaluator:
 
     def __init__(
         self,
-        policy: Any,
+        policy: WeightedPolicy,
         tasks: list[Task],
         verifiers: Verifiers,
         sampling: Sampling,
-        strategy: Any | None = None,
+        strategy: Strategy | None = None,
         concurrency: int = 64,
     ) -> None:
         if not tasks:
@@ -50,11 +48,9 @@ class Evaluator:
 
     async def load(self, weights: dict[str, Any], version: int) -> None:
         """Serve ``weights`` as ``version`` on the evaluation engine (waits until done)."""
-        swapped = threading.Event()
-        self.policy.engine.swap_weights(weights, version, swapped.set)
-        await anyio.to_thread.run_sync(swapped.wait)
+        await self.policy.load_weights(weights, version)
 
-    async def accuracy(self, strategy: Any, sampling: Sampling) -> float:
+    async def accuracy(self, strategy: Strategy, sampling: Sampling) -> float:
         rt = Runtime(
             self.policy,
             strategy,
@@ -71,7 +67,7 @@ class Evaluator:
     async def evaluate(self, weights: dict[str, Any] | None = None, version: int | None = None) -> dict[str, float]:
         if weights is not None:
             await self.load(weights, version if version is not None else self.policy.version)
-        greedy = replace(self.sampling, temperature=0.0, seed=None)
+        greedy = self.sampling.model_copy(update={"temperature": 0.0, "seed": None})
         out = {"greedy_pass@1": await self.accuracy(BestOfN(n=1, selection="majority"), greedy)}
         if self.strategy is not None:
             out["strategy_accuracy"] = await self.accuracy(self.strategy, self.sampling)

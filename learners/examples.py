@@ -34,11 +34,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from runtime.core.errors import VerifierError
 from runtime.core.types import Episode, Node
 from runtime.search.context import Context, Sampling, Verifiers
 
-__all__ = ["Example", "VerifiedPaths", "path_text"]
+__all__ = ["Example", "PathSettings", "VerifiedPaths", "path_text"]
 
 Keep = Literal["chosen", "all_correct"]
 Weighting = Literal["uniform", "pass_rate"]
@@ -76,29 +78,37 @@ def _version(path: Sequence[Node]) -> int | None:
     return min(versions) if versions else None
 
 
+class PathSettings(BaseModel):
+    """Which paths of an episode become examples (part of a learner config section)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    keep: Keep = "chosen"
+    """Which verified paths of an episode become examples."""
+    min_reward: float = Field(1.0, ge=0, le=1)
+    """A path counts as correct at this outcome score."""
+    min_step_score: float | None = Field(0.5, ge=0, le=1)
+    """With a process verifier, every step of a kept path must score at least this
+    (right answers reached through wrong steps are not kept); null: outcome only."""
+    weighting: Weighting = "uniform"
+    """pass_rate: weigh an episode's examples by the share of its samples that failed
+    (a problem every sample solves gives none)."""
+    dedupe: bool = True
+    """Skip an example whose (task, text) was already trained on."""
+
+
 class VerifiedPaths:
     """Turns episodes into examples of their verified-correct paths (see module doc)."""
 
-    def __init__(
-        self,
-        keep: Keep = "chosen",
-        min_reward: float = 1.0,
-        dedupe: bool = True,
-        delimiter: str = "\n",
-        min_step_score: float | None = 0.5,
-        weighting: Weighting = "uniform",
-    ) -> None:
-        self.keep = keep
-        self.min_reward = min_reward
-        self.dedupe = dedupe
+    def __init__(self, settings: PathSettings | None = None, *, delimiter: str = "\n", **overrides: Any) -> None:
+        base = settings or PathSettings()
+        self.settings = type(base).model_validate(base.model_dump() | overrides) if overrides else base
         self.delimiter = delimiter
-        self.min_step_score = min_step_score
-        self.weighting = weighting
         self.rejected_by_process = 0
         self._seen: set[bytes] = set()
 
     def _fresh(self, task_id: str, text: str) -> bool:
-        if not self.dedupe:
+        if not self.settings.dedupe:
             return True
         digest = hashlib.blake2b(f"{task_id}\0{text}".encode(), digest_size=12).digest()
         if digest in self._seen:
@@ -115,8 +125,8 @@ class VerifiedPaths:
         ctx = None
         if verifiers is not None:
             ctx = Context(episode, None, verifiers, Sampling(step_delimiter=self.delimiter))  # type: ignore[arg-type]
-        if self.keep == "chosen":
-            if episode.reward is None or episode.reward < self.min_reward or not episode.chosen_path:
+        if self.settings.keep == "chosen":
+            if episode.reward is None or episode.reward < self.settings.min_reward or not episode.chosen_path:
                 return []
             candidates = [episode.nodes[episode.chosen_path[-1]]]
         else:
@@ -128,9 +138,9 @@ class VerifiedPaths:
             else:
                 self.rejected_by_process += 1
         weight = 1.0
-        if self.weighting == "pass_rate" and leaves:
+        if self.settings.weighting == "pass_rate" and leaves:
             terminal = [leaf for leaf in episode.leaves if leaf.terminal] or leaves
-            if self.keep == "all_correct":  # every verified terminal leaf is in ``leaves``
+            if self.settings.keep == "all_correct":  # every verified terminal leaf is in ``leaves``
                 passed = len(leaves)
             else:
                 passed = sum(
@@ -164,22 +174,22 @@ class VerifiedPaths:
             return False
         cached = [v for k, v in leaf.scores.items() if k.startswith("outcome:")]
         if cached:
-            return max(cached) >= self.min_reward
+            return max(cached) >= self.settings.min_reward
         if ctx is None or ctx.verifiers.outcome is None or ctx.task.answer is None:
             return False
         try:
-            return (await ctx.judge(leaf)).value >= self.min_reward
+            return (await ctx.judge(leaf)).value >= self.settings.min_reward
         except VerifierError:
             return False
 
     async def _steps_pass(self, ctx: Context | None, leaf: Node) -> bool:
         """Whether every step to ``leaf`` reaches ``min_step_score`` under the process
         verifier (scored now where the strategy did not; a failing verifier rejects)."""
-        if ctx is None or ctx.verifiers.process is None or self.min_step_score is None:
+        if ctx is None or ctx.verifiers.process is None or self.settings.min_step_score is None:
             return True
         try:
             for node in ctx.path(leaf):
-                if await ctx.score(node) < self.min_step_score:
+                if await ctx.score(node) < self.settings.min_step_score:
                     return False
         except VerifierError:
             return False

@@ -40,39 +40,24 @@ from collections.abc import Iterable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import anyio.abc
 import structlog
 
+from learners.base import Learner
 from learners.evaluate import Evaluator
 from learners.examples import Example, VerifiedPaths
-from learners.sft import SFTLearner
+from learners.loop_settings import LoopSettings
 from runtime.core.errors import ConfigError
 from runtime.core.types import Episode, Task
+from runtime.policy.base import WeightedPolicy
 from runtime.scheduling.scheduler import Runtime
 
-__all__ = ["LoopSettings", "LoopStats", "OnlineLoop"]
+__all__ = ["LoopStats", "OnlineLoop"]
 
 log = structlog.get_logger("searchlearn.loop")
-
-
-@dataclass(slots=True)
-class LoopSettings:
-    mode: Literal["online", "sync"] = "online"
-    batch_examples: int = 32
-    passes: int = 1
-    steps_per_version: int = 1
-    max_staleness: int = 4
-    stale: Literal["drop", "downweight"] = "drop"
-    stale_decay: float = 0.5
-    buffer_episodes: int = 64
-    sync_episodes: int = 64
-    eval_every: int = 5
-    checkpoint_every: int = 1
-    max_seconds: float | None = None
-    max_versions: int | None = None
 
 
 @dataclass(slots=True)
@@ -120,10 +105,10 @@ class OnlineLoop:
     def __init__(
         self,
         runtime: Runtime,
-        learner: SFTLearner,
+        learner: Learner,
         source: VerifiedPaths,
         *,
-        publish: Any | None = None,
+        publish: WeightedPolicy | None = None,
         evaluator: Evaluator | None = None,
         checkpoint: str | Path | None = None,
         settings: LoopSettings | None = None,
@@ -162,7 +147,7 @@ class OnlineLoop:
             await self.aclose()
 
     async def aclose(self) -> None:
-        await self.runtime.policy.base.aclose()
+        await self.runtime.policy.aclose()
         if self.evaluator is not None:
             await self.evaluator.aclose()
 
@@ -218,7 +203,7 @@ class OnlineLoop:
         for episode in replay:
             self.stats.replayed += 1
             await self._take(episode)
-        done = self.runtime.scheduling.store.done_keys(self.runtime.run_id) if self.runtime.scheduling.store is not None else set()
+        done = self.runtime.store.done_keys(self.runtime.run_id) if self.runtime.store is not None else set()
         todo = [t for t in tasks if (t.id, 0) not in done]
         chunk = self.settings.sync_episodes
         for start in range(0, len(todo), chunk):
@@ -242,7 +227,7 @@ class OnlineLoop:
         self.stats.episodes += 1
         key = (episode.task.id, episode.sample)
         rejected = self.source.rejected_by_process
-        examples = await self.source.examples(episode, self.runtime.rewards.base)
+        examples = await self.source.examples(episode, self.runtime.verifiers)
         self.stats.rejected_by_process += self.source.rejected_by_process - rejected
         k = self.settings.max_staleness
         kept = []
@@ -333,8 +318,8 @@ class OnlineLoop:
         point = {"version": version, "episodes": episodes, "wall_time": wall, **metrics}
         self.stats.curve.append(point)
         self.log.info("evaluated", **point)
-        if self.runtime.scheduling.store is not None:
-            self.runtime.scheduling.store.add_curve_point(self.runtime.run_id, version, episodes, wall, metrics)
+        if self.runtime.store is not None:
+            self.runtime.store.add_curve_point(self.runtime.run_id, version, episodes, wall, metrics)
 
     # -- durability ---------------------------------------------------------------------
 
@@ -367,7 +352,7 @@ class OnlineLoop:
         consumed was committed to the store before the learner saw it. A checkpoint left
         over from another store (same directory and run id) would otherwise be resumed
         silently, with a budget, a version and weights that are not this run's."""
-        store = self.runtime.scheduling.store
+        store = self.runtime.store
         if store is None:
             return
         missing = len(consumed - {(ep.task.id, ep.sample) for ep in stored})
@@ -380,7 +365,7 @@ class OnlineLoop:
 
     def _restore(self) -> list[Episode]:
         """Load the checkpoint if there is one; the stored episodes not yet consumed."""
-        store, run_id = self.runtime.scheduling.store, self.runtime.run_id
+        store, run_id = self.runtime.store, self.runtime.run_id
         stored = list(store.episodes(run_id)) if store is not None else []
         if store is not None:
             self.stats.curve = store.curve(run_id)

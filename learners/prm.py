@@ -126,7 +126,7 @@ def train_prm(
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
-    from runtime.policy.local import resolve_checkpoint
+    from runtime.policy.checkpoints import resolve_checkpoint
 
     if not examples:
         raise ValueError("no PRM examples to train on")

@@ -27,36 +27,59 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
+from learners.base import UpdateResult
 from learners.examples import Example
 
-__all__ = ["LoraSettings", "SFTLearner", "UpdateResult"]
+__all__ = ["LoraSettings", "SFTLearner", "SFTSettings"]
 
 
-@dataclass(frozen=True, slots=True)
-class LoraSettings:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
+class LoraSettings(BaseModel):
+    """LoRA adapters (peft) instead of all weights; published weights are merged."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+    r: int = Field(8, ge=1, le=256)
+    """LoRA rank."""
+    alpha: int = Field(16, ge=1)
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the LoRA input."""
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    """Modules that get adapters."""
 
 
-@dataclass(slots=True)
-class UpdateResult:
-    """What one optimizer step did."""
+class SFTSettings(BaseModel):
+    """How the supervised learner steps (part of a learner config section)."""
 
-    step: int
-    loss: float
-    examples: int
-    tokens: int
-    seconds: float
-    grad_norm: float
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    lr: float = Field(1e-4, gt=0, le=1)
+    """AdamW learning rate."""
+    warmup_steps: int = Field(0, ge=0)
+    """Optimizer steps of linear learning-rate warmup."""
+    decay_steps: int | None = Field(None, ge=1)
+    """After warmup the rate falls linearly over this many steps to min_lr_ratio x lr (null: flat)."""
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """Where the decay ends, as a fraction of lr."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    micro_batch: int = Field(16, ge=1)
+    """Examples per forward pass inside a step."""
+    lora: LoraSettings | None = None
+    """Train LoRA adapters (peft) instead of all weights; published weights are merged."""
+    threads: int | None = Field(None, ge=1)
+    """torch threads of the learner's steps."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Gradient-norm clip of one step."""
+    max_length: int = Field(512, ge=8)
+    """Tokens of one example (prompt and completion) kept, at most."""
 
 
 class SFTLearner:
@@ -64,39 +87,21 @@ class SFTLearner:
 
     name = "sft"
 
-    def __init__(
-        self,
-        model: Any,
-        tokenizer: Any,
-        *,
-        lr: float = 1e-4,
-        warmup_steps: int = 0,
-        decay_steps: int | None = None,
-        min_lr_ratio: float = 0.1,
-        weight_decay: float = 0.0,
-        max_grad_norm: float = 1.0,
-        micro_batch: int = 16,
-        max_length: int = 512,
-        lora: LoraSettings | None = None,
-        threads: int | None = None,
-    ) -> None:
+    def __init__(self, model: Any, tokenizer: Any, settings: SFTSettings | None = None, **overrides: Any) -> None:
+        """``settings`` (or the same fields as keywords) say how it steps."""
+        base = settings or SFTSettings()
+        self.settings = settings = type(base).model_validate(base.model_dump() | overrides) if overrides else base
         self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.micro_batch = micro_batch
-        self.max_grad_norm = max_grad_norm
-        self.threads = threads
-        self.lora = lora
-        if lora is not None:
+        self.lora = settings.lora
+        if settings.lora is not None:
             with warnings.catch_warnings():  # peft reads a property transformers deprecated
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-                model = self._peft(model, lora)
+                model = self._peft(model, settings.lora)
         self.model = model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
-        self.lr = lr
-        self.warmup_steps = warmup_steps
-        self.decay_steps = decay_steps
-        self.min_lr_ratio = min_lr_ratio
+        self.optimizer = torch.optim.AdamW(
+            params, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.98)
+        )
         self.steps = 0
         self.version = 0
         self.busy_seconds = 0.0
@@ -119,7 +124,7 @@ class SFTLearner:
     def from_path(cls, path: str | Path, **kwargs: Any) -> SFTLearner:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from runtime.policy.local import resolve_checkpoint
+        from runtime.policy.checkpoints import resolve_checkpoint
 
         directory = resolve_checkpoint(path)
         tokenizer = AutoTokenizer.from_pretrained(directory)
@@ -135,8 +140,8 @@ class SFTLearner:
         completion_ids: list[int] = self.tokenizer(example.completion + self._eos, add_special_tokens=False)[
             "input_ids"
         ]
-        ids = (prompt_ids + completion_ids)[: self.max_length]
-        labels = ([-100] * len(prompt_ids) + completion_ids)[: self.max_length]
+        ids = (prompt_ids + completion_ids)[: self.settings.max_length]
+        labels = ([-100] * len(prompt_ids) + completion_ids)[: self.settings.max_length]
         return ids, labels
 
     # -- one optimizer step ------------------------------------------------------------
@@ -148,8 +153,8 @@ class SFTLearner:
     def step(self, examples: Sequence[Example]) -> UpdateResult:
         if not examples:
             raise ValueError("a learner step needs at least one example")
-        if self.threads:
-            torch.set_num_threads(self.threads)
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
         started = time.monotonic()
         encoded = sorted(((*self.encode(ex), ex.weight) for ex in examples if ex.weight > 0), key=lambda e: len(e[0]))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -157,8 +162,8 @@ class SFTLearner:
         loss_sum = 0.0
         tokens = 0
         self.model.train()
-        for start in range(0, len(encoded), self.micro_batch):
-            micro = encoded[start : start + self.micro_batch]
+        for start in range(0, len(encoded), self.settings.micro_batch):
+            micro = encoded[start : start + self.settings.micro_batch]
             width = max(len(ids) for ids, _, _ in micro)
             ids = torch.full((len(micro), width), pad, dtype=torch.long)
             labels = torch.full((len(micro), width), -100, dtype=torch.long)
@@ -179,7 +184,7 @@ class SFTLearner:
             loss_sum += float(loss.detach())
             tokens += int((target != -100).sum())
         params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.settings.max_grad_norm))
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.steps)
         self.optimizer.step()
@@ -192,12 +197,12 @@ class SFTLearner:
     def lr_at(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based): linear warmup, then flat
         or, with ``decay_steps``, a linear fall to ``min_lr_ratio`` x lr (flat after it)."""
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / (self.warmup_steps + 1)
-        if not self.decay_steps:
-            return self.lr
-        done = min(1.0, (step - self.warmup_steps) / self.decay_steps)
-        return self.lr * (1.0 - (1.0 - self.min_lr_ratio) * done)
+        if step < self.settings.warmup_steps:
+            return self.settings.lr * (step + 1) / (self.settings.warmup_steps + 1)
+        if not self.settings.decay_steps:
+            return self.settings.lr
+        done = min(1.0, (step - self.settings.warmup_steps) / self.settings.decay_steps)
+        return self.settings.lr * (1.0 - (1.0 - self.settings.min_lr_ratio) * done)
 
     @torch.no_grad()
     def loss(self, examples: Sequence[Example]) -> float:
@@ -258,13 +263,16 @@ class SFTLearner:
         extra: dict[str, Any] = state["extra"]
         return extra
 
+    def policy_config(self) -> Any:
+        """The plain model's transformers config (LoRA unwrapped)."""
+        return (self.model.get_base_model() if self.lora is not None else self.model).config
+
     def export(self, directory: str | Path) -> None:
         """Save the current policy as a plain transformers checkpoint directory (servable;
         LoRA merged in)."""
         from transformers import AutoModelForCausalLM
 
-        config = (self.model.get_base_model() if self.lora is not None else self.model).config
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
+        plain = AutoModelForCausalLM.from_config(self.policy_config(), dtype=torch.float32)  # type: ignore[no-untyped-call]
         plain.load_state_dict(self.weights(), strict=False)
         plain.generation_config = getattr(self.model, "generation_config", plain.generation_config)
         plain.save_pretrained(directory)

@@ -16,7 +16,7 @@ on first use, so ``import runtime`` loads neither openai nor torch.
 
 from __future__ import annotations
 
-from runtime.core.lazy import lazy_exports
+from runtime.core.lazy import lazy_exports as _lazy_exports
 
 _EXPORTS = {
     "AnswerExtractor": "runtime.rewards",
@@ -83,6 +83,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "UNPARSEABLE",
     "AnswerExtractor",
     "BaseStrategy",
     "BudgetExhausted",
@@ -132,7 +133,6 @@ __all__ = [
     "TaskError",
     "TinyStepVerifier",
     "TokenBudgetExceeded",
-    "UNPARSEABLE",
     "Usage",
     "VerifierError",
     "Verifiers",
@@ -146,4 +146,4 @@ __all__ = [
     "tiny_tasks",
 ]
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

@@ -4,11 +4,14 @@ Solution level: :class:`ChainOfThought`, :class:`BestOfN` (best-of-N, self-consi
 weighted majority). Step level: :class:`BeamSearch`, :class:`DVTS`, :class:`MCTS`,
 :class:`TreeOfThought` (BFS / DFS), :class:`VerifyAndBacktrack`. Sequential:
 :class:`SelfRefine`, :class:`LeastToMost`. Allocation: :class:`ComputeOptimal`.
+
+Each is a :class:`~runtime.search.strategy.BaseStrategy`: its fields are its settings and
+its ``name`` is what configs call it; a new module here registers itself by existing.
 """
 
 from __future__ import annotations
 
-from runtime.search.strategy import Strategy
+from runtime.search.strategy import BaseStrategy, Strategy
 from strategies.beam_search import BeamSearch
 from strategies.best_of_n import BestOfN
 from strategies.chain_of_thought import ChainOfThought
@@ -23,7 +26,7 @@ from strategies.verify_backtrack import VerifyAndBacktrack
 __all__ = [
     "DVTS",
     "MCTS",
-    "STRATEGIES",
+    "BaseStrategy",
     "BeamSearch",
     "BestOfN",
     "ChainOfThought",
@@ -34,20 +37,3 @@ __all__ = [
     "TreeOfThought",
     "VerifyAndBacktrack",
 ]
-
-#: Strategies by the name configs use.
-STRATEGIES: dict[str, type] = {
-    cls.name: cls
-    for cls in (
-        ChainOfThought,
-        BestOfN,
-        BeamSearch,
-        DVTS,
-        MCTS,
-        TreeOfThought,
-        VerifyAndBacktrack,
-        SelfRefine,
-        LeastToMost,
-        ComputeOptimal,
-    )
-}

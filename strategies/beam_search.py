@@ -48,8 +48,8 @@ class BeamSearch(BaseStrategy):
     aggregate: Aggregate = "min"
     """How a path's step scores combine into its beam score: last, min, product or mean."""
 
-    def needs(self) -> set[str]:
-        return {"process"}
+    def needs(self) -> dict[str, str]:
+        return {"process": "it scores every step"}
 
     async def run(self, ctx: Context) -> Episode:
         return await ctx.finish(await self.search(ctx, ctx.root))

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import Field
 
 from runtime.core.types import Episode, Node
-from runtime.search.context import Context
+from runtime.search.context import Aggregate, Context
 from runtime.search.strategy import BaseStrategy
 
 __all__ = ["BestOfN"]
@@ -36,8 +36,9 @@ class BestOfN(BaseStrategy):
     aggregate: Aggregate = "min"
     """How step scores combine for process selection."""
 
-    def needs(self) -> set[str]:
-        return {"process": {"process"}, "weighted_majority": {"process"}, "outcome": {"outcome"}}[self.selection]
+    def needs(self) -> dict[str, str]:
+        role = {"process": "process", "weighted_majority": "process", "outcome": "outcome"}.get(self.selection)
+        return {role: f"selection {self.selection!r}"} if role else {}
 
     async def run(self, ctx: Context) -> Episode:
         leaves = await ctx.complete(ctx.root, self.n)

@@ -69,8 +69,9 @@ class ComputeOptimal(BaseStrategy):
             raise ValueError(f"hard_agreement ({self.hard_agreement}) must not exceed easy_agreement ({self.easy_agreement})")
         return self
 
-    def needs(self) -> set[str]:
-        return {"process"} if {self.medium_strategy, self.hard_strategy} - {"best_of_n"} else set()
+    def needs(self) -> dict[str, str]:
+        step_level = sorted({self.medium_strategy, self.hard_strategy} - {"best_of_n"})
+        return {"process": f"{', '.join(step_level)} for medium or hard tasks"} if step_level else {}
 
     async def run(self, ctx: Context) -> Episode:
         before = ctx.episode.usage.completion_tokens

@@ -40,8 +40,8 @@ class DVTS(BaseStrategy):
     selection: Literal["best", "weighted_majority"] = "best"
     """Answer: the best-scored subtree, or the answer with the most score across subtrees."""
 
-    def needs(self) -> set[str]:
-        return {"process"}
+    def needs(self) -> dict[str, str]:
+        return {"process": "it scores every step"}
 
     async def run(self, ctx: Context) -> Episode:
         greedy = BeamSearch(width=1, expansions=self.expansions, aggregate=self.aggregate)

@@ -66,8 +66,8 @@ class MCTS(BaseStrategy):
     seed: int | None = None
     """Seed of the noise."""
 
-    def needs(self) -> set[str]:
-        return {"outcome"} if self.value == "rollout_outcome" else {"process"}
+    def needs(self) -> dict[str, str]:
+        return {"outcome" if self.value == "rollout_outcome" else "process": f"value {self.value!r}"}
 
     async def run(self, ctx: Context) -> Episode:
         rng = random.Random(self.seed)

@@ -60,8 +60,8 @@ class SelfRefine(BaseStrategy):
     )
     """Prompt for the policy's critique (feedback critique)."""
 
-    def needs(self) -> set[str]:
-        return {"process": {"process"}, "outcome": {"outcome"}}.get(self.feedback, set())
+    def needs(self) -> dict[str, str]:
+        return {self.feedback: f"feedback {self.feedback!r}"} if self.feedback in ("process", "outcome") else {}
 
     async def run(self, ctx: Context) -> Episode:
         (leaf,) = await ctx.complete(ctx.root, 1)

@@ -50,8 +50,8 @@ class TreeOfThought(BaseStrategy):
     aggregate: Aggregate = "min"
     """How a path's step scores combine into a state's value."""
 
-    def needs(self) -> set[str]:
-        return {"process"}
+    def needs(self) -> dict[str, str]:
+        return {"process": "it scores every step"}
 
     async def run(self, ctx: Context) -> Episode:
         if self.search == "bfs":

@@ -59,8 +59,8 @@ class VerifyAndBacktrack(BaseStrategy):
     reflection: str = Field("check: {explanation}", min_length=1)
     """Reflection text; fields {step} (the rejected step) and {explanation}."""
 
-    def needs(self) -> set[str]:
-        return {"process"}
+    def needs(self) -> dict[str, str]:
+        return {"process": "it scores every step"}
 
     async def run(self, ctx: Context) -> Episode:
         verifier = ctx.verifiers.process

@@ -165,14 +165,14 @@ def test_build_from_config(tmp_path: Path) -> None:
     assert isinstance(verifiers.outcome, MathVerify) and isinstance(verifiers.process, TinyStepVerifier)
     runtime = build_runtime(config)
     try:
-        assert isinstance(runtime.policy.base, ScriptedPolicy)
+        assert isinstance(runtime.policy, ScriptedPolicy)
         assert isinstance(runtime.strategy, BestOfN) and runtime.strategy.n == 2
         assert runtime.settings.concurrency == 7
-        assert runtime.scheduling.store is not None and runtime.scheduling.store.path == tmp_path / "store.db"
-        assert runtime.app.config["strategy"]["n"] == 2
+        assert runtime.store is not None and runtime.store.path == tmp_path / "store.db"
+        assert runtime.config["strategy"]["n"] == 2
     finally:
-        assert runtime.scheduling.store is not None
-        runtime.scheduling.store.close()
+        assert runtime.store is not None
+        runtime.store.close()
 
 
 def test_bad_answer_pattern_is_a_config_error(tmp_path: Path) -> None:

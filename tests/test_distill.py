@@ -69,7 +69,7 @@ def test_student_learns_from_an_http_teacher(hf_server: str, tmp_path: Path) -> 
     # every episode came from the teacher, over HTTP, and its usage was counted
     assert loop.runtime.stats.finished == 48 and loop.runtime.stats.failed == 0
     assert loop.runtime.stats.completion_tokens > 0
-    assert loop.publish_to is None and loop.runtime.policy.base.version == 0  # the teacher never changes
+    assert loop.publish_to is None and loop.runtime.policy.version == 0  # the teacher never changes
     # the student trained on the teacher's verified traces, one version per batch
     assert stats.examples >= 24 and stats.version >= 2 and stats.dropped_stale == 0
     held_out = [

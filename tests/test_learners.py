@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-from learners import Evaluator, Example, LoopSettings, LoraSettings, OnlineLoop, SFTLearner, UpdateResult, VerifiedPaths
+from learners import EvalSettings, Evaluator, Example, LoopSettings, LoraSettings, OnlineLoop, SFTLearner, UpdateResult, VerifiedPaths
 from runtime.core.errors import ConfigError
 from runtime.core.types import Episode, Node, Task
 from runtime.policy.base import GenerationRequest
@@ -153,10 +153,10 @@ def episode_with_leaves(
 
 async def test_verified_paths_chosen_all_correct_and_dedupe() -> None:
     ep = episode_with_leaves([("Answer: 5", 1.0), ("Answer: 6", None), ("Answer: 5", None)], chosen=0, reward=1.0)
-    chosen = await VerifiedPaths("chosen").examples(ep)
+    chosen = await VerifiedPaths(keep="chosen").examples(ep)
     assert [e.completion for e in chosen] == ["2+3=5\nAnswer: 5"]
     assert chosen[0].policy_version == 0  # the oldest version on the path
-    source = VerifiedPaths("all_correct")
+    source = VerifiedPaths(keep="all_correct")
     verifiers = Verifiers(outcome=ExactMatch())
     every = await source.examples(ep, verifiers)
     # the unjudged leaves are judged here: one is wrong, one duplicates the first
@@ -164,20 +164,20 @@ async def test_verified_paths_chosen_all_correct_and_dedupe() -> None:
     assert ep.nodes[4].scores["outcome:exact"] == 0.0
     assert await source.examples(ep, verifiers) == []  # deduplicated across the stream
     wrong = episode_with_leaves([("Answer: 6", 0.0)], chosen=0, reward=0.0)
-    assert await VerifiedPaths("chosen").examples(wrong) == []
+    assert await VerifiedPaths(keep="chosen").examples(wrong) == []
     failed = episode_with_leaves([("Answer: 5", 1.0)], chosen=0, reward=1.0)
     failed.status = "failed"
-    assert await VerifiedPaths("chosen").examples(failed) == []
+    assert await VerifiedPaths(keep="chosen").examples(failed) == []
 
 
 async def test_pass_rate_weighting_favours_problems_few_samples_solve() -> None:
-    source = VerifiedPaths("all_correct", weighting="pass_rate")
+    source = VerifiedPaths(keep="all_correct", weighting="pass_rate")
     hard = episode_with_leaves([("Answer: 5", 1.0), ("Answer: 6", 0.0), ("Answer: 7", 0.0), ("Answer: 4", 0.0)], 0, 1.0)
     [example] = await source.examples(hard)
     assert example.weight == pytest.approx(0.75)
     easy = episode_with_leaves([("Answer: 5", 1.0), ("Answer: 5", 1.0)], 0, 1.0)
     assert await source.examples(easy) == []  # every sample solved it
-    assert [e.weight for e in await VerifiedPaths("all_correct").examples(easy)] == [1.0]
+    assert [e.weight for e in await VerifiedPaths(keep="all_correct").examples(easy)] == [1.0]
 
 
 async def test_a_right_answer_reached_through_wrong_steps_is_not_kept() -> None:
@@ -198,13 +198,13 @@ async def test_a_right_answer_reached_through_wrong_steps_is_not_kept() -> None:
         parent.terminal, parent.answer = True, "26"
         parent.scores["outcome:exact"] = 1.0
     verifiers = Verifiers(outcome=ExactMatch(), process=TinyStepVerifier())
-    source = VerifiedPaths("all_correct")
+    source = VerifiedPaths(keep="all_correct")
     kept = await source.examples(ep, verifiers)
     assert [e.completion for e in kept] == ["\n".join(solutions[0])]
     assert source.rejected_by_process == 1
     assert ep.nodes[4].scores["tiny_rule"] == 0.0  # the strategy never scored it; the filter did
     # outcome only: both are kept
-    assert len(await VerifiedPaths("all_correct", min_step_score=None).examples(ep, verifiers)) == 2
+    assert len(await VerifiedPaths(keep="all_correct", min_step_score=None).examples(ep, verifiers)) == 2
 
 
 # -- the loop with a fake learner -----------------------------------------------------------
@@ -383,11 +383,11 @@ async def test_expert_iteration_loop_publishes_versions_evaluates_and_resumes(tm
         return OnlineLoop(
             rt,
             learner,
-            VerifiedPaths("all_correct"),
+            VerifiedPaths(keep="all_correct"),
             publish=policy,
             evaluator=evaluator,
             checkpoint=tmp_path / "ei" / "learner.pt",
-            settings=LoopSettings(batch_examples=8, eval_every=2, max_versions=3),
+            settings=LoopSettings(batch_examples=8, eval=EvalSettings(every=2), max_versions=3),
         )
 
     tasks = list(tiny_tasks(160, steps=[2, 3], seed=5))
@@ -412,7 +412,7 @@ async def test_expert_iteration_loop_publishes_versions_evaluates_and_resumes(tm
         resumed = await second.run(tasks)
     assert resumed.replayed == stored - stats.episodes
     assert resumed.episodes == store.count("ei") == len(tasks)  # every episode consumed exactly once
-    assert second.runtime.policy.base.version == resumed.version > 3
+    assert second.runtime.policy.version == resumed.version > 3
 
     # the checkpoint is never resumed against a store without the episodes it trained on
     other_store = EpisodeStore(tmp_path / "other.db")

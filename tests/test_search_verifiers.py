@@ -29,7 +29,8 @@ from runtime.rewards.shaping import PotentialShaping
 from runtime.search.context import Context, Sampling, Verifiers
 from runtime.tiny.corruption import corrupt_tiny_step
 from runtime.tiny.verifier import TinyStepVerifier
-from strategies import STRATEGIES, BeamSearch, ChainOfThought, VerifyAndBacktrack
+from runtime.core.registry import components
+from strategies import BeamSearch, ChainOfThought, VerifyAndBacktrack
 
 pytestmark = pytest.mark.anyio
 
@@ -372,6 +373,9 @@ def _config(tmp_path: Path, data: dict[str, Any]) -> Any:
     return load_config(path)
 
 
+STRATEGIES = components("strategies")
+
+
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_strategy_builds_from_yaml(name: str, tmp_path: Path) -> None:
     config = _config(tmp_path, {"strategy": {"name": name}, "verifiers": {"process": "tiny_rule"}})
@@ -381,9 +385,9 @@ def test_every_strategy_builds_from_yaml(name: str, tmp_path: Path) -> None:
 
 
 def test_strategy_config_ranges_and_requirements(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="strategy.beam_search.width"):
+    with pytest.raises(ConfigError, match="strategy.width"):
         _config(tmp_path, {"strategy": {"name": "beam_search", "width": 0}})
-    with pytest.raises(ConfigError, match="strategy.mcts.dirichlet_weight"):
+    with pytest.raises(ConfigError, match="strategy.dirichlet_weight"):
         _config(tmp_path, {"strategy": {"name": "mcts", "dirichlet_weight": 2}})
     with pytest.raises(ConfigError, match="needs a process verifier"):
         build_strategy(_config(tmp_path, {"strategy": {"name": "verify_backtrack"}}))
@@ -425,9 +429,10 @@ def test_verifiers_build_from_yaml(tmp_path: Path, trained_prm: tuple[Path, Any]
 @pytest.mark.parametrize(
     ("verifiers", "message"),
     [
-        ({"process": "prm"}, "verifiers.prm_path"),
-        ({"process": "prm", "prm_path": "/no/such/dir"}, "verifiers.prm_path"),
-        ({"outcome": "judge"}, "verifiers.judge_policy"),
+        ({"process": "prm"}, "verifiers.process.path"),
+        ({"process": "prm", "prm_path": "/no/such/dir"}, "verifiers.process.path"),
+        ({"process": {"name": "prm", "path": "/no/such/dir"}}, "verifiers.process.path"),
+        ({"outcome": "judge"}, "verifiers.outcome.policy"),
         (
             {"outcome": "judge", "judge_outcome_template": "nope", "judge_policy": {"kind": "scripted"}},
             "judge template",
@@ -445,8 +450,12 @@ def test_verifier_config_errors_name_the_field(tmp_path: Path, verifiers: dict[s
 def test_verifier_config_ranges(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="verifiers.mc_rollouts"):
         _config(tmp_path, {"verifiers": {"mc_rollouts": 0}})
-    with pytest.raises(ConfigError, match="verifiers.process_weights"):
+    with pytest.raises(ConfigError, match="verifiers.process.rollouts"):
+        _config(tmp_path, {"verifiers": {"process": {"name": "mc_value", "rollouts": 0}}})
+    with pytest.raises(ConfigError, match="unknown verifiers component 'nonsense'"):
         _config(tmp_path, {"verifiers": {"process_weights": {"nonsense": 1}}})
+    with pytest.raises(ConfigError, match="does not score steps"):
+        _config(tmp_path, {"verifiers": {"process": "exact"}})
 
 
 def test_example_search_configs_load_and_build() -> None:

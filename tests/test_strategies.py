@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +17,10 @@ from runtime.rewards.base import AnswerExtractor, Score
 from runtime.rewards.outcome import ExactMatch, TableVerifier
 from runtime.search.context import Context, Sampling, Verifiers
 from runtime.tiny.verifier import TinyStepVerifier
-from strategies import STRATEGIES, BestOfN, ChainOfThought, Strategy
+import strategies
+import runtime.app.config  # noqa: F401  (registers the built-in packages)
+from runtime.core.registry import components, lookup
+from strategies import BestOfN, ChainOfThought, Strategy
 
 pytestmark = pytest.mark.anyio
 
@@ -36,12 +41,13 @@ def context(
 
 
 def test_registry_and_protocol() -> None:
-    assert set(STRATEGIES) == {
-        "chain_of_thought", "best_of_n", "beam_search", "dvts", "mcts", "tree_of_thought",
-        "verify_backtrack", "self_refine", "least_to_most", "compute_optimal",
-    }  # fmt: skip
-    assert STRATEGIES["chain_of_thought"] is ChainOfThought and STRATEGIES["best_of_n"] is BestOfN
-    for cls in STRATEGIES.values():
+    strategies_dir = Path(strategies.__file__).parent
+    modules = {p.stem for p in strategies_dir.glob("*.py") if not p.stem.startswith("_")}
+    registered = components("strategies")
+    assert {cls.__module__.removeprefix("strategies.") for cls in registered.values()} >= modules
+    assert registered["chain_of_thought"] is ChainOfThought and registered["best_of_n"] is BestOfN
+    assert lookup("strategies", "strategies.best_of_n:BestOfN") is BestOfN
+    for cls in registered.values():
         assert isinstance(cls(), Strategy)
     assert BestOfN(n=3, selection="outcome").config() == {"n": 3, "selection": "outcome", "aggregate": "min"}
     assert ChainOfThought().config() == {}

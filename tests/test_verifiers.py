@@ -125,7 +125,7 @@ async def test_math_verify(reference: str, answer: str, value: float) -> None:
 async def test_math_verify_runs_in_a_worker_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """math-verify's own timeouts use signals, which only work on the main thread; the
     verifier turns them off and runs the check in a worker thread."""
-    import runtime.rewards.base as verifiers
+    import runtime.rewards.outcome as verifiers
 
     threads: list[threading.Thread] = []
     real = verifiers._math_equal

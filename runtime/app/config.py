@@ -1,8 +1,15 @@
-"""Typed run configuration (YAML) and the one place that builds a run from it.
+"""Typed run configuration (YAML), assembled from the component registries.
 
-Each section is a small pydantic model with ranges checked at construction and a
-docstring per field; unknown keys are errors. :func:`load_config` turns every problem
-(missing file, bad YAML, bad value, missing API key) into a :class:`ConfigError` whose
+The run config's own sections (policy, verifiers, store) are small pydantic models;
+every other section is owned by the part that uses it: ``sampling`` is
+:class:`~runtime.search.context.Sampling`, ``scheduler`` is
+:class:`~runtime.scheduling.scheduler.SchedulerSettings`, and ``tasks``, ``strategy``,
+``verifiers.outcome`` / ``verifiers.process`` and ``learner`` name a registered
+component (:mod:`runtime.core.registry`) whose own fields are its settings. So adding a
+strategy, a verifier, a learner or a task source never edits this file.
+
+Unknown keys are errors. :func:`load_config` turns every problem (missing file, bad
+YAML, bad value, unknown component, missing API key) into a :class:`ConfigError` whose
 message names the field, the value and what is allowed.
 """
 
@@ -13,14 +20,31 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
+from learners.base import LearnerSpec
 from runtime.core.errors import ConfigError
+from runtime.core.registry import ComponentField, register_builtins, validate_component
+from runtime.policy.base import Mode, Server
+from runtime.rewards.base import OutcomeVerifier, ProcessVerifier, Verifier
+from runtime.rewards.outcome import ExactMatch
+from runtime.scheduling.scheduler import SchedulerSettings
+from runtime.scheduling.tasks import TaskSource
+from runtime.search.context import Sampling
+from runtime.search.strategy import BaseStrategy
+from runtime.tiny.tasks import TinyTasks
+from strategies.chain_of_thought import ChainOfThought
 
 __all__ = ["RunConfig", "apply_overrides", "format_validation_error", "load_config"]
 
 DEFAULT_STORE = "runs/searchlearn.db"
 DEFAULT_CONCURRENCY = 64
+
+# Where each family's built-in components live; plug-ins add theirs through entry points.
+register_builtins("strategies", "strategies")
+register_builtins("verifiers", "runtime.rewards", "runtime.tiny")
+register_builtins("tasks", "runtime.scheduling", "runtime.tiny")
+register_builtins("learners", "learners")
 
 
 class _Section(BaseModel):
@@ -43,9 +67,9 @@ class PolicyConfig(_Section):
     """Server URL, e.g. http://127.0.0.1:8000/v1; None means OpenAI itself."""
     api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the API key (required when base_url is None)."""
-    mode: Literal["chat", "completion"] = "chat"
+    mode: Mode = "chat"
     """Chat completions or plain completions."""
-    server: Literal["openai", "vllm", "sglang", "transformers", "llamacpp", "other"] = "openai"
+    server: Server = "openai"
     """Which server software, for its known quirks (n, sampling, continuation)."""
     prompt_template: Literal["chatml", "plain"] = "chatml"
     """How completion mode renders chat messages into a prompt."""
@@ -75,254 +99,67 @@ class PolicyConfig(_Section):
     """Seconds per call of the scripted policy."""
 
 
-class TasksConfig(_Section):
-    source: Literal["tiny", "reasoning_gym", "jsonl"] = "tiny"
-    """Where tasks come from."""
-    name: str | None = None
-    """reasoning-gym dataset name (source reasoning_gym)."""
-    size: int = Field(100, ge=1)
-    """Number of tasks (tiny, reasoning_gym)."""
-    seed: int = 0
-    """Seed of the generated tasks."""
-    config: dict[str, Any] = Field(default_factory=dict)
-    """Extra reasoning-gym dataset config."""
-    path: str | None = None
-    """JSONL file (source jsonl)."""
-    steps: list[Annotated[int, Field(ge=1, le=8)]] = Field(default_factory=lambda: [3, 4])
-    """Problem lengths of the tiny domain, cycled."""
+def _none_or_component(value: Any) -> Any:
+    return None if value in (None, "none") else validate_component("verifiers", value)
 
 
-class ChainOfThoughtConfig(_Section):
-    name: Literal["chain_of_thought"]
-    """Step-by-step chain-of-thought, one step per call."""
+def _process(value: Any) -> Any:
+    """A process verifier, or a list of them, each with an optional ``weight`` (a weighted sum)."""
+    if not isinstance(value, list):
+        return _none_or_component(value)
+    parts = []
+    for item in value:
+        if isinstance(item, dict) and "weight" in item:
+            item = dict(item)
+            parts.append(WeightedVerifier(weight=item.pop("weight"), verifier=item))
+        else:
+            parts.append(WeightedVerifier(verifier=item))
+    return parts
 
 
-class BestOfNConfig(_Section):
-    name: Literal["best_of_n"]
-    """Best-of-N over full solutions."""
-    n: int = Field(8, ge=1, le=1024)
-    """Solutions sampled per episode."""
-    selection: Literal["majority", "weighted_majority", "process", "outcome"] = "majority"
-    """How the kept solution is chosen."""
-    aggregate: Literal["last", "min", "product", "mean"] = "min"
-    """How step scores combine for process selection."""
+class WeightedVerifier(_Section):
+    verifier: ComponentField("verifiers", Verifier)  # type: ignore[valid-type]
+    """The process verifier."""
+    weight: float = Field(1.0, ge=0)
+    """Its weight in the sum."""
 
 
-Aggregate = Literal["last", "min", "product", "mean"]
+OutcomeField = Annotated[SerializeAsAny[Verifier] | None, BeforeValidator(_none_or_component)]
+ProcessField = Annotated[SerializeAsAny[Verifier] | list[WeightedVerifier] | None, BeforeValidator(_process)]
 
 
-class BeamSearchConfig(_Section):
-    name: Literal["beam_search"]
-    """Step-level beam search guided by the process verifier (Snell et al. 2024)."""
-    width: int = Field(4, ge=1, le=256)
-    """Beams kept after each step."""
-    expansions: int = Field(4, ge=1, le=64)
-    """Next steps sampled from each beam."""
-    lookahead: int = Field(0, ge=0, le=8)
-    """Greedy steps rolled out before a candidate is scored (0: score the candidate itself)."""
-    aggregate: Aggregate = "min"
-    """How a path's step scores combine into its beam score: last, min, product or mean."""
-
-
-class DVTSConfig(_Section):
-    name: Literal["dvts"]
-    """Diverse verifier tree search: independent greedy subtrees (Beeching et al. 2024)."""
-    subtrees: int = Field(4, ge=1, le=256)
-    """Independent subtrees (N/M of a budget of N with M expansions)."""
-    expansions: int = Field(4, ge=1, le=64)
-    """Next steps sampled per subtree and step; the best one is kept."""
-    aggregate: Aggregate = "min"
-    """How a path's step scores combine: last, min, product or mean."""
-    selection: Literal["best", "weighted_majority"] = "best"
-    """Answer: the best-scored subtree, or the answer with the most score across subtrees."""
-
-
-class MCTSConfig(_Section):
-    name: Literal["mcts"]
-    """Monte-Carlo tree search over steps with PUCT selection."""
-    simulations: int = Field(16, ge=1, le=4096)
-    """Select-expand-evaluate-backpropagate rounds."""
-    expansions: int = Field(4, ge=1, le=64)
-    """Next steps sampled when a node is expanded."""
-    c_puct: float = Field(1.5, gt=0, le=100)
-    """Exploration constant of PUCT."""
-    value: Literal["process", "rollout_process", "rollout_outcome"] = "process"
-    """Node value: its process score, or the mean score of rollouts from it (process or outcome)."""
-    rollouts: int = Field(1, ge=1, le=64)
-    """Rollouts per evaluation (rollout values)."""
-    aggregate: Aggregate = "min"
-    """How a path's step scores combine: last, min, product or mean."""
-    dirichlet_alpha: float = Field(0.3, gt=0, le=10)
-    """Concentration of the Dirichlet noise on the root's priors."""
-    dirichlet_weight: float = Field(0.0, ge=0, le=1)
-    """Share of Dirichlet noise in the root's priors (0: none; use > 0 for training-time search)."""
-    seed: int | None = None
-    """Seed of the noise."""
-
-
-class TreeOfThoughtConfig(_Section):
-    name: Literal["tree_of_thought"]
-    """Tree of thoughts (Yao et al. 2023) with the process verifier as state evaluator."""
-    search: Literal["bfs", "dfs"] = "bfs"
-    """Breadth-first (keep the best states per level) or depth-first with pruning and backtracking."""
-    breadth: int = Field(3, ge=1, le=64)
-    """States kept per level (bfs)."""
-    expansions: int = Field(3, ge=1, le=64)
-    """Thoughts proposed per state."""
-    threshold: float = Field(0.5, ge=0, le=1)
-    """Thoughts scoring below this are pruned (dfs)."""
-    max_expansions: int = Field(32, ge=1, le=4096)
-    """Expansion calls before dfs gives up searching (dfs)."""
-    aggregate: Aggregate = "min"
-    """How a path's step scores combine into a state's value."""
-
-
-class VerifyBacktrackConfig(_Section):
-    name: Literal["verify_backtrack"]
-    """Propose a step, verify it, backtrack to the last accepted step on rejection."""
-    threshold: float = Field(0.5, ge=0, le=1)
-    """Process score a step needs to be accepted."""
-    step_retries: int = Field(3, ge=0, le=64)
-    """Resamples after rejections at one step before backtracking a further step."""
-    episode_retries: int = Field(16, ge=0, le=1024)
-    """Rejections allowed in the whole episode; then the rest is completed unverified."""
-    reflect: bool = False
-    """Write the verifier's explanation into the prefix (a reflection node) before resampling."""
-    reflection: str = Field("check: {explanation}", min_length=1)
-    """Reflection text; fields {step} (the rejected step) and {explanation}."""
-
-
-class SelfRefineConfig(_Section):
-    name: Literal["self_refine"]
-    """Sequential revision (Self-Refine / Reflexion): generate, get feedback, revise."""
-    rounds: int = Field(3, ge=0, le=16)
-    """Revisions after the first attempt, at most."""
-    feedback: Literal["process", "outcome", "critique"] = "process"
-    """Feedback from the process verifier, the outcome verifier, or the policy's own critique."""
-    threshold: float = Field(0.5, ge=0, le=1)
-    """Score that counts as passing."""
-    template: str = Field("check: {feedback}", min_length=1)
-    """Feedback note written before a revision; field {feedback}."""
-    explain: bool = False
-    """Pass the outcome verifier's explanation on (it may contain the reference answer)."""
-    critique_prompt: str = Field(
-        "Review: is every step above correct? Say CORRECT, or name the first wrong step.", min_length=1
-    )
-    """Prompt for the policy's critique (feedback critique)."""
-
-
-class LeastToMostConfig(_Section):
-    name: Literal["least_to_most"]
-    """Decomposition (least-to-most): sub-questions first, solved in order, then the question."""
-    max_subquestions: int = Field(4, ge=1, le=16)
-    """Sub-questions solved at most."""
-    decompose_prompt: str = Field(
-        "To solve this, first answer these simpler sub-questions, one per line:", min_length=1
-    )
-    """Text that asks the policy for sub-questions."""
-    subquestion_template: str = Field("Sub-question: {question}", min_length=1)
-    """Text that poses one sub-question; field {question}."""
-    final_template: str = Field("Now the original question: {question}", min_length=1)
-    """Text that poses the original question at the end; field {question}."""
-
-
-class ComputeOptimalConfig(_Section):
-    name: Literal["compute_optimal"]
-    """Compute-optimal allocation (Snell et al. 2024): strategy and budget per task by difficulty."""
-    probes: int = Field(4, ge=1, le=64)
-    """Cheap full samples that estimate a task's difficulty (their answers' agreement)."""
-    easy_agreement: float = Field(0.75, ge=0, le=1)
-    """Agreement from which a task is easy: the probes' majority answer is kept."""
-    hard_agreement: float = Field(0.5, ge=0, le=1)
-    """Agreement below which a task is hard."""
-    medium_strategy: Literal["best_of_n", "beam_search", "dvts", "verify_backtrack"] = "best_of_n"
-    """Strategy for medium tasks."""
-    medium_budget: int = Field(8, ge=1, le=1024)
-    """Samples-equivalent for a medium task."""
-    hard_strategy: Literal["best_of_n", "beam_search", "dvts", "verify_backtrack"] = "beam_search"
-    """Strategy for hard tasks."""
-    hard_budget: int = Field(16, ge=1, le=1024)
-    """Samples-equivalent for a hard task."""
-    global_token_budget: int | None = Field(None, ge=1)
-    """Generated tokens all tasks of the run may spend together (None: no cap)."""
-
-
-StrategyConfig = Annotated[
-    ChainOfThoughtConfig
-    | BestOfNConfig
-    | BeamSearchConfig
-    | DVTSConfig
-    | MCTSConfig
-    | TreeOfThoughtConfig
-    | VerifyBacktrackConfig
-    | SelfRefineConfig
-    | LeastToMostConfig
-    | ComputeOptimalConfig,
-    Field(discriminator="name"),
-]
-
-
-class SamplingConfig(_Section):
-    temperature: float = Field(0.8, ge=0, le=2)
-    """Sampling temperature (0 = greedy)."""
-    top_p: float = Field(1.0, gt=0, le=1)
-    """Nucleus sampling mass."""
-    step_delimiter: str = Field("\n", min_length=1)
-    """Text that ends one reasoning step."""
-    step_max_tokens: int = Field(64, ge=1)
-    """Token cap of one step."""
-    max_tokens: int = Field(512, ge=1)
-    """Token cap of a full solution."""
-    max_steps: int = Field(16, ge=1)
-    """Steps before a path is cut off."""
-    logprobs: bool = False
-    """Ask the backend for token logprobs."""
-    seed: int | None = None
-    """Base sampling seed, where the backend honours seeds."""
-
-
-ProcessName = Literal["tiny_rule", "prm", "mc_value", "judge"]
+#: Flat keys of the verifiers section before verifiers were components: key -> (verifier, its field).
+_LEGACY: dict[str, tuple[str, str]] = {
+    "regex": ("regex", "pattern"),
+    "tiny_rule_hints": ("tiny_rule", "hints"),
+    "prm_path": ("prm", "path"),
+    "prm_batch_size": ("prm", "batch_size"),
+    "mc_rollouts": ("mc_value", "rollouts"),
+    "mc_temperature": ("mc_value", "temperature"),
+    "mc_max_tokens": ("mc_value", "max_tokens"),
+    "judge_outcome_template": ("judge", "outcome_template"),
+    "judge_step_template": ("judge", "step_template"),
+    "judge_samples": ("judge", "samples"),
+    "judge_max_tokens": ("judge", "max_tokens"),
+    "judge_policy": ("judge", "judge_policy"),
+    "code_timeout": ("code", "timeout"),
+    "code_memory_mb": ("code", "memory_mb"),
+}
 
 
 class VerifiersConfig(_Section):
-    outcome: Literal["exact", "regex", "math", "reasoning_gym", "judge", "code", "none"] = "exact"
-    """Outcome verifier that sets the episode's reward (judge: an LLM judge; code: run metadata.tests)."""
-    regex: str | None = None
-    """Pattern for the regex outcome verifier."""
-    process: Literal["tiny_rule", "prm", "mc_value", "judge", "none"] = "none"
-    """Process (step) verifier: the tiny domain's rules, a PRM checkpoint, Monte-Carlo rollouts, an LLM judge."""
-    tiny_rule_hints: bool = False
-    """The tiny rule verifier explains a rejected step with the correct one (feeds reflections and revisions)."""
-    prm_path: str | None = None
-    """Checkpoint directory of the process reward model (process prm)."""
-    prm_batch_size: int = Field(32, ge=1, le=1024)
-    """Paths the PRM scores in one forward pass."""
-    mc_rollouts: int = Field(4, ge=1, le=256)
-    """Completions per step for the Monte-Carlo value (process mc_value; needs reference answers)."""
-    mc_temperature: float = Field(0.8, ge=0, le=2)
-    """Sampling temperature of the Monte-Carlo rollouts."""
-    mc_max_tokens: int = Field(256, ge=1)
-    """Token cap of one Monte-Carlo rollout."""
-    judge_outcome_template: str = Field("outcome", min_length=1)
-    """Judge prompt for solutions: a file path, or a name in configs/judges."""
-    judge_step_template: str = Field("step", min_length=1)
-    """Judge prompt for steps: a file path, or a name in configs/judges."""
-    judge_samples: int = Field(1, ge=1, le=16)
-    """Judgements averaged per verdict."""
-    judge_max_tokens: int = Field(256, ge=1)
-    """Token cap of one judgement."""
-    judge_policy: PolicyConfig | None = None
-    """Model that judges; None: the run's own policy."""
-    code_timeout: float = Field(5.0, gt=0, le=600)
-    """Wall-clock seconds one code-execution run may take (outcome code)."""
-    code_memory_mb: int = Field(256, ge=32, le=65536)
-    """Address-space limit of one code-execution run, in MiB."""
+    outcome: OutcomeField = Field(default_factory=ExactMatch)
+    """Outcome verifier that sets the episode's reward: a name (exact, regex, math,
+    reasoning_gym, judge, code, or a plug-in's), a mapping with ``name`` and its settings,
+    ``module:Class``, or none."""
+    process: ProcessField = None
+    """Process (step) verifier (tiny_rule, prm, mc_value, judge, or a plug-in's), the same
+    forms as outcome; a list of them, each with an optional ``weight``, is their
+    weighted sum."""
     gate: bool = False
     """The outcome counts only if every step of the solution passes the process verifier."""
     gate_threshold: float = Field(1.0, ge=0, le=1)
     """Process score each step needs to pass the gate."""
-    process_weights: dict[ProcessName, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
-    """Weighted sum of several process verifiers, e.g. {tiny_rule: 0.7, prm: 0.3}; replaces process when set."""
     shaping_gamma: float | None = Field(None, ge=0, le=1)
     """Potential-based shaping r + gamma*Phi(s') - Phi(s), Phi the process verifier, per node (None: off)."""
     shaping_scope: Literal["tree", "path"] = "tree"
@@ -332,110 +169,62 @@ class VerifiersConfig(_Section):
     timeout: float = Field(30.0, gt=0)
     """Seconds one verifier call may take."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_keys(cls, data: Any) -> Any:
+        """Configs written before verifiers were components kept their settings flat in
+        this section (``regex``, ``tiny_rule_hints``, ``prm_path``, ``mc_rollouts``,
+        ``judge_*``, ``code_*``, ``process_weights``); they are folded into the named
+        verifier's own section, so those configs keep working."""
+        if not isinstance(data, dict) or not (set(data) & {*_LEGACY, "process_weights"}):
+            return data
+        data = dict(data)
+        settings: dict[str, dict[str, Any]] = {}
+        for key in [k for k in data if k in _LEGACY]:
+            name, field = _LEGACY[key]
+            settings.setdefault(name, {})[field] = data.pop(key)
 
-class SchedulerConfig(_Section):
-    concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1)
-    """Episodes running at once."""
-    buffer: int = Field(256, ge=1)
-    """Finished episodes buffered for the consumer."""
-    samples_per_task: int = Field(1, ge=1)
-    """Episodes per task."""
-    episode_timeout: float | None = Field(None, gt=0)
-    """Seconds before an episode fails with EpisodeTimeout."""
-    token_budget: int | None = Field(None, ge=1)
-    """Tokens one episode may use."""
-    on_shutdown: Literal["finish", "abandon"] = "finish"
-    """On SIGINT/SIGTERM: let in-flight episodes finish, or abandon them (they rerun on resume)."""
-    drain_timeout: float = Field(30.0, ge=0)
-    """Seconds in-flight episodes get to finish on shutdown."""
-    retry_failed: bool = False
-    """On resume, run failed episodes again."""
+        def spec(value: Any) -> Any:
+            if isinstance(value, str) and value in settings:
+                return {"name": value, **settings[value]}
+            return value
 
+        used = {data.get("outcome"), data.get("process"), *(data.get("process_weights") or {})}
+        for key in [k for k in _LEGACY if _LEGACY[k][0] in settings and _LEGACY[k][0] not in used]:
+            if key in data or any(_LEGACY[key][1] in settings[_LEGACY[key][0]] for _ in [0]):
+                name = _LEGACY[key][0]
+                raise ValueError(
+                    f"verifiers.{key} is a setting of the {name!r} verifier, which this section does not use "
+                    f"(write it in that verifier's own section: {{name: {name}, {_LEGACY[key][1]}: ...}})"
+                )
+        weights = data.pop("process_weights", None)
+        if weights:
+            data["process"] = [{**(spec(name) if isinstance(spec(name), dict) else {"name": name}), "weight": w}
+                               for name, w in weights.items()]
+        for role in ("outcome", "process"):
+            if role in data:
+                data[role] = spec(data[role])
+        return data
 
-class LoraConfig(_Section):
-    r: int = Field(8, ge=1, le=256)
-    """LoRA rank."""
-    alpha: int = Field(16, ge=1)
-    """LoRA scaling numerator (scale = alpha / r)."""
-    dropout: float = Field(0.0, ge=0, lt=1)
-    """Dropout on the LoRA input."""
+    @field_validator("outcome")
+    @classmethod
+    def _scores_outcomes(cls, value: Verifier | None) -> Verifier | None:
+        if value is not None and not isinstance(value, OutcomeVerifier):
+            raise ValueError(f"{value.name!r} does not score solutions (it is a process verifier)")
+        return value
 
+    @field_validator("process")
+    @classmethod
+    def _scores_steps(cls, value: Any) -> Any:
+        for v in value if isinstance(value, list) else [value]:
+            v = v.verifier if isinstance(v, WeightedVerifier) else v
+            if v is not None and not isinstance(v, ProcessVerifier):
+                raise ValueError(f"{v.name!r} does not score steps (it is an outcome verifier)")
+        return value
 
-class EvalConfig(_Section):
-    every: int = Field(5, ge=1)
-    """Evaluate every this many policy versions (and at the start and the end)."""
-    tasks: TasksConfig = Field(default_factory=lambda: TasksConfig(size=100, seed=10_000))
-    """Held-out tasks; use a seed the training tasks do not use."""
-    strategy: bool = True
-    """Also measure the run's strategy (besides greedy pass@1)."""
-
-
-class LearnerConfig(_Section):
-    kind: Literal["expert_iteration", "distill"] = "expert_iteration"
-    """expert_iteration: the policy learns from its own verified episodes (policy.kind local);
-    distill: episodes come from policy (any backend, e.g. a hosted teacher) and train the student."""
-    student: str | None = None
-    """Distill: the student's checkpoint directory ('bundled' or a path)."""
-    student_init: Literal["pretrained", "scratch", "scratch_small"] = "pretrained"
-    """Distill: start from the student's weights, or a fresh model of its architecture
-    (scratch_small: with half its layers)."""
-    mode: Literal["online", "sync"] = "online"
-    """online: generation and training overlap; sync: generate a batch, stop, train, repeat (baseline)."""
-    keep: Literal["chosen", "all_correct"] = "chosen"
-    """Which verified paths of an episode become examples."""
-    min_reward: float = Field(1.0, ge=0, le=1)
-    """A path counts as correct at this outcome score."""
-    min_step_score: float | None = Field(0.5, ge=0, le=1)
-    """With a process verifier, every step of a kept path must score at least this
-    (right answers reached through wrong steps are not kept); null: outcome only."""
-    weighting: Literal["uniform", "pass_rate"] = "uniform"
-    """pass_rate: weigh an episode's examples by the share of its samples that failed
-    (a problem every sample solves gives none)."""
-    dedupe: bool = True
-    """Skip an example whose (task, text) was already trained on."""
-    lr: float = Field(1e-4, gt=0, le=1)
-    """AdamW learning rate."""
-    warmup_steps: int = Field(0, ge=0)
-    """Optimizer steps of linear learning-rate warmup."""
-    decay_steps: int | None = Field(None, ge=1)
-    """After warmup the rate falls linearly over this many steps to min_lr_ratio x lr (null: flat)."""
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    """Where the decay ends, as a fraction of lr."""
-    weight_decay: float = Field(0.0, ge=0)
-    """AdamW weight decay."""
-    batch_examples: int = Field(32, ge=1)
-    """Examples per optimizer step (whole episodes: a step may take a few more)."""
-    micro_batch: int = Field(16, ge=1)
-    """Examples per forward pass inside a step."""
-    passes: int = Field(1, ge=1, le=100)
-    """Optimizer steps each example is trained in (reuse of scarce examples): each round
-    steps on the new batch and the previous passes-1 batches, shuffled together."""
-    steps_per_version: int = Field(1, ge=1)
-    """Optimizer steps between published policy versions."""
-    max_staleness: int = Field(4, ge=0)
-    """k: examples sampled more than k versions ago are dropped or down-weighted."""
-    stale: Literal["drop", "downweight"] = "drop"
-    """What happens to a stale example (always counted)."""
-    stale_decay: float = Field(0.5, gt=0, le=1)
-    """Down-weighting: weight x decay ** (staleness - k)."""
-    buffer_episodes: int = Field(64, ge=1)
-    """Finished episodes waiting for the learner; a full buffer slows admission."""
-    sync_episodes: int = Field(64, ge=1)
-    """Sync mode: episodes generated per round."""
-    max_minutes: float | None = Field(None, gt=0)
-    """Stop after this much wall time."""
-    max_versions: int | None = Field(None, ge=1)
-    """Stop after this many published versions."""
-    checkpoint: str | None = None
-    """Learner checkpoint file; default runs/<run_id>/learner.pt next to the store."""
-    checkpoint_every: int = Field(1, ge=1)
-    """Checkpoint every this many versions."""
-    lora: LoraConfig | None = None
-    """Train LoRA adapters (peft) instead of all weights; published weights are merged."""
-    threads: int | None = Field(None, ge=1)
-    """torch threads of the learner's steps."""
-    eval: EvalConfig | None = Field(default_factory=EvalConfig)
-    """Held-out evaluation inside the loop (null: none)."""
+    @property
+    def has_process(self) -> bool:
+        return self.process is not None and self.process != []
 
 
 class StoreConfig(_Section):
@@ -447,14 +236,25 @@ class RunConfig(_Section):
     run_id: str = Field("default", min_length=1)
     """Name of the run; rerunning the same id resumes it."""
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
-    tasks: TasksConfig = Field(default_factory=TasksConfig)
-    strategy: StrategyConfig = Field(default_factory=lambda: ChainOfThoughtConfig(name="chain_of_thought"))
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    """The model that samples the run's episodes."""
+    tasks: ComponentField("tasks", TaskSource) = Field(default_factory=TinyTasks)  # type: ignore[valid-type]
+    """Where tasks come from: ``source`` (tiny, reasoning_gym, jsonl, or a plug-in's) and its settings."""
+    strategy: ComponentField("strategies", BaseStrategy) = Field(default_factory=ChainOfThought)  # type: ignore[valid-type]
+    """The search strategy: ``name`` and its settings."""
+    sampling: Sampling = Field(default_factory=Sampling)
+    """How the strategy samples."""
     verifiers: VerifiersConfig = Field(default_factory=VerifiersConfig)
-    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    """Outcome and process verifiers, answer extraction, gate and shaping."""
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    """How many episodes run at once, their budgets and timeouts, shutdown."""
     store: StoreConfig = Field(default_factory=StoreConfig)
-    learner: LearnerConfig | None = None
-    """Train on the episodes as they finish (expert iteration, distillation); null: only run."""
+    """Where episodes are stored."""
+    learner: Annotated[
+        SerializeAsAny[LearnerSpec] | None,
+        BeforeValidator(lambda v: None if v is None else validate_component("learners", v)),
+    ] = None
+    """Train on the episodes as they finish: ``kind`` (expert_iteration, distill, or a
+    plug-in's) and its settings; null: only run."""
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
@@ -521,35 +321,29 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 def check_config(config: RunConfig) -> None:
-    """Checks that need more than one field, or the environment."""
-    p, t = config.policy, config.tasks
+    """Checks that need more than one section, or the environment."""
+    p = config.policy
     if p.kind == "openai" and p.base_url is None and not os.environ.get(p.api_key_env):
         raise ConfigError(
             f"policy.api_key_env: environment variable {p.api_key_env} is not set; "
             "set it, or point policy.base_url at a local OpenAI-compatible server"
         )
     learner = config.learner
-    if learner is not None:
-        if learner.kind == "expert_iteration" and p.kind != "local":
-            raise ConfigError(
-                f"learner.kind: expert_iteration trains the policy it samples from, so policy.kind must be local "
-                f"(got {p.kind!r}); use learner.kind: distill to learn from a {p.kind} policy"
-            )
-        if learner.kind == "distill" and not learner.student:
-            raise ConfigError(
-                "learner.student: distillation needs a student checkpoint directory ('bundled' or a path)"
-            )
-        if learner.eval is not None and learner.eval.tasks.source != "tiny" and not (
-            learner.eval.tasks.name or learner.eval.tasks.path
-        ):
-            raise ConfigError("learner.eval.tasks: a reasoning_gym or jsonl source needs a name or path")
-    if t.source == "reasoning_gym" and not t.name:
-        raise ConfigError("tasks.name: a reasoning_gym source needs a dataset name (e.g. basic_arithmetic)")
-    if t.source == "jsonl" and not t.path:
-        raise ConfigError("tasks.path: a jsonl source needs a file path")
-    selection = getattr(config.strategy, "selection", "")
-    if config.verifiers.process == "none" and selection in ("process", "weighted_majority"):
+    if learner is not None and learner.trains_policy and p.kind != "local":
         raise ConfigError(
-            f"verifiers.process: strategy.selection {config.strategy.selection!r} needs a process verifier "  # type: ignore[union-attr]
-            "(allowed: tiny_rule)"
+            f"learner.kind: {learner.kind} trains the policy it samples from, so policy.kind must be local "
+            f"(got {p.kind!r}); use learner.kind: distill to learn from a {p.kind} policy"
         )
+    v, s = config.verifiers, config.strategy
+    needs = s.needs()
+    if "process" in needs and not v.has_process:
+        raise ConfigError(
+            f"verifiers.process: strategy {s.name!r} ({needs['process']}) needs a process verifier "
+            "(e.g. tiny_rule, prm, mc_value, judge)"
+        )
+    if "outcome" in needs and v.outcome is None:
+        raise ConfigError(f"verifiers.outcome: strategy {s.name!r} ({needs['outcome']}) needs an outcome verifier")
+    if v.gate and (v.outcome is None or not v.has_process):
+        raise ConfigError("verifiers.gate: a gate needs both a process and an outcome verifier")
+    if v.shaping_gamma is not None and not v.has_process:
+        raise ConfigError("verifiers.shaping_gamma: shaping takes its potential from the process verifier; none is set")

@@ -3,7 +3,7 @@ component registry and concurrency helpers. Everything else builds on it."""
 
 from __future__ import annotations
 
-from runtime.core.lazy import lazy_exports
+from runtime.core.lazy import lazy_exports as _lazy_exports
 
 _EXPORTS = {
     "BudgetExhausted": ".errors",
@@ -65,4 +65,4 @@ __all__ = [
     "register_builtins",
 ]
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

@@ -25,17 +25,19 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Literal, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, SerializeAsAny
 
 from runtime.core.errors import ConfigError
 
-__all__ = ["Component", "components", "lookup", "register_builtins"]
+__all__ = ["Component", "ComponentField", "components", "lookup", "register_builtins"]
 
 _REGISTRY: dict[str, dict[str, type[Component]]] = {}
 _BUILTINS: dict[str, list[str]] = {}
 _SCANNED: set[str] = set()
+_KEYS: dict[str, str] = {}
+_DEFAULTS: dict[str, str | None] = {}
 
 
 class Component(BaseModel):
@@ -47,12 +49,18 @@ class Component(BaseModel):
     """The registry this class and its subclasses register in (set by a family base)."""
     key: ClassVar[str] = "name"
     """The field that names a component in its config section."""
+    default_component: ClassVar[str | None] = None
+    """The component a section without the key means (None: the key is required)."""
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
         name = component_name(cls)
-        if name is None or not cls.family:
+        if not cls.family:
+            return
+        if name is None:  # a family base (its key field is a plain str)
+            _KEYS.setdefault(cls.family, cls.key)
+            _DEFAULTS.setdefault(cls.family, cls.default_component)
             return
         family = _REGISTRY.setdefault(cls.family, {})
         other = family.get(name)
@@ -135,3 +143,28 @@ def components(family: str) -> dict[str, type[Component]]:
         if ep.name not in _REGISTRY.get(family, {}):
             ep.load()
     return dict(sorted(_REGISTRY.get(family, {}).items()))
+
+
+def validate_component(family: str, value: Any) -> Component:
+    """A component of ``family`` from a config value: an instance, a name, or a mapping
+    holding the family's key (a name or ``module:Class``) and the component's settings."""
+    if isinstance(value, Component):
+        return value
+    key = _KEYS.get(family, "name")
+    if isinstance(value, str):
+        value = {key: value}
+    if isinstance(value, dict) and key not in value and _DEFAULTS.get(family):
+        value = {key: _DEFAULTS[family], **value}
+    if not isinstance(value, dict) or not isinstance(value.get(key), str):
+        raise ValueError(f"expected a {family} component: a name, or a mapping with {key!r} and its settings")
+    try:
+        cls = lookup(family, value[key])
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return cls.model_validate({**value, key: component_name(cls)})
+
+
+def ComponentField(family: str, base: type[Component]) -> Any:  # noqa: N802 (a type factory)
+    """The annotation of a config field holding one component of ``family``: it accepts
+    what :func:`validate_component` does and dumps the component's own fields."""
+    return Annotated[SerializeAsAny[base], BeforeValidator(lambda v: validate_component(family, v))]

@@ -4,7 +4,7 @@ engine; and checkpoint resolution."""
 
 from __future__ import annotations
 
-from runtime.core.lazy import lazy_exports
+from runtime.core.lazy import lazy_exports as _lazy_exports
 
 _EXPORTS = {
     "Completion": ".base",
@@ -29,6 +29,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "PRICES",
     "Completion",
     "EndpointLimiter",
     "EndpointLimits",
@@ -40,7 +41,6 @@ __all__ = [
     "LocalEngine",
     "LocalPolicy",
     "OpenAIPolicy",
-    "PRICES",
     "Policy",
     "Price",
     "ScriptedPolicy",
@@ -50,4 +50,4 @@ __all__ = [
     "resolve_checkpoint",
 ]
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

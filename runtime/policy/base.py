@@ -8,14 +8,23 @@ package's own fake.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
     "Completion",
     "GenerationRequest",
     "GenerationResult",
+    "Mode",
     "Policy",
+    "Server",
+    "WeightedPolicy",
 ]
+
+
+Mode = Literal["chat", "completion"]
+"""How an OpenAI-compatible backend is called: chat completions or plain completions."""
+Server = Literal["openai", "vllm", "sglang", "transformers", "llamacpp", "other"]
+"""Which server software sits behind an OpenAI-compatible endpoint, for its known quirks."""
 
 
 @dataclass(slots=True)
@@ -64,3 +73,15 @@ class Policy(Protocol):
     async def generate(self, request: GenerationRequest) -> GenerationResult: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class WeightedPolicy(Policy, Protocol):
+    """A policy whose weights a learner can replace (the local engine): the online loop
+    publishes to it, the evaluator loads a version into it."""
+
+    version: int
+
+    def swap_weights(self, state_dict: dict[str, Any], version: int) -> None: ...
+
+    async def load_weights(self, state_dict: dict[str, Any], version: int) -> None: ...

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import httpx2
@@ -31,15 +31,13 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from runtime.core.errors import PolicyRequestError, PolicyResponseError, PolicyUnavailable
-from runtime.policy.base import Completion, GenerationRequest, GenerationResult
+from runtime.policy.base import Completion, GenerationRequest, GenerationResult, Mode, Server
 from runtime.policy.limits import PRICES, EndpointLimits, Price, limiter_for
 
 __all__ = ["OpenAIPolicy", "render_prompt"]
 
 log = structlog.get_logger("searchlearn.openai")
 
-Mode = Literal["chat", "completion"]
-Server = Literal["openai", "vllm", "sglang", "transformers", "llamacpp", "other"]
 _CONTINUE_FINAL = {"vllm", "sglang"}
 _NO_N = {"transformers", "llamacpp"}
 

@@ -4,7 +4,7 @@ scoring, composition (weighted sums, gates) and potential-based shaping."""
 
 from __future__ import annotations
 
-from runtime.core.lazy import lazy_exports
+from runtime.core.lazy import lazy_exports as _lazy_exports
 
 _EXPORTS = {
     "AnswerExtractor": ".base",
@@ -36,11 +36,12 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "AnswerExtractor",
-    "CodeExecution",
     "DEFAULT_OUTCOME_TEMPLATE",
     "DEFAULT_STEP_TEMPLATE",
     "EXTRACTORS",
+    "UNPARSEABLE",
+    "AnswerExtractor",
+    "CodeExecution",
     "ExactMatch",
     "Gate",
     "LLMJudge",
@@ -54,7 +55,6 @@ __all__ = [
     "RegexMatch",
     "Score",
     "TableVerifier",
-    "UNPARSEABLE",
     "WeightedSum",
     "encode_steps",
     "extract_code",
@@ -64,4 +64,4 @@ __all__ = [
     "run_tests",
 ]
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

@@ -25,12 +25,12 @@ from runtime.policy.base import Policy
 
 __all__ = [
     "EXTRACTORS",
-    "Verifier",
-    "VerifierEnv",
     "AnswerExtractor",
     "OutcomeVerifier",
     "ProcessVerifier",
     "Score",
+    "Verifier",
+    "VerifierEnv",
 ]
 
 
@@ -112,6 +112,8 @@ class VerifierEnv:
     """The run's answer extraction."""
     make_policy: Callable[[dict[str, Any]], Policy] | None = None
     """Builds a policy from a ``policy:`` config mapping (a judge on its own endpoint)."""
+    field: str = "verifiers"
+    """Where the verifier sits in the run config, for error messages (verifiers.process)."""
 
 
 class Verifier(Component):

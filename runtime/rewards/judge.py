@@ -110,7 +110,7 @@ class LLMJudge(Verifier):
     """Token cap of one judgement."""
     unparseable_score: float = Field(0.0, ge=0, le=1)
     """Score of a judgement with no readable verdict."""
-    policy: dict[str, Any] | None = None
+    judge_policy: dict[str, Any] | None = None
     """The model that judges, as a policy config section; None: the run's own policy."""
     _policy: Any = PrivateAttr(None)
 
@@ -125,15 +125,20 @@ class LLMJudge(Verifier):
         except FileNotFoundError as exc:
             raise ValueError(str(exc)) from None
 
+    @property
+    def policy(self) -> Policy | None:
+        """The policy that judges."""
+        return self._policy  # type: ignore[no-any-return]
+
     def build(self, env: VerifierEnv) -> LLMJudge:
-        if self.policy is not None:
+        if self.judge_policy is not None:
             if env.make_policy is None:
-                raise ConfigError("verifiers: this run cannot build the judge's own policy")
-            policy = env.make_policy(self.policy)
+                raise ConfigError(f"{env.field}.policy: this run cannot build the judge's own policy")
+            policy = env.make_policy(self.judge_policy)
         elif env.policy is not None:
             policy = env.policy
         else:
-            raise ConfigError("verifiers: an LLM judge needs a policy (the run's, or its own policy: section)")
+            raise ConfigError(f"{env.field}.policy: an LLM judge needs a policy (the run's, or its own policy: section)")
         return LLMJudge(policy, **self.model_dump(exclude={"name"}))
 
     async def score(self, task: Task, answer: str | None, text: str) -> Score:

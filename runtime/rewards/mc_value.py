@@ -69,9 +69,14 @@ class MonteCarloValue(Verifier):
         self._outcome = outcome or ExactMatch()
         self._extractor = extractor or AnswerExtractor()
 
+    @property
+    def policy(self) -> Policy | None:
+        """The policy the rollouts sample from."""
+        return self._policy  # type: ignore[no-any-return]
+
     def build(self, env: VerifierEnv) -> MonteCarloValue:
         if env.policy is None:
-            raise ConfigError("verifiers: mc_value rolls out with the run's policy, and there is none")
+            raise ConfigError(f"{env.field}: mc_value rolls out with the run's policy, and needs the run's policy")
         return MonteCarloValue(
             env.policy, delimiter=env.delimiter, extractor=env.extractor, **self.model_dump(exclude={"name"})
         )

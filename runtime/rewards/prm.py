@@ -75,14 +75,19 @@ class ProcessRewardModel(Verifier):
     _cache: OrderedDict[str, list[float]] = PrivateAttr(default_factory=OrderedDict)
     _forward_passes: int = PrivateAttr(0)
 
-    def __init__(self, path: str | Path, /, *, delimiter: str = "\n", **settings: Any) -> None:
-        """Load the checkpoint at ``path`` (a config section only validates; ``build`` loads)."""
+    def __init__(self, path: str | Path | None = None, /, *, delimiter: str = "\n", **settings: Any) -> None:
+        """``ProcessRewardModel(path, ...)`` loads the checkpoint; a config section (the
+        settings alone, ``path`` among them) is only validated, and ``build`` loads it."""
+        super().__init__(**({"path": str(path)} if path is not None else {}), **settings)
+        self._delimiter = delimiter
+        if path is not None:
+            self._load()
+
+    def _load(self) -> None:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
-        super().__init__(path=str(path), **settings)
-        directory = resolve_checkpoint(path)
-        self._delimiter = delimiter
+        directory = resolve_checkpoint(self.path)
         self._tokenizer = AutoTokenizer.from_pretrained(directory)
         config = AutoConfig.from_pretrained(directory)
         self._value_head = any(a.endswith("ForTokenClassification") for a in config.architectures or [])
@@ -101,7 +106,7 @@ class ProcessRewardModel(Verifier):
         try:
             return ProcessRewardModel(self.path, delimiter=env.delimiter, **self.model_dump(exclude={"name", "path"}))
         except (FileNotFoundError, OSError, ValueError) as exc:
-            raise ConfigError(f"verifiers: prm path {self.path!r}: {exc}") from None
+            raise ConfigError(f"{env.field}.path: {exc}") from None
 
     @property
     def value_head(self) -> bool:

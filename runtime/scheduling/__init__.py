@@ -3,7 +3,7 @@ sources."""
 
 from __future__ import annotations
 
-from runtime.core.lazy import lazy_exports
+from runtime.core.lazy import lazy_exports as _lazy_exports
 
 _EXPORTS = {
     "EpisodeStore": ".store",
@@ -29,4 +29,4 @@ __all__ = [
     "to_task",
 ]
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

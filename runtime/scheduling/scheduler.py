@@ -45,6 +45,7 @@ import anyio
 import anyio.lowlevel
 import structlog
 from anyio.abc import TaskGroup
+from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.core.errors import EpisodeTimeout, SearchlearnError
 from runtime.core.types import Episode, ErrorInfo, Task
@@ -52,23 +53,36 @@ from runtime.policy.base import Policy
 from runtime.scheduling.store import EpisodeStore
 from runtime.scheduling.tasks import iterate_tasks
 from runtime.search.context import Context, Sampling, Verifiers
+from runtime.search.strategy import Strategy
 
 __all__ = ["RunStats", "Runtime", "SchedulerSettings"]
 
 log = structlog.get_logger("searchlearn.scheduler")
 
 
-@dataclass(slots=True)
-class SchedulerSettings:
-    concurrency: int = 64
-    buffer: int = 256
-    samples_per_task: int = 1
-    episode_timeout: float | None = None
-    token_budget: int | None = None
+class SchedulerSettings(BaseModel):
+    """How the scheduler runs episodes (the ``scheduler:`` section of a run config)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+    concurrency: int = Field(64, ge=1)
+    """Episodes running at once."""
+    buffer: int = Field(256, ge=1)
+    """Finished episodes buffered for the consumer."""
+    samples_per_task: int = Field(1, ge=1)
+    """Episodes per task."""
+    episode_timeout: float | None = Field(None, gt=0)
+    """Seconds before an episode fails with EpisodeTimeout."""
+    token_budget: int | None = Field(None, ge=1)
+    """Tokens one episode may use."""
     on_shutdown: Literal["finish", "abandon"] = "finish"
-    drain_timeout: float = 30.0
+    """On SIGINT/SIGTERM: let in-flight episodes finish, or abandon them (they rerun on resume)."""
+    drain_timeout: float = Field(30.0, ge=0)
+    """Seconds in-flight episodes get to finish on shutdown."""
     retry_failed: bool = False
-    store_batch: int = 512
+    """On resume, run failed episodes again."""
+    store_batch: int = Field(512, ge=1)
+    """Finished episodes the store writer commits in one transaction, at most."""
 
 
 @dataclass(slots=True)
@@ -127,7 +141,7 @@ class Runtime:
     def __init__(
         self,
         policy: Policy,
-        strategy: Any,
+        strategy: Strategy,
         *,
         verifiers: Verifiers | None = None,
         sampling: Sampling | None = None,

@@ -12,12 +12,15 @@ import difflib
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
 
 from runtime.core.errors import TaskError
+from runtime.core.registry import Component
 from runtime.core.types import Task
 
-__all__ = ["iterate_tasks", "jsonl_tasks", "reasoning_gym_tasks", "to_task"]
+__all__ = ["JsonlTasks", "ReasoningGymTasks", "TaskSource", "iterate_tasks", "jsonl_tasks", "reasoning_gym_tasks", "to_task"]
 
 
 def to_task(item: Any, index: int) -> Task:
@@ -130,3 +133,51 @@ def _reasoning_gym_entries(name: str, dataset: Any, size: int, params: dict[str,
             answer=str(entry["answer"]),
             metadata={"source": "reasoning_gym", "dataset": name, "config": params, "index": index},
         )
+
+
+class TaskSource(Component):
+    """Base of the task sources a config can name (``tasks: {source: ..., ...}``).
+
+    ``build()`` returns the tasks, checking what it can up front (a missing file or an
+    unknown dataset raises TaskError before the run starts)."""
+
+    family: ClassVar[str] = "tasks"
+    key: ClassVar[str] = "source"
+    default_component: ClassVar[str | None] = "tiny"
+    input_field: ClassVar[str | None] = None
+    """The setting a TaskError from ``build`` is about (the file, the dataset name)."""
+    source: str
+    """Where tasks come from."""
+
+    def build(self) -> Iterable[Task]:
+        raise NotImplementedError
+
+
+class JsonlTasks(TaskSource):
+    """Tasks of a JSONL file, one object per line (see :func:`jsonl_tasks`)."""
+
+    source: Literal["jsonl"] = "jsonl"
+    input_field = "path"
+    path: str
+    """The JSONL file."""
+
+    def build(self) -> list[Task]:
+        return jsonl_tasks(self.path)
+
+
+class ReasoningGymTasks(TaskSource):
+    """A reasoning-gym procedural dataset, scored by its own ``score_answer``."""
+
+    source: Literal["reasoning_gym"] = "reasoning_gym"
+    input_field = "name"
+    name: str
+    """Dataset name, e.g. basic_arithmetic, chain_sum, countdown."""
+    size: int = Field(100, ge=1)
+    """Number of tasks."""
+    seed: int = 0
+    """Seed of the generated tasks."""
+    config: dict[str, Any] = Field(default_factory=dict)
+    """Extra dataset config."""
+
+    def build(self) -> list[Task]:
+        return list(reasoning_gym_tasks(self.name, self.size, self.seed, self.config))

@@ -3,7 +3,7 @@ finish) and the Strategy protocol that strategies are written against."""
 
 from __future__ import annotations
 
-from runtime.core.lazy import lazy_exports
+from runtime.core.lazy import lazy_exports as _lazy_exports
 
 _EXPORTS = {
     "Aggregate": ".context",
@@ -27,4 +27,4 @@ __all__ = [
     "gather",
 ]
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

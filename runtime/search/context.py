@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import anyio
+from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.core.concurrency import gather
 from runtime.core.errors import PolicyError, TokenBudgetExceeded, VerifierError
@@ -65,18 +66,27 @@ def aggregate_scores(scores: Sequence[float], aggregate: Aggregate) -> float:
     return product
 
 
-@dataclass(slots=True)
-class Sampling:
+class Sampling(BaseModel):
     """How the context samples: shared by every strategy."""
 
-    temperature: float = 0.8
-    top_p: float = 1.0
-    step_delimiter: str = "\n"
-    step_max_tokens: int = 64
-    max_tokens: int = 512
-    max_steps: int = 16
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+    temperature: float = Field(0.8, ge=0, le=2)
+    """Sampling temperature (0 = greedy)."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass."""
+    step_delimiter: str = Field("\n", min_length=1)
+    """Text that ends one reasoning step."""
+    step_max_tokens: int = Field(64, ge=1)
+    """Token cap of one step."""
+    max_tokens: int = Field(512, ge=1)
+    """Token cap of a full solution."""
+    max_steps: int = Field(16, ge=1)
+    """Steps before a path is cut off."""
     logprobs: bool = False
+    """Ask the backend for token logprobs."""
     seed: int | None = None
+    """Base sampling seed, where the backend honours seeds."""
 
 
 @dataclass(slots=True)

@@ -41,9 +41,10 @@ class BaseStrategy(Component):
         """The strategy's settings (stored with the run)."""
         return self.model_dump(exclude={"name"})
 
-    def needs(self) -> set[str]:
-        """Verifiers the strategy needs as configured: a subset of {"process", "outcome"}."""
-        return set()
+    def needs(self) -> dict[str, str]:
+        """Verifiers the strategy needs as configured ("process", "outcome"), each with
+        the setting that needs it (checked against the run's verifiers up front)."""
+        return {}
 
     async def run(self, ctx: Context) -> Episode:
         raise NotImplementedError

@@ -3,7 +3,7 @@ verifier, its prompt format and the policy checkpoints that ship with the packag
 
 from __future__ import annotations
 
-from runtime.core.lazy import lazy_exports
+from runtime.core.lazy import lazy_exports as _lazy_exports
 
 _EXPORTS = {
     "ArithProblem": ".domain",
@@ -26,14 +26,14 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "ArithProblem",
     "BUNDLED",
     "BUNDLED_POLICY",
     "CHAT_TEMPLATE",
     "SPECIAL_TOKENS",
     "STEP_DELIMITER",
-    "TinyStepVerifier",
     "WEAK_POLICY",
+    "ArithProblem",
+    "TinyStepVerifier",
     "assistant_prefix",
     "check_step",
     "corrupt_tiny_step",
@@ -45,4 +45,4 @@ __all__ = [
     "training_trace",
 ]
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

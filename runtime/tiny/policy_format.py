@@ -14,10 +14,10 @@ from typing import Any
 __all__ = [
     "BUNDLED",
     "BUNDLED_POLICY",
-    "WEAK_POLICY",
     "CHAT_TEMPLATE",
     "SPECIAL_TOKENS",
     "STEP_DELIMITER",
+    "WEAK_POLICY",
     "assistant_prefix",
     "evaluate_greedy",
 ]

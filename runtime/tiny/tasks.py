@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Iterator
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from runtime.core.types import Task
+from runtime.scheduling.tasks import TaskSource
 from runtime.tiny.domain import generate_problem
 
-__all__ = ["tiny_tasks"]
+__all__ = ["TinyTasks", "tiny_tasks"]
 
 
 def tiny_tasks(count: int = 100, steps: Iterable[int] = (3, 4), seed: int = 0) -> Iterator[Task]:
@@ -23,3 +27,18 @@ def tiny_tasks(count: int = 100, steps: Iterable[int] = (3, 4), seed: int = 0) -
             answer=str(problem.answer),
             metadata={"source": "tiny", "expression": problem.expression, "steps": problem.steps},
         )
+
+
+class TinyTasks(TaskSource):
+    """Generated problems of the bundled tiny arithmetic domain."""
+
+    source: Literal["tiny"] = "tiny"
+    size: int = Field(100, ge=1)
+    """Number of tasks."""
+    seed: int = 0
+    """Seed of the generated tasks."""
+    steps: list[Annotated[int, Field(ge=1, le=8)]] = Field(default_factory=lambda: [3, 4], min_length=1)
+    """Problem lengths (operations per expression), cycled."""
+
+    def build(self) -> list[Task]:
+        return list(tiny_tasks(self.size, self.steps, self.seed))

@@ -98,9 +98,9 @@ def trl_reference(store: Path, run_id: str, steps: int) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from runtime.policy.local import resolve_checkpoint
+    from runtime.policy.checkpoints import resolve_checkpoint
 
-    source = VerifiedPaths("all_correct")
+    source = VerifiedPaths(keep="all_correct")
     examples: list[Example] = []
     with EpisodeStore(store) as st:
         for ep in st.episodes(run_id):

@@ -5,4 +5,4 @@ from __future__ import annotations
 from runtime.policy.local.engine import EngineRequest, EngineResult, EngineStats, LocalEngine
 from runtime.policy.local.policy import LocalPolicy
 
-__all__ = ["EngineRequest", "EngineResult", "EngineStats", "LocalEngine", "LocalPolicy", "resolve_checkpoint"]
+__all__ = ["EngineRequest", "EngineResult", "EngineStats", "LocalEngine", "LocalPolicy"]

@@ -12,6 +12,7 @@ memory stays bounded however many episodes call at once.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,12 @@ class LocalPolicy:
     def swap_weights(self, state_dict: dict[str, Any], version: int) -> None:
         """Serve ``version`` next; in-flight requests finish under the current weights."""
         self.engine.swap_weights(state_dict, version)
+
+    async def load_weights(self, state_dict: dict[str, Any], version: int) -> None:
+        """Serve ``version`` from ``state_dict``; returns once the engine serves it."""
+        swapped = threading.Event()
+        self.engine.swap_weights(state_dict, version, swapped.set)
+        await anyio.to_thread.run_sync(swapped.wait)
 
     async def aclose(self) -> None:
         await anyio.to_thread.run_sync(self.engine.close)

@@ -1,0 +1,31 @@
+"""Expert iteration (STaR, Zelikman et al. 2022; ReST-EM, Singh et al. 2023) with search
+as the expert: the run's local policy solves tasks under the configured strategy, its
+verified-correct paths are behaviour-cloned while generation goes on, and each new
+version is published back into the engine that serves the next episodes.
+
+The config (``learner: {kind: expert_iteration, ...}``) combines, by inheritance, the
+settings of the three parts that use them: the loop (every learner config's base), the
+supervised learner (:class:`SFTSettings`) and the path filter (:class:`PathSettings`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from learners.base import LearnerSpec
+from learners.examples import PathSettings, VerifiedPaths
+from learners.sft import SFTLearner, SFTSettings
+
+__all__ = ["ExpertIteration"]
+
+
+class ExpertIteration(LearnerSpec, SFTSettings, PathSettings):
+    """The policy learns from its own verified episodes (policy.kind local)."""
+
+    kind: Literal["expert_iteration"] = "expert_iteration"
+
+    def build_learner(self, model: Any, tokenizer: Any) -> SFTLearner:
+        return SFTLearner(model, tokenizer, self)
+
+    def build_converter(self, delimiter: str) -> VerifiedPaths:
+        return VerifiedPaths(self, delimiter=delimiter)

@@ -1,0 +1,70 @@
+"""The online loop's settings (every learner config inherits them)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from runtime.core.registry import ComponentField
+from runtime.scheduling.tasks import TaskSource
+from runtime.tiny.tasks import TinyTasks
+
+__all__ = ["EvalSettings", "LoopSettings"]
+
+
+class EvalSettings(BaseModel):
+    """Held-out evaluation inside the loop."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    every: int = Field(5, ge=1)
+    """Evaluate every this many policy versions (and at the start and the end)."""
+    tasks: ComponentField("tasks", TaskSource) = Field(default_factory=lambda: TinyTasks(size=100, seed=10_000))
+    """Held-out tasks; use a seed the training tasks do not use."""
+    strategy: bool = True
+    """Also measure the run's strategy (besides greedy pass@1)."""
+
+
+class LoopSettings(BaseModel):
+    """How the online loop runs (part of a learner config section)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    mode: Literal["online", "sync"] = "online"
+    """online: generation and training overlap; sync: generate a batch, stop, train, repeat (baseline)."""
+    batch_examples: int = Field(32, ge=1)
+    """Examples per optimizer step (whole episodes: a step may take a few more)."""
+    passes: int = Field(1, ge=1, le=100)
+    """Optimizer steps each example is trained in (reuse of scarce examples): each round
+    steps on the new batch and the previous passes-1 batches, shuffled together."""
+    steps_per_version: int = Field(1, ge=1)
+    """Optimizer steps between published policy versions."""
+    max_staleness: int = Field(4, ge=0)
+    """k: examples sampled more than k versions ago are dropped or down-weighted."""
+    stale: Literal["drop", "downweight"] = "drop"
+    """What happens to a stale example (always counted)."""
+    stale_decay: float = Field(0.5, gt=0, le=1)
+    """Down-weighting: weight x decay ** (staleness - k)."""
+    buffer_episodes: int = Field(64, ge=1)
+    """Finished episodes waiting for the learner; a full buffer slows admission."""
+    sync_episodes: int = Field(64, ge=1)
+    """Sync mode: episodes generated per round."""
+    max_minutes: float | None = Field(None, gt=0)
+    """Stop after this much wall time."""
+    max_versions: int | None = Field(None, ge=1)
+    """Stop after this many published versions."""
+    checkpoint: str | None = None
+    """Learner checkpoint file; default runs/<run_id>/learner.pt next to the store."""
+    checkpoint_every: int = Field(1, ge=1)
+    """Checkpoint every this many versions."""
+    eval: EvalSettings | None = Field(default_factory=EvalSettings)
+    """Held-out evaluation inside the loop (null: none)."""
+
+    @property
+    def max_seconds(self) -> float | None:
+        return self.max_minutes * 60 if self.max_minutes else None
+
+    @property
+    def eval_every(self) -> int:
+        return self.eval.every if self.eval is not None else 1
