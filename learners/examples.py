@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.core.errors import VerifierError
 from runtime.core.types import Episode, Node
-from runtime.search.context import Context, Sampling, Verifiers
+from runtime.search.context import Context, Verifiers
 
 __all__ = ["Example", "PathSettings", "VerifiedPaths", "path_text"]
 
@@ -124,7 +124,7 @@ class VerifiedPaths:
         # left unjudged get the caching, timeout and error handling of its own calls.
         ctx = None
         if verifiers is not None:
-            ctx = Context(episode, None, verifiers, Sampling(step_delimiter=self.delimiter))  # type: ignore[arg-type]
+            ctx = Context.scoring(episode, verifiers, self.delimiter)
         if self.settings.keep == "chosen":
             if episode.reward is None or episode.reward < self.settings.min_reward or not episode.chosen_path:
                 return []

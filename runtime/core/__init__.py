@@ -8,6 +8,7 @@ from runtime.core.lazy import lazy_exports as _lazy_exports
 _EXPORTS = {
     "BudgetExhausted": ".errors",
     "Component": ".registry",
+    "ComponentField": ".registry",
     "ConfigError": ".errors",
     "Episode": ".types",
     "EpisodeBudgetError": ".errors",
@@ -26,18 +27,20 @@ _EXPORTS = {
     "Usage": ".types",
     "VerifierError": ".errors",
     "boundary_of": ".errors",
+    "component_name": ".registry",
     "components": ".registry",
     "episode_from_json": ".types",
     "episode_to_json": ".types",
     "gather": ".concurrency",
-    "lazy_exports": ".lazy",
     "lookup": ".registry",
     "register_builtins": ".registry",
+    "validate_component": ".registry",
 }
 
 __all__ = [
     "BudgetExhausted",
     "Component",
+    "ComponentField",
     "ConfigError",
     "Episode",
     "EpisodeBudgetError",
@@ -56,13 +59,14 @@ __all__ = [
     "Usage",
     "VerifierError",
     "boundary_of",
+    "component_name",
     "components",
     "episode_from_json",
     "episode_to_json",
     "gather",
-    "lazy_exports",
     "lookup",
     "register_builtins",
+    "validate_component",
 ]
 
 __getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

@@ -7,10 +7,13 @@ from runtime.core.lazy import lazy_exports as _lazy_exports
 
 _EXPORTS = {
     "EpisodeStore": ".store",
+    "JsonlTasks": ".tasks",
+    "ReasoningGymTasks": ".tasks",
     "RunStats": ".scheduler",
     "RunSummary": ".store",
     "Runtime": ".scheduler",
     "SchedulerSettings": ".scheduler",
+    "TaskSource": ".tasks",
     "iterate_tasks": ".tasks",
     "jsonl_tasks": ".tasks",
     "reasoning_gym_tasks": ".tasks",
@@ -19,10 +22,13 @@ _EXPORTS = {
 
 __all__ = [
     "EpisodeStore",
+    "JsonlTasks",
+    "ReasoningGymTasks",
     "RunStats",
     "RunSummary",
     "Runtime",
     "SchedulerSettings",
+    "TaskSource",
     "iterate_tasks",
     "jsonl_tasks",
     "reasoning_gym_tasks",

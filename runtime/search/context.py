@@ -98,8 +98,25 @@ class Verifiers:
     shaping: PotentialShaping | None = None
 
 
+class _NoGeneration:
+    """The policy of a scoring-only context: any generation is a bug of its caller."""
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        raise RuntimeError("a scoring-only context does not generate")
+
+    async def aclose(self) -> None:
+        return None
+
+
 class Context:
     """Everything one episode's strategy may use. Created by the scheduler."""
+
+    @classmethod
+    def scoring(cls, episode: Episode, verifiers: Verifiers, delimiter: str = "\n") -> Context:
+        """A context over a finished episode that only scores and judges (with the same
+        caching, timeout and error handling as a strategy's own calls), never generates:
+        what learners use to score the steps and leaves a strategy left unscored."""
+        return cls(episode, _NoGeneration(), verifiers, Sampling(step_delimiter=delimiter))
 
     def __init__(
         self,
