@@ -26,14 +26,17 @@ async def main(scripted: bool) -> None:
         policy = LocalPolicy.from_path("bundled", max_batch=32)
     verifiers = Verifiers(outcome=ExactMatch(), process=TinyStepVerifier(), extractor=AnswerExtractor(["answer_line"]))
     tasks = tiny_tasks(16, steps=[3, 4], seed=1)
-    async with policy, Runtime(
+    async with (
         policy,
-        BestOfN(n=4, selection="process"),
-        verifiers=verifiers,
-        sampling=Sampling(temperature=0.8, max_tokens=160),
-        store="runs/embedded.db",
-        run_id="embedded-demo",
-    ) as rt:
+        Runtime(
+            policy,
+            BestOfN(n=4, selection="process"),
+            verifiers=verifiers,
+            sampling=Sampling(temperature=0.8, max_tokens=160),
+            store="runs/embedded.db",
+            run_id="embedded-demo",
+        ) as rt,
+    ):
         async for ep in rt.stream(tasks):
             mark = "ok " if ep.reward == 1.0 else "bad"
             print(f"[{mark}] {ep.task.prompt}  ->  {' | '.join(ep.steps)}")  # noqa: T201

@@ -27,5 +27,7 @@ class Distill(ExpertIteration):
 
     def start_checkpoint(self, policy_path: str | None) -> tuple[str, str]:
         if not self.student:
-            raise ConfigError("learner.student: distillation needs a student checkpoint directory ('bundled' or a path)")
+            raise ConfigError(
+                "learner.student: distillation needs a student checkpoint directory ('bundled' or a path)"
+            )
         return self.student, "learner.student"

@@ -66,7 +66,9 @@ class ComputeOptimal(BaseStrategy):
     @model_validator(mode="after")
     def _tiers_ordered(self) -> ComputeOptimal:
         if self.hard_agreement > self.easy_agreement:
-            raise ValueError(f"hard_agreement ({self.hard_agreement}) must not exceed easy_agreement ({self.easy_agreement})")
+            raise ValueError(
+                f"hard_agreement ({self.hard_agreement}) must not exceed easy_agreement ({self.easy_agreement})"
+            )
         return self
 
     def needs(self) -> dict[str, str]:

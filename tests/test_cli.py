@@ -153,3 +153,14 @@ def test_a_config_error_inside_the_loops_task_group_is_reported_on_one_line() ->
     mixed = ExceptionGroup("loop", [error, RuntimeError("boom")])
     with pytest.raises(ExceptionGroup):
         _only_config_error(mixed)
+
+
+def test_components_lists_every_family_and_refuses_an_unknown_one(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["components"])
+    assert result.exit_code == 0, result.output
+    for name in ("best_of_n", "verify_backtrack", "tiny_rule", "exact", "reasoning_gym", "expert_iteration", "distill"):
+        assert name in result.stdout
+    only = runner.invoke(app, ["components", "strategies"])
+    assert only.exit_code == 0 and "mcts" in only.stdout and "tiny_rule" not in only.stdout
+    bad = runner.invoke(app, ["components", "policies"])
+    assert bad.exit_code == 2 and "allowed: strategies" in bad.output

@@ -67,7 +67,9 @@ def test_sigkill_then_resume_stores_every_task_once(tmp_path: Path) -> None:
 
     rerun = subprocess.run(
         [sys.executable, "-c", "from runtime.app.cli import main; main()", "run", str(config), "--no-progress"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert rerun.returncode == 0, rerun.stderr
     assert f"{after_kill:,}" in rerun.stdout  # the summary reports the stored ones as skipped

@@ -14,7 +14,17 @@ import pytest
 import torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-from learners import EvalSettings, Evaluator, Example, LoopSettings, LoraSettings, OnlineLoop, SFTLearner, UpdateResult, VerifiedPaths
+from learners import (
+    EvalSettings,
+    Evaluator,
+    Example,
+    LoopSettings,
+    LoraSettings,
+    OnlineLoop,
+    SFTLearner,
+    UpdateResult,
+    VerifiedPaths,
+)
 from runtime.core.errors import ConfigError
 from runtime.core.types import Episode, Node, Task
 from runtime.policy.base import GenerationRequest

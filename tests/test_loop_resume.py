@@ -30,8 +30,14 @@ def write_config(tmp_path: Path) -> tuple[Path, Path, Path]:
         "sampling": {"temperature": 1.0, "max_tokens": 80},
         "verifiers": {"outcome": "exact", "process": "tiny_rule", "answer_patterns": ["answer_line"]},
         "scheduler": {"concurrency": 4},
-        "learner": {"kind": "expert_iteration", "lr": 1e-6, "batch_examples": 8, "buffer_episodes": 4,
-                    "checkpoint": str(checkpoint), "eval": None},
+        "learner": {
+            "kind": "expert_iteration",
+            "lr": 1e-6,
+            "batch_examples": 8,
+            "buffer_episodes": 4,
+            "checkpoint": str(checkpoint),
+            "eval": None,
+        },
         "store": {"path": str(db)},
     }
     path = tmp_path / "loop.yaml"

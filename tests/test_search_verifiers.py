@@ -15,6 +15,7 @@ from learners.prm import PRMExample, mc_examples, train_prm
 from runtime.app.build import build_strategy, build_verifiers
 from runtime.app.config import load_config
 from runtime.core.errors import ConfigError, VerifierError
+from runtime.core.registry import components
 from runtime.core.types import Episode, Task
 from runtime.policy.base import GenerationRequest
 from runtime.policy.scripted import ScriptedPolicy
@@ -29,7 +30,6 @@ from runtime.rewards.shaping import PotentialShaping
 from runtime.search.context import Context, Sampling, Verifiers
 from runtime.tiny.corruption import corrupt_tiny_step
 from runtime.tiny.verifier import TinyStepVerifier
-from runtime.core.registry import components
 from strategies import BeamSearch, ChainOfThought, VerifyAndBacktrack
 
 pytestmark = pytest.mark.anyio

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import runtime.app.config  # noqa: F401  (registers the built-in packages)
+import strategies
 from runtime.core.errors import VerifierError
+from runtime.core.registry import components, lookup
 from runtime.core.types import Episode, Task
 from runtime.policy.base import GenerationRequest
 from runtime.policy.scripted import ScriptedPolicy
@@ -17,9 +19,6 @@ from runtime.rewards.base import AnswerExtractor, Score
 from runtime.rewards.outcome import ExactMatch, TableVerifier
 from runtime.search.context import Context, Sampling, Verifiers
 from runtime.tiny.verifier import TinyStepVerifier
-import strategies
-import runtime.app.config  # noqa: F401  (registers the built-in packages)
-from runtime.core.registry import components, lookup
 from strategies import BestOfN, ChainOfThought, Strategy
 
 pytestmark = pytest.mark.anyio

@@ -45,10 +45,26 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(BUNDLED_POLICY),
-             "--dtype", "float32", "--max-model-len", "512", "--served-model-name", NAME,
-             "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
+            [
+                str(VLLM_PYTHON),
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                str(BUNDLED_POLICY),
+                "--dtype",
+                "float32",
+                "--max-model-len",
+                "512",
+                "--served-model-name",
+                NAME,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     try:
         deadline = time.monotonic() + 400
@@ -76,8 +92,14 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 async def test_n_logprobs_and_token_ids(vllm_server: str) -> None:
     async with OpenAIPolicy(NAME, base_url=vllm_server, mode="completion", server="vllm") as p:
         result = await p.generate(
-            GenerationRequest(messages=[{"role": "user", "content": "Evaluate: 3+4*5"}], n=4, max_tokens=40,
-                              temperature=1.0, logprobs=True, stop=["\n"])
+            GenerationRequest(
+                messages=[{"role": "user", "content": "Evaluate: 3+4*5"}],
+                n=4,
+                max_tokens=40,
+                temperature=1.0,
+                logprobs=True,
+                stop=["\n"],
+            )
         )
         assert len(result.completions) == 4 and p.supports_n is True
         for c in result.completions:
@@ -93,8 +115,14 @@ async def test_strategies_run_on_vllm(vllm_server: str, tmp_path: Path) -> None:
     verifiers = Verifiers(outcome=ExactMatch(), process=TinyStepVerifier(), extractor=AnswerExtractor(["answer_line"]))
     async with OpenAIPolicy(NAME, base_url=vllm_server, mode="completion", server="vllm") as p:
         for strategy in (ChainOfThought(), BestOfN(n=4, selection="process")):
-            async with Runtime(p, strategy, verifiers=verifiers, sampling=Sampling(temperature=0.7, max_tokens=128),
-                               store=str(tmp_path / "s.db"), run_id=strategy.name) as rt:
+            async with Runtime(
+                p,
+                strategy,
+                verifiers=verifiers,
+                sampling=Sampling(temperature=0.7, max_tokens=128),
+                store=str(tmp_path / "s.db"),
+                run_id=strategy.name,
+            ) as rt:
                 episodes = [ep async for ep in rt.stream(tasks)]
             assert len(episodes) == 12 and all(ep.status == "ok" for ep in episodes), [ep.errors for ep in episodes]
             assert sum(ep.reward or 0 for ep in episodes) >= 6  # the tiny policy solves most 1-2-step problems

@@ -8,8 +8,8 @@ its data), so no setting is copied here.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from runtime.app.config import PolicyConfig, RunConfig, WeightedVerifier
@@ -90,7 +90,9 @@ def build_verifiers(config: RunConfig, policy: Policy | None = None) -> Verifier
         extractor = AnswerExtractor(v.answer_patterns)
     except Exception as exc:  # a bad regex, or one without a group
         raise ConfigError(f"verifiers.answer_patterns: {exc}") from None
-    env = VerifierEnv(policy=policy, delimiter=config.sampling.step_delimiter, extractor=extractor, make_policy=_own_policy)
+    env = VerifierEnv(
+        policy=policy, delimiter=config.sampling.step_delimiter, extractor=extractor, make_policy=_own_policy
+    )
     built: dict[str, Any] = {}
 
     def bind(component: Verifier, field: str) -> Any:

@@ -281,6 +281,32 @@ def export(
     console.print(f"wrote {n} episodes to {target}", highlight=False, markup=False, soft_wrap=True)
 
 
+FAMILIES = ("strategies", "verifiers", "tasks", "learners")
+
+
+@app.command(name="components")
+def list_components(
+    family: Annotated[str | None, typer.Argument(help=f"One of {', '.join(FAMILIES)} (default: all).")] = None,
+) -> None:
+    """List the components a config can name (built-in and from installed plug-ins)."""
+    from runtime.core.registry import components
+
+    if family is not None and family not in FAMILIES:
+        _fail(f"unknown component family {family!r} (allowed: {', '.join(FAMILIES)})")
+    for name in [family] if family else FAMILIES:
+        try:
+            found = components(name)
+        except Exception as exc:  # a broken plug-in: say which, list nothing of it
+            _fail(f"{name}: a plug-in failed to load: {exc}")
+        table = Table(title=name, title_justify="left", show_header=True)
+        table.add_column("name")
+        table.add_column("class")
+        table.add_column("what it is")
+        for key, cls in found.items():
+            table.add_row(key, f"{cls.__module__}:{cls.__qualname__}", " ".join((cls.__doc__ or "").split())[:90])
+        out.print(table)
+
+
 def _open_store(path: Path) -> EpisodeStore:
     if not path.is_file():
         _fail(f"episode store {path} does not exist")

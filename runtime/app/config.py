@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from learners.base import LearnerSpec
 from runtime.core.errors import ConfigError
@@ -52,6 +61,8 @@ class _Section(BaseModel):
 
 
 class PriceConfig(_Section):
+    """What a hosted model costs (``policy.price``)."""
+
     input: float = Field(ge=0)
     """USD per million prompt tokens."""
     output: float = Field(ge=0)
@@ -59,6 +70,8 @@ class PriceConfig(_Section):
 
 
 class PolicyConfig(_Section):
+    """The model that samples (``policy:``): which backend, where, and its limits."""
+
     kind: Literal["openai", "local", "scripted"] = "openai"
     """Backend: an OpenAI-compatible server, a local transformers checkpoint, or the scripted fake."""
     model: str = "gpt-4o-mini"
@@ -118,6 +131,8 @@ def _process(value: Any) -> Any:
 
 
 class WeightedVerifier(_Section):
+    """One term of a weighted sum of process verifiers (an item of ``verifiers.process``)."""
+
     verifier: ComponentField("verifiers", Verifier)  # type: ignore[valid-type]
     """The process verifier."""
     weight: float = Field(1.0, ge=0)
@@ -148,6 +163,9 @@ _LEGACY: dict[str, tuple[str, str]] = {
 
 
 class VerifiersConfig(_Section):
+    """The run's verifiers (``verifiers:``): outcome and process verifiers, answer
+    extraction, the gate and reward shaping."""
+
     outcome: OutcomeField = Field(default_factory=ExactMatch)
     """Outcome verifier that sets the episode's reward: a name (exact, regex, math,
     reasoning_gym, judge, code, or a plug-in's), a mapping with ``name`` and its settings,
@@ -199,8 +217,10 @@ class VerifiersConfig(_Section):
                 )
         weights = data.pop("process_weights", None)
         if weights:
-            data["process"] = [{**(spec(name) if isinstance(spec(name), dict) else {"name": name}), "weight": w}
-                               for name, w in weights.items()]
+            data["process"] = [
+                {**(spec(name) if isinstance(spec(name), dict) else {"name": name}), "weight": w}
+                for name, w in weights.items()
+            ]
         for role in ("outcome", "process"):
             if role in data:
                 data[role] = spec(data[role])
@@ -228,11 +248,15 @@ class VerifiersConfig(_Section):
 
 
 class StoreConfig(_Section):
+    """Where episodes are stored (``store:``)."""
+
     path: str = DEFAULT_STORE
     """SQLite file of the episode store."""
 
 
 class RunConfig(_Section):
+    """A whole run: what ``searchlearn run CONFIG`` reads."""
+
     run_id: str = Field("default", min_length=1)
     """Name of the run; rerunning the same id resumes it."""
     policy: PolicyConfig = Field(default_factory=PolicyConfig)

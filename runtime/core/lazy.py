@@ -31,4 +31,3 @@ def lazy_exports(package: str, names: Mapping[str, str]) -> tuple[Callable[[str]
         return sorted(set(vars(sys.modules[package])) | set(names))
 
     return __getattr__, __dir__
-

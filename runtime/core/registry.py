@@ -31,7 +31,15 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, SerializeAsAny
 
 from runtime.core.errors import ConfigError
 
-__all__ = ["Component", "ComponentField", "component_name", "components", "lookup", "register_builtins", "validate_component"]
+__all__ = [
+    "Component",
+    "ComponentField",
+    "component_name",
+    "components",
+    "lookup",
+    "register_builtins",
+    "validate_component",
+]
 
 _REGISTRY: dict[str, dict[str, type[Component]]] = {}
 _BUILTINS: dict[str, list[str]] = {}

@@ -138,7 +138,9 @@ class LLMJudge(Verifier):
         elif env.policy is not None:
             policy = env.policy
         else:
-            raise ConfigError(f"{env.field}.policy: an LLM judge needs a policy (the run's, or its own policy: section)")
+            raise ConfigError(
+                f"{env.field}.policy: an LLM judge needs a policy (the run's, or its own policy: section)"
+            )
         return LLMJudge(policy, **self.model_dump(exclude={"name"}))
 
     async def score(self, task: Task, answer: str | None, text: str) -> Score:

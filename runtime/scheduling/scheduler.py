@@ -334,9 +334,7 @@ class Runtime:
                     await self.strategy.run(ctx)
         except TimeoutError:
             episode.status = "failed"
-            episode.errors.append(
-                ErrorInfo.from_exception(EpisodeTimeout(f"episode exceeded its {timeout}s timeout"))
-            )
+            episode.errors.append(ErrorInfo.from_exception(EpisodeTimeout(f"episode exceeded its {timeout}s timeout")))
         except Exception as exc:
             episode.status = "failed"
             episode.errors.append(ErrorInfo.from_exception(exc))

@@ -20,7 +20,15 @@ from runtime.core.errors import TaskError
 from runtime.core.registry import Component
 from runtime.core.types import Task
 
-__all__ = ["JsonlTasks", "ReasoningGymTasks", "TaskSource", "iterate_tasks", "jsonl_tasks", "reasoning_gym_tasks", "to_task"]
+__all__ = [
+    "JsonlTasks",
+    "ReasoningGymTasks",
+    "TaskSource",
+    "iterate_tasks",
+    "jsonl_tasks",
+    "reasoning_gym_tasks",
+    "to_task",
+]
 
 
 def to_task(item: Any, index: int) -> Task:

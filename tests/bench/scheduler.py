@@ -51,10 +51,10 @@ import openai  # noqa: E402
 from fakeserver import FakeServer, serve, stats  # noqa: E402
 
 from runtime.core.types import Episode, Task  # noqa: E402
-from runtime.policy.base import GenerationRequest
+from runtime.policy.base import GenerationRequest  # noqa: E402
 from runtime.policy.limits import EndpointLimits  # noqa: E402
 from runtime.policy.openai_compatible import OpenAIPolicy  # noqa: E402
-from runtime.policy.scripted import ScriptedPolicy
+from runtime.policy.scripted import ScriptedPolicy  # noqa: E402
 from runtime.scheduling.scheduler import Runtime, SchedulerSettings  # noqa: E402
 from runtime.search.context import Context, Sampling, Verifiers  # noqa: E402
 from strategies import ChainOfThought  # noqa: E402

@@ -66,13 +66,13 @@ import anyio  # noqa: E402
 import torch  # noqa: E402
 
 from runtime.policy.local import LocalPolicy  # noqa: E402
-from runtime.rewards.base import AnswerExtractor, ProcessVerifier
+from runtime.rewards.base import AnswerExtractor, ProcessVerifier  # noqa: E402
 from runtime.rewards.mc_value import MonteCarloValue  # noqa: E402
-from runtime.rewards.outcome import ExactMatch
+from runtime.rewards.outcome import ExactMatch  # noqa: E402
 from runtime.scheduling.scheduler import Runtime, SchedulerSettings  # noqa: E402
 from runtime.search.context import Sampling, Verifiers  # noqa: E402
-from runtime.tiny.tasks import tiny_tasks
-from runtime.tiny.verifier import TinyStepVerifier
+from runtime.tiny.tasks import tiny_tasks  # noqa: E402
+from runtime.tiny.verifier import TinyStepVerifier  # noqa: E402
 from strategies import (  # noqa: E402
     DVTS,
     MCTS,

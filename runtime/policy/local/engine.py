@@ -509,7 +509,10 @@ class LocalEngine:
         positions = torch.tensor([[r.length] for r in self._rows])
         mask = torch.cat([self._mask, torch.ones(len(self._rows), 1, dtype=torch.long)], dim=1)
         out = self.model(
-            input_ids=tokens, position_ids=positions, attention_mask=mask, use_cache=True,
+            input_ids=tokens,
+            position_ids=positions,
+            attention_mask=mask,
+            use_cache=True,
             **{self._cache_arg: self._cache},
         )
         self._cache, self._mask = _cache_of(out), mask
@@ -634,4 +637,3 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
             continue
         ids.update(value if isinstance(value, list) else [value])
     return ids
-

@@ -31,8 +31,17 @@ __all__ = ["LocalPolicy"]
 class LocalPolicy:
     """A Policy served in process by a continuous-batching engine."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 64, max_pending: int | None = None,
-                 version: int = 0, name: str = "local", threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_batch: int = 64,
+        max_pending: int | None = None,
+        version: int = 0,
+        name: str = "local",
+        threads: int | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.name = name
         self.engine = LocalEngine(model, tokenizer, max_batch=max_batch, version=version, threads=threads)
