@@ -4,8 +4,10 @@ The learner contract (:class:`Learner`): ``async update(examples) -> UpdateResul
 takes one optimizer step, ``weights()`` is what gets published to the policy.
 :class:`OnlineLoop` runs a scheduler and a learner together, :class:`VerifiedPaths`
 turns episodes into examples, :class:`Evaluator` scores policy versions on held-out
-tasks, :mod:`learners.prm` trains process reward models. Learner configs
-(:class:`ExpertIteration`, :class:`Distill`) register under their ``kind``. Names are
+tasks, :mod:`learners.prm` trains process reward models. Policy gradient:
+:class:`Rollouts` turns search trees into groups with per-step advantages and
+:class:`PolicyGradientLearner` takes PPO-clip steps on them. Learner configs
+(:class:`ExpertIteration`, :class:`Distill`, :class:`GRPO`) register under their ``kind``. Names are
 imported on first use (torch loads with the first learner).
 """
 
@@ -18,31 +20,44 @@ _EXPORTS = {
     "EvalSettings": ".loop_settings",
     "Evaluator": ".evaluate",
     "Example": ".examples",
+    "ExampleSource": ".base",
     "ExpertIteration": ".expert_iteration",
+    "GRPO": ".grpo",
     "Learner": ".base",
     "LearnerSpec": ".base",
     "LoopSettings": ".loop_settings",
     "LoopStats": ".loop",
     "LoraSettings": ".sft",
     "OnlineLoop": ".loop",
+    "PGSettings": ".policy_gradient",
     "PRMExample": ".prm",
     "PathSettings": ".examples",
+    "PolicyGradientLearner": ".policy_gradient",
+    "Rollout": ".rollouts",
+    "RolloutSettings": ".rollouts",
+    "Rollouts": ".rollouts",
     "SFTLearner": ".sft",
     "SFTSettings": ".sft",
+    "TorchLearner": ".trainer",
     "TrainReport": ".prm",
+    "TrainerSettings": ".trainer",
     "UpdateResult": ".base",
     "VerifiedPaths": ".examples",
     "build_tiny_prm": ".prm",
+    "group_advantages": ".rollouts",
     "mc_examples": ".prm",
     "path_text": ".examples",
+    "token_logprobs": ".policy_gradient",
     "train_prm": ".prm",
 }
 
 __all__ = [
+    "GRPO",
     "Distill",
     "EvalSettings",
     "Evaluator",
     "Example",
+    "ExampleSource",
     "ExpertIteration",
     "Learner",
     "LearnerSpec",
@@ -50,16 +65,25 @@ __all__ = [
     "LoopStats",
     "LoraSettings",
     "OnlineLoop",
+    "PGSettings",
     "PRMExample",
     "PathSettings",
+    "PolicyGradientLearner",
+    "Rollout",
+    "RolloutSettings",
+    "Rollouts",
     "SFTLearner",
     "SFTSettings",
+    "TorchLearner",
     "TrainReport",
+    "TrainerSettings",
     "UpdateResult",
     "VerifiedPaths",
     "build_tiny_prm",
+    "group_advantages",
     "mc_examples",
     "path_text",
+    "token_logprobs",
     "train_prm",
 ]
 

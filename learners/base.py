@@ -13,15 +13,17 @@ that owns it, and combined by inheritance).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from learners.examples import Example
 from learners.loop_settings import LoopSettings
 from runtime.core.registry import Component
+from runtime.core.types import Episode
+from runtime.search.context import Sampling, Verifiers
 
-__all__ = ["Learner", "LearnerSpec", "UpdateResult"]
+__all__ = ["ExampleSource", "Learner", "LearnerSpec", "UpdateResult"]
 
 
 @dataclass(slots=True)
@@ -34,6 +36,9 @@ class UpdateResult:
     tokens: int
     seconds: float
     grad_norm: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Learner-specific figures of the step (a policy-gradient learner's clipped and
+    truncated tokens, mean ratio, KL, entropy)."""
 
 
 @runtime_checkable
@@ -61,6 +66,20 @@ class Learner(Protocol):
         ...
 
 
+@runtime_checkable
+class ExampleSource(Protocol):
+    """What turns finished episodes into a learner's examples (verified paths, rollouts,
+    preference pairs); it keeps counters the loop reports and state it checkpoints."""
+
+    rejected_by_process: int
+
+    async def examples(self, episode: Episode, verifiers: Verifiers | None = None) -> Sequence[Any]: ...
+
+    def state(self) -> list[bytes]: ...
+
+    def load_state(self, seen: Sequence[bytes]) -> None: ...
+
+
 class LearnerSpec(Component, LoopSettings):
     """Base of the learner configs a run config can name (``learner: {kind: ..., ...}``)."""
 
@@ -76,9 +95,11 @@ class LearnerSpec(Component, LoopSettings):
         """The checkpoint the learner starts from and the config field that names it."""
         return policy_path or "", "policy.path"
 
-    def build_learner(self, model: Any, tokenizer: Any) -> Learner:
+    def build_learner(self, model: Any, tokenizer: Any, sampling: Sampling) -> Learner:
+        """The learner over ``model`` (``sampling``: how the run samples, for learners
+        whose loss depends on it)."""
         raise NotImplementedError
 
-    def build_converter(self, delimiter: str) -> Any:
+    def build_converter(self, delimiter: str) -> ExampleSource:
         """What turns episodes into the learner's examples."""
         raise NotImplementedError

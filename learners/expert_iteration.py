@@ -15,6 +15,7 @@ from typing import Any, Literal
 from learners.base import LearnerSpec
 from learners.examples import PathSettings, VerifiedPaths
 from learners.sft import SFTLearner, SFTSettings
+from runtime.search.context import Sampling
 
 __all__ = ["ExpertIteration"]
 
@@ -24,7 +25,7 @@ class ExpertIteration(LearnerSpec, SFTSettings, PathSettings):
 
     kind: Literal["expert_iteration"] = "expert_iteration"
 
-    def build_learner(self, model: Any, tokenizer: Any) -> SFTLearner:
+    def build_learner(self, model: Any, tokenizer: Any, sampling: Sampling) -> SFTLearner:
         return SFTLearner(model, tokenizer, self)
 
     def build_converter(self, delimiter: str) -> VerifiedPaths:

@@ -46,9 +46,9 @@ import anyio
 import anyio.abc
 import structlog
 
-from learners.base import Learner
+from learners.base import ExampleSource, Learner
 from learners.evaluate import Evaluator
-from learners.examples import Example, VerifiedPaths
+from learners.examples import Example
 from learners.loop_settings import LoopSettings
 from runtime.core.errors import ConfigError
 from runtime.core.types import Episode, Task
@@ -77,6 +77,9 @@ class LoopStats:
     started: float = field(default_factory=time.monotonic)
     staleness: Counter[int] = field(default_factory=Counter)
     curve: list[dict[str, Any]] = field(default_factory=list)
+    learner_counts: Counter[str] = field(default_factory=Counter)
+    """Summed counters the learner reports per step (clipped / truncated tokens)."""
+    skipped_groups: int = 0
 
     @property
     def elapsed(self) -> float:
@@ -96,6 +99,8 @@ class LoopStats:
             "last loss": self.last_loss,
             "learner utilisation": self.learner_seconds / self.elapsed if self.elapsed > 0 else 0.0,
             "staleness histogram": dict(sorted(self.staleness.items())),
+            **({"groups skipped (equal rewards)": self.skipped_groups} if self.skipped_groups else {}),
+            **{f"{k.replace('_', ' ')} (all steps)": int(v) for k, v in sorted(self.learner_counts.items())},
         }
 
 
@@ -106,7 +111,7 @@ class OnlineLoop:
         self,
         runtime: Runtime,
         learner: Learner,
-        source: VerifiedPaths,
+        source: ExampleSource,
         *,
         publish: WeightedPolicy | None = None,
         evaluator: Evaluator | None = None,
@@ -229,6 +234,7 @@ class OnlineLoop:
         rejected = self.source.rejected_by_process
         examples = await self.source.examples(episode, self.runtime.verifiers)
         self.stats.rejected_by_process += self.source.rejected_by_process - rejected
+        self.stats.skipped_groups = getattr(self.source, "skipped_groups", 0)
         k = self.settings.max_staleness
         kept = []
         for ex in examples:
@@ -263,6 +269,9 @@ class OnlineLoop:
             self.stats.steps = self.learner.steps
             self.stats.last_loss = result.loss
             self.stats.learner_seconds += result.seconds
+            self.stats.learner_counts.update(
+                {k: v for k, v in result.metrics.items() if k.endswith("_tokens")}
+            )
         self.stats.examples += len(batch)
         self._consumed |= keys
         if self.learner.steps % self.settings.steps_per_version == 0:

@@ -8,7 +8,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
 import yaml
 from test_kill_resume import stored
@@ -19,10 +21,10 @@ TASKS = 96
 CLI = [sys.executable, "-c", "from runtime.app.cli import main; main()", "run"]
 
 
-def write_config(tmp_path: Path) -> tuple[Path, Path, Path]:
+def write_config(tmp_path: Path, kind: str = "expert_iteration") -> tuple[Path, Path, Path]:
     db = tmp_path / "store.db"
     checkpoint = tmp_path / "learner.pt"
-    config = {
+    config: dict[str, Any] = {
         "run_id": "loop-kill",
         "policy": {"kind": "local", "path": "bundled", "max_concurrency": 16},
         "tasks": {"source": "tiny", "size": TASKS, "steps": [1, 2], "seed": 3},
@@ -40,13 +42,20 @@ def write_config(tmp_path: Path) -> tuple[Path, Path, Path]:
         },
         "store": {"path": str(db)},
     }
+    if kind == "grpo":  # groups of 4 from the weaker policy, so rewards differ within a group
+        config["policy"]["path"] = "bundled-weak"
+        config["tasks"]["steps"] = [2, 3]
+        config["strategy"] = {"name": "best_of_n", "n": 4}
+        config["sampling"]["logprobs"] = True
+        config["learner"]["kind"] = "grpo"
     path = tmp_path / "loop.yaml"
     path.write_text(yaml.safe_dump(config))
     return path, db, checkpoint
 
 
-def test_sigkill_then_restart_consumes_every_episode_once(tmp_path: Path) -> None:
-    config, db, checkpoint = write_config(tmp_path)
+@pytest.mark.parametrize("kind", ["expert_iteration", "grpo"])
+def test_sigkill_then_restart_consumes_every_episode_once(tmp_path: Path, kind: str) -> None:
+    config, db, checkpoint = write_config(tmp_path, kind)
     proc = subprocess.Popen([*CLI, str(config), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     while not (checkpoint.is_file() and stored(db) >= 24):

@@ -81,7 +81,7 @@ def build_learner(config: RunConfig) -> Learner:
     if config.learner is None:
         raise ConfigError("learner: this config has no learner section")
     model, tokenizer = _student(config)
-    return config.learner.build_learner(model, tokenizer)
+    return config.learner.build_learner(model, tokenizer, config.sampling)
 
 
 def build_loop(config: RunConfig, *, handle_signals: bool = False) -> OnlineLoop:

@@ -70,6 +70,7 @@ class Node:
     token_ids: list[int] | None = None
     logprobs: list[float] | None = None
     policy_version: int | None = None
+    sample_logprobs: list[float] | None = None
     finish_reason: str | None = None
     terminal: bool = False
     answer: str | None = None

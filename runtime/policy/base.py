@@ -53,7 +53,11 @@ class Completion:
     text: str
     token_ids: list[int] | None = None
     logprobs: list[float] | None = None
+    """Per token, the model's log-probability (raw distribution), where the backend gives it."""
     finish_reason: str | None = None
+    sample_logprobs: list[float] | None = None
+    """Per token, the log-probability under the distribution it was sampled from
+    (temperature and top-p applied): the behaviour policy. The local engine gives it."""
 
 
 @dataclass(slots=True)

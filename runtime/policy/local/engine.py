@@ -31,7 +31,9 @@ Design decisions:
   loop need per request, so the engine is ours; its speed is compared with
   ``transformers serve --continuous-batching`` (which uses that manager) in
   ``tests/bench/local_engine.py``.
-- Logprobs are of the raw model distribution (before temperature), as vLLM reports.
+- Logprobs are of the raw model distribution (before temperature), as vLLM reports;
+  ``sample_logprobs`` are of the distribution each token was drawn from (temperature and
+  top-p applied), the behaviour log-probs a policy-gradient learner corrects against.
 - Threads: torch runs on the worker thread with ``threads`` OpenMP threads. Any other
   live thread of the process that has run torch ops keeps its own OpenMP (libgomp)
   team; once the teams hold more threads than there are cores, libgomp stops spinning
@@ -69,6 +71,9 @@ class Sequence:
     logprobs: list[float]
     text: str
     finish_reason: str
+    sample_logprobs: list[float] = field(default_factory=list)
+    """Log-probability of each token under the distribution it was drawn from (temperature
+    and top-p applied, renormalised; 0 for greedy rows): the behaviour policy of RL."""
 
 
 @dataclass(slots=True)
@@ -168,6 +173,7 @@ class _Row:
     length: int  # real tokens in the cache (prompt + generated so far, before the pending token)
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    sample_logprobs: list[float] = field(default_factory=list)
     finished: str | None = None
     text: str = ""
 
@@ -529,7 +535,7 @@ class LocalEngine:
                 continue
             row.length += 1
             if row.req.temperature <= 0:  # greedy rows need no per-row tensor work
-                self._accept(row, greedy[i], greedy_logprobs[i])
+                self._accept(row, greedy[i], greedy_logprobs[i], 0.0)
             else:
                 self._choose(row, logits[i], logprobs[i])
         self._compact()
@@ -540,7 +546,7 @@ class LocalEngine:
         if logprobs is None:
             logprobs = torch.log_softmax(logits, dim=-1)
         if req.temperature <= 0:
-            token = int(torch.argmax(logits))
+            token, sampled = int(torch.argmax(logits)), 0.0
         else:
             probs = torch.softmax(logits / req.temperature, dim=-1)
             if req.top_p < 1.0:
@@ -548,9 +554,10 @@ class LocalEngine:
                 keep = torch.cumsum(sorted_p, 0) - sorted_p < req.top_p
                 probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
             token = int(torch.multinomial(probs, 1, generator=row.generator))
-        self._accept(row, token, float(logprobs[token]))
+            sampled = float(torch.log(probs[token] / probs.sum()))
+        self._accept(row, token, float(logprobs[token]), sampled)
 
-    def _accept(self, row: _Row, token: int, logprob: float) -> None:
+    def _accept(self, row: _Row, token: int, logprob: float, sampled: float) -> None:
         """Append ``token`` to ``row`` and check whether the row is done."""
         req = row.req
         self.stats.generated_tokens += 1
@@ -559,6 +566,7 @@ class LocalEngine:
             return
         row.tokens.append(token)
         row.logprobs.append(logprob)
+        row.sample_logprobs.append(sampled)
         if req.stop:
             row.text = self.tok.decode(row.tokens, skip_special_tokens=True)
             cut = min((i for i in (row.text.find(s) for s in req.stop) if i >= 0), default=-1)
@@ -577,10 +585,11 @@ class LocalEngine:
             while row.tokens and any(s in self.tok.decode(row.tokens, skip_special_tokens=True) for s in req.stop):
                 row.tokens.pop()
                 row.logprobs.pop()
+                row.sample_logprobs.pop()
         else:
             row.text = self.tok.decode(row.tokens, skip_special_tokens=True)
         group = self._groups[id(req)]
-        group.sequences[row.index] = Sequence(row.tokens, row.logprobs, row.text, reason)
+        group.sequences[row.index] = Sequence(row.tokens, row.logprobs, row.text, reason, row.sample_logprobs)
         group.left -= 1
         if group.left == 0:
             del self._groups[id(req)]

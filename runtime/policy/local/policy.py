@@ -110,6 +110,7 @@ class LocalPolicy:
                     token_ids=s.token_ids,
                     logprobs=s.logprobs if request.logprobs else None,
                     finish_reason=s.finish_reason,
+                    sample_logprobs=s.sample_logprobs if request.logprobs else None,
                 )
                 for s in result.sequences
             ],

@@ -1,0 +1,284 @@
+"""Policy gradient on rollouts: a PPO-clip surrogate with group advantages, against the
+behaviour log-probs recorded at sampling time (GRPO, Shao et al. 2024; Dr. GRPO, Liu
+et al. 2025; RLOO, Ahmadian et al. 2024), with AReaL's decoupled objective for stale
+samples (Fu et al. 2025).
+
+Per completion token t with advantage A (its step's, see :mod:`learners.rollouts`)::
+
+    r_t  = pi_theta(t) / pi_prox(t)                      # proximal: the policy at the start of this update
+    w_t  = min(pi_prox(t) / pi_behav(t), is_cap)         # behaviour: what the engine sampled from
+    loss = -w_t * min(r_t * A, clip(r_t, 1 - clip_low, 1 + clip_high) * A)
+           + kl_coef * KL_k3(pi_theta || pi_ref) - entropy_coef * H(pi_theta)
+
+Design decisions:
+- Log-probs are of the distribution that was sampled: ``logits / temperature``, and with
+  ``top_p < 1`` the renormalised nucleus, the same as the engine's ``sample_logprobs``;
+  so a fresh on-policy sample has ``w = 1`` up to rounding, and the learner checks it
+  (``behaviour_ratio_max_dev`` in the step's metrics).
+- The proximal policy is the learner's weights when ``update`` starts. With
+  ``mini_batches = 1`` it equals the weights the gradient is taken at (``r = 1``, the
+  clip is inactive, and no extra forward pass is spent); with more, the batch is split
+  into that many optimizer steps against the same proximal policy (PPO's epochs), and
+  the clip bounds how far a large-advantage token moves.
+- ``w`` corrects for staleness (the batch was sampled by an older version): it is
+  truncated at ``is_cap``, and truncated tokens are counted. A rollout without recorded
+  behaviour log-probs (a backend that gives none, a re-tokenised path) takes ``w = 1``.
+- The end-of-turn token of a finished solution is trained too (the engine drops it from
+  the ids it returns; its behaviour is taken to be the proximal policy's).
+- Loss normaliser (``loss_norm``): ``token`` (sum over the batch's tokens / their number,
+  DAPO), ``sequence`` (mean per rollout, then over rollouts, GRPO), ``constant`` (sum /
+  (rollouts x ``constant_tokens``), Dr. GRPO's length-unbiased form).
+- KL to the initial policy (``kl_coef`` > 0) keeps a frozen copy of the starting weights
+  and uses the k3 estimator (Schulman 2020); the entropy bonus is exact over the vocabulary.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from learners.base import UpdateResult
+from learners.rollouts import Rollout
+from learners.trainer import TorchLearner, TrainerSettings
+
+__all__ = ["PGSettings", "PolicyGradientLearner", "token_logprobs"]
+
+
+class PGSettings(TrainerSettings):
+    """How the policy-gradient learner steps (part of a learner config section)."""
+
+    clip_low: float = Field(0.2, ge=0, le=1)
+    """PPO clip below 1: the ratio is clipped at 1 - clip_low."""
+    clip_high: float = Field(0.2, ge=0, le=10)
+    """PPO clip above 1: the ratio is clipped at 1 + clip_high (DAPO raises it)."""
+    is_cap: float = Field(5.0, ge=1)
+    """Truncation of the behaviour-to-proximal importance weight (decoupled PPO)."""
+    kl_coef: float = Field(0.0, ge=0)
+    """Weight of the KL penalty to the initial policy (0: none, and no reference copy kept)."""
+    entropy_coef: float = Field(0.0, ge=0)
+    """Weight of the entropy bonus."""
+    loss_norm: Literal["token", "sequence", "constant"] = "token"
+    """token: over the batch's tokens; sequence: per rollout then over rollouts; constant:
+    over rollouts x constant_tokens."""
+    constant_tokens: int = Field(256, ge=1)
+    """The constant normaliser's tokens per rollout (loss_norm constant)."""
+    mini_batches: int = Field(1, ge=1, le=64)
+    """Optimizer steps per update, over shuffled parts of the batch, against one proximal policy."""
+    temperature: float | None = Field(None, gt=0, le=2)
+    """Sampling temperature the rollouts were drawn at (None: the run's sampling temperature)."""
+    top_p: float | None = Field(None, gt=0, le=1)
+    """Nucleus mass the rollouts were drawn with (None: the run's sampling top_p)."""
+    seed: int = 0
+    """Seed of the mini-batch shuffle."""
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Log-probs of ``targets`` under ``softmax(logits / temperature)``, restricted to the
+    top-p nucleus and renormalised when ``top_p < 1`` (the engine's sampling distribution)."""
+    scaled = logits / temperature
+    logp = torch.log_softmax(scaled, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = torch.sort(logp.exp(), dim=-1, descending=True)
+        keep_sorted = torch.cumsum(sorted_p, -1) - sorted_p < top_p
+        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+        logp = torch.log_softmax(scaled.masked_fill(~keep, float("-inf")), dim=-1)
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+class _Encoded:
+    """A rollout as tensors: prompt + completion ids, advantages and behaviour per completion token."""
+
+    __slots__ = ("advantages", "behaviour", "ids", "prompt", "weight")
+
+    def __init__(self, ids: list[int], prompt: int, advantages: list[float], behaviour: list[float], weight: float):
+        self.ids, self.prompt, self.advantages, self.behaviour, self.weight = ids, prompt, advantages, behaviour, weight
+
+
+class PolicyGradientLearner(TorchLearner):
+    """PPO-clip policy gradient with group advantages on rollouts (see module doc)."""
+
+    name = "policy_gradient"
+    settings_class = PGSettings
+    settings: PGSettings
+
+    def __init__(self, model: Any, tokenizer: Any, settings: PGSettings | None = None, **overrides: Any) -> None:
+        super().__init__(model, tokenizer, settings, **overrides)
+        self.reference = None
+        if self.settings.kl_coef > 0:
+            self.reference = copy.deepcopy(self.model).eval()
+            for p in self.reference.parameters():
+                p.requires_grad_(False)
+        self.metrics: dict[str, float] = {"truncated_tokens": 0.0, "clipped_tokens": 0.0, "tokens": 0.0}
+        self._last: dict[str, float] = {}
+        self._rng = random.Random(self.settings.seed)
+
+    # -- rollouts to tensors -----------------------------------------------------------
+
+    def encode(self, rollout: Rollout) -> _Encoded:
+        """Prompt (chat template + the rollout's prefix, tokenised as the engine did) and
+        completion ids, each completion token with its step's advantage and behaviour."""
+        tok = self.tokenizer
+        prompt_text = tok.apply_chat_template(rollout.messages, tokenize=False, add_generation_prompt=True)
+        prompt: list[int] = tok(prompt_text + rollout.prefix, add_special_tokens=False)["input_ids"]
+        completion = (
+            list(rollout.token_ids)
+            if rollout.token_ids is not None
+            else tok(rollout.text, add_special_tokens=False)["input_ids"]
+        )
+        behaviour = list(rollout.behaviour) if rollout.behaviour is not None else [math.nan] * len(completion)
+        if rollout.ends and tok.eos_token_id is not None:
+            completion.append(tok.eos_token_id)
+            behaviour.append(math.nan)
+        steps = self._step_of_tokens(completion, len(rollout.step_advantages))
+        advantages = [rollout.step_advantages[s] for s in steps]
+        room = max(1, self.settings.max_length - len(prompt))
+        return _Encoded(prompt + completion[:room], len(prompt), advantages[:room], behaviour[:room], rollout.weight)
+
+    def _step_of_tokens(self, ids: list[int], steps: int) -> list[int]:
+        """The step each token belongs to: a step ends with the line break that closes it."""
+        out, text, closed = [], "", 0
+        for token in ids:
+            out.append(min(closed, steps - 1))
+            text += self.tokenizer.decode([token], skip_special_tokens=True)
+            while "\n" in text:
+                line, text = text.split("\n", 1)
+                closed += bool(line.strip())
+        return out
+
+    # -- one update --------------------------------------------------------------------
+
+    def step(self, rollouts: Sequence[Rollout]) -> UpdateResult:
+        if not rollouts:
+            raise ValueError("a learner step needs at least one rollout")
+        started = self.prepare()
+        encoded = [self.encode(r) for r in rollouts if r.weight > 0]
+        # The proximal policy: these weights, before any step of this update (with one
+        # step it is the graph's own detached log-probs, and needs no pass of its own).
+        prox = self._logprobs(encoded) if self.settings.mini_batches > 1 else None
+        order = list(range(len(encoded)))
+        self._rng.shuffle(order)
+        parts = [order[i :: self.settings.mini_batches] for i in range(self.settings.mini_batches)]
+        parts = [p for p in parts if p]
+        result = None
+        loss_total, tokens_total = 0.0, 0
+        for part in parts:
+            old = None if prox is None else [prox[i] for i in part]
+            loss, tokens = self._loss_and_backward([encoded[i] for i in part], old)
+            loss_total += loss
+            tokens_total += tokens
+            result = self.apply(started, loss, len(part), tokens)
+        assert result is not None
+        return UpdateResult(
+            result.step, loss_total / len(parts), len(encoded), tokens_total, result.seconds, result.grad_norm,
+            metrics=dict(self._last),
+        )  # fmt: skip
+
+    def _padded(self, batch: list[_Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        width = max(len(e.ids) for e in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, e in enumerate(batch):
+            ids[i, : len(e.ids)] = torch.tensor(e.ids)
+            mask[i, : len(e.ids)] = 1
+        return ids, mask
+
+    def _forward(self, batch: list[_Encoded], model: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits at every position but the last (padded), the next tokens, and which of
+        them are completion tokens."""
+        ids, mask = self._padded(batch)
+        logits = (model or self.model)(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        targets = ids[:, 1:]
+        completion = torch.zeros_like(targets, dtype=torch.bool)
+        for i, e in enumerate(batch):
+            completion[i, e.prompt - 1 : len(e.ids) - 1] = True
+        return logits, targets, completion
+
+    def _temperature(self) -> tuple[float, float]:
+        return self.settings.temperature or 1.0, self.settings.top_p or 1.0
+
+    @torch.no_grad()
+    def _logprobs(self, encoded: list[_Encoded]) -> list[list[float]]:
+        """Per rollout, the completion tokens' log-probs under the current weights."""
+        t, p = self._temperature()
+        out: list[list[float]] = []
+        for start in range(0, len(encoded), self.settings.micro_batch):
+            batch = encoded[start : start + self.settings.micro_batch]
+            logits, targets, completion = self._forward(batch)
+            logp = token_logprobs(logits, targets, t, p)
+            out.extend(logp[i][completion[i]].tolist() for i in range(len(batch)))
+        return out
+
+    def _loss_and_backward(self, batch: list[_Encoded], prox: list[list[float]] | None) -> tuple[float, int]:
+        s = self.settings
+        t, p = self._temperature()
+        total_tokens = sum(len(e.advantages) for e in batch) or 1
+        loss_sum, tokens = 0.0, 0
+        stats = {"ratio_sum": 0.0, "clipped": 0.0, "truncated": 0.0, "dev": 0.0, "kl": 0.0, "entropy": 0.0}
+        for start in range(0, len(batch), s.micro_batch):
+            micro = batch[start : start + s.micro_batch]
+            logits, targets, completion = self._forward(micro)
+            logp = token_logprobs(logits, targets, t, p)
+            ref_logp = None
+            if self.reference is not None:
+                with torch.no_grad():
+                    ref_logits, _, _ = self._forward(micro, self.reference)
+                    ref_logp = token_logprobs(ref_logits, targets, t, p)
+            micro_loss = torch.zeros(())
+            for i, e in enumerate(micro):
+                lp = logp[i][completion[i]]
+                n = lp.shape[0]
+                adv = torch.tensor(e.advantages[:n])
+                old = torch.tensor(prox[start + i][:n]) if prox is not None else lp.detach()
+                behaviour = torch.tensor(e.behaviour[:n])
+                known = ~torch.isnan(behaviour)
+                log_w = torch.where(known, old - torch.nan_to_num(behaviour), torch.zeros_like(old))
+                w = log_w.exp()
+                stats["dev"] = max(stats["dev"], float((w[known] - 1).abs().max()) if bool(known.any()) else 0.0)
+                truncated = w > s.is_cap
+                stats["truncated"] += float(truncated.sum())
+                w = w.clamp(max=s.is_cap)
+                ratio = (lp - old).exp()
+                clipped = ratio.clamp(1 - s.clip_low, 1 + s.clip_high)
+                surrogate = torch.minimum(ratio * adv, clipped * adv)
+                stats["clipped"] += float((surrogate != ratio * adv).sum())
+                stats["ratio_sum"] += float(ratio.detach().sum())
+                per_token = -w * surrogate
+                if ref_logp is not None:
+                    d = ref_logp[i][completion[i]] - lp
+                    kl = d.exp() - d - 1
+                    per_token = per_token + s.kl_coef * kl
+                    stats["kl"] += float(kl.detach().sum())
+                if s.entropy_coef > 0:
+                    probs_logits = logits[i][completion[i]] / t
+                    ent = -(torch.softmax(probs_logits, -1) * torch.log_softmax(probs_logits, -1)).sum(-1)
+                    per_token = per_token - s.entropy_coef * ent
+                    stats["entropy"] += float(ent.detach().sum())
+                if s.loss_norm == "sequence":
+                    term = per_token.mean() / len(batch)
+                elif s.loss_norm == "constant":
+                    term = per_token.sum() / (len(batch) * s.constant_tokens)
+                else:
+                    term = per_token.sum() / total_tokens
+                micro_loss = micro_loss + e.weight * term
+                tokens += n
+            micro_loss.backward()  # type: ignore[no-untyped-call]
+            loss_sum += float(micro_loss.detach())
+        self.metrics["truncated_tokens"] += stats["truncated"]
+        self.metrics["clipped_tokens"] += stats["clipped"]
+        self.metrics["tokens"] += tokens
+        self._last = {
+            "mean_ratio": stats["ratio_sum"] / max(tokens, 1),
+            "clipped_tokens": stats["clipped"],
+            "truncated_tokens": stats["truncated"],
+            "behaviour_ratio_max_dev": stats["dev"],
+            "kl": stats["kl"] / max(tokens, 1),
+            "entropy": stats["entropy"] / max(tokens, 1),
+        }
+        return loss_sum, tokens

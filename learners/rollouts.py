@@ -1,0 +1,252 @@
+"""From episode trees to policy-gradient rollouts with per-step advantages.
+
+Two kinds of group, both read from the tree a search produced:
+
+- ``leaves``: the finished solutions of one episode (best-of-N's samples,
+  self-consistency's votes, compute-optimal's probes, every terminal path of a tree
+  search): a group of answers to one task, whose advantages come from their outcome
+  rewards relative to the group, optionally with the process verifier's step scores;
+- ``siblings``: the steps sampled under one parent (the expansions of beam search,
+  DVTS, MCTS, the resamples of verify-and-backtrack, rejected ones included): a group
+  of actions from one state, whose advantages come from their process scores relative
+  to the group (step-level GRPO: the search's negatives become gradient).
+
+Advantage estimators over a group's rewards ``r_1 .. r_G``:
+
+- ``grpo``: ``(r_i - mean) / (std + eps)`` (Shao et al. 2024, DeepSeekMath);
+- ``dr_grpo``: ``r_i - mean`` (Liu et al. 2025, Dr. GRPO: no std, which favours groups
+  of low variance; pair it with the constant loss normaliser of the learner);
+- ``rloo``: ``r_i - mean of the others`` (Ahmadian et al. 2024).
+
+Process rewards in the loss (``advantage``):
+
+- ``outcome``: every token of a solution carries the solution's outcome advantage;
+- ``process``: the tokens of each step carry that step's process score, normalised over
+  all steps of the group by the same estimator;
+- ``outcome_process``: ``outcome_weight * outcome + process_weight * process``, and the
+  outcome's credit never flows through a step the process verifier rejects (a score below
+  ``reject_below``): such a step gets only its process advantage, negative whenever the
+  group's other steps score higher, so a right answer reached through a wrong step
+  pushes that step down.
+
+Design decisions:
+- A rollout keeps what was sampled: the token ids and the behaviour log-probs the
+  engine recorded (under the temperature and top-p it used), when the rollout was one
+  model call; a path assembled from several calls (a step-level search's final
+  answer) is re-tokenised, and its behaviour is taken to be the learner's policy.
+- Leaves and steps the strategy left unjudged or unscored are judged and scored here
+  (through a scoring-only context: cached, bounded, errors kept out of the loss).
+- A group whose advantages are all zero teaches nothing: it is counted
+  (``skipped_groups``) and gives no rollout; so is a group of one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from runtime.core.errors import VerifierError
+from runtime.core.types import Episode, Node
+from runtime.search.context import Context, Verifiers
+
+__all__ = ["Rollout", "RolloutSettings", "Rollouts", "group_advantages"]
+
+Estimator = Literal["grpo", "dr_grpo", "rloo"]
+EPS = 1e-6
+
+
+def group_advantages(rewards: Sequence[float], estimator: Estimator) -> list[float]:
+    """Each reward's advantage relative to its group (see module doc)."""
+    n = len(rewards)
+    if n < 2:
+        return [0.0] * n
+    mean = sum(rewards) / n
+    if estimator == "rloo":
+        return [r - (sum(rewards) - r) / (n - 1) for r in rewards]
+    centred = [r - mean for r in rewards]
+    if estimator == "dr_grpo":
+        return centred
+    std = (sum(c * c for c in centred) / (n - 1)) ** 0.5
+    return [c / (std + EPS) if std > EPS else 0.0 for c in centred]
+
+
+class RolloutSettings(BaseModel):
+    """Which groups the tree gives and how their advantages are computed (part of a
+    policy-gradient learner's config section)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    groups: Literal["leaves", "siblings", "both"] = "leaves"
+    """leaves: an episode's finished solutions form a group; siblings: the steps sampled
+    under one parent form a group (scored by the process verifier); both."""
+    estimator: Estimator = "grpo"
+    """Group baseline: grpo (mean and std), dr_grpo (mean only), rloo (mean of the others)."""
+    advantage: Literal["outcome", "process", "outcome_process"] = "outcome"
+    """What a leaf's tokens are credited with: its outcome, its steps' process scores, or both."""
+    outcome_weight: float = Field(1.0, ge=0)
+    """Weight of the outcome advantage (advantage outcome_process)."""
+    process_weight: float = Field(1.0, ge=0)
+    """Weight of the process advantage (advantage outcome_process)."""
+    reject_below: float = Field(0.5, ge=0, le=1)
+    """A step scoring below this is rejected: no outcome credit flows through it."""
+
+
+@dataclass(slots=True)
+class Rollout:
+    """One sampled continuation with an advantage per step, ready for a policy-gradient loss."""
+
+    messages: list[dict[str, str]]
+    prefix: str
+    """Assistant text the continuation was sampled after ("" for a whole solution)."""
+    text: str
+    """The continuation's text (its steps joined by the step delimiter)."""
+    step_advantages: list[float]
+    key: tuple[str, str, int]
+    token_ids: list[int] | None = None
+    """Token ids as sampled (None: re-tokenise ``text``)."""
+    behaviour: list[float] | None = None
+    """Behaviour log-prob of each sampled token (None: take the learner's own)."""
+    ends: bool = False
+    """The continuation ends the answer: the end-of-turn token is trained too."""
+    policy_version: int | None = None
+    weight: float = 1.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Rollouts:
+    """Turns episodes into groups of rollouts with advantages (see module doc)."""
+
+    def __init__(self, settings: RolloutSettings | None = None, *, delimiter: str = "\n", **overrides: Any) -> None:
+        base = settings or RolloutSettings()
+        self.settings = type(base).model_validate(base.model_dump() | overrides) if overrides else base
+        self.delimiter = delimiter
+        self.rejected_by_process = 0  # the loop's counter: steps the process verifier rejected
+        self.skipped_groups = 0
+        self.groups = 0
+
+    def state(self) -> list[bytes]:
+        return []  # nothing to dedupe: every sample is a draw of the policy
+
+    def load_state(self, seen: Sequence[bytes]) -> None:
+        return None
+
+    async def examples(self, episode: Episode, verifiers: Verifiers | None = None) -> list[Rollout]:
+        """The rollouts ``episode`` gives (possibly none)."""
+        if episode.status != "ok" or verifiers is None:
+            return []
+        ctx = Context.scoring(episode, verifiers, self.delimiter)
+        out: list[Rollout] = []
+        if self.settings.groups in ("leaves", "both"):
+            out += await self._leaves(ctx)
+        if self.settings.groups in ("siblings", "both") and verifiers.process is not None:
+            out += await self._siblings(ctx)
+        return out
+
+    # -- groups of solutions ---------------------------------------------------------
+
+    async def _leaves(self, ctx: Context) -> list[Rollout]:
+        ep = ctx.episode
+        leaves = [n for n in ep.nodes[1:] if n.terminal and not n.children]
+        scored = [(leaf, reward) for leaf in leaves if (reward := await self._outcome(ctx, leaf)) is not None]
+        if len(scored) < 2:
+            return []
+        s = self.settings
+        outcome = group_advantages([r for _, r in scored], s.estimator)
+        paths = [ctx.path(leaf) for leaf, _ in scored]
+        steps: list[list[float]] = [[] for _ in paths]
+        if s.advantage != "outcome" and ctx.verifiers.process is not None:
+            for i, path in enumerate(paths):
+                steps[i] = [await self._step_score(ctx, n) for n in path]
+        flat = group_advantages([v for row in steps for v in row], s.estimator)
+        process, k = [], 0
+        for row in steps:
+            process.append(flat[k : k + len(row)])
+            k += len(row)
+        rollouts = []
+        for (_, reward), path, a_out, a_proc, scores in zip(scored, paths, outcome, process, steps, strict=True):
+            per_step = []
+            for j in range(len(path)):
+                if s.advantage == "outcome" or not scores:
+                    per_step.append(a_out)
+                elif s.advantage == "process":
+                    per_step.append(a_proc[j])
+                else:
+                    accepted = scores[j] >= s.reject_below
+                    per_step.append(s.outcome_weight * a_out * accepted + s.process_weight * a_proc[j])
+            self.rejected_by_process += sum(v < s.reject_below for v in scores)
+            rollouts.append(self._rollout(ctx, path, per_step, {"reward": reward, "group": "leaves"}))
+        return self._kept(rollouts)
+
+    # -- groups of sibling steps -----------------------------------------------------
+
+    async def _siblings(self, ctx: Context) -> list[Rollout]:
+        out: list[Rollout] = []
+        for parent in ctx.episode.nodes:
+            children = [ctx.node(c) for c in parent.children]
+            sampled = [c for c in children if _sampled_step(c)]
+            if len(sampled) < 2:
+                continue
+            scores = [await self._step_score(ctx, c) for c in sampled]
+            advantages = group_advantages(scores, self.settings.estimator)
+            group = [
+                self._rollout(ctx, [c], [a], {"reward": v, "group": "siblings"}, prefix=ctx.text(parent))
+                for c, a, v in zip(sampled, advantages, scores, strict=True)
+            ]
+            out += self._kept(group)
+        return out
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _kept(self, group: list[Rollout]) -> list[Rollout]:
+        self.groups += 1
+        if all(abs(a) < EPS for r in group for a in r.step_advantages):
+            self.skipped_groups += 1
+            return []
+        return group
+
+    def _rollout(
+        self, ctx: Context, path: list[Node], per_step: list[float], meta: dict[str, Any], prefix: str = ""
+    ) -> Rollout:
+        first = path[0]
+        one_call = first.token_ids is not None and first.meta.get("covers", 1) == len(path)
+        versions = [n.policy_version for n in path if n.policy_version is not None]
+        return Rollout(
+            messages=ctx.task.as_messages(),
+            prefix=prefix,
+            text=self.delimiter.join(n.text for n in path),
+            step_advantages=per_step,
+            key=ctx.episode.key,
+            token_ids=list(first.token_ids or []) if one_call else None,
+            behaviour=list(first.sample_logprobs) if one_call and first.sample_logprobs else None,
+            ends=path[-1].terminal and path[-1].finish_reason == "stop",
+            policy_version=min(versions) if versions else None,
+            meta=meta,
+        )
+
+    async def _outcome(self, ctx: Context, leaf: Node) -> float | None:
+        cached = [v for k, v in leaf.scores.items() if k.startswith("outcome:")]
+        if cached:
+            return max(cached)
+        if ctx.verifiers.outcome is None:
+            return None
+        try:
+            return (await ctx.judge(leaf)).value
+        except VerifierError:
+            return None
+
+    async def _step_score(self, ctx: Context, node: Node) -> float:
+        try:
+            return await ctx.score(node)
+        except VerifierError:
+            return 0.0
+
+
+def _sampled_step(node: Node) -> bool:
+    """A one-step continuation the policy sampled (not a fork, a greedy lookahead, or a
+    whole solution)."""
+    if not node.text or node.token_ids is None or node.meta.get("covers", 1) != 1:
+        return False
+    return not node.sample_logprobs or any(lp != 0.0 for lp in node.sample_logprobs)

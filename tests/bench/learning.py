@@ -1,0 +1,294 @@
+"""Benchmark of the learners: the same start, the same wall-clock budget, the same held-out sets.
+
+Run: ``python tests/bench/learning.py [--minutes 15] [--rows control,expert_iteration,grpo,grpo_process,trl_grpo]``.
+Prints Markdown tables (configuration first) and writes ``docs/learning_curves.png``.
+
+Every row starts from ``bundled-weak`` and trains for ``--minutes`` of wall time on 3-4-step
+tiny-domain problems, one row after the other in this process (nothing else of this
+benchmark runs beside a row):
+
+- ``control``: supervised fine-tuning on the domain's own ground-truth solutions (no
+  search, no model samples): the imitation baseline, at the rate and batch of the
+  expert-iteration config;
+- ``expert_iteration``: ``configs/expert_iteration.yaml`` (verify-and-backtrack as the
+  expert, verified paths behaviour-cloned online);
+- ``grpo``: ``configs/grpo.yaml`` (best-of-8 groups, outcome advantages, PPO-clip against
+  the engine's behaviour log-probs);
+- ``grpo_process``: ``configs/grpo_process.yaml`` (the same with the rule verifier's step
+  scores in the advantages);
+- ``trl_grpo``: TRL's ``GRPOTrainer`` on the same start, reward (exact match of the
+  ``Answer:`` line), group size and sampling temperature, generation by
+  ``model.generate`` (TRL's path without vLLM).
+
+Held-out: greedy pass@1 on 300 fresh 3-step and 300 fresh 4-step problems (seed 4242),
+measured at the start and at the end of every row with the same function; the curve of a
+row is its in-loop evaluation (300 mixed 3-4-step problems, seed 10000). Columns: final
+3-/4-step accuracy, the time the row's curve first reached the control's final mixed
+accuracy, episodes, optimizer steps, learner utilisation, staleness, truncated tokens.
+Targets (issue): a search + RL row beats the control's final 4-step accuracy at equal
+wall time; 4-step pass@1 >= 80 % within 30 minutes; the searchlearn GRPO row reaches TRL
+GRPOTrainer's final accuracy in <= 0.5x its time.
+"""
+
+# ruff: noqa: T201  (a benchmark script: it prints its tables)
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import anyio  # noqa: E402
+import structlog  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from learners import Evaluator, Example, SFTLearner  # noqa: E402
+from runtime.app.build import build_verifiers  # noqa: E402
+from runtime.app.config import load_config  # noqa: E402
+from runtime.app.learning import build_loop  # noqa: E402
+from runtime.policy.checkpoints import resolve_checkpoint  # noqa: E402
+from runtime.policy.local import LocalPolicy  # noqa: E402
+from runtime.tiny.domain import generate_problem, solution_steps  # noqa: E402
+from runtime.tiny.policy_format import evaluate_greedy  # noqa: E402
+from runtime.tiny.tasks import TinyTasks  # noqa: E402
+
+CONFIGS = {"expert_iteration": "expert_iteration.yaml", "grpo": "grpo.yaml", "grpo_process": "grpo_process.yaml"}
+HELD_OUT = TinyTasks(size=300, steps=[3, 4], seed=10_000)
+
+
+def final_accuracy(model: Any, tokenizer: Any) -> dict[str, float]:
+    torch.set_num_threads(2)
+    acc = evaluate_greedy(model.eval(), tokenizer, per_steps=300, seed=4242, max_steps=4)
+    return {"3": acc["3"], "4": acc["4"]}
+
+
+def start_model() -> tuple[Any, Any]:
+    directory = resolve_checkpoint("bundled-weak")
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32), AutoTokenizer.from_pretrained(directory)
+
+
+def evaluator(tokenizer: Any, model: Any) -> Evaluator:
+    config = load_config(ROOT / "configs" / "grpo.yaml")
+    return Evaluator(
+        LocalPolicy(AutoModelForCausalLM.from_config(model.config, dtype=torch.float32), tokenizer, name="eval"),
+        HELD_OUT.build(),
+        build_verifiers(config),
+        config.sampling,
+        None,
+    )
+
+
+def run_loop(name: str, minutes: float, store: Path, eval_every: int) -> dict[str, Any]:
+    config = load_config(
+        ROOT / "configs" / CONFIGS[name],
+        [f"run_id=bench-{name}", f"store.path={store}", f"learner.max_minutes={minutes}",
+         f"learner.eval.every={eval_every}", f"learner.checkpoint={store.parent / (name + '.pt')}"],
+    )  # fmt: skip
+
+    async def main() -> Any:
+        async with build_loop(config) as loop:
+            stats = await loop.run(config.tasks.build())
+            return loop, stats
+
+    started = time.monotonic()
+    loop, stats = anyio.run(main)
+    wall = time.monotonic() - started
+    learner = loop.learner
+    model = AutoModelForCausalLM.from_config(learner.policy_config(), dtype=torch.float32)
+    model.load_state_dict(learner.weights(), strict=False)
+    s = stats.as_dict()
+    return {
+        "row": name,
+        "final": final_accuracy(model, learner.tokenizer),
+        "curve": [(p["wall_time"], p["greedy_pass@1"]) for p in stats.curve],
+        "episodes": stats.episodes,
+        "steps": stats.steps,
+        "utilisation": s["learner utilisation"],
+        "staleness": dict(sorted(stats.staleness.items())),
+        "truncated": int(stats.learner_counts.get("truncated_tokens", 0)),
+        "wall": wall,
+    }
+
+
+def ground_truth_examples(rng: random.Random, n: int) -> list[Example]:
+    out = []
+    for _ in range(n):
+        p = generate_problem(rng, rng.choice([3, 4]))
+        text = "\n".join([*solution_steps(p), f"Answer: {p.answer}"])
+        out.append(Example([{"role": "user", "content": p.question}], text, ("gt", p.question, 0)))
+    return out
+
+
+def run_control(minutes: float, eval_every: int) -> dict[str, Any]:
+    """SFT on ground-truth solutions at expert iteration's rate and batch, for the same time."""
+    spec = load_config(ROOT / "configs" / "expert_iteration.yaml").learner
+    assert spec is not None
+    model, tokenizer = start_model()
+    learner = SFTLearner(model, tokenizer, spec)
+    ev = evaluator(tokenizer, model)
+    rng = random.Random(0)
+    curve: list[tuple[float, float]] = []
+    started = time.monotonic()
+
+    async def evaluate() -> None:
+        metrics = await ev.evaluate(learner.weights(), learner.steps)
+        curve.append((time.monotonic() - started, metrics["greedy_pass@1"]))
+
+    async def main() -> None:
+        await evaluate()
+        while time.monotonic() - started < minutes * 60:
+            await learner.update(ground_truth_examples(rng, spec.batch_examples))
+            if learner.steps % eval_every == 0:
+                await evaluate()
+        await evaluate()
+        await ev.aclose()
+
+    anyio.run(main)
+    wall = time.monotonic() - started
+    return {
+        "row": "control", "final": final_accuracy(learner.model, tokenizer), "curve": curve,
+        "episodes": 0, "steps": learner.steps, "utilisation": learner.busy_seconds / wall, "staleness": {},
+        "truncated": 0, "wall": wall,
+    }  # fmt: skip
+
+
+def run_trl_grpo(minutes: float, eval_every: int) -> dict[str, Any]:
+    """TRL's GRPOTrainer on the same start, reward, group size and temperature."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    config = load_config(ROOT / "configs" / "grpo.yaml")
+    spec = config.learner
+    assert spec is not None
+    model, tokenizer = start_model()
+    tasks = TinyTasks(size=20_000, steps=[3, 4], seed=1).build()
+    data = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": t.prompt or ""}], "answer": t.answer} for t in tasks]
+    )
+
+    def reward(completions: list[Any], answer: list[str], **_: Any) -> list[float]:
+        out = []
+        for completion, want in zip(completions, answer, strict=True):
+            text = completion[0]["content"] if isinstance(completion, list) else str(completion)
+            lines = [ln for ln in text.splitlines() if ln.strip().startswith("Answer:")]
+            out.append(float(bool(lines) and lines[-1].split(":", 1)[1].strip() == want))
+        return out
+
+    ev = evaluator(tokenizer, model)
+    curve: list[tuple[float, float]] = []
+    started = time.monotonic()
+
+    def evaluate() -> None:
+        metrics = anyio.run(ev.evaluate, {k: v.detach().clone() for k, v in model.state_dict().items()}, 0)
+        curve.append((time.monotonic() - started, metrics["greedy_pass@1"]))
+
+    class Budget(TrainerCallback):  # type: ignore[misc]
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+            if state.global_step % eval_every == 0:
+                evaluate()
+            if time.monotonic() - started >= minutes * 60:
+                control.should_training_stop = True
+            return control
+
+    n = load_config(ROOT / "configs" / "grpo.yaml").strategy.n  # type: ignore[attr-defined]
+    args = GRPOConfig(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=2 * n, num_generations=n,
+        max_completion_length=config.sampling.max_tokens, temperature=config.sampling.temperature,
+        learning_rate=spec.lr, max_steps=100_000, logging_steps=10_000, save_strategy="no", report_to=[],
+        use_cpu=True, bf16=False, beta=0.0, seed=0,
+    )  # fmt: skip
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=reward, args=args, train_dataset=data, processing_class=tokenizer,
+        callbacks=[Budget()],
+    )  # fmt: skip
+    evaluate()
+    trainer.train()
+    evaluate()
+    anyio.run(ev.aclose)
+    wall = time.monotonic() - started
+    return {
+        "row": "trl_grpo", "final": final_accuracy(model, tokenizer), "curve": curve,
+        "episodes": trainer.state.global_step * 2, "steps": trainer.state.global_step, "utilisation": 1.0,
+        "staleness": {}, "truncated": 0, "wall": wall,
+    }  # fmt: skip
+
+
+def reached(curve: list[tuple[float, float]], target: float) -> float | None:
+    return next((t for t, acc in curve if acc >= target), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget of each row")
+    parser.add_argument("--rows", default="control,expert_iteration,grpo,grpo_process,trl_grpo")
+    parser.add_argument("--eval-every", type=int, default=10, help="versions (optimizer steps) between evaluations")
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    rows = args.rows.split(",")
+    print("| setting | value |\n|---|---|")
+    print(f"| machine | {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, python {platform.python_version()} |")
+    print(f"| budget | {args.minutes} min per row, rows one after the other, nothing else of this benchmark running |")
+    print(f"| load average at start | {', '.join(f'{x:.2f}' for x in os.getloadavg())} |")
+    model, tokenizer = start_model()
+    start = final_accuracy(model, tokenizer)
+    print(f"| start (bundled-weak), greedy pass@1 3 / 4 steps | {100 * start['3']:.1f} % / {100 * start['4']:.1f} % |\n")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in rows:
+            t0 = time.monotonic()
+            if row == "control":
+                result = run_control(args.minutes, args.eval_every)
+            elif row == "trl_grpo":
+                result = run_trl_grpo(args.minutes, args.eval_every)
+            else:
+                result = run_loop(row, args.minutes, Path(tmp) / f"{row}.db", args.eval_every)
+            results.append(result)
+            print(f"<!-- {row}: {time.monotonic() - t0:.0f} s -->", flush=True)
+    control = next((r for r in results if r["row"] == "control"), None)
+    target = control["curve"][-1][1] if control and control["curve"] else None
+    print("| row | 3-step | 4-step | held-out curve end | reached control's final | episodes | optimizer steps "
+          "| learner utilisation | staleness | truncated tokens |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        end = r["curve"][-1][1] if r["curve"] else float("nan")
+        when = reached(r["curve"], target) if target is not None else None
+        print(f"| {r['row']} | {100 * r['final']['3']:.1f} % | {100 * r['final']['4']:.1f} % | {100 * end:.1f} % "
+              f"| {'-' if when is None else f'{when:.0f} s'} | {r['episodes']:,} | {r['steps']} "
+              f"| {100 * r['utilisation']:.0f} % | {r['staleness']} | {r['truncated']} |")
+    print("\n| curve (held-out greedy pass@1 at wall time) | points |\n|---|---|")
+    for r in results:
+        print(f"| {r['row']} | " + ", ".join(f"{100 * a:.1f} % ({t:.0f} s)" for t, a in r["curve"]) + " |")
+    plot(results, ROOT / "docs" / "learning_curves.png")
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in results:
+        if r["curve"]:
+            ax.plot([t / 60 for t, _ in r["curve"]], [100 * a for _, a in r["curve"]], marker="o", label=r["row"])
+    ax.set_xlabel("wall time (min)")
+    ax.set_ylabel("held-out greedy pass@1, 3-4 steps (%)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
