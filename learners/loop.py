@@ -269,9 +269,7 @@ class OnlineLoop:
             self.stats.steps = self.learner.steps
             self.stats.last_loss = result.loss
             self.stats.learner_seconds += result.seconds
-            self.stats.learner_counts.update(
-                {k: v for k, v in result.metrics.items() if k.endswith("_tokens")}
-            )
+            self.stats.learner_counts.update({k: v for k, v in result.metrics.items() if k.endswith("_tokens")})
         self.stats.examples += len(batch)
         self._consumed |= keys
         if self.learner.steps % self.settings.steps_per_version == 0:

@@ -118,6 +118,13 @@ class PolicyGradientLearner(TorchLearner):
         self._last: dict[str, float] = {}
         self._rng = random.Random(self.settings.seed)
 
+    def extra_state(self) -> dict[str, Any]:
+        return {"reference": self.reference.state_dict()} if self.reference is not None else {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if self.reference is not None and "reference" in state:
+            self.reference.load_state_dict(state["reference"])
+
     # -- rollouts to tensors -----------------------------------------------------------
 
     def encode(self, rollout: Rollout) -> _Encoded:

@@ -194,6 +194,7 @@ class TorchLearner:
             "version": self.version,
             "steps": self.steps,
             "extra": extra or {},
+            **self.extra_state(),
         }
         tmp = target.with_suffix(target.suffix + ".tmp")
         torch.save(state, tmp)
@@ -208,8 +209,17 @@ class TorchLearner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.version = int(state["version"])
         self.steps = int(state["steps"])
+        self.load_extra_state(state)
         extra: dict[str, Any] = state["extra"]
         return extra
+
+    def extra_state(self) -> dict[str, Any]:
+        """What a subclass keeps in the checkpoint besides model and optimizer."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` kept."""
+        return None
 
     def policy_config(self) -> Any:
         """The plain model's transformers config (LoRA unwrapped)."""

@@ -16,13 +16,17 @@ benchmark runs beside a row):
   the engine's behaviour log-probs);
 - ``grpo_process``: ``configs/grpo_process.yaml`` (the same with the rule verifier's step
   scores in the advantages);
+- ``step_dpo``: ``configs/step_dpo.yaml`` (verify-and-backtrack's accepted and rejected
+  sibling steps, and verified vs failed solutions, trained by DPO against the start);
 - ``trl_grpo``: TRL's ``GRPOTrainer`` on the same start, reward (exact match of the
   ``Answer:`` line), group size and sampling temperature, generation by
   ``model.generate`` (TRL's path without vLLM).
 
 Held-out: greedy pass@1 on 300 fresh 3-step and 300 fresh 4-step problems (seed 4242),
 measured at the start and at the end of every row with the same function; the curve of a
-row is its in-loop evaluation (300 mixed 3-4-step problems, seed 10000). Columns: final
+row is its in-loop evaluation (300 mixed 3-4-step problems, seed 10000; every
+``--eval-every`` versions in the loop, every minute for the control and TRL, in the row's
+own time either way). Columns: final
 3-/4-step accuracy, the time the row's curve first reached the control's final mixed
 accuracy, episodes, optimizer steps, learner utilisation, staleness, truncated tokens.
 Targets (issue): a search + RL row beats the control's final 4-step accuracy at equal
@@ -61,8 +65,14 @@ from runtime.tiny.domain import generate_problem, solution_steps  # noqa: E402
 from runtime.tiny.policy_format import evaluate_greedy  # noqa: E402
 from runtime.tiny.tasks import TinyTasks  # noqa: E402
 
-CONFIGS = {"expert_iteration": "expert_iteration.yaml", "grpo": "grpo.yaml", "grpo_process": "grpo_process.yaml"}
+CONFIGS = {
+    "expert_iteration": "expert_iteration.yaml",
+    "grpo": "grpo.yaml",
+    "grpo_process": "grpo_process.yaml",
+    "step_dpo": "step_dpo.yaml",
+}
 HELD_OUT = TinyTasks(size=300, steps=[3, 4], seed=10_000)
+EVAL_SECONDS = 60.0  # rows outside the loop (control, TRL) evaluate this often, in their own time
 
 
 def final_accuracy(model: Any, tokenizer: Any) -> dict[str, float]:
@@ -73,7 +83,9 @@ def final_accuracy(model: Any, tokenizer: Any) -> dict[str, float]:
 
 def start_model() -> tuple[Any, Any]:
     directory = resolve_checkpoint("bundled-weak")
-    return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32), AutoTokenizer.from_pretrained(directory)
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32), AutoTokenizer.from_pretrained(
+        directory
+    )
 
 
 def evaluator(tokenizer: Any, model: Any) -> Evaluator:
@@ -145,10 +157,12 @@ def run_control(minutes: float, eval_every: int) -> dict[str, Any]:
 
     async def main() -> None:
         await evaluate()
+        last = time.monotonic()
         while time.monotonic() - started < minutes * 60:
             await learner.update(ground_truth_examples(rng, spec.batch_examples))
-            if learner.steps % eval_every == 0:
+            if time.monotonic() - last >= EVAL_SECONDS:
                 await evaluate()
+                last = time.monotonic()
         await evaluate()
         await ev.aclose()
 
@@ -192,10 +206,13 @@ def run_trl_grpo(minutes: float, eval_every: int) -> dict[str, Any]:
         metrics = anyio.run(ev.evaluate, {k: v.detach().clone() for k, v in model.state_dict().items()}, 0)
         curve.append((time.monotonic() - started, metrics["greedy_pass@1"]))
 
+    last = [time.monotonic()]
+
     class Budget(TrainerCallback):  # type: ignore[misc]
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
-            if state.global_step % eval_every == 0:
+            if time.monotonic() - last[0] >= EVAL_SECONDS:
                 evaluate()
+                last[0] = time.monotonic()
             if time.monotonic() - started >= minutes * 60:
                 control.should_training_stop = True
             return control
@@ -205,7 +222,7 @@ def run_trl_grpo(minutes: float, eval_every: int) -> dict[str, Any]:
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=2 * n, num_generations=n,
         max_completion_length=config.sampling.max_tokens, temperature=config.sampling.temperature,
         learning_rate=spec.lr, max_steps=100_000, logging_steps=10_000, save_strategy="no", report_to=[],
-        use_cpu=True, bf16=False, beta=0.0, seed=0,
+        use_cpu=True, bf16=False, beta=0.0, seed=0, gradient_checkpointing=False, disable_tqdm=True,
     )  # fmt: skip
     trainer = GRPOTrainer(
         model=model, reward_funcs=reward, args=args, train_dataset=data, processing_class=tokenizer,
@@ -230,42 +247,55 @@ def reached(curve: list[tuple[float, float]], target: float) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget of each row")
-    parser.add_argument("--rows", default="control,expert_iteration,grpo,grpo_process,trl_grpo")
+    parser.add_argument("--rows", default="control,expert_iteration,grpo,grpo_process,step_dpo,trl_grpo")
     parser.add_argument("--eval-every", type=int, default=10, help="versions (optimizer steps) between evaluations")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     rows = args.rows.split(",")
     print("| setting | value |\n|---|---|")
-    print(f"| machine | {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, python {platform.python_version()} |")
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    print(f"| machine | {machine}, python {platform.python_version()} |")
     print(f"| budget | {args.minutes} min per row, rows one after the other, nothing else of this benchmark running |")
     print(f"| load average at start | {', '.join(f'{x:.2f}' for x in os.getloadavg())} |")
     model, tokenizer = start_model()
     start = final_accuracy(model, tokenizer)
-    print(f"| start (bundled-weak), greedy pass@1 3 / 4 steps | {100 * start['3']:.1f} % / {100 * start['4']:.1f} % |\n")
+    print(
+        f"| start (bundled-weak), greedy pass@1 3 / 4 steps | {100 * start['3']:.1f} % / {100 * start['4']:.1f} % |\n"
+    )
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for row in rows:
             t0 = time.monotonic()
-            if row == "control":
-                result = run_control(args.minutes, args.eval_every)
-            elif row == "trl_grpo":
-                result = run_trl_grpo(args.minutes, args.eval_every)
-            else:
-                result = run_loop(row, args.minutes, Path(tmp) / f"{row}.db", args.eval_every)
+            try:
+                if row == "control":
+                    result = run_control(args.minutes, args.eval_every)
+                elif row == "trl_grpo":
+                    result = run_trl_grpo(args.minutes, args.eval_every)
+                else:
+                    result = run_loop(row, args.minutes, Path(tmp) / f"{row}.db", args.eval_every)
+            except Exception as exc:  # one row failing does not lose the others
+                print(f"<!-- {row} failed: {type(exc).__name__}: {exc} -->", flush=True)
+                continue
             results.append(result)
-            print(f"<!-- {row}: {time.monotonic() - t0:.0f} s -->", flush=True)
+            final = result["final"]
+            print(f"<!-- {row}: {time.monotonic() - t0:.0f} s, 3-step {100 * final['3']:.1f} %, "
+                  f"4-step {100 * final['4']:.1f} %, curve {result['curve']} -->", flush=True)
     control = next((r for r in results if r["row"] == "control"), None)
     target = control["curve"][-1][1] if control and control["curve"] else None
-    print("| row | 3-step | 4-step | held-out curve end | reached control's final | episodes | optimizer steps "
-          "| learner utilisation | staleness | truncated tokens |")
+    print(
+        "| row | 3-step | 4-step | held-out curve end | reached control's final | episodes | optimizer steps "
+        "| learner utilisation | staleness | truncated tokens |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         end = r["curve"][-1][1] if r["curve"] else float("nan")
         when = reached(r["curve"], target) if target is not None else None
-        print(f"| {r['row']} | {100 * r['final']['3']:.1f} % | {100 * r['final']['4']:.1f} % | {100 * end:.1f} % "
-              f"| {'-' if when is None else f'{when:.0f} s'} | {r['episodes']:,} | {r['steps']} "
-              f"| {100 * r['utilisation']:.0f} % | {r['staleness']} | {r['truncated']} |")
+        print(
+            f"| {r['row']} | {100 * r['final']['3']:.1f} % | {100 * r['final']['4']:.1f} % | {100 * end:.1f} % "
+            f"| {'-' if when is None else f'{when:.0f} s'} | {r['episodes']:,} | {r['steps']} "
+            f"| {100 * r['utilisation']:.0f} % | {r['staleness']} | {r['truncated']} |"
+        )
     print("\n| curve (held-out greedy pass@1 at wall time) | points |\n|---|---|")
     for r in results:
         print(f"| {r['row']} | " + ", ".join(f"{100 * a:.1f} % ({t:.0f} s)" for t, a in r["curve"]) + " |")

@@ -1,0 +1,168 @@
+"""Preference pairs straight from the search tree, at two levels.
+
+- **Solution pairs** (``solutions``): a finished solution the verifiers accept and one
+  they reject, of the same task (best-of-N's samples, a tree's leaves): the chosen and
+  rejected continuations share the prompt.
+- **Step pairs** (``steps``, Step-DPO, Lai et al. 2024; MCTS-DPO, Xie et al. 2024): at one
+  node, a child step the process verifier accepts and a sibling it rejects, or two
+  children whose values (MCTS / Monte-Carlo) differ by more than ``value_margin``; both
+  continue the same prefix (the path to the node), so the pair isolates one step.
+  Verify-and-backtrack and MCTS keep the rejected siblings in the tree.
+
+Design decisions:
+- A solution is accepted when its outcome score reaches ``min_reward`` and, with a
+  process verifier, every step reaches ``min_step_score`` (a right answer through a
+  wrong step is not a chosen example); unscored leaves and steps are judged and scored
+  here through a scoring-only context.
+- At most ``max_pairs`` pairs per group (every accepted with every rejected would grow
+  quadratically); pairs are taken in tree order, so a run is reproducible.
+- Identical texts never pair (a duplicate sibling is not a preference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from runtime.core.errors import VerifierError
+from runtime.core.types import Episode, Node
+from runtime.search.context import Context, Verifiers
+
+__all__ = ["Pair", "PairSettings", "Pairs"]
+
+
+class PairSettings(BaseModel):
+    """Which preference pairs the tree gives (part of a preference learner's config)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    levels: list[Literal["solutions", "steps"]] = Field(default_factory=lambda: ["solutions", "steps"], min_length=1)
+    """Solution pairs (accepted vs rejected solutions of a task), step pairs (siblings under one prefix), or both."""
+    min_reward: float = Field(1.0, ge=0, le=1)
+    """A solution is accepted at this outcome score."""
+    min_step_score: float | None = Field(0.5, ge=0, le=1)
+    """A step is accepted at this process score (and a solution needs every step accepted; null: outcome only)."""
+    value_margin: float | None = Field(None, gt=0, le=1)
+    """Step pairs also from two siblings whose values (node.value: MCTS, Monte-Carlo)
+    differ by more than this (null: off)."""
+    max_pairs: int = Field(4, ge=1, le=256)
+    """Pairs taken from one group (one task's solutions, one node's children), at most."""
+
+
+@dataclass(slots=True)
+class Pair:
+    """A preferred and a dispreferred continuation of the same prompt and prefix."""
+
+    messages: list[dict[str, str]]
+    prefix: str
+    chosen: str
+    rejected: str
+    key: tuple[str, str, int]
+    level: str
+    policy_version: int | None = None
+    weight: float = 1.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Pairs:
+    """Turns episodes into preference pairs (see module doc)."""
+
+    def __init__(self, settings: PairSettings | None = None, *, delimiter: str = "\n", **overrides: Any) -> None:
+        base = settings or PairSettings()
+        self.settings = type(base).model_validate(base.model_dump() | overrides) if overrides else base
+        self.delimiter = delimiter
+        self.rejected_by_process = 0
+        self.counts = {"solutions": 0, "steps": 0}
+
+    def state(self) -> list[bytes]:
+        return []
+
+    def load_state(self, seen: Sequence[bytes]) -> None:
+        return None
+
+    async def examples(self, episode: Episode, verifiers: Verifiers | None = None) -> list[Pair]:
+        if episode.status != "ok" or verifiers is None:
+            return []
+        ctx = Context.scoring(episode, verifiers, self.delimiter)
+        out: list[Pair] = []
+        if "solutions" in self.settings.levels:
+            out += await self._solution_pairs(ctx)
+        if "steps" in self.settings.levels:
+            out += await self._step_pairs(ctx)
+        for p in out:
+            self.counts[p.level] += 1
+        return out
+
+    async def _solution_pairs(self, ctx: Context) -> list[Pair]:
+        leaves = [n for n in ctx.episode.nodes[1:] if n.terminal and not n.children and n.text]
+        good, bad = [], []
+        for leaf in leaves:
+            verdict = await self._accepted(ctx, leaf)
+            if verdict is not None:
+                (good if verdict else bad).append(leaf)
+        text = {leaf.id: self.delimiter.join(n.text for n in ctx.path(leaf)) for leaf in good + bad}
+        pairs = [(g, b) for g in good for b in bad if text[g.id] != text[b.id]][: self.settings.max_pairs]
+        return [
+            self._pair(ctx, "", text[g.id], text[b.id], "solutions", [*ctx.path(g), *ctx.path(b)]) for g, b in pairs
+        ]
+
+    async def _step_pairs(self, ctx: Context) -> list[Pair]:
+        s = self.settings
+        out: list[Pair] = []
+        for parent in ctx.episode.nodes:
+            children = [ctx.node(c) for c in parent.children if ctx.node(c).text]
+            if len(children) < 2:
+                continue
+            found: list[tuple[Node, Node]] = []
+            if ctx.verifiers.process is not None and s.min_step_score is not None:
+                scores = {c.id: await self._score(ctx, c) for c in children}
+                good = [c for c in children if scores[c.id] >= s.min_step_score]
+                bad = [c for c in children if scores[c.id] < s.min_step_score]
+                found += [(g, b) for g in good for b in bad]
+            if s.value_margin is not None:
+                valued = [c for c in children if c.value is not None]
+                found += [(a, b) for a in valued for b in valued if a.value - b.value > s.value_margin]  # type: ignore[operator]
+            found = [(g, b) for g, b in found if g.text != b.text][: s.max_pairs]
+            prefix = ctx.text(parent)
+            out += [self._pair(ctx, prefix, g.text, b.text, "steps", [g, b]) for g, b in found]
+        return out
+
+    def _pair(self, ctx: Context, prefix: str, chosen: str, rejected: str, level: str, nodes: list[Node]) -> Pair:
+        versions = [n.policy_version for n in nodes if n.policy_version is not None]
+        return Pair(
+            messages=ctx.task.as_messages(),
+            prefix=prefix,
+            chosen=chosen,
+            rejected=rejected,
+            key=ctx.episode.key,
+            level=level,
+            policy_version=min(versions) if versions else None,
+        )
+
+    async def _accepted(self, ctx: Context, leaf: Node) -> bool | None:
+        """Whether a finished solution is accepted (None: it cannot be judged)."""
+        cached = [v for k, v in leaf.scores.items() if k.startswith("outcome:")]
+        if cached:
+            right = max(cached) >= self.settings.min_reward
+        elif ctx.verifiers.outcome is not None:
+            try:
+                right = (await ctx.judge(leaf)).value >= self.settings.min_reward
+            except VerifierError:
+                return None
+        else:
+            return None
+        if right and ctx.verifiers.process is not None and self.settings.min_step_score is not None:
+            for node in ctx.path(leaf):
+                if await self._score(ctx, node) < self.settings.min_step_score:
+                    self.rejected_by_process += 1
+                    return False
+        return right
+
+    async def _score(self, ctx: Context, node: Node) -> float:
+        try:
+            return await ctx.score(node)
+        except VerifierError:
+            return 0.0
