@@ -7,7 +7,8 @@ turns episodes into examples, :class:`Evaluator` scores policy versions on held-
 tasks, :mod:`learners.prm` trains process reward models. Policy gradient:
 :class:`Rollouts` turns search trees into groups with per-step advantages and
 :class:`PolicyGradientLearner` takes PPO-clip steps on them. Learner configs
-(:class:`ExpertIteration`, :class:`Distill`, :class:`GRPO`) register under their ``kind``. Names are
+(:class:`ExpertIteration`, :class:`Distill`, :class:`GRPO`, :class:`PPO`, :class:`DPO`)
+register under their ``kind``. Names are
 imported on first use (torch loads with the first learner).
 """
 
@@ -16,6 +17,9 @@ from __future__ import annotations
 from runtime.core.lazy import lazy_exports as _lazy_exports
 
 _EXPORTS = {
+    "DPO": ".dpo",
+    "DPOLearner": ".dpo",
+    "DPOSettings": ".dpo",
     "Distill": ".distill",
     "EvalSettings": ".loop_settings",
     "Evaluator": ".evaluate",
@@ -30,7 +34,13 @@ _EXPORTS = {
     "LoraSettings": ".sft",
     "OnlineLoop": ".loop",
     "PGSettings": ".policy_gradient",
+    "PPO": ".ppo",
+    "PPOLearner": ".ppo",
+    "PPOSettings": ".ppo",
     "PRMExample": ".prm",
+    "Pair": ".pairs",
+    "PairSettings": ".pairs",
+    "Pairs": ".pairs",
     "PathSettings": ".examples",
     "PolicyGradientLearner": ".policy_gradient",
     "Rollout": ".rollouts",
@@ -44,6 +54,7 @@ _EXPORTS = {
     "UpdateResult": ".base",
     "VerifiedPaths": ".examples",
     "build_tiny_prm": ".prm",
+    "gae": ".ppo",
     "group_advantages": ".rollouts",
     "mc_examples": ".prm",
     "path_text": ".examples",
@@ -52,7 +63,11 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "DPO",
     "GRPO",
+    "PPO",
+    "DPOLearner",
+    "DPOSettings",
     "Distill",
     "EvalSettings",
     "Evaluator",
@@ -66,7 +81,12 @@ __all__ = [
     "LoraSettings",
     "OnlineLoop",
     "PGSettings",
+    "PPOLearner",
+    "PPOSettings",
     "PRMExample",
+    "Pair",
+    "PairSettings",
+    "Pairs",
     "PathSettings",
     "PolicyGradientLearner",
     "Rollout",
@@ -80,6 +100,7 @@ __all__ = [
     "UpdateResult",
     "VerifiedPaths",
     "build_tiny_prm",
+    "gae",
     "group_advantages",
     "mc_examples",
     "path_text",

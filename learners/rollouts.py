@@ -119,7 +119,13 @@ class Rollout:
 class Rollouts:
     """Turns episodes into groups of rollouts with advantages (see module doc)."""
 
-    def __init__(self, settings: RolloutSettings | None = None, *, delimiter: str = "\n", **overrides: Any) -> None:
+    def __init__(
+        self, settings: RolloutSettings | None = None, *, delimiter: str = "\n", critic: bool = False, **overrides: Any
+    ) -> None:
+        """``critic``: every finished solution is a rollout, with its outcome reward and
+        step scores in ``meta`` and no group baseline (a learner with a critic, PPO,
+        computes the advantages)."""
+        self.critic = critic
         base = settings or RolloutSettings()
         self.settings = type(base).model_validate(base.model_dump() | overrides) if overrides else base
         self.delimiter = delimiter
@@ -151,9 +157,17 @@ class Rollouts:
         ep = ctx.episode
         leaves = [n for n in ep.nodes[1:] if n.terminal and not n.children]
         scored = [(leaf, reward) for leaf in leaves if (reward := await self._outcome(ctx, leaf)) is not None]
+        s = self.settings
+        if self.critic:
+            out = []
+            for leaf, reward in scored:
+                path = ctx.path(leaf)
+                steps = [await self._step_score(ctx, n) for n in path] if ctx.verifiers.process is not None else []
+                meta = {"reward": reward, "step_scores": steps, "group": "leaves"}
+                out.append(self._rollout(ctx, path, [0.0] * len(path), meta))
+            return out
         if len(scored) < 2:
             return []
-        s = self.settings
         outcome = group_advantages([r for _, r in scored], s.estimator)
         paths = [ctx.path(leaf) for leaf, _ in scored]
         steps: list[list[float]] = [[] for _ in paths]

@@ -195,5 +195,17 @@ def test_default_strategy_is_chain_of_thought(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")  # hosted configs need a key; none is used
+    from runtime.app.build import build_strategy
+    from runtime.core.registry import lookup
+
     config = load_config(path)
     assert config.run_id
+    # Every component is the registered class its name selects, and builds.
+    assert type(config.strategy) is lookup("strategies", config.strategy.name)
+    assert type(config.tasks) is lookup("tasks", config.tasks.source)
+    if config.learner is not None:
+        assert type(config.learner) is lookup("learners", config.learner.kind)
+    assert build_strategy(config).config() == config.strategy.config()
+    verifiers = build_verifiers(config, ScriptedPolicy(["Answer: 1"]))
+    assert (verifiers.outcome is None) == (config.verifiers.outcome is None)
+    assert (verifiers.process is None) == (config.verifiers.process is None)

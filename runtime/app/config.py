@@ -197,32 +197,25 @@ class VerifiersConfig(_Section):
         if not isinstance(data, dict) or not (set(data) & {*_LEGACY, "process_weights"}):
             return data
         data = dict(data)
+        weights = data.pop("process_weights", None) or {}
+        named = {v for v in (data.get("outcome"), data.get("process"), *weights) if isinstance(v, str)}
         settings: dict[str, dict[str, Any]] = {}
         for key in [k for k in data if k in _LEGACY]:
             name, field = _LEGACY[key]
+            if name not in named:
+                raise ValueError(
+                    f"verifiers.{key} is a setting of the {name!r} verifier, which this section does not use "
+                    f"(write it in that verifier's own section: {{name: {name}, {field}: ...}})"
+                )
             settings.setdefault(name, {})[field] = data.pop(key)
 
         def spec(value: Any) -> Any:
-            if isinstance(value, str) and value in settings:
-                return {"name": value, **settings[value]}
-            return value
+            return {"name": value, **settings.get(value, {})} if isinstance(value, str) else value
 
-        used = {data.get("outcome"), data.get("process"), *(data.get("process_weights") or {})}
-        for key in [k for k in _LEGACY if _LEGACY[k][0] in settings and _LEGACY[k][0] not in used]:
-            if key in data or any(_LEGACY[key][1] in settings[_LEGACY[key][0]] for _ in [0]):
-                name = _LEGACY[key][0]
-                raise ValueError(
-                    f"verifiers.{key} is a setting of the {name!r} verifier, which this section does not use "
-                    f"(write it in that verifier's own section: {{name: {name}, {_LEGACY[key][1]}: ...}})"
-                )
-        weights = data.pop("process_weights", None)
         if weights:
-            data["process"] = [
-                {**(spec(name) if isinstance(spec(name), dict) else {"name": name}), "weight": w}
-                for name, w in weights.items()
-            ]
+            data["process"] = [{**spec(name), "weight": w} for name, w in weights.items()]
         for role in ("outcome", "process"):
-            if role in data:
+            if isinstance(data.get(role), str) and data[role] in settings:
                 data[role] = spec(data[role])
         return data
 

@@ -1,0 +1,178 @@
+"""PPO with a critic: token-level credit (the paper's third granularity; Schulman et al.
+2017, GAE Schulman et al. 2016), on the online loop (``learner: {kind: ppo, ...}``).
+
+A value head (one linear layer on the policy's last hidden state) predicts, at every
+completion token, the return still to come. Rewards sit on tokens: the outcome reward on
+the last token of a solution, and (``step_reward`` > 0) each step's process score,
+centred at ``step_reward_center``, on the token that ends the step (``step_reward`` > 0). Generalised advantage
+estimation turns rewards and values into per-token advantages::
+
+    delta_t = r_t + gamma * V_{t+1} - V_t          (V after the last token: 0)
+    A_t     = delta_t + gamma * lam * A_{t+1}
+    R_t     = A_t + V_t                            (the value head's target)
+
+Advantages are whitened over the batch; the policy loss is the same PPO-clip surrogate
+(with the decoupled behaviour weight) as GRPO's (:mod:`learners.policy_gradient`), plus
+``vf_coef`` times the value loss ``(V - R)^2 / 2``.
+
+Design decisions:
+- The value head is trained with the policy's optimizer (its own parameter group) and
+  kept in the learner's checkpoint; it is never published (the engine serves the policy).
+- The rollouts are the tree's finished solutions (every leaf, no group baseline needed:
+  the critic is the baseline), with their outcome and step scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from learners.base import LearnerSpec, UpdateResult
+from learners.policy_gradient import PGSettings, PolicyGradientLearner, _Encoded
+from learners.rollouts import Rollout, Rollouts, RolloutSettings
+from runtime.core.errors import ConfigError
+from runtime.search.context import Sampling
+
+__all__ = ["PPO", "PPOLearner", "PPOSettings", "gae"]
+
+
+def gae(rewards: Sequence[float], values: Sequence[float], gamma: float, lam: float) -> tuple[list[float], list[float]]:
+    """Advantages and returns of one sequence (the value after its last token is 0)."""
+    advantages = [0.0] * len(rewards)
+    running = 0.0
+    for t in reversed(range(len(rewards))):
+        following = values[t + 1] if t + 1 < len(values) else 0.0
+        delta = rewards[t] + gamma * following - values[t]
+        running = delta + gamma * lam * running
+        advantages[t] = running
+    return advantages, [a + v for a, v in zip(advantages, values, strict=True)]
+
+
+class PPOSettings(PGSettings):
+    """The critic's settings, on top of the policy-gradient learner's."""
+
+    gamma: float = Field(1.0, ge=0, le=1)
+    """Discount per token."""
+    lam: float = Field(0.95, ge=0, le=1)
+    """GAE's lambda."""
+    vf_coef: float = Field(0.5, ge=0)
+    """Weight of the value loss."""
+    step_reward: float = Field(0.0, ge=0)
+    """Weight of each step's process score, centred at step_reward_center, as a reward on
+    the token that ends the step (0: outcome reward only)."""
+    step_reward_center: float = Field(0.5, ge=0, le=1)
+    """A step scoring below this is a negative reward."""
+
+
+class PPOLearner(PolicyGradientLearner):
+    """PPO-clip with a value head and GAE over tokens (see module doc)."""
+
+    name = "ppo"
+    settings_class = PPOSettings
+    settings: PPOSettings
+
+    def __init__(self, model: Any, tokenizer: Any, settings: PPOSettings | None = None, **overrides: Any) -> None:
+        super().__init__(model, tokenizer, settings, **overrides)
+        hidden = self.policy_config().hidden_size
+        self.value_head = torch.nn.Linear(hidden, 1)
+        torch.nn.init.zeros_(self.value_head.weight)
+        torch.nn.init.zeros_(self.value_head.bias)
+        self.optimizer.add_param_group({"params": list(self.value_head.parameters())})
+
+    def extra_state(self) -> dict[str, Any]:
+        return {**super().extra_state(), "value_head": self.value_head.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)
+        self.value_head.load_state_dict(state["value_head"])
+
+    def token_rewards(self, rollout: Rollout, encoded: _Encoded) -> list[float]:
+        """The reward on each completion token: step scores at step ends, the outcome last."""
+        n = len(encoded.advantages)
+        rewards = [0.0] * n
+        steps = rollout.meta.get("step_scores") or []
+        if self.settings.step_reward > 0 and steps:
+            ends = self._step_ends(encoded, len(steps))
+            for step, index in ends.items():
+                rewards[index] += self.settings.step_reward * (steps[step] - self.settings.step_reward_center)
+        rewards[-1] += float(rollout.meta.get("reward", 0.0))
+        return rewards
+
+    def _step_ends(self, encoded: _Encoded, steps: int) -> dict[int, int]:
+        completion = encoded.ids[encoded.prompt :]
+        of = self._step_of_tokens(completion, steps)
+        return {step: i for i, step in enumerate(of)}  # the last token of each step
+
+    def step(self, rollouts: Sequence[Rollout]) -> UpdateResult:
+        if not rollouts:
+            raise ValueError("a learner step needs at least one rollout")
+        started = self.prepare()
+        kept = [r for r in rollouts if r.weight > 0]
+        encoded = [self.encode(r) for r in kept]
+        values = self._values(encoded)
+        targets: list[list[float]] = []
+        for r, e, v in zip(kept, encoded, values, strict=True):
+            advantages, returns = gae(self.token_rewards(r, e), v, self.settings.gamma, self.settings.lam)
+            e.advantages = advantages
+            targets.append(returns)
+        flat = torch.tensor([a for e in encoded for a in e.advantages])
+        mean, std = float(flat.mean()), float(flat.std()) if flat.numel() > 1 else 1.0
+        for e in encoded:
+            e.advantages = [(a - mean) / (std + 1e-6) for a in e.advantages]
+        loss, tokens = self._loss_and_backward(encoded, None)
+        value_loss = self._value_loss(encoded, targets)
+        result = self.apply(started, loss + value_loss, len(encoded), tokens)
+        result.metrics = {**self._last, "value_loss": value_loss}
+        return result
+
+    def _hidden(self, batch: list[_Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = self._padded(batch)
+        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        return out.hidden_states[-1], mask
+
+    @torch.no_grad()
+    def _values(self, encoded: list[_Encoded]) -> list[list[float]]:
+        """The value head's prediction at each completion token (the state before it)."""
+        out: list[list[float]] = []
+        for start in range(0, len(encoded), self.settings.micro_batch):
+            batch = encoded[start : start + self.settings.micro_batch]
+            hidden, _ = self._hidden(batch)
+            v = self.value_head(hidden.float()).squeeze(-1)
+            out += [v[i, e.prompt - 1 : len(e.ids) - 1].tolist() for i, e in enumerate(batch)]
+        return out
+
+    def _value_loss(self, encoded: list[_Encoded], targets: list[list[float]]) -> float:
+        total_tokens = sum(len(t) for t in targets) or 1
+        loss_sum = 0.0
+        for start in range(0, len(encoded), self.settings.micro_batch):
+            batch = encoded[start : start + self.settings.micro_batch]
+            hidden, _ = self._hidden(batch)
+            v = self.value_head(hidden.float()).squeeze(-1)
+            loss = torch.zeros(())
+            for i, e in enumerate(batch):
+                predicted = v[i, e.prompt - 1 : len(e.ids) - 1]
+                target = torch.tensor(targets[start + i][: predicted.shape[0]])
+                loss = loss + 0.5 * ((predicted - target) ** 2).sum() / total_tokens
+            (self.settings.vf_coef * loss).backward()  # type: ignore[no-untyped-call]
+            loss_sum += float(loss.detach())
+        return loss_sum
+
+
+class PPO(LearnerSpec, PPOSettings, RolloutSettings):
+    """PPO with a critic: a value head, GAE over tokens with outcome and process rewards, on the run's policy."""
+
+    kind: Literal["ppo"] = "ppo"
+
+    def build_learner(self, model: Any, tokenizer: Any, sampling: Sampling) -> PPOLearner:
+        if sampling.temperature <= 0 or not sampling.logprobs:
+            raise ConfigError(
+                "sampling: ppo needs sampled rollouts with their log-probs (temperature > 0, logprobs: true)"
+            )
+        drawn = {"temperature": self.temperature or sampling.temperature, "top_p": self.top_p or sampling.top_p}
+        return PPOLearner(model, tokenizer, self.model_copy(update=drawn))
+
+    def build_converter(self, delimiter: str) -> Rollouts:
+        return Rollouts(self, delimiter=delimiter, critic=True)

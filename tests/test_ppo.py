@@ -1,0 +1,81 @@
+"""PPO with a critic: GAE over tokens, the value head learns the returns, rewards on tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_policy_gradient import rollout, scripted_tree, tiny_model
+from transformers import AutoTokenizer
+
+from learners.ppo import PPOLearner, gae
+from learners.rollouts import Rollouts
+from runtime.rewards.outcome import ExactMatch
+from runtime.search.context import Verifiers
+from runtime.tiny.policy_format import BUNDLED_POLICY
+from runtime.tiny.verifier import TinyStepVerifier
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    return AutoTokenizer.from_pretrained(BUNDLED_POLICY)
+
+
+def test_gae_matches_a_hand_computed_example() -> None:
+    # rewards [0, 0, 1], values [0.5, 0.6, 0.7], gamma 0.9, lambda 0.8:
+    # deltas: 0 + 0.9*0.6 - 0.5 = 0.04; 0 + 0.9*0.7 - 0.6 = 0.03; 1 + 0 - 0.7 = 0.3
+    # A2 = 0.3; A1 = 0.03 + 0.72*0.3 = 0.246; A0 = 0.04 + 0.72*0.246 = 0.21712
+    advantages, returns = gae([0, 0, 1], [0.5, 0.6, 0.7], gamma=0.9, lam=0.8)
+    assert advantages == pytest.approx([0.21712, 0.246, 0.3])
+    assert returns == pytest.approx([0.71712, 0.846, 1.0])
+    # lambda 1, gamma 1: the advantage is the return to go minus the value
+    assert gae([0, 1], [0.2, 0.4], 1.0, 1.0)[0] == pytest.approx([0.8, 0.6])
+
+
+def test_the_value_heads_loss_falls(tokenizer: Any) -> None:
+    learner = PPOLearner(tiny_model(tokenizer), tokenizer, lr=3e-3, vf_coef=1.0)
+    rollouts = [
+        rollout("2+3=5\nAnswer: 5", 0.0, ends=True, meta={"reward": 1.0}),
+        rollout("2+3=6\nAnswer: 6", 0.0, ends=True, meta={"reward": 0.0}),
+    ]
+    losses = [learner.step(rollouts).metrics["value_loss"] for _ in range(8)]
+    assert losses[-1] < losses[0]
+
+
+def test_step_rewards_sit_on_the_token_that_ends_each_step(tokenizer: Any) -> None:
+    learner = PPOLearner(tiny_model(tokenizer), tokenizer, step_reward=1.0, step_reward_center=0.5)
+    r = rollout("19-22=-5, leaving -5+29\n-5+29=26\nAnswer: 26", 0.0, meta={"reward": 1.0})
+    r.meta["step_scores"] = [0.0, 0.0, 1.0]
+    r.step_advantages = [0.0, 0.0, 0.0]
+    enc = learner.encode(r)
+    rewards = learner.token_rewards(r, enc)
+    first = len(tokenizer("19-22=-5, leaving -5+29\n", add_special_tokens=False)["input_ids"])
+    assert rewards[first - 1] == -0.5  # the wrong first step ends with a negative reward
+    assert rewards[-1] == 1.0 + 0.5  # the answer step and the outcome, on the last token
+    assert sum(1 for x in rewards if x != 0) == 3
+
+
+async def test_the_critic_converter_keeps_every_solution_with_its_scores() -> None:
+    ep = scripted_tree([["2+3=5", "Answer: 5"], ["2+3=5", "Answer: 5"]], answer="5", expression="2+3")
+    rollouts = await Rollouts(critic=True).examples(ep, Verifiers(outcome=ExactMatch(), process=TinyStepVerifier()))
+    assert len(rollouts) == 2  # equal rewards: no group baseline needed, nothing skipped
+    assert all(r.meta["reward"] == 1.0 and r.meta["step_scores"] == [1.0, 1.0] for r in rollouts)
+
+
+def test_ppo_config_loads() -> None:
+    from runtime.app.config import load_config
+
+    config = load_config(Path(__file__).parents[1] / "configs" / "ppo.yaml")
+    assert config.learner is not None and config.learner.kind == "ppo"
+
+
+def test_the_value_head_survives_a_checkpoint(tokenizer: Any, tmp_path: Path) -> None:
+    learner = PPOLearner(tiny_model(tokenizer), tokenizer, lr=3e-3)
+    learner.step([rollout("2+3=5\nAnswer: 5", 0.0, ends=True, meta={"reward": 1.0})])
+    learner.save(tmp_path / "ppo.pt")
+    fresh = PPOLearner(tiny_model(tokenizer, seed=3), tokenizer)
+    fresh.load(tmp_path / "ppo.pt")
+    assert fresh.value_head.weight.equal(learner.value_head.weight) and fresh.steps == 1
