@@ -56,6 +56,8 @@ class Example:
     policy_version: int | None = None
     weight: float = 1.0
     meta: dict[str, Any] = field(default_factory=dict)
+    segments: list[tuple[str, bool]] | None = None
+    """The completion's lines, each with whether the loss trains on it (None: all of it)."""
 
 
 def _path(episode: Episode, leaf: Node) -> list[Node]:
@@ -162,7 +164,10 @@ class VerifiedPaths:
                     key=episode.key,
                     policy_version=_version(path),
                     weight=weight,
-                    meta={"reward": episode.reward if leaf.id == (episode.chosen_path or [-1])[-1] else 1.0},
+                    meta={
+                        "reward": episode.reward if leaf.id == (episode.chosen_path or [-1])[-1] else 1.0,
+                        "leaf": leaf.id,
+                    },
                 )
             )
         return out

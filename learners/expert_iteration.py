@@ -5,7 +5,8 @@ version is published back into the engine that serves the next episodes.
 
 The config (``learner: {kind: expert_iteration, ...}``) combines, by inheritance, the
 settings of the three parts that use them: the loop (every learner config's base), the
-supervised learner (:class:`SFTSettings`) and the path filter (:class:`PathSettings`).
+supervised learner (:class:`SFTSettings`) and the path filter with its optional reflection
+traces (:class:`ReflectionSettings`).
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from learners.base import LearnerSpec
-from learners.examples import PathSettings, VerifiedPaths
+from learners.examples import VerifiedPaths
+from learners.reflection import ReflectionSettings, ReflectionTraces
 from learners.sft import SFTLearner, SFTSettings
 from runtime.search.context import Sampling
 
 __all__ = ["ExpertIteration"]
 
 
-class ExpertIteration(LearnerSpec, SFTSettings, PathSettings):
+class ExpertIteration(LearnerSpec, SFTSettings, ReflectionSettings):
     """The policy learns from its own verified episodes (policy.kind local)."""
 
     kind: Literal["expert_iteration"] = "expert_iteration"
@@ -29,4 +31,6 @@ class ExpertIteration(LearnerSpec, SFTSettings, PathSettings):
         return SFTLearner(model, tokenizer, self)
 
     def build_converter(self, delimiter: str) -> VerifiedPaths:
+        if self.traces == "reflection":
+            return ReflectionTraces(self, delimiter=delimiter)
         return VerifiedPaths(self, delimiter=delimiter)

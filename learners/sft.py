@@ -35,13 +35,21 @@ class SFTLearner(TorchLearner):
 
     def encode(self, example: Example) -> tuple[list[int], list[int]]:
         """Token ids of prompt + completion + end of turn, and labels (-100 on the prompt)."""
-        prompt = self.tokenizer.apply_chat_template(example.messages, tokenize=False, add_generation_prompt=True)
-        prompt_ids: list[int] = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        completion_ids: list[int] = self.tokenizer(example.completion + self._eos, add_special_tokens=False)[
-            "input_ids"
-        ]
+        tok = self.tokenizer
+        prompt = tok.apply_chat_template(example.messages, tokenize=False, add_generation_prompt=True)
+        prompt_ids: list[int] = tok(prompt, add_special_tokens=False)["input_ids"]
+        if example.segments is None:
+            completion_ids: list[int] = tok(example.completion + self._eos, add_special_tokens=False)["input_ids"]
+            trained = completion_ids
+        else:  # lines tokenised one by one (each ends at a line break), untrained ones unlabelled
+            completion_ids, trained = [], []
+            last = len(example.segments) - 1
+            for k, (text, learn) in enumerate(example.segments):
+                ids_k = tok(text + ("\n" if k < last else self._eos), add_special_tokens=False)["input_ids"]
+                completion_ids += ids_k
+                trained += ids_k if learn else [-100] * len(ids_k)
         ids = (prompt_ids + completion_ids)[: self.settings.max_length]
-        labels = ([-100] * len(prompt_ids) + completion_ids)[: self.settings.max_length]
+        labels = ([-100] * len(prompt_ids) + trained)[: self.settings.max_length]
         return ids, labels
 
     # -- one optimizer step ------------------------------------------------------------

@@ -92,3 +92,36 @@ def test_dpo_loss_falls_while_the_reference_stays_bitwise_unchanged(tokenizer: A
     fresh = DPOLearner(tiny_model(tokenizer, seed=5), tokenizer)
     fresh.load(tmp_path / "dpo.pt")
     assert all(torch.equal(reference[k], v) for k, v in fresh.reference.state_dict().items())
+
+
+# -- reflection traces (the same verify-and-backtrack tree) ------------------------------
+
+
+async def test_reflection_traces_write_the_rejected_step_its_check_and_mask_it(tokenizer: Any) -> None:
+    from learners.reflection import ReflectionTraces
+    from learners.sft import SFTLearner
+
+    verifiers = Verifiers(outcome=ExactMatch(), process=TinyStepVerifier())
+    (example,) = await ReflectionTraces(keep="all_correct").examples(verify_backtrack_tree(), verifiers)
+    assert example.completion.split("\n") == [
+        "19-22=-3, leaving -3+29",
+        "-3+29=25",
+        "check: -3+29=25 is wrong, -3+29=26",
+        "Answer: 26",
+    ]
+    assert example.segments is not None and [t for _, t in example.segments] == [True, False, True, True]
+    assert example.meta["reflections"] == 1
+    # the rule verifier accepts the check line as the step it corrects
+    score = await TinyStepVerifier().score_step(
+        verify_backtrack_tree().task, ["19-22=-3, leaving -3+29"], example.segments[2][0]
+    )
+    assert score.value == 1.0
+    # the supervised learner gives the rejected step no labels, and the rest keeps them
+    learner = SFTLearner(tiny_model(tokenizer), tokenizer)
+    ids, labels = learner.encode(example)
+    rejected = tokenizer("-3+29=25\n", add_special_tokens=False)["input_ids"]
+    masked = [i for i, label in enumerate(labels) if label == -100]
+    assert len(masked) == len(ids) - len([x for x in labels if x != -100])
+    plain = await ReflectionTraces(keep="all_correct", mask_rejected=False).examples(verify_backtrack_tree(), verifiers)
+    _, plain_labels = learner.encode(plain[0])
+    assert sum(x != -100 for x in plain_labels) - sum(x != -100 for x in labels) == len(rejected)
