@@ -1,6 +1,6 @@
 """Benchmark of the learners: the same start, the same wall-clock budget, the same held-out sets.
 
-Run: ``python tests/bench/learning.py [--minutes 15] [--rows control,expert_iteration,grpo,grpo_process,trl_grpo]``.
+Run: ``python tests/bench/learning.py [--minutes 15] [--rows control,expert_iteration,grpo,...]``.
 Prints Markdown tables (configuration first) and writes ``docs/learning_curves.png``.
 
 Every row starts from ``bundled-weak`` and trains for ``--minutes`` of wall time on 3-4-step
@@ -16,6 +16,7 @@ benchmark runs beside a row):
   the engine's behaviour log-probs);
 - ``grpo_process``: ``configs/grpo_process.yaml`` (the same with the rule verifier's step
   scores in the advantages);
+- ``ppo``: ``configs/ppo.yaml`` (a value head, outcome and step rewards on tokens, GAE);
 - ``step_dpo``: ``configs/step_dpo.yaml`` (verify-and-backtrack's accepted and rejected
   sibling steps, and verified vs failed solutions, trained by DPO against the start);
 - ``trl_grpo``: TRL's ``GRPOTrainer`` on the same start, reward (exact match of the
@@ -69,6 +70,7 @@ CONFIGS = {
     "expert_iteration": "expert_iteration.yaml",
     "grpo": "grpo.yaml",
     "grpo_process": "grpo_process.yaml",
+    "ppo": "ppo.yaml",
     "step_dpo": "step_dpo.yaml",
 }
 HELD_OUT = TinyTasks(size=300, steps=[3, 4], seed=10_000)
@@ -247,7 +249,7 @@ def reached(curve: list[tuple[float, float]], target: float) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget of each row")
-    parser.add_argument("--rows", default="control,expert_iteration,grpo,grpo_process,step_dpo,trl_grpo")
+    parser.add_argument("--rows", default="control,expert_iteration,grpo,grpo_process,ppo,step_dpo,trl_grpo")
     parser.add_argument("--eval-every", type=int, default=10, help="versions (optimizer steps) between evaluations")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
