@@ -281,8 +281,11 @@ def main() -> None:
                 continue
             results.append(result)
             final = result["final"]
-            print(f"<!-- {row}: {time.monotonic() - t0:.0f} s, 3-step {100 * final['3']:.1f} %, "
-                  f"4-step {100 * final['4']:.1f} %, curve {result['curve']} -->", flush=True)
+            print(
+                f"<!-- {row}: {time.monotonic() - t0:.0f} s, 3-step {100 * final['3']:.1f} %, "
+                f"4-step {100 * final['4']:.1f} %, curve {result['curve']} -->",
+                flush=True,
+            )
     control = next((r for r in results if r["row"] == "control"), None)
     target = control["curve"][-1][1] if control and control["curve"] else None
     print(
