@@ -30,6 +30,7 @@ from pydantic import Field
 from learners.base import LearnerSpec, UpdateResult
 from learners.pairs import Pair, Pairs, PairSettings
 from learners.trainer import TorchLearner, TrainerSettings
+from runtime.rewards.prm import pad_rows
 from runtime.search.context import Sampling
 
 __all__ = ["DPO", "DPOLearner", "DPOSettings"]
@@ -78,14 +79,9 @@ class DPOLearner(TorchLearner):
 
     def _logps(self, model: Any, rows: list[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed completion log-prob of each row, and its completion token count."""
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        width = max(len(ids) for ids, _ in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        completion = torch.zeros((len(rows), width - 1), dtype=torch.bool)
+        ids, mask = pad_rows([row for row, _ in rows], self.tokenizer.pad_token_id or 0)
+        completion = torch.zeros((len(rows), ids.shape[1] - 1), dtype=torch.bool)
         for i, (row, prompt) in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
             completion[i, prompt - 1 : len(row) - 1] = True
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)

@@ -37,6 +37,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.core.errors import VerifierError
+from runtime.core.registry import with_overrides
 from runtime.core.types import Episode, Node
 from runtime.search.context import Context, Verifiers
 
@@ -103,8 +104,7 @@ class VerifiedPaths:
     """Turns episodes into examples of their verified-correct paths (see module doc)."""
 
     def __init__(self, settings: PathSettings | None = None, *, delimiter: str = "\n", **overrides: Any) -> None:
-        base = settings or PathSettings()
-        self.settings = type(base).model_validate(base.model_dump() | overrides) if overrides else base
+        self.settings = with_overrides(settings or PathSettings(), overrides)
         self.delimiter = delimiter
         self.rejected_by_process = 0
         self._seen: set[bytes] = set()

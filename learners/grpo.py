@@ -37,7 +37,7 @@ class GRPO(LearnerSpec, PGSettings, RolloutSettings):
                 "set sampling.logprobs: true"
             )
         drawn = {"temperature": self.temperature or sampling.temperature, "top_p": self.top_p or sampling.top_p}
-        return PolicyGradientLearner(model, tokenizer, self.model_copy(update=drawn))
+        return PolicyGradientLearner(model, tokenizer, self.model_copy(update=drawn), delimiter=sampling.step_delimiter)
 
     def build_converter(self, delimiter: str) -> Rollouts:
         return Rollouts(self, delimiter=delimiter)

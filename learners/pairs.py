@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.core.errors import VerifierError
+from runtime.core.registry import with_overrides
 from runtime.core.types import Episode, Node
 from runtime.search.context import Context, Verifiers
 
@@ -71,8 +72,7 @@ class Pairs:
     """Turns episodes into preference pairs (see module doc)."""
 
     def __init__(self, settings: PairSettings | None = None, *, delimiter: str = "\n", **overrides: Any) -> None:
-        base = settings or PairSettings()
-        self.settings = type(base).model_validate(base.model_dump() | overrides) if overrides else base
+        self.settings = with_overrides(settings or PairSettings(), overrides)
         self.delimiter = delimiter
         self.rejected_by_process = 0
         self.counts = {"solutions": 0, "steps": 0}

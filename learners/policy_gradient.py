@@ -38,6 +38,7 @@ import copy
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -46,6 +47,7 @@ from pydantic import Field
 from learners.base import UpdateResult
 from learners.rollouts import Rollout
 from learners.trainer import TorchLearner, TrainerSettings
+from runtime.rewards.prm import pad_rows
 
 __all__ = ["PGSettings", "PolicyGradientLearner", "token_logprobs"]
 
@@ -91,13 +93,16 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
     return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
+@dataclass(slots=True)
 class _Encoded:
-    """A rollout as tensors: prompt + completion ids, advantages and behaviour per completion token."""
+    """A rollout as token ids: prompt + completion, and per completion token its advantage
+    and behaviour log-prob."""
 
-    __slots__ = ("advantages", "behaviour", "ids", "prompt", "weight")
-
-    def __init__(self, ids: list[int], prompt: int, advantages: list[float], behaviour: list[float], weight: float):
-        self.ids, self.prompt, self.advantages, self.behaviour, self.weight = ids, prompt, advantages, behaviour, weight
+    ids: list[int]
+    prompt: int
+    advantages: list[float]
+    behaviour: list[float]
+    weight: float
 
 
 class PolicyGradientLearner(TorchLearner):
@@ -107,8 +112,11 @@ class PolicyGradientLearner(TorchLearner):
     settings_class = PGSettings
     settings: PGSettings
 
-    def __init__(self, model: Any, tokenizer: Any, settings: PGSettings | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, settings: PGSettings | None = None, *, delimiter: str = "\n", **overrides: Any
+    ) -> None:
         super().__init__(model, tokenizer, settings, **overrides)
+        self.delimiter = delimiter
         self.reference = None
         if self.settings.kl_coef > 0:
             self.reference = copy.deepcopy(self.model).eval()
@@ -148,13 +156,13 @@ class PolicyGradientLearner(TorchLearner):
         return _Encoded(prompt + completion[:room], len(prompt), advantages[:room], behaviour[:room], rollout.weight)
 
     def _step_of_tokens(self, ids: list[int], steps: int) -> list[int]:
-        """The step each token belongs to: a step ends with the line break that closes it."""
+        """The step each token belongs to: a step ends with the delimiter that closes it."""
         out, text, closed = [], "", 0
         for token in ids:
             out.append(min(closed, steps - 1))
             text += self.tokenizer.decode([token], skip_special_tokens=True)
-            while "\n" in text:
-                line, text = text.split("\n", 1)
+            while self.delimiter in text:
+                line, text = text.split(self.delimiter, 1)
                 closed += bool(line.strip())
         return out
 
@@ -187,13 +195,7 @@ class PolicyGradientLearner(TorchLearner):
         )  # fmt: skip
 
     def _padded(self, batch: list[_Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        width = max(len(e.ids) for e in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, e in enumerate(batch):
-            ids[i, : len(e.ids)] = torch.tensor(e.ids)
-            mask[i, : len(e.ids)] = 1
+        ids, mask = pad_rows([e.ids for e in batch], self.tokenizer.pad_token_id or 0)
         return ids, mask
 
     def _forward(self, batch: list[_Encoded], model: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

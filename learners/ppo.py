@@ -74,8 +74,16 @@ class PPOLearner(PolicyGradientLearner):
     settings_class = PPOSettings
     settings: PPOSettings
 
-    def __init__(self, model: Any, tokenizer: Any, settings: PPOSettings | None = None, **overrides: Any) -> None:
-        super().__init__(model, tokenizer, settings, **overrides)
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        settings: PPOSettings | None = None,
+        *,
+        delimiter: str = "\n",
+        **overrides: Any,
+    ) -> None:
+        super().__init__(model, tokenizer, settings, delimiter=delimiter, **overrides)
         hidden = self.policy_config().hidden_size
         self.value_head = torch.nn.Linear(hidden, 1)
         torch.nn.init.zeros_(self.value_head.weight)
@@ -172,7 +180,7 @@ class PPO(LearnerSpec, PPOSettings, RolloutSettings):
                 "sampling: ppo needs sampled rollouts with their log-probs (temperature > 0, logprobs: true)"
             )
         drawn = {"temperature": self.temperature or sampling.temperature, "top_p": self.top_p or sampling.top_p}
-        return PPOLearner(model, tokenizer, self.model_copy(update=drawn))
+        return PPOLearner(model, tokenizer, self.model_copy(update=drawn), delimiter=sampling.step_delimiter)
 
     def build_converter(self, delimiter: str) -> Rollouts:
         return Rollouts(self, delimiter=delimiter, critic=True)

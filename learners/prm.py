@@ -21,6 +21,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import structlog
@@ -33,7 +34,7 @@ from runtime.rewards.prm import encode_steps, pad_rows
 from runtime.tiny.corruption import corrupt_tiny_step
 from runtime.tiny.tasks import tiny_tasks
 
-__all__ = ["PRMExample", "TrainReport", "build_tiny_prm", "main", "mc_examples", "train_prm"]
+__all__ = ["PRMExample", "TrainReport", "build_tiny_prm", "main", "mc_examples", "train_prm", "value_head_model"]
 
 log = structlog.get_logger("searchlearn.prm")
 
@@ -96,6 +97,24 @@ async def mc_examples(
     return [e for group in groups for e in group]
 
 
+def value_head_model(policy: Any) -> Any:
+    """A one-label ``*ForTokenClassification`` model on ``policy``'s backbone (copied
+    weights, a fresh head)."""
+    from transformers import AutoModelForTokenClassification
+
+    config = _value_head_config(policy.config)
+    model = AutoModelForTokenClassification.from_config(config)  # type: ignore[no-untyped-call]
+    getattr(model, model.base_model_prefix).load_state_dict(getattr(policy, policy.base_model_prefix).state_dict())
+    return model
+
+
+def _value_head_config(config: Any) -> Any:
+    out = type(config).from_dict(config.to_dict())
+    out.num_labels = 1
+    out.architectures = [a.replace("ForCausalLM", "ForTokenClassification") for a in (config.architectures or [])]
+    return out
+
+
 @dataclass
 class TrainReport:
     """What :func:`train_prm` did: data size, optimizer steps, the loss curve."""
@@ -124,7 +143,7 @@ def train_prm(
     """Fit a one-label value head on ``base``'s backbone to the examples' step labels
     (BCE at each step's delimiter token); save the checkpoint to ``out``."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from runtime.policy.checkpoints import resolve_checkpoint
 
@@ -134,13 +153,7 @@ def train_prm(
     torch.set_num_threads(threads)
     directory = resolve_checkpoint(base)
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    config = AutoConfig.from_pretrained(directory, num_labels=1)
-    config.architectures = [config.architectures[0].replace("ForCausalLM", "ForTokenClassification")]
-    model = AutoModelForTokenClassification.from_config(config)  # type: ignore[no-untyped-call]
-    lm = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-    backbone = getattr(lm, lm.base_model_prefix)
-    getattr(model, model.base_model_prefix).load_state_dict(backbone.state_dict())
-    model.train()
+    model = value_head_model(AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)).train()
 
     encoded = [(*encode_steps(tokenizer, delimiter, e.messages, e.steps), e.labels) for e in examples]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)

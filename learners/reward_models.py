@@ -32,31 +32,14 @@ from pydantic import Field
 from learners.base import LearnerSpec, UpdateResult
 from learners.loop_settings import EvalSettings
 from learners.pairs import Pair, Pairs, PairSettings
+from learners.prm import value_head_model
 from learners.trainer import TorchLearner, TrainerSettings
 from runtime.core.errors import VerifierError
 from runtime.core.types import Episode
 from runtime.rewards.prm import encode_steps, pad_rows
 from runtime.search.context import Context, Sampling, Verifiers
 
-__all__ = ["ORM", "PRM", "LabelledPath", "OutcomeRMLearner", "PRMLearner", "StepLabels", "value_head_model"]
-
-
-def value_head_model(policy: Any) -> Any:
-    """A one-label ``*ForTokenClassification`` model on ``policy``'s backbone (copied
-    weights, a fresh head)."""
-    from transformers import AutoModelForTokenClassification
-
-    config = copy_config(policy.config)
-    model = AutoModelForTokenClassification.from_config(config)  # type: ignore[no-untyped-call]
-    getattr(model, model.base_model_prefix).load_state_dict(getattr(policy, policy.base_model_prefix).state_dict())
-    return model
-
-
-def copy_config(config: Any) -> Any:
-    out = type(config).from_dict(config.to_dict())
-    out.num_labels = 1
-    out.architectures = [a.replace("ForCausalLM", "ForTokenClassification") for a in (config.architectures or [])]
-    return out
+__all__ = ["ORM", "PRM", "LabelledPath", "OutcomeRMLearner", "PRMLearner", "StepLabels"]
 
 
 class _HeadLearner(TorchLearner):

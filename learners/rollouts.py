@@ -49,6 +49,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.core.errors import VerifierError
+from runtime.core.registry import with_overrides
 from runtime.core.types import Episode, Node
 from runtime.search.context import Context, Verifiers
 
@@ -126,8 +127,7 @@ class Rollouts:
         step scores in ``meta`` and no group baseline (a learner with a critic, PPO,
         computes the advantages)."""
         self.critic = critic
-        base = settings or RolloutSettings()
-        self.settings = type(base).model_validate(base.model_dump() | overrides) if overrides else base
+        self.settings = with_overrides(settings or RolloutSettings(), overrides)
         self.delimiter = delimiter
         self.rejected_by_process = 0  # the loop's counter: steps the process verifier rejected
         self.skipped_groups = 0

@@ -32,6 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from learners.base import UpdateResult
+from runtime.core.registry import with_overrides
 
 __all__ = ["LoraSettings", "TorchLearner", "TrainerSettings"]
 
@@ -87,8 +88,7 @@ class TorchLearner:
 
     def __init__(self, model: Any, tokenizer: Any, settings: TrainerSettings | None = None, **overrides: Any) -> None:
         """``settings`` (or the same fields as keywords) say how it steps."""
-        base = settings or self.settings_class()
-        self.settings = settings = type(base).model_validate(base.model_dump() | overrides) if overrides else base
+        self.settings = settings = with_overrides(settings or self.settings_class(), overrides)
         self.tokenizer = tokenizer
         self.lora = settings.lora
         if settings.lora is not None:

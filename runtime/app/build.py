@@ -12,7 +12,9 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
-from runtime.app.config import PolicyConfig, RunConfig, WeightedVerifier
+from pydantic import ValidationError
+
+from runtime.app.config import PolicyConfig, RunConfig, WeightedVerifier, format_validation_error
 from runtime.core.errors import ConfigError, TaskError
 from runtime.core.types import Task
 from runtime.policy.base import Policy
@@ -72,10 +74,6 @@ def build_strategy(config: RunConfig) -> BaseStrategy:
 
 
 def _own_policy(section: dict[str, Any]) -> Policy:
-    from pydantic import ValidationError
-
-    from runtime.app.config import format_validation_error
-
     try:
         return _policy(PolicyConfig.model_validate(section))
     except ValidationError as exc:

@@ -35,6 +35,7 @@ _EXPORTS = {
     "lookup": ".registry",
     "register_builtins": ".registry",
     "validate_component": ".registry",
+    "with_overrides": ".registry",
 }
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "lookup",
     "register_builtins",
     "validate_component",
+    "with_overrides",
 ]
 
 __getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

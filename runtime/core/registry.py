@@ -25,7 +25,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from importlib.metadata import entry_points
-from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, SerializeAsAny
 
@@ -176,3 +176,12 @@ def ComponentField(family: str, base: type[Component]) -> Any:  # noqa: N802 (a 
     """The annotation of a config field holding one component of ``family``: it accepts
     what :func:`validate_component` does and dumps the component's own fields."""
     return Annotated[SerializeAsAny[base], BeforeValidator(lambda v: validate_component(family, v))]
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def with_overrides(settings: S, overrides: dict[str, Any]) -> S:
+    """``settings`` with some fields replaced, validated as its own class (a learner or
+    converter takes its settings object, or the same fields as keywords)."""
+    return type(settings).model_validate(settings.model_dump() | overrides) if overrides else settings
