@@ -146,13 +146,11 @@ def test_console_script_help() -> None:
 
 
 def test_a_config_error_inside_the_loops_task_group_is_reported_on_one_line() -> None:
-    from runtime.app.cli import _only_config_error
+    from runtime.app.cli import EXIT_CONFIG, _user_error
 
     error = ConfigError("learner checkpoint x does not belong to run 'r'")
-    assert _only_config_error(ExceptionGroup("loop", [ExceptionGroup("inner", [error])])) is error
-    mixed = ExceptionGroup("loop", [error, RuntimeError("boom")])
-    with pytest.raises(ExceptionGroup):
-        _only_config_error(mixed)
+    assert _user_error(ExceptionGroup("loop", [ExceptionGroup("inner", [error])])) == (error, EXIT_CONFIG)
+    assert _user_error(ExceptionGroup("loop", [error, RuntimeError("boom")])) is None
 
 
 def test_components_lists_every_family_and_refuses_an_unknown_one(runner: CliRunner) -> None:

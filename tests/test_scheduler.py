@@ -488,7 +488,7 @@ async def test_spent_endpoint_budget_stops_admission(make_tasks: MakeTasks) -> N
     policy = BudgetedPolicy()
     async with Runtime(policy, ChainOfThought(), settings=settings(concurrency=1, buffer=1)) as rt:
         episodes = await collect(rt, make_tasks(50))
-    assert rt.stop_reason == "cost budget spent: $1.00 of $1.00"
+    assert rt.stop_reason == "policy: cost budget spent: $1.00 of $1.00"
     # One at a time: the sixth episode waits for the fifth's slot, and by then the
     # budget is spent, so it is never admitted (it would only fail with BudgetExhausted).
     assert len(episodes) == rt.stats.admitted == policy.limiter.spent == 5

@@ -53,7 +53,7 @@ def _policy(p: PolicyConfig) -> Policy:
     return OpenAIPolicy(
         p.model,
         base_url=p.base_url,
-        api_key=os.environ.get(p.api_key_env) or "EMPTY",
+        api_key=(p.api_key.get_secret_value() if p.api_key else os.environ.get(p.api_key_env)) or "EMPTY",
         mode=p.mode,
         server=p.server,
         limits=EndpointLimits(p.max_concurrency, p.requests_per_minute, p.tokens_per_minute, p.budget_usd),

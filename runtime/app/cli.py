@@ -1,9 +1,16 @@
 """The ``searchlearn`` command: run a config (with or without a learner), show, export
 or plot a stored run.
 
-Errors the user can fix (bad config, missing file, missing key) print one message and
-exit 2, with no traceback. Logs are structured (structlog), quiet by default
-(warnings only), ``--verbose`` for info, ``--log-json`` for JSON lines on stderr.
+Errors the user can fix (bad config, missing file, missing key, a damaged or busy
+store) print one message, with no traceback. Logs are structured (structlog), quiet by
+default (warnings only), ``--verbose`` for info (run start and end, retries, rate-limit
+waits, each failed episode), ``--log-json`` for the same as JSON lines on stderr;
+secrets are masked in every line.
+
+Exit status: 0 the run finished; 1 every episode failed, or the failure policy
+(``scheduler.max_consecutive_failures``) stopped it; 2 bad config or input; 3 a budget
+was spent; 4 the store cannot be used (damaged, full, locked, or the run is running
+elsewhere).
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,7 +32,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from runtime.app.config import DEFAULT_STORE, load_config
-from runtime.core.errors import ConfigError
+from runtime.core.errors import ConfigError, SearchlearnError, StoreError, TaskError
+from runtime.core.secrets import redact
 from runtime.scheduling.store import EpisodeStore
 
 __all__ = ["app", "main"]
@@ -51,6 +61,7 @@ def configure_logging(verbose: bool, json_logs: bool) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
             renderer,
+            _redact_line,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
@@ -58,22 +69,44 @@ def configure_logging(verbose: bool, json_logs: bool) -> None:
     )
 
 
-def _fail(message: str) -> None:
-    """Print ``error: message`` on one line and exit 2. The message is escaped (a path
-    like ``runs/[x]/a.yaml`` is not rich markup) and never wrapped at the terminal width."""
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+def _redact_line(logger: Any, method: str, line: Any) -> Any:
+    """The last log processor: mask secrets in the rendered line."""
+    return redact(line) if isinstance(line, str) else line
 
 
-def _only_config_error(group: BaseExceptionGroup[Any]) -> ConfigError:
-    """The ConfigError a task group wrapped, if that is all it holds; else re-raise."""
-    found, rest = group.split(ConfigError)
-    if found is None or rest is not None:
-        raise group
-    while isinstance(found, BaseExceptionGroup):
-        found = found.exceptions[0]
-    assert isinstance(found, ConfigError)
-    return found
+EXIT_FAILED, EXIT_CONFIG, EXIT_BUDGET, EXIT_STORE = 1, 2, 3, 4
+
+
+def _fail(message: str, code: int = EXIT_CONFIG) -> None:
+    """Print ``error: message`` on one line and exit ``code``. The message is escaped
+    (a path like ``runs/[x]/a.yaml`` is not rich markup), never wrapped at the terminal
+    width, and has its secrets masked."""
+    console.print(f"[bold red]error:[/] {escape(redact(message))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _user_error(exc: BaseException) -> tuple[SearchlearnError, int] | None:
+    """The user-fixable error ``exc`` is (or a task group wrapped, if that is all it
+    holds) and its exit status; None for anything else (a bug: let it raise)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, StoreError):
+        return exc, EXIT_STORE
+    if isinstance(exc, ConfigError | TaskError):
+        return exc, EXIT_CONFIG
+    return None
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn user-fixable errors into one line and an exit status."""
+    try:
+        yield
+    except (SearchlearnError, BaseExceptionGroup) as exc:
+        found = _user_error(exc)
+        if found is None:
+            raise
+        _fail(str(found[0]), found[1])
 
 
 def summary_table(title: str, stats: dict[str, Any]) -> Table:
@@ -97,6 +130,8 @@ def summary_table(title: str, stats: dict[str, Any]) -> Table:
         rows.append(("episodes/s", f"{stats['episodes_per_s']:.2f}"))
     if stats.get("skipped"):
         rows.append(("skipped (already stored)", f"{stats['skipped']:,}"))
+    if stats.get("capped"):
+        rows.append(("texts cut at a size cap", f"{stats['capped']:,}"))
     for name, count in stats.get("failures", {}).items():
         rows.append((f"  failures: {name}", f"{count:,}"))
     for row in rows:
@@ -119,7 +154,7 @@ def run(
     Rerunning the same run_id resumes: stored episodes are skipped.
     """
     configure_logging(verbose, log_json)
-    try:
+    with _user_errors():
         cfg = load_config(config, set_ or [])
         from runtime.app.build import build_runtime, build_tasks
 
@@ -128,19 +163,30 @@ def run(
             _learn(cfg, tasks, progress)
             return
         rt = build_runtime(cfg, handle_signals=True)
-    except ConfigError as exc:
-        _fail(str(exc))
-        return
-    except BaseExceptionGroup as group:  # raised inside the loop's task group
-        _fail(str(_only_config_error(group)))
-        return
-    total = len(tasks) * cfg.scheduler.samples_per_task
-    stats = anyio.run(_run, rt, tasks, total, progress)
+        total = len(tasks) * cfg.scheduler.samples_per_task
+        stats = anyio.run(_run, rt, tasks, total, progress)
     out.print(summary_table(f"run {cfg.run_id}", stats))
-    if rt.stop_reason:
-        console.print(f"stopped early: {rt.stop_reason}", highlight=False, markup=False, soft_wrap=True)
-        if "budget" in rt.stop_reason:
-            raise typer.Exit(3)
+    _exit_status(rt, stats)
+
+
+def _exit_status(rt: Any, stats: dict[str, Any]) -> None:
+    """Say why a run stopped early, and exit non-zero when it did not do its work."""
+    reason = rt.stop_reason
+    if reason:
+        console.print(f"stopped early: {reason}", highlight=False, markup=False, soft_wrap=True)
+        if "budget" in reason:
+            raise typer.Exit(EXIT_BUDGET)
+        if "in a row failed" in reason:
+            raise typer.Exit(EXIT_FAILED)
+    if stats["episodes"] and stats["failed"] == stats["episodes"]:
+        common = max(stats["failures"].items(), key=lambda kv: kv[1])[0] if stats["failures"] else "unknown"
+        console.print(
+            f"every episode failed ({stats['failed']} of {stats['episodes']}; most often {common})",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_FAILED)
 
 
 async def _run(rt: Any, tasks: list[Any], total: int, show: bool) -> dict[str, Any]:
@@ -176,8 +222,7 @@ def _learn(cfg: Any, tasks: list[Any], show: bool) -> None:
     target = export_path(cfg)
     loop.learner.export(target)
     console.print(f"policy version {stats.version} saved to {target}", highlight=False, markup=False, soft_wrap=True)
-    if rt.stop_reason:
-        console.print(f"stopped early: {rt.stop_reason}", highlight=False, markup=False, soft_wrap=True)
+    _exit_status(rt, rt.stats.as_dict())
 
 
 async def _run_loop(loop: Any, tasks: list[Any], total: int, show: bool) -> Any:
@@ -235,7 +280,7 @@ def show(
     store: Annotated[Path, typer.Option(help="Episode store (SQLite file).")] = Path(DEFAULT_STORE),
 ) -> None:
     """Summarise a stored run: episodes, accuracy, tokens, cost, failures."""
-    with _open_store(store) as st:
+    with _user_errors(), _open_store(store) as st:
         summary = st.summary(run_id)
         runs = st.runs()
         curve = st.curve(run_id)
@@ -255,7 +300,7 @@ def plot(
     out_path: Annotated[Path | None, typer.Option("--out", "-o", help="PNG file (default RUN-curve.png).")] = None,
 ) -> None:
     """Draw a learning run's held-out accuracy against policy version and wall time (PNG)."""
-    with _open_store(store) as st:
+    with _user_errors(), _open_store(store) as st:
         curve = st.curve(run_id)
     if not curve:
         _fail(f"run {run_id!r} in {store} has no evaluation curve (only runs with a learner section have one)")
@@ -274,7 +319,7 @@ def export(
 ) -> None:
     """Export a stored run's episodes (full trees) to JSONL, one episode per line."""
     target = out_path or Path(f"{run_id}.jsonl")
-    with _open_store(store) as st:
+    with _user_errors(), _open_store(store) as st:
         if not st.count(run_id):
             _fail(f"no episodes of run {run_id!r} in {store}")
         n = st.export_jsonl(run_id, target)

@@ -16,6 +16,7 @@ message names the field, the value and what is allowed.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,6 +26,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     SerializeAsAny,
     ValidationError,
     field_validator,
@@ -34,6 +36,7 @@ from pydantic import (
 from learners.base import LearnerSpec
 from runtime.core.errors import ConfigError
 from runtime.core.registry import ComponentField, register_builtins, validate_component
+from runtime.core.secrets import looks_like_secret, redact, register_secret
 from runtime.policy.base import Mode, Server
 from runtime.rewards.base import OutcomeVerifier, ProcessVerifier, Verifier
 from runtime.rewards.outcome import ExactMatch
@@ -48,6 +51,7 @@ __all__ = ["RunConfig", "apply_overrides", "format_validation_error", "load_conf
 
 DEFAULT_STORE = "runs/searchlearn.db"
 DEFAULT_CONCURRENCY = 64
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # Where each family's built-in components live; plug-ins add theirs through entry points.
 register_builtins("strategies", "strategies")
@@ -79,7 +83,29 @@ class PolicyConfig(_Section):
     base_url: str | None = None
     """Server URL, e.g. http://127.0.0.1:8000/v1; None means OpenAI itself."""
     api_key_env: str = "OPENAI_API_KEY"
-    """Environment variable holding the API key (required when base_url is None)."""
+    """Name of the environment variable holding the API key (required when base_url is None)."""
+    api_key: SecretStr | None = None
+    """The key itself, instead of api_key_env (discouraged: a config file is easily
+    shared); masked in the stored config, in messages and in logs."""
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        if looks_like_secret(value) or not _ENV_NAME.fullmatch(value):
+            register_secret(value)
+            raise ValueError(
+                "must be the name of an environment variable (letters, digits, _), not a key; "
+                "put the key in that variable, or in policy.api_key"
+            )
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _remember(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            register_secret(value.get_secret_value())
+        return value
+
     mode: Mode = "chat"
     """Chat completions or plain completions."""
     server: Server = "openai"
@@ -106,7 +132,7 @@ class PolicyConfig(_Section):
     """Extra JSON fields sent with every request."""
     path: str = "bundled"
     """Local checkpoint directory (kind local); 'bundled' is the shipped tiny policy."""
-    script: list[str] = Field(default_factory=lambda: ["Answer: 42"])
+    script: list[str] = Field(default_factory=lambda: ["Answer: 42"], min_length=1)
     """Texts the scripted policy returns in turn (kind scripted)."""
     latency: float = Field(0.0, ge=0)
     """Seconds per call of the scripted policy."""
@@ -284,9 +310,10 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         got = err.get("input")
-        shown = "" if err["type"] == "missing" else f" (got {got!r})"
+        secret = any("key" in str(p) or "secret" in str(p) or "token" in str(p) for p in err["loc"])
+        shown = "" if err["type"] == "missing" or secret else f" (got {got!r})"
         problems.append(f"{loc}: {err['msg']}{shown}")
-    return f"invalid config {source}: " + "; ".join(problems)
+    return redact(f"invalid config {source}: " + "; ".join(problems))
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -302,7 +329,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {key}: {part} is not a section")
             target = child
-        target[parts[-1]] = yaml.safe_load(raw)
+        try:
+            target[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: the value is not valid YAML: {_yaml_problem(exc)}") from None
     return data
 
 
@@ -340,7 +370,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 def check_config(config: RunConfig) -> None:
     """Checks that need more than one section, or the environment."""
     p = config.policy
-    if p.kind == "openai" and p.base_url is None and not os.environ.get(p.api_key_env):
+    if p.kind == "openai" and p.base_url is None and p.api_key is None and not os.environ.get(p.api_key_env):
         raise ConfigError(
             f"policy.api_key_env: environment variable {p.api_key_env} is not set; "
             "set it, or point policy.base_url at a local OpenAI-compatible server"

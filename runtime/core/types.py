@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import ConfigDict, TypeAdapter
-from pydantic_core import to_json
+from pydantic_core import PydanticSerializationError, to_json
+
+from runtime.core.secrets import redact
+from runtime.core.text import clean_text, clean_value, cut_text
 
 __all__ = [
     "Episode",
@@ -36,6 +39,7 @@ __all__ = [
 ]
 
 Status = Literal["ok", "failed"]
+MAX_ERROR_CHARS = 2000  # an error message is a diagnosis, not a dump of a server's body
 _JSON = ConfigDict(ser_json_inf_nan="constants")  # scores may be inf/nan; keep them
 
 
@@ -91,6 +95,8 @@ class Usage:
     completion_tokens: int = 0
     cost: float = 0.0
     wall_time: float = 0.0
+    capped: int = 0
+    """Texts cut at a size cap (a completion, a stored row)."""
 
     @property
     def tokens(self) -> int:
@@ -107,9 +113,12 @@ class ErrorInfo:
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        """The error of ``exc``; its message cleaned, capped and with secrets masked
+        (a server's error body may echo the request's key back)."""
         from runtime.core.errors import boundary_of
 
-        return cls(type=type(exc).__name__, message=str(exc) or repr(exc), boundary=boundary_of(exc))
+        message, _ = cut_text(redact(clean_text(str(exc) or repr(exc))), MAX_ERROR_CHARS)
+        return cls(type=type(exc).__name__, message=message, boundary=boundary_of(exc))
 
 
 @dataclass(slots=True)
@@ -152,7 +161,13 @@ _EPISODE = TypeAdapter(Episode)
 
 
 def episode_to_json(episode: Episode) -> str:
-    return to_json(_EPISODE.dump_python(episode), inf_nan_mode="constants").decode()
+    data = _EPISODE.dump_python(episode)
+    try:
+        return to_json(data, inf_nan_mode="constants").decode()
+    except PydanticSerializationError:
+        # Text that entered without passing a boundary's cleaning (a custom strategy's
+        # fork, a plug-in's metadata): clean every string rather than lose the episode.
+        return to_json(clean_value(data), inf_nan_mode="constants").decode()
 
 
 def episode_from_json(data: str | bytes) -> Episode:

@@ -21,10 +21,13 @@ import time
 from dataclasses import dataclass
 
 import anyio
+import structlog
 
 from runtime.core.errors import BudgetExhausted
 
 __all__ = ["PRICES", "EndpointLimiter", "EndpointLimits", "Price", "limiter_for"]
+
+log = structlog.get_logger("searchlearn.limits")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +64,8 @@ class EndpointLimits:
 
 
 class _Bucket:
-    def __init__(self, per_minute: float, burst_seconds: float) -> None:
+    def __init__(self, per_minute: float, burst_seconds: float, kind: str) -> None:
+        self.kind = kind
         self.rate = per_minute / 60.0
         self.capacity = max(1.0, self.rate * burst_seconds)
         self.level = self.capacity
@@ -77,6 +81,8 @@ class _Bucket:
         amount = min(amount, self.capacity)
         async with self.lock:
             self._refill()
+            if self.level < amount:
+                log.info("rate limit wait", limit=self.kind, wait_s=round((amount - self.level) / self.rate, 3))
             while self.level < amount:
                 await anyio.sleep((amount - self.level) / self.rate)
                 self._refill()
@@ -94,9 +100,15 @@ class EndpointLimiter:
         self.limits = limits
         self._concurrency = anyio.Semaphore(limits.max_concurrency)
         self._requests = (
-            _Bucket(limits.requests_per_minute, limits.burst_seconds) if limits.requests_per_minute else None
+            _Bucket(limits.requests_per_minute, limits.burst_seconds, "requests_per_minute")
+            if limits.requests_per_minute
+            else None
         )
-        self._tokens = _Bucket(limits.tokens_per_minute, limits.burst_seconds) if limits.tokens_per_minute else None
+        self._tokens = (
+            _Bucket(limits.tokens_per_minute, limits.burst_seconds, "tokens_per_minute")
+            if limits.tokens_per_minute
+            else None
+        )
         self.spent_usd = 0.0
         self.in_flight = 0
 

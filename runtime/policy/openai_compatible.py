@@ -16,6 +16,12 @@ Design decisions:
 - ``server`` names known quirks: ``transformers`` samples only through a
   ``generation_config`` extra body; ``vllm`` returns token ids on request.
 - The HTTP connection pool is sized to the endpoint's configured concurrency.
+- ``timeout`` is a total deadline per attempt (connect to last byte), not httpx's
+  per-read timeout, which a server sending a byte at a time renews forever.
+- Reported usage is checked: negative, non-numeric or absurd token counts are replaced
+  by an estimate from the text, so a broken server cannot undercut the cost budget.
+- The API key is registered with :mod:`runtime.core.secrets`, so an error body that
+  echoes it is masked before it is stored or logged.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from runtime.core.errors import PolicyRequestError, PolicyResponseError, PolicyUnavailable
+from runtime.core.secrets import register_secret
 from runtime.policy.base import Completion, GenerationRequest, GenerationResult, Mode, Server
 from runtime.policy.limits import PRICES, EndpointLimits, Price, limiter_for
 
@@ -44,6 +51,10 @@ _NO_N = {"transformers", "llamacpp"}
 
 class _Malformed(Exception):
     """A 2xx response whose body is not a completion (retried, then PolicyResponseError)."""
+
+
+class _Deadline(Exception):
+    """One attempt ran past the request's total deadline (retried, then PolicyUnavailable)."""
 
 
 def render_prompt(messages: Sequence[dict[str, str]], template: str) -> str:
@@ -61,7 +72,7 @@ def render_prompt(messages: Sequence[dict[str, str]], template: str) -> str:
 def _transient(exc: BaseException) -> bool:
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code == 429 or exc.status_code >= 500
-    return isinstance(exc, openai.APIConnectionError | _Malformed)
+    return isinstance(exc, openai.APIConnectionError | _Malformed | _Deadline)
 
 
 class OpenAIPolicy:
@@ -86,7 +97,9 @@ class OpenAIPolicy:
         transport: httpx2.AsyncBaseTransport | None = None,
         version: int = 0,
     ) -> None:
+        register_secret(api_key)
         self.model = model
+        self.timeout = timeout
         self.mode = mode
         self.server = server
         self.limits = limits or EndpointLimits()
@@ -180,6 +193,7 @@ class OpenAIPolicy:
             stop=stop_after_attempt(self.retry_attempts),
             wait=self._wait,
             retry=retry_if_exception(_transient),
+            before_sleep=self._log_retry,
             reraise=True,
         )
         try:
@@ -188,7 +202,12 @@ class OpenAIPolicy:
                     await self.limiter.acquire(estimate)
                     used, cost = 0, 0.0
                     try:
-                        result = await self._call(request, n, seed_offset)
+                        # Total, not per read: httpx's timeout restarts with every byte, so
+                        # a server dripping one byte a second would hold the call forever.
+                        with anyio.move_on_after(self.timeout) as deadline:
+                            result = await self._call(request, n, seed_offset)
+                        if deadline.cancelled_caught:
+                            raise _Deadline(f"no complete response within {self.timeout:g} s")
                         used = result.prompt_tokens + result.completion_tokens
                         cost = result.cost
                     finally:
@@ -203,7 +222,15 @@ class OpenAIPolicy:
             raise PolicyUnavailable(f"{type(exc).__name__} after {self.retry_attempts} attempts: {exc}") from exc
         except _Malformed as exc:
             raise PolicyResponseError(f"unreadable response after {self.retry_attempts} attempts: {exc}") from exc
+        except _Deadline as exc:
+            raise PolicyUnavailable(f"{exc} after {self.retry_attempts} attempts") from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        error = f"HTTP {exc.status_code}" if isinstance(exc, openai.APIStatusError) else type(exc).__name__
+        log.info("retrying request", model=self.model, attempt=state.attempt_number, wait_s=round(wait, 3), error=error)
 
     def _sampling(self, request: GenerationRequest, n: int, seed_offset: int) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -286,8 +313,17 @@ class OpenAIPolicy:
                 token_ids, logprobs, finish = None, None, "stop"
             completions.append(Completion(text=text, token_ids=token_ids, logprobs=logprobs, finish_reason=finish))
         usage = getattr(response, "usage", None)
-        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+        prompt_tokens = _count(getattr(usage, "prompt_tokens", None), priced=self.price is not None)
+        completion_tokens = _count(getattr(usage, "completion_tokens", None), priced=self.price is not None)
+        if prompt_tokens is None or completion_tokens is None:
+            # Negative or absurd usage (or none, on a priced model) must not undercut the
+            # budget: estimate from the text (4 characters a token), as the limiter does.
+            log.warning(
+                "unusable usage in a response; estimating it from the text", model=self.model, usage=repr(usage)[:200]
+            )
+            prompt_tokens = len(request.prompt or "") // 4 + sum(len(m["content"]) for m in request.messages or []) // 4
+            prompt_tokens += len(request.assistant_prefix) // 4
+            completion_tokens = sum(len(c.text) for c in completions) // 4 + len(completions)
         cost = self.price.cost(prompt_tokens, completion_tokens) if self.price else 0.0
         return GenerationResult(
             completions=completions,
@@ -297,6 +333,19 @@ class OpenAIPolicy:
             policy_version=self.version,
             model=str(getattr(response, "model", self.model)),
         )
+
+
+_MAX_USAGE = 100_000_000  # tokens one response may report; more is a broken server
+
+
+def _count(value: Any, priced: bool) -> int | None:
+    """A token count a server reported, or None if it is not a plausible one (or is
+    missing where it sets a price)."""
+    if value is None:
+        return None if priced else 0
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        return None
+    return int(value) if 0 <= value <= _MAX_USAGE else None
 
 
 def _cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:

@@ -32,6 +32,8 @@ class ScriptedPolicy:
         version: int = 0,
         fail: Callable[[GenerationRequest], None] | None = None,
     ) -> None:
+        if not callable(script) and not script:
+            raise ValueError("a scripted policy needs at least one text (script is empty)")
         self._script = script
         self._cursor = 0
         self.latency = latency

@@ -37,13 +37,15 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class Score:
     """A verifier's verdict in [0, 1], with why. A verifier that calls a model reports
-    what it spent (``calls`` and tokens); the context adds it to the episode's usage."""
+    what it spent (``calls``, tokens and USD ``cost``); the context adds it to the
+    episode's usage, so the episode, the run and the run's budget pay for it."""
 
     value: float
     explanation: str | None = None
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost: float = 0.0
 
 
 @runtime_checkable
@@ -126,6 +128,10 @@ class Verifier(Component):
     """
 
     family: ClassVar[str] = "verifiers"
+    needs_reference: ClassVar[bool] = True
+    """Whether the outcome score needs the task's reference answer: a run judges the
+    episodes of tasks without one only with verifiers that do not (code run against
+    the task's tests)."""
     name: str
     """What configs call the verifier."""
 

@@ -25,11 +25,12 @@ from runtime.rewards.base import OutcomeVerifier, Score
 __all__ = ["Gate", "WeightedSum"]
 
 
-def _usage(scores: Sequence[Score]) -> dict[str, int]:
+def _usage(scores: Sequence[Score]) -> dict[str, Any]:
     return {
         "calls": sum(s.calls for s in scores),
         "prompt_tokens": sum(s.prompt_tokens for s in scores),
         "completion_tokens": sum(s.completion_tokens for s in scores),
+        "cost": sum(s.cost for s in scores),
     }
 
 
@@ -77,6 +78,7 @@ class Gate:
         self.threshold = threshold
         self.delimiter = delimiter
         self.name = name or f"{then.name}|{check.name}"
+        self.needs_reference = bool(getattr(then, "needs_reference", True))
 
     async def score(self, task: Task, answer: str | None, text: str) -> Score:
         if self.per_step:

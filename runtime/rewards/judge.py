@@ -161,7 +161,12 @@ class LLMJudge(Verifier):
             metadata={"task_id": task.id, "purpose": "judge"},
         )
         result = await self._policy.generate(request)
-        usage = {"calls": 1, "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens}
+        usage: dict[str, Any] = {
+            "calls": 1,
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "cost": result.cost,
+        }
         texts = [c.text for c in result.completions]
         values = [v for v in map(parse_judgement, texts) if v is not None]
         if not values:

@@ -114,6 +114,7 @@ class MonteCarloValue(Verifier):
             calls=1,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
+            cost=result.cost,
         )
 
     async def label_steps(self, task: Task, steps: Sequence[str]) -> list[float]:

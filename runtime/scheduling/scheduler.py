@@ -48,16 +48,22 @@ from anyio.abc import TaskGroup
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.core.errors import EpisodeTimeout, SearchlearnError
+from runtime.core.secrets import redact
 from runtime.core.types import Episode, ErrorInfo, Task
 from runtime.policy.base import Policy
 from runtime.scheduling.store import EpisodeStore
 from runtime.scheduling.tasks import iterate_tasks
-from runtime.search.context import Context, Sampling, Verifiers
+from runtime.search.context import Context, Ledger, Sampling, Verifiers
 from runtime.search.strategy import Strategy
 
 __all__ = ["RunStats", "Runtime", "SchedulerSettings"]
 
 log = structlog.get_logger("searchlearn.scheduler")
+
+DEFAULT_EPISODE_TIMEOUT = 900.0  # an episode that runs 15 minutes is stuck, not thinking
+DEFAULT_MAX_CONSECUTIVE_FAILURES = 200
+DEFAULT_MAX_EPISODE_BYTES = 16 << 20
+_OFF_PATH_CHARS = 1000  # what an oversized episode keeps of each step off its chosen path
 
 
 class SchedulerSettings(BaseModel):
@@ -71,8 +77,8 @@ class SchedulerSettings(BaseModel):
     """Finished episodes buffered for the consumer."""
     samples_per_task: int = Field(1, ge=1)
     """Episodes per task."""
-    episode_timeout: float | None = Field(None, gt=0)
-    """Seconds before an episode fails with EpisodeTimeout."""
+    episode_timeout: float | None = Field(DEFAULT_EPISODE_TIMEOUT, gt=0)
+    """Seconds before an episode fails with EpisodeTimeout (None: no deadline)."""
     token_budget: int | None = Field(None, ge=1)
     """Tokens one episode may use."""
     on_shutdown: Literal["finish", "abandon"] = "finish"
@@ -83,6 +89,15 @@ class SchedulerSettings(BaseModel):
     """On resume, run failed episodes again."""
     store_batch: int = Field(512, ge=1)
     """Finished episodes the store writer commits in one transaction, at most."""
+    budget_usd: float | None = Field(None, ge=0)
+    """Stop admitting once the run has spent this much (policy, verifiers and judges,
+    in-flight episodes and, on resume, the stored ones included)."""
+    max_consecutive_failures: int | None = Field(DEFAULT_MAX_CONSECUTIVE_FAILURES, ge=1)
+    """Stop admitting after this many episodes in a row failed with the same error class
+    (a dead server, a broken verifier); None: never."""
+    max_episode_bytes: int = Field(DEFAULT_MAX_EPISODE_BYTES, ge=1024)
+    """Approximate size cap of one stored episode; a larger tree keeps its chosen path
+    whole and loses per-token data, then text, off it (counted in usage.capped)."""
 
 
 @dataclass(slots=True)
@@ -100,6 +115,7 @@ class RunStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
+    capped: int = 0
     failures: Counter[str] = field(default_factory=Counter)
 
     def record(self, ep: Episode) -> None:
@@ -114,6 +130,7 @@ class RunStats:
         self.prompt_tokens += ep.usage.prompt_tokens
         self.completion_tokens += ep.usage.completion_tokens
         self.cost += ep.usage.cost
+        self.capped += ep.usage.capped
 
     @property
     def elapsed(self) -> float:
@@ -129,6 +146,7 @@ class RunStats:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cost": self.cost,
+            "capped": self.capped,
             "seconds": self.elapsed,
             "episodes_per_s": self.finished / self.elapsed if self.elapsed > 0 else 0.0,
             "failures": dict(self.failures),
@@ -164,6 +182,9 @@ class Runtime:
         self.config = config or {}
         self.handle_signals = handle_signals
         self.stats = RunStats()
+        self.ledger = Ledger()
+        self._spent_before = 0.0  # cost of the episodes a resumed run already stored
+        self._limiters = spending_limiters(policy, self.verifiers)
         self.stop_reason: str | None = None
         self._strategy_config = strategy.config()
         self._slots = anyio.Semaphore(self.settings.concurrency)
@@ -172,22 +193,51 @@ class Runtime:
         self._stack = AsyncExitStack()
         self._tg: TaskGroup | None = None
         self._in_flight = 0
+        self._streak = ("", 0)  # error class of the latest finished failures, how many in a row
         self.log = log.bind(run_id=run_id)
 
     async def __aenter__(self) -> Runtime:
-        self._tg = await self._stack.enter_async_context(anyio.create_task_group())
         if self.store is not None:
-            self.store.register_run(self.run_id, self.config)
+            # One process per run id: a second one is refused here, before it spends.
+            self.store.acquire_run(self.run_id)
+            try:
+                self.store.register_run(self.run_id, redact_config(self.config))
+                self._spent_before = float(self.store.summary(self.run_id)["cost"] or 0.0)
+            except BaseException:
+                self.store.release_run(self.run_id)
+                raise
+        self._tg = await self._stack.enter_async_context(anyio.create_task_group())
         if self.handle_signals:
             self._tg.start_soon(self._watch_signals)
+        self.log.info(
+            "run started",
+            strategy=self.strategy.name,
+            concurrency=self.settings.concurrency,
+            samples_per_task=self.settings.samples_per_task,
+            store=str(self.store.path) if self.store is not None else None,
+        )
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         assert self._tg is not None
         self._tg.cancel_scope.cancel()  # only the signal watcher can still be running
-        await self._stack.aclose()
-        if self._own_store and self.store is not None:
-            self.store.close()
+        try:
+            await self._stack.aclose()
+        finally:
+            s = self.stats
+            self.log.info(
+                "run ended",
+                episodes=s.finished,
+                failed=s.failed,
+                skipped=s.skipped,
+                cost=round(s.cost, 6),
+                seconds=round(s.elapsed, 3),
+                stop_reason=self.stop_reason,
+            )
+            if self.store is not None:
+                self.store.release_run(self.run_id)
+                if self._own_store:
+                    self.store.close()
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -274,8 +324,18 @@ class Runtime:
             finally:
                 self._inflight.discard(episodes.cancel_scope)
 
+    def exhausted(self) -> str | None:
+        """Why no more episodes may be admitted for spending, or None: an endpoint
+        budget (the policy's, a judge's, a teacher's) or the run's own budget."""
+        for owner, limiter in self._limiters:
+            if reason := limiter.exhausted:
+                return f"{owner}: {reason}"
+        budget = self.settings.budget_usd
+        if budget is not None and (spent := self._spent_before + self.ledger.cost) >= budget:
+            return f"run budget spent: ${spent:.4f} of ${budget:.4f}"
+        return None
+
     async def _admit(self, tasks: Any, done: set[tuple[str, int]], episodes: TaskGroup, to_store: Any) -> None:
-        limiter = getattr(self.policy, "limiter", None)
         async for task in iterate_tasks(tasks):
             for sample in range(self.settings.samples_per_task):
                 if (task.id, sample) in done:
@@ -291,7 +351,7 @@ class Runtime:
                     await anyio.lowlevel.checkpoint()
                 # Checked once the slot is ours: the budget may have run out while we
                 # waited, and an episode admitted now would only fail with BudgetExhausted.
-                if limiter is not None and (reason := limiter.exhausted):
+                if reason := self.exhausted():
                     self._slots.release()
                     self.shutdown(reason, abandon=False)
                     return
@@ -310,6 +370,7 @@ class Runtime:
             )
             # Cancellation (abandon) propagates out of here: the episode is not stored.
             await self._run_one(episode)
+            self._failure_policy(episode)
             try:
                 to_store.send_nowait(episode)
             except anyio.WouldBlock:
@@ -322,9 +383,23 @@ class Runtime:
             self._in_flight -= 1
             self._slots.release()
 
+    def _failure_policy(self, episode: Episode) -> None:
+        """Stop admitting after ``max_consecutive_failures`` episodes in a row failed
+        with one error class (counted as they finish, not as they are stored)."""
+        if episode.status != "failed":
+            self._streak = ("", 0)
+            return
+        kind = episode.errors[0].type if episode.errors else "unknown"
+        count = self._streak[1] + 1 if self._streak[0] == kind else 1
+        self._streak = (kind, count)
+        limit = self.settings.max_consecutive_failures
+        if limit is not None and count >= limit and self.stop_reason is None:
+            why = episode.errors[0].message[:200] if episode.errors else ""
+            self.shutdown(f"{count} episodes in a row failed with {kind}: {why}", abandon=False)
+
     async def _run_one(self, episode: Episode) -> None:
         started = time.monotonic()
-        ctx = Context(episode, self.policy, self.verifiers, self.sampling, self.settings.token_budget)
+        ctx = Context(episode, self.policy, self.verifiers, self.sampling, self.settings.token_budget, self.ledger)
         timeout = self.settings.episode_timeout
         try:
             if timeout is None:
@@ -339,9 +414,25 @@ class Runtime:
             episode.status = "failed"
             episode.errors.append(ErrorInfo.from_exception(exc))
             if not isinstance(exc, SearchlearnError):
-                self.log.warning("episode raised", task_id=episode.task.id, error=repr(exc))
+                self.log.warning("episode raised", task_id=episode.task.id, error=redact(repr(exc))[:500])
+        if episode.status == "failed" and episode.errors:
+            error = episode.errors[0]
+            self.log.info(
+                "episode failed",
+                task_id=episode.task.id,
+                sample=episode.sample,
+                error=error.type,
+                boundary=error.boundary,
+                message=error.message[:300],
+            )
+        fit_episode(episode, self.settings.max_episode_bytes)
         episode.usage.wall_time = time.monotonic() - started
         episode.finished_at = time.time()
+
+    def _commit(self, batch: list[Episode]) -> None:
+        assert self.store is not None
+        self.store.write_many(batch, self.settings.retry_failed)
+        self.store.heartbeat(self.run_id)
 
     async def _write(self, from_episodes: Any, out: Any, scope: anyio.CancelScope) -> None:
         """Commit finished episodes in batches, then hand them to the consumer."""
@@ -358,7 +449,7 @@ class Runtime:
                         except anyio.EndOfStream:
                             break
                     if self.store is not None:
-                        await anyio.to_thread.run_sync(self.store.write_many, batch, self.settings.retry_failed)
+                        await anyio.to_thread.run_sync(self._commit, batch)
                     for ep in batch:
                         self.stats.record(ep)
                         try:
@@ -369,3 +460,76 @@ class Runtime:
             # The consumer stopped listening: stop the run rather than block forever.
             self.shutdown("the consumer closed the stream", abandon=True)
             scope.cancel()
+
+
+# -- spending and size --------------------------------------------------------------------
+
+_SPENDERS = ("policy", "_policy", "check", "then", "outcome", "_outcome", "process", "potential")
+
+
+def spending_limiters(policy: Any, verifiers: Verifiers) -> list[tuple[str, Any]]:
+    """Every endpoint limiter the run can spend through, named by where it is: the
+    policy's, and those of the verifiers' own policies (an LLM judge on its own
+    endpoint, a composite's parts), each once."""
+    found: list[tuple[str, Any]] = []
+    seen: set[int] = set()
+
+    def visit(obj: Any, where: str, depth: int) -> None:
+        if obj is None or depth > 6 or id(obj) in seen:
+            return
+        seen.add(id(obj))
+        limiter = getattr(obj, "limiter", None)
+        if limiter is not None and hasattr(limiter, "exhausted"):
+            found.append((where, limiter))
+        for name in _SPENDERS:
+            child = getattr(obj, name, None)
+            if child is not None and not isinstance(child, str | int | float | bool):
+                visit(child, f"{where}.{name.lstrip('_')}", depth + 1)
+        for i, part in enumerate(getattr(obj, "parts", None) or []):
+            visit(part[0] if isinstance(part, tuple) else part, f"{where}.{i}", depth + 1)
+
+    visit(policy, "policy", 0)
+    visit(verifiers.outcome, "verifiers.outcome", 0)
+    visit(verifiers.process, "verifiers.process", 0)
+    return found
+
+
+def redact_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The run's config with secrets masked, as it is stored in ``runs.config``."""
+    import json
+
+    return dict(json.loads(redact(json.dumps(config, default=str))))
+
+
+def _node_bytes(node: Any) -> int:
+    size = 200 + len(node.text) + sum(len(e) for e in node.explanations.values())
+    for seq in (node.token_ids, node.logprobs, node.sample_logprobs):
+        if seq:
+            size += 12 * len(seq)
+    return size
+
+
+def fit_episode(episode: Episode, limit: int) -> None:
+    """Cap the stored size of ``episode`` at about ``limit`` bytes: nodes off the chosen
+    path lose their per-token data, then their text past 1,000 characters. The chosen
+    path stays whole (what learners train on); ``usage.capped`` counts a cut episode."""
+    nodes = episode.nodes
+    total = 500 + len(episode.final_answer or "") + sum(_node_bytes(n) for n in nodes)
+    if total <= limit:
+        return
+    keep = set(episode.chosen_path)
+    off_path = [n for n in nodes if n.id not in keep]
+    for node in off_path:
+        if total <= limit:
+            break
+        before = _node_bytes(node)
+        node.token_ids = node.logprobs = node.sample_logprobs = None
+        total -= before - _node_bytes(node)
+    for node in off_path:
+        if total <= limit:
+            break
+        if len(node.text) > _OFF_PATH_CHARS:
+            total -= len(node.text) - _OFF_PATH_CHARS
+            node.text = node.text[:_OFF_PATH_CHARS]
+            node.meta["cut"] = True
+    episode.usage.capped += 1

@@ -12,12 +12,13 @@ import difflib
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, BinaryIO, ClassVar, Literal
 
 from pydantic import Field
 
 from runtime.core.errors import TaskError
 from runtime.core.registry import Component
+from runtime.core.text import clean_text, clean_value
 from runtime.core.types import Task
 
 __all__ = [
@@ -30,15 +31,22 @@ __all__ = [
     "to_task",
 ]
 
+MAX_LINE_BYTES = 1 << 20  # 1 MiB: a task, not a corpus
+
 
 def to_task(item: Any, index: int) -> Task:
     """A Task from a Task, a mapping (``id``, ``prompt``/``question``/``messages``,
-    ``answer``, ``metadata``) or a plain string prompt."""
+    ``answer``, ``metadata``) or a plain string prompt; its text cleaned of what cannot
+    be stored (lone surrogates)."""
     if isinstance(item, Task):
-        return item
+        return _clean_task(item)
     if isinstance(item, str):
-        return Task(id=str(index), prompt=item)
+        return Task(id=str(index), prompt=clean_text(item))
     if isinstance(item, dict):
+        item = clean_value(item)
+        metadata = item.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise TaskError(f"task {index}: metadata must be an object, got {type(metadata).__name__}")
         prompt = item.get("prompt", item.get("question"))
         messages = item.get("messages")
         if prompt is None and messages is None:
@@ -58,6 +66,20 @@ def to_task(item: Any, index: int) -> Task:
     raise TaskError(f"task {index} is a {type(item).__name__}; expected a Task, a dict or a string")
 
 
+def _clean_task(task: Task) -> Task:
+    texts = [task.id, task.prompt or "", task.answer or ""]
+    texts += [m.get("content", "") for m in task.messages or [] if isinstance(m.get("content"), str)]
+    if all(clean_text(t) is t for t in texts):
+        return task
+    return Task(
+        id=clean_text(task.id),
+        prompt=None if task.prompt is None else clean_text(task.prompt),
+        messages=clean_value(task.messages),
+        answer=None if task.answer is None else clean_text(task.answer),
+        metadata=clean_value(task.metadata),
+    )
+
+
 async def iterate_tasks(source: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Task]:
     """Tasks from any iterable or async iterable of tasks, dicts or strings."""
     if isinstance(source, AsyncIterable):
@@ -70,24 +92,31 @@ async def iterate_tasks(source: Iterable[Any] | AsyncIterable[Any]) -> AsyncIter
             yield to_task(item, index)
 
 
-def jsonl_tasks(path: str | Path) -> list[Task]:
+def jsonl_tasks(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> list[Task]:
     """Tasks of a JSONL file, one object (or a plain string prompt) per line; blank
     lines are skipped; a task without an ``id`` gets ``<file stem>-<line>``.
 
-    Raises TaskError naming the file and line of the first malformed line, or if the
-    file holds no task.
+    Raises TaskError naming the file and line of the first malformed line (not JSON,
+    not UTF-8, longer than ``max_line_bytes``), or if the file holds no task. A line
+    over the cap is never read whole.
     """
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"task file {path} does not exist")
     tasks = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, line in enumerate(_lines(f, path, max_line_bytes), 1):
             if not line.strip():
                 continue
             try:
-                item = json.loads(line)
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TaskError(
+                    f"{path}:{lineno}: not UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1})"
+                ) from None
+            try:
+                item = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise TaskError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(item, dict | str):
@@ -105,6 +134,19 @@ def jsonl_tasks(path: str | Path) -> list[Task]:
     if not tasks:
         raise TaskError(f"task file {path} holds no tasks")
     return tasks
+
+
+def _lines(f: BinaryIO, path: Path, limit: int) -> Iterator[bytes]:
+    """The file's lines; a line longer than ``limit`` bytes raises before it is read whole."""
+    lineno = 0
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        lineno += 1
+        if len(line) > limit and not (len(line) == limit + 1 and line.endswith(b"\n")):
+            raise TaskError(f"{path}:{lineno}: line longer than {limit:,} bytes (tasks.max_line_bytes)")
+        yield line
 
 
 def reasoning_gym_tasks(
@@ -168,9 +210,11 @@ class JsonlTasks(TaskSource):
     input_field = "path"
     path: str
     """The JSONL file."""
+    max_line_bytes: int = Field(MAX_LINE_BYTES, ge=1)
+    """Longest line accepted; a longer one is an error naming the line."""
 
     def build(self) -> list[Task]:
-        return jsonl_tasks(self.path)
+        return jsonl_tasks(self.path, self.max_line_bytes)
 
 
 class ReasoningGymTasks(TaskSource):

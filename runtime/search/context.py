@@ -22,8 +22,10 @@ Design decisions:
   concurrently (a batching backend serves them in one batch) but adds the children in
   the order of its arguments, so node ids do not depend on which call returned first.
 - Verifier cost is episode cost: a verifier that calls a model (Monte-Carlo rollouts,
-  an LLM judge) reports its tokens on the :class:`~runtime.rewards.base.Score` and they
-  are added to the episode's usage.
+  an LLM judge) reports its tokens and cost on the :class:`~runtime.rewards.base.Score`
+  and they are added to the episode's usage and the run's :class:`Ledger`.
+- What a model writes is made storable before it enters the tree: lone surrogates are
+  replaced and a completion past ``sampling.max_completion_chars`` is cut and counted.
 """
 
 from __future__ import annotations
@@ -38,16 +40,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.core.concurrency import gather
 from runtime.core.errors import PolicyError, TokenBudgetExceeded, VerifierError
+from runtime.core.text import clean_text, cut_text
 from runtime.core.types import Episode, Node
 from runtime.policy.base import GenerationRequest, GenerationResult, Policy
 from runtime.rewards.base import AnswerExtractor, OutcomeVerifier, ProcessVerifier, Score
 from runtime.rewards.shaping import PotentialShaping
 
-__all__ = ["Aggregate", "Context", "Sampling", "Verifiers", "aggregate_scores", "gather"]
+__all__ = ["Aggregate", "Context", "Ledger", "Sampling", "Verifiers", "aggregate_scores", "gather"]
 
 Aggregate = Literal["last", "min", "product", "mean"]
 Meta = dict[str, Any] | None  # fields every node a call creates carries
 T = TypeVar("T")
+MAX_COMPLETION_CHARS = 65_536  # far above a reasoning step; bounds what one reply can cost the store
 
 
 def aggregate_scores(scores: Sequence[float], aggregate: Aggregate) -> float:
@@ -85,8 +89,19 @@ class Sampling(BaseModel):
     """Steps before a path is cut off."""
     logprobs: bool = False
     """Ask the backend for token logprobs."""
+    max_completion_chars: int = Field(MAX_COMPLETION_CHARS, ge=1)
+    """Characters kept of one completion; the rest is cut (finish reason length) and counted."""
     seed: int | None = None
     """Base sampling seed, where the backend honours seeds."""
+
+
+@dataclass(slots=True)
+class Ledger:
+    """What a run has spent so far, in-flight episodes included: every context of the
+    run adds each model call's cost (its own and its verifiers') as it happens, so a
+    run-wide budget stops admission before the episodes that spent it finish."""
+
+    cost: float = 0.0
 
 
 @dataclass(slots=True)
@@ -125,8 +140,10 @@ class Context:
         verifiers: Verifiers,
         sampling: Sampling,
         token_budget: int | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.episode = episode
+        self.ledger = ledger
         self.task = episode.task
         self.policy = policy
         self.verifiers = verifiers
@@ -213,15 +230,30 @@ class Context:
             raise
         except Exception as exc:
             raise PolicyError(f"{type(exc).__name__}: {exc}") from exc
+        self._admit(result)
         usage.calls += 1
         usage.prompt_tokens += result.prompt_tokens
         usage.completion_tokens += result.completion_tokens
-        usage.cost += result.cost
+        self._charge(result.cost)
         if result.policy_version is not None:
             span = self.episode.policy_versions
             v = result.policy_version
             self.episode.policy_versions = [min(span[0], v), max(span[1], v)] if span else [v, v]
         return result
+
+    def _admit(self, result: GenerationResult) -> None:
+        """What a model wrote, made storable: lone surrogates replaced, and text past
+        ``sampling.max_completion_chars`` cut (finish reason ``length``; its token data
+        no longer lines up and is dropped), counted in ``usage.capped``."""
+        limit = self.sampling.max_completion_chars
+        for c in result.completions:
+            text = c.text if isinstance(c.text, str) else str(c.text)
+            text, cut = cut_text(clean_text(text), limit)
+            c.text = text
+            if cut:
+                c.token_ids = c.logprobs = c.sample_logprobs = None
+                c.finish_reason = "length"
+                self.episode.usage.capped += 1
 
     async def expand(self, node: Node, n: int = 1, *, meta: Meta = None, **overrides: Any) -> list[Node]:
         """Sample ``n`` next steps of ``node``; each becomes a child (tagged with ``meta``)."""
@@ -344,12 +376,19 @@ class Context:
             raise VerifierError(f"verifier {name} raised {type(exc).__name__}: {exc}") from exc
         if not 0.0 <= result.value <= 1.0:
             raise VerifierError(f"verifier {name} returned {result.value}, outside [0, 1]")
-        if result.calls:
+        if result.calls or result.cost:
             usage = self.episode.usage
             usage.calls += result.calls
             usage.prompt_tokens += result.prompt_tokens
             usage.completion_tokens += result.completion_tokens
+            self._charge(result.cost)
         return result
+
+    def _charge(self, cost: float) -> None:
+        if cost:
+            self.episode.usage.cost += cost
+            if self.ledger is not None:
+                self.ledger.cost += cost
 
     # -- the end -----------------------------------------------------------------------
 
@@ -358,8 +397,12 @@ class Context:
         ep = self.episode
         ep.chosen_path = [n.id for n in self.path(leaf)]
         ep.final_answer = self.answer(leaf)
-        if reward_from_outcome and self.verifiers.outcome is not None and self.task.answer is not None:
-            ep.reward = (await self.judge(leaf)).value
+        outcome = self.verifiers.outcome
+        # A verifier that needs no reference answer (code against the task's tests, a
+        # judge) scores every task; the others only tasks that have an answer.
+        if reward_from_outcome and outcome is not None:
+            if self.task.answer is not None or not getattr(outcome, "needs_reference", True):
+                ep.reward = (await self.judge(leaf)).value
         if self.verifiers.shaping is not None:
             await self.verifiers.shaping.apply(self.episode, self.score)
         ep.finished_at = time.time()
