@@ -335,3 +335,32 @@ def test_an_invalid_regex_is_one_line(tmp_path: Path) -> None:
 def test_a_task_given_as_a_python_object_is_cleaned() -> None:
     task = to_task(Task(id="a\ud800", prompt="p", messages=[{"role": "user", "content": "m\udfff"}]), 0)
     assert task.id == "a\ufffd" and task.messages == [{"role": "user", "content": "m\ufffd"}]
+
+
+@pytest.mark.anyio
+async def test_a_response_body_past_the_cap_fails_the_call() -> None:
+    body = json.dumps(chat("Answer: 1 " + "w" * 3_000_000)).encode()
+
+    async def big(stream: Any) -> None:
+        async with stream:
+            await stream.receive(65536)
+            try:
+                await stream.send(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+                await stream.send(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, big)
+        base = f"http://127.0.0.1:{port}/v1"
+        policy = OpenAIPolicy("m", base_url=base, max_response_bytes=1_000_000, retry_attempts=2, retry_initial=0.01)
+        with pytest.raises(PolicyUnavailable, match="larger than 1,000,000 bytes"):
+            await policy.generate(GenerationRequest(messages=[{"role": "user", "content": "q"}]))
+        roomy = OpenAIPolicy("m", base_url=base, max_response_bytes=8_000_000)
+        result = await roomy.generate(GenerationRequest(messages=[{"role": "user", "content": "q"}]))
+        assert len(result.completions[0].text) > 3_000_000
+        await policy.aclose()
+        await roomy.aclose()
+        tg.cancel_scope.cancel()

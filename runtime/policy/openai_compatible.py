@@ -18,6 +18,8 @@ Design decisions:
 - The HTTP connection pool is sized to the endpoint's configured concurrency.
 - ``timeout`` is a total deadline per attempt (connect to last byte), not httpx's
   per-read timeout, which a server sending a byte at a time renews forever.
+- A response body is read up to ``max_response_bytes`` (32 MiB); a larger one fails
+  the attempt, so a server cannot exhaust the process's memory.
 - Reported usage is checked: negative, non-numeric or absurd token counts are replaced
   by an estimate from the text, so a broken server cannot undercut the cost budget.
 - The API key is registered with :mod:`runtime.core.secrets`, so an error body that
@@ -27,7 +29,7 @@ Design decisions:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
@@ -69,6 +71,46 @@ def render_prompt(messages: Sequence[dict[str, str]], template: str) -> str:
     return "\n\n".join(m["content"] for m in messages) + "\n\n"
 
 
+MAX_RESPONSE_BYTES = 32 << 20  # one response body; 256 in flight stay within a few GB
+
+
+class _CappedBody(httpx2.AsyncByteStream):
+    def __init__(self, inner: httpx2.AsyncByteStream, limit: int) -> None:
+        self.inner = inner
+        self.limit = limit
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self.inner:
+            seen += len(chunk)
+            if seen > self.limit:
+                raise httpx2.ReadError(f"response body larger than {self.limit:,} bytes")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class _CappedTransport(httpx2.AsyncBaseTransport):
+    """Reads at most ``limit`` bytes of a response body: a server cannot make one
+    reply cost the process more memory than that (past it, the attempt fails and is
+    retried like a broken connection)."""
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport, limit: int) -> None:
+        self.inner = inner
+        self.limit = limit
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self.inner.handle_async_request(request)
+        stream = response.stream
+        assert isinstance(stream, httpx2.AsyncByteStream)
+        response.stream = _CappedBody(stream, self.limit)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 def _transient(exc: BaseException) -> bool:
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code == 429 or exc.status_code >= 500
@@ -96,6 +138,7 @@ class OpenAIPolicy:
         extra_body: dict[str, Any] | None = None,
         transport: httpx2.AsyncBaseTransport | None = None,
         version: int = 0,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         register_secret(api_key)
         self.model = model
@@ -121,7 +164,8 @@ class OpenAIPolicy:
         pool = httpx2.Limits(
             max_connections=self.limits.max_concurrency, max_keepalive_connections=self.limits.max_concurrency
         )
-        self._http = httpx2.AsyncClient(limits=pool, timeout=httpx2.Timeout(timeout), transport=transport)
+        capped = _CappedTransport(transport or httpx2.AsyncHTTPTransport(limits=pool), max_response_bytes)
+        self._http = httpx2.AsyncClient(limits=pool, timeout=httpx2.Timeout(timeout), transport=capped)
         self.client = openai.AsyncOpenAI(
             api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout, http_client=self._http
         )
@@ -219,7 +263,8 @@ class OpenAIPolicy:
                 raise PolicyUnavailable(f"HTTP {exc.status_code} after {self.retry_attempts} attempts: {body}") from exc
             raise PolicyRequestError(f"HTTP {exc.status_code}: {body}") from exc
         except openai.APIConnectionError as exc:
-            raise PolicyUnavailable(f"{type(exc).__name__} after {self.retry_attempts} attempts: {exc}") from exc
+            cause = f" ({exc.__cause__})" if exc.__cause__ is not None and str(exc.__cause__) else ""
+            raise PolicyUnavailable(f"{type(exc).__name__} after {self.retry_attempts} attempts: {exc}{cause}") from exc
         except _Malformed as exc:
             raise PolicyResponseError(f"unreadable response after {self.retry_attempts} attempts: {exc}") from exc
         except _Deadline as exc:
