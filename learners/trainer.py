@@ -15,7 +15,8 @@ Design decisions:
 - LoRA through peft is optional; a LoRA learner publishes merged weights, so the
   engine always serves a plain model.
 - Checkpoints hold model, optimizer, version and step; they are written to a
-  temporary file and renamed, so a kill mid-write leaves the previous one intact.
+  temporary file and renamed, so a kill mid-write leaves the previous one intact; one
+  that cannot be read (truncated, corrupt) is a one-line StoreError naming the file.
 """
 
 from __future__ import annotations
@@ -32,9 +33,32 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from learners.base import UpdateResult
+from runtime.core.errors import StoreError
 from runtime.core.registry import with_overrides
 
 __all__ = ["LoraSettings", "TorchLearner", "TrainerSettings"]
+
+
+_CHECKPOINT_KEYS = frozenset({"model", "optimizer", "version", "steps", "extra"})
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """``torch.load`` of a learner checkpoint; any failure is one line naming the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError as exc:
+        raise StoreError(f"learner checkpoint {path} does not exist") from exc
+    except PermissionError as exc:
+        raise StoreError(f"cannot read learner checkpoint {path}: permission denied") from exc
+    except Exception as exc:  # torch raises OSError, RuntimeError, EOFError, UnpicklingError...
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:160]
+        raise StoreError(
+            f"learner checkpoint {path} is truncated or corrupt ({detail}); restore it, "
+            "or delete it to start the learner over"
+        ) from exc
+    if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= state.keys():
+        raise StoreError(f"{path} is not a learner checkpoint (no model, optimizer and version in it)")
+    return state
 
 
 class LoraSettings(BaseModel):
@@ -203,8 +227,10 @@ class TorchLearner:
         os.replace(tmp, target)
 
     def load(self, path: str | Path) -> dict[str, Any]:
-        """Restore a checkpoint written by :meth:`save`; returns its ``extra``."""
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        """Restore a checkpoint written by :meth:`save`; returns its ``extra``. A file
+        that cannot be read as one is a StoreError naming it (the ``store`` boundary, as
+        for a damaged episode store: the run's durable state is broken, not its config)."""
+        state = _read_checkpoint(Path(path))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.version = int(state["version"])

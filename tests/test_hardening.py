@@ -25,7 +25,7 @@ from runtime.policy.limits import EndpointLimits, Price
 from runtime.policy.openai_compatible import OpenAIPolicy
 from runtime.policy.scripted import ScriptedPolicy
 from runtime.rewards.judge import LLMJudge
-from runtime.rewards.outcome import ExactMatch, TableVerifier
+from runtime.rewards.outcome import ExactMatch
 from runtime.scheduling.scheduler import Runtime, SchedulerSettings, fit_episode
 from runtime.scheduling.store import EpisodeStore
 from runtime.scheduling.tasks import jsonl_tasks, to_task
@@ -48,7 +48,9 @@ def chat(text: str, usage: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def mock_policy(respond: Any, **kwargs: Any) -> OpenAIPolicy:
-    return OpenAIPolicy("m", base_url=f"http://mock-{id(respond)}/v1", transport=httpx2.MockTransport(respond), **kwargs)
+    return OpenAIPolicy(
+        "m", base_url=f"http://mock-{id(respond)}/v1", transport=httpx2.MockTransport(respond), **kwargs
+    )
 
 
 # -- text at the boundaries ------------------------------------------------------------
@@ -58,7 +60,9 @@ def mock_policy(respond: Any, **kwargs: Any) -> OpenAIPolicy:
 async def test_lone_surrogates_in_completions_and_tasks_are_stored(tmp_path: Path) -> None:
     tasks = [Task(id=f"t\ud800{i}", prompt="q\udfff", answer="1") for i in range(3)]
     policy = ScriptedPolicy(["Think \ud800 hard.", "Answer: 1\udc80"])
-    async with Runtime(policy, ChainOfThought(), verifiers=Verifiers(outcome=ExactMatch()), store=tmp_path / "s.db") as rt:
+    async with Runtime(
+        policy, ChainOfThought(), verifiers=Verifiers(outcome=ExactMatch()), store=tmp_path / "s.db"
+    ) as rt:
         stored = [ep async for ep in rt.stream(tasks)]
     assert len(stored) == 3 and all(ep.status == "ok" for ep in stored)
     with EpisodeStore(tmp_path / "s.db") as st:
@@ -95,7 +99,9 @@ def test_a_jsonl_line_over_the_cap_is_refused_naming_it(tmp_path: Path) -> None:
 async def test_a_huge_completion_is_cut_and_counted(tmp_path: Path) -> None:
     huge = "Answer: 1 " + "y" * 5_000_000
     policy = ScriptedPolicy([huge])
-    async with Runtime(policy, ChainOfThought(), store=tmp_path / "s.db", sampling=Sampling(max_completion_chars=10_000)) as rt:
+    async with Runtime(
+        policy, ChainOfThought(), store=tmp_path / "s.db", sampling=Sampling(max_completion_chars=10_000)
+    ) as rt:
         [ep] = [ep async for ep in rt.stream([Task(id="t", prompt="q", answer="1")])]
     assert ep.usage.capped == 1 and rt.stats.capped == 1
     assert max(len(n.text) for n in ep.nodes) <= 10_000
@@ -142,7 +148,9 @@ async def test_a_server_dripping_bytes_cannot_hold_a_request() -> None:
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     async with listener, anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, drip)
-        policy = OpenAIPolicy("m", base_url=f"http://127.0.0.1:{port}/v1", timeout=1.0, retry_attempts=2, retry_initial=0.01)
+        policy = OpenAIPolicy(
+            "m", base_url=f"http://127.0.0.1:{port}/v1", timeout=1.0, retry_attempts=2, retry_initial=0.01
+        )
         started = time.monotonic()
         with anyio.fail_after(20):  # before the fix: ~40 s of dripping per attempt
             with pytest.raises(PolicyUnavailable, match="no complete response within 1 s"):
@@ -168,7 +176,7 @@ def test_episodes_have_a_deadline_by_default_and_shipped_configs_set_one(monkeyp
 @pytest.mark.anyio
 async def test_negative_usage_cannot_undercut_the_budget() -> None:
     def respond(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(200, json=chat("Answer: 1", {"prompt_tokens": -10**9, "completion_tokens": -5}))
+        return httpx2.Response(200, json=chat("Answer: 1", {"prompt_tokens": -(10**9), "completion_tokens": -5}))
 
     policy = mock_policy(respond, price=Price(1000.0, 1000.0))
     result = await policy.generate(GenerationRequest(messages=[{"role": "user", "content": "q" * 400}]))
@@ -179,7 +187,9 @@ async def test_negative_usage_cannot_undercut_the_budget() -> None:
 def judge_endpoint(calls: list[int]) -> Any:
     def respond(request: httpx2.Request) -> httpx2.Response:
         calls.append(1)
-        return httpx2.Response(200, json=chat("The answer is right. VERDICT: 1", {"prompt_tokens": 1000, "completion_tokens": 1000}))
+        return httpx2.Response(
+            200, json=chat("The answer is right. VERDICT: 1", {"prompt_tokens": 1000, "completion_tokens": 1000})
+        )
 
     return respond
 
@@ -188,11 +198,15 @@ def judge_endpoint(calls: list[int]) -> Any:
 async def test_the_judges_spend_is_episode_cost_and_its_budget_stops_admission() -> None:
     calls: list[int] = []
     # $2 per call (1000 + 1000 tokens at $1000/M), budget $7: four calls, then admission stops.
-    judge_policy = mock_policy(judge_endpoint(calls), price=Price(1000.0, 1000.0), limits=EndpointLimits(budget_usd=7.0))
+    judge_policy = mock_policy(
+        judge_endpoint(calls), price=Price(1000.0, 1000.0), limits=EndpointLimits(budget_usd=7.0)
+    )
     judge = LLMJudge(judge_policy)
     tasks = [Task(id=f"t{i}", prompt="q", answer="1") for i in range(40)]
     settings = SchedulerSettings(concurrency=1)
-    async with Runtime(ScriptedPolicy(["Answer: 1"]), ChainOfThought(), verifiers=Verifiers(outcome=judge), settings=settings) as rt:
+    async with Runtime(
+        ScriptedPolicy(["Answer: 1"]), ChainOfThought(), verifiers=Verifiers(outcome=judge), settings=settings
+    ) as rt:
         episodes = [ep async for ep in rt.stream(tasks)]
     await judge_policy.aclose()
     ok = [ep for ep in episodes if ep.status == "ok"]
@@ -211,7 +225,11 @@ async def test_a_run_budget_counts_verifier_spend_and_stored_episodes(tmp_path: 
     db = tmp_path / "s.db"
     for _ in range(2):  # the resumed run counts what the first one spent
         async with Runtime(
-            ScriptedPolicy(["Answer: 1"]), ChainOfThought(), verifiers=Verifiers(outcome=LLMJudge(judge_policy)), settings=settings, store=db
+            ScriptedPolicy(["Answer: 1"]),
+            ChainOfThought(),
+            verifiers=Verifiers(outcome=LLMJudge(judge_policy)),
+            settings=settings,
+            store=db,
         ) as rt:
             await rt.run(tasks)
         assert rt.stop_reason is not None and rt.stop_reason.startswith("run budget spent")
@@ -243,7 +261,8 @@ def test_a_key_in_the_config_is_masked_everywhere(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        f"run_id: k\npolicy: {{kind: scripted, api_key: {KEY}}}\ntasks: {{source: tiny, size: 3}}\nstore: {{path: {db}}}\n",
+        f"run_id: k\npolicy: {{kind: scripted, api_key: {KEY}}}\n"
+        f"tasks: {{source: tiny, size: 3}}\nstore: {{path: {db}}}\n",
         encoding="utf-8",
     )
     result = runner.invoke(app, ["run", str(cfg), "--no-progress", "--verbose"])
@@ -327,7 +346,9 @@ def test_a_yaml_error_inside_set_is_one_line(tmp_path: Path) -> None:
 
 def test_an_invalid_regex_is_one_line(tmp_path: Path) -> None:
     for override in ("verifiers.outcome={name: regex, pattern: '('}", "verifiers.answer_patterns=['(']"):
-        result = runner.invoke(app, ["run", str(CONFIGS / "scripted.yaml"), "--set", override, "--set", f"store.path={tmp_path}/s.db"])
+        result = runner.invoke(
+            app, ["run", str(CONFIGS / "scripted.yaml"), "--set", override, "--set", f"store.path={tmp_path}/s.db"]
+        )
         assert result.exit_code == 2, result.output
         assert result.output.startswith("error:") and result.output.count("\n") == 1
 
@@ -364,3 +385,31 @@ async def test_a_response_body_past_the_cap_fails_the_call() -> None:
         await policy.aclose()
         await roomy.aclose()
         tg.cancel_scope.cancel()
+
+
+# -- the store, seen from the command line ------------------------------------------------
+
+
+def test_a_second_process_on_the_same_run_is_refused_in_one_line(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    holder = EpisodeStore(tmp_path / "s.db")
+    holder.acquire_run("f")  # another live owner (a second store object counts as another process)
+    result = runner.invoke(app, ["run", str(cfg), "--no-progress"])
+    holder.release_run("f")
+    holder.close()
+    assert result.exit_code == 4, result.output
+    assert result.output.startswith("error:") and "already running" in result.output
+    assert result.output.count("\n") == 1
+
+
+def test_store_faults_on_the_command_line_are_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x", encoding="utf-8")
+    cfg = write_config(tmp_path, "")
+    result = runner.invoke(app, ["run", str(cfg), "--set", f"store.path={blocker}/s.db", "--no-progress"])
+    assert result.exit_code == 4 and result.output.startswith("error:") and result.output.count("\n") == 1
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(b"this is not a database" * 100)
+    for command in (["show", "r", "--store", str(broken)], ["export", "r", "--store", str(broken)]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 4 and str(broken) in result.output and result.output.count("\n") == 1

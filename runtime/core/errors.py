@@ -12,12 +12,18 @@
     │   └── BudgetExhausted       the endpoint's cost budget is spent; no call was made
     ├── VerifierError             a verifier raised or timed out
     ├── StrategyError             a strategy broke its contract
+    ├── StoreError                the episode store or a learner checkpoint cannot be read or
+    │                             written: locked, disk full, corrupt, unwritable path, or the
+    │                             run is already running elsewhere (CLI: one line, no traceback)
     └── EpisodeBudgetError        an episode ran out of its own budget
         ├── EpisodeTimeout
         └── TokenBudgetExceeded
 
 Inside a run these never escape an episode: the scheduler records them on a failed
 :class:`~runtime.core.types.Episode` (error class, message, boundary) and carries on.
+The exceptions are :class:`ConfigError` (raised before a run starts) and
+:class:`StoreError`: an episode that cannot be stored is not data, so a store fault
+ends the run, with a one-line message naming the file and what happened.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ __all__ = [
     "PolicyResponseError",
     "PolicyUnavailable",
     "SearchlearnError",
+    "StoreError",
     "StrategyError",
     "TaskError",
     "TokenBudgetExceeded",
@@ -80,6 +87,13 @@ class VerifierError(SearchlearnError):
 
 class StrategyError(SearchlearnError):
     boundary = "strategy"
+
+
+class StoreError(SearchlearnError):
+    """The durable state of a run (episode store, learner checkpoint) failed; the
+    message is one line naming the file, what happened and what to do."""
+
+    boundary = "store"
 
 
 class EpisodeBudgetError(SearchlearnError):

@@ -51,7 +51,7 @@ from runtime.core.errors import EpisodeTimeout, SearchlearnError
 from runtime.core.secrets import redact
 from runtime.core.types import Episode, ErrorInfo, Task
 from runtime.policy.base import Policy
-from runtime.scheduling.store import EpisodeStore
+from runtime.scheduling.store import STALE_AFTER, EpisodeStore
 from runtime.scheduling.tasks import iterate_tasks
 from runtime.search.context import Context, Ledger, Sampling, Verifiers
 from runtime.search.strategy import Strategy
@@ -197,16 +197,20 @@ class Runtime:
         self.log = log.bind(run_id=run_id)
 
     async def __aenter__(self) -> Runtime:
-        if self.store is not None:
-            # One process per run id: a second one is refused here, before it spends.
-            self.store.acquire_run(self.run_id)
+        store = self.store
+        if store is not None:
+            # One process per run id: a second one is refused here, before it spends
+            # (in a thread: a store another process holds locked is waited for).
+            await anyio.to_thread.run_sync(store.acquire_run, self.run_id)
             try:
-                self.store.register_run(self.run_id, redact_config(self.config))
-                self._spent_before = float(self.store.summary(self.run_id)["cost"] or 0.0)
+                store.register_run(self.run_id, redact_config(self.config))
+                self._spent_before = float(store.summary(self.run_id)["cost"] or 0.0)
             except BaseException:
-                self.store.release_run(self.run_id)
+                store.release_run(self.run_id)
                 raise
         self._tg = await self._stack.enter_async_context(anyio.create_task_group())
+        if store is not None:
+            self._tg.start_soon(self._heartbeat, store)
         if self.handle_signals:
             self._tg.start_soon(self._watch_signals)
         self.log.info(
@@ -220,7 +224,7 @@ class Runtime:
 
     async def __aexit__(self, *exc_info: object) -> None:
         assert self._tg is not None
-        self._tg.cancel_scope.cancel()  # only the signal watcher can still be running
+        self._tg.cancel_scope.cancel()  # only the signal watcher and the heartbeat can still be running
         try:
             await self._stack.aclose()
         finally:
@@ -268,6 +272,12 @@ class Runtime:
         await anyio.sleep(self.settings.drain_timeout)
         for scope in self._inflight:
             scope.cancel()
+
+    async def _heartbeat(self, store: EpisodeStore) -> None:
+        """Keep the run's lease fresh while it lives, episodes finishing or not."""
+        while True:
+            await anyio.sleep(STALE_AFTER / 4)
+            await anyio.to_thread.run_sync(store.heartbeat, self.run_id)
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

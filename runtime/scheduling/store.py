@@ -12,19 +12,55 @@ Design decisions:
 - Rows keep the episode's full JSON plus the columns summaries need.
 - A learning run also stores its evaluation curve (one row per evaluated policy
   version: episodes consumed, wall time, metrics as JSON) next to its episodes.
+
+Faults (the store is the ``store`` boundary of :mod:`runtime.core.errors`):
+- Every sqlite3 error the file can cause becomes a :class:`StoreError` whose message is
+  one line naming the file, what happened and what to do (locked, disk full, corrupt,
+  cannot open). A programming error (``sqlite3.ProgrammingError``) stays a traceback.
+- Lock contention is waited out: sqlite's busy handler waits up to a short slice, and
+  every operation is retried with exponential backoff until ``lock_timeout`` seconds
+  have passed (a busy handler alone misses the cases where SQLite returns BUSY at once).
+- A failed transaction is rolled back only if it is still open (SQLite already rolled
+  back a transaction that hit "disk full"), so the rollback never hides the real error.
+- Opening an existing file checks it before any work starts (``check=False`` skips
+  this): its 100-byte header (not a SQLite file, truncated), then ``PRAGMA
+  quick_check``, which walks every page but skips ``integrity_check``'s index-versus-
+  table cross-check. Its cost is the file's size (measured, 100k episodes: 105 MB in
+  0.13 s warm, 1.4 s with the file out of the page cache; 1.6 GB in 0.9 s / 11 s), so
+  above ``FULL_CHECK_BYTES`` only what resuming reads is checked: the small tables and
+  every page and key of the episodes' primary-key index (30-60 ms for 1.6 GB). Either
+  way ``done_keys`` never answers from a damaged index; a damaged episode row of a
+  big store is a StoreError when it is read. ``PRAGMA cell_size_check`` makes SQLite
+  check each page's cells as it reads it.
+- One process per run: a ``leases`` row (owner token, pid, host, heartbeat time) per
+  running run id. :meth:`EpisodeStore.acquire_run` takes it before the run spends
+  anything; another owner is refused while its lease is live. A lease is free once its
+  heartbeat is older than ``stale_after`` or, on this host, once its process is gone (a
+  run killed with SIGKILL and restarted at once resumes). Call :meth:`~EpisodeStore.heartbeat`
+  at least every ``stale_after / 3`` seconds (it writes at most every ``stale_after / 10``
+  seconds, so calling it after every batch is cheap), and :meth:`~EpisodeStore.release_run`
+  at the end. Leases guard against spending twice; exactly-once storage does not
+  depend on them (the primary key does that).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from runtime.core.errors import StoreError
 from runtime.core.types import Episode, episode_from_json, episode_to_json
 
 __all__ = ["EpisodeStore", "RunSummary"]
@@ -58,27 +94,209 @@ CREATE TABLE IF NOT EXISTS curve (
     metrics TEXT NOT NULL,
     PRIMARY KEY (run_id, version)
 );
+CREATE TABLE IF NOT EXISTS leases (
+    run_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    heartbeat REAL NOT NULL
+);
 """
 
 RunSummary = dict[str, Any]
+T = TypeVar("T")
+
+FULL_CHECK_BYTES = 128 << 20  # a bigger store gets the cheap check on open (see above)
+
+LOCK_TIMEOUT = 30.0  # seconds a store operation waits out another process's lock
+STALE_AFTER = 60.0  # seconds without a heartbeat after which a run's lease is free
+_BUSY_SLICE = 1.0  # seconds sqlite's own busy handler waits inside one attempt
+_MAX_BACKOFF = 1.0
+_MAGIC = b"SQLite format 3\x00"
+_HOST = socket.gethostname()
+# Owner tokens of this process's open stores: a lease held by this pid whose store is
+# closed or collected is free (the in-process analogue of a dead pid).
+_LIVE_OWNERS: set[str] = set()
+
+# SQLite primary result codes (https://sqlite.org/rescode.html).
+_PERM, _BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 3, 5, 6, 8, 10, 11, 13, 14, 26
+
+
+@dataclass
+class _Lease:
+    stale_after: float
+    beat: float  # time.monotonic() of the last heartbeat written
+
+
+def _code(exc: sqlite3.Error) -> int:
+    return int(getattr(exc, "sqlite_errorcode", -1)) & 0xFF
+
+
+def _one_line(text: object, limit: int = 160) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _os_reason(exc: OSError, path: Path) -> str:
+    """An OSError on ``path`` in user words."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return _why_unopenable(path)
+    if exc.errno == errno.EROFS:
+        return "read-only file system"
+    if exc.errno == errno.ENOSPC:
+        return "disk full"
+    return _one_line(exc.strerror or exc)
+
+
+def _why_unopenable(path: Path) -> str:
+    """Why SQLite could not open ``path`` ("unable to open database file" says nothing)."""
+    if path.is_dir():
+        return "it is a folder, not a file"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, not a folder"
+    if not os.access(path if path.exists() else parent, os.W_OK):
+        return "permission denied"
+    return "unable to open the file"
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _check_header(path: Path) -> bool:
+    """Refuse a file that is not a whole SQLite database; True if it holds one."""
+    wal = Path(f"{path}-wal")
+    in_use = _size(wal) > 0  # looked at before and after the header
+    try:
+        with open(path, "rb") as f:
+            header, size = f.read(100), os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise StoreError(f"cannot open store {path}: {_os_reason(exc, path)}") from exc
+    if size == 0:
+        return False  # SQLite treats an empty file as a new database
+    damaged = f"store {path} is {{}}; restore it or start a new store"
+    if header[:16] != _MAGIC:
+        if _MAGIC.startswith(header):
+            raise StoreError(damaged.format(f"truncated ({size:,} bytes)"))
+        raise StoreError(damaged.format("not a SQLite database (corrupt, or another kind of file)"))
+    if size < 100:
+        raise StoreError(damaged.format(f"truncated ({size:,} bytes)"))
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        raise StoreError(damaged.format(f"corrupt (bad page size {page_size} in its header)"))
+    if in_use or _size(wal) > 0:
+        return True  # pages may still live in the WAL (a process uses it, or crashed): quick_check decides
+    pages = int.from_bytes(header[28:32], "big")
+    header_valid = pages > 0 and header[24:28] == header[92:96]  # SQLite's "valid-for" rule
+    expected = pages * page_size if header_valid else size
+    if size % page_size or size < expected:
+        raise StoreError(damaged.format(f"truncated ({size:,} bytes, its header promises {expected:,})"))
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (a zombie does not)."""
+    if os.name != "posix":
+        return True  # no cheap check (os.kill(pid, 0) terminates on Windows): trust the heartbeat
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    with suppress(OSError, IndexError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    return True
 
 
 class EpisodeStore:
-    """A SQLite episode store. Thread-safe; use one per process and file."""
+    """A SQLite episode store. Thread-safe; use one per process and file.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    ``lock_timeout``: seconds an operation waits for another process's lock before a
+    :class:`StoreError`. ``check``: check an existing file on open, and refuse a
+    damaged one before any work starts.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = LOCK_TIMEOUT, check: bool = True) -> None:
+        if lock_timeout < 0:
+            raise ValueError(f"lock_timeout must be >= 0, got {lock_timeout}")
         self.path = Path(path)
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self.lock_timeout = lock_timeout
+        self._token = uuid.uuid4().hex
+        self._leases: dict[str, _Lease] = {}
         self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+        existing = False
+        if str(path) != ":memory:":
+            if self.path.is_dir():
+                raise StoreError(f"cannot open store {self.path}: it is a folder, not a file")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot open store {self.path}: {_os_reason(exc, self.path)}") from exc
+            existing = check and _check_header(self.path)
+        try:
+            self._db = sqlite3.connect(
+                str(path), timeout=min(lock_timeout, _BUSY_SLICE), check_same_thread=False, isolation_level=None
+            )
+        except sqlite3.Error as exc:
+            raise self._error(exc, "opening it") from exc
+        try:
+            with self._lock:
+                self._retry("opening it", self._open, existing)
+        except BaseException:
+            self._db.close()
+            raise
+        _LIVE_OWNERS.add(self._token)
+        weakref.finalize(self, _LIVE_OWNERS.discard, self._token)
+
+    def _open(self, check: bool) -> None:
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA cell_size_check=ON")  # a damaged page fails when read, not later
+        if check:
+            self._check()
+        self._db.executescript(_SCHEMA)
+
+    def _check(self) -> None:
+        """``quick_check``, or for a big file the cheap check of what resuming reads."""
+        size = _size(self.path) + _size(Path(f"{self.path}-wal"))
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if size <= FULL_CHECK_BYTES or "episodes" not in tables:
+            problems = [str(r[0]) for r in self._db.execute("PRAGMA quick_check(1)")]
+        else:
+            problems = []
+            for table in sorted(tables - {"episodes"}):
+                quoted = table.replace("'", "''")  # a PRAGMA takes no bound parameters
+                problems += [str(r[0]) for r in self._db.execute(f"PRAGMA quick_check('{quoted}')")]
+            # Every page and key of the index done_keys and count read (not the rows' data).
+            self._db.execute(
+                "SELECT count(*), sum(length(task_id) + sample) FROM episodes INDEXED BY sqlite_autoindex_episodes_1"
+            ).fetchall()
+        problems = [p for p in problems if p != "ok"]
+        if problems:
+            detail = _one_line("; ".join(problems)).removeprefix("*** in database main *** ")
+            raise StoreError(f"store {self.path} is corrupt (quick_check: {detail}); restore it or start a new store")
 
     def close(self) -> None:
+        """Release this store's leases (best effort) and close the file."""
         with self._lock:
+            for run_id in self._leases:
+                with suppress(sqlite3.Error):
+                    self._db.execute("DELETE FROM leases WHERE run_id = ? AND owner = ?", (run_id, self._token))
+            self._leases.clear()
+            _LIVE_OWNERS.discard(self._token)
             self._db.close()
 
     def __enter__(self) -> EpisodeStore:
@@ -87,21 +305,89 @@ class EpisodeStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def register_run(self, run_id: str, config: dict[str, Any]) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO runs (run_id, created_at, config) VALUES (?, ?, ?)",
-                (run_id, time.time(), json.dumps(config, default=str)),
+    # -- faults --------------------------------------------------------------------------
+
+    def _error(self, exc: sqlite3.Error, doing: str) -> StoreError:
+        """``exc`` in user words: one line naming the file and what happened."""
+        code, detail = _code(exc), _one_line(exc)
+        if code in (_BUSY, _LOCKED):
+            return StoreError(
+                f"store {self.path} is locked by another process for more than {self.lock_timeout:g} s "
+                f"({doing}); is another run writing to it? stop it, or retry later"
             )
+        if code == _FULL:
+            return StoreError(f"disk full while writing to store {self.path} ({detail}); free some space and rerun")
+        if code in (_CORRUPT, _NOTADB):
+            return StoreError(f"store {self.path} is corrupt ({detail}); restore it or start a new store")
+        if code == _CANTOPEN:
+            return StoreError(f"cannot open store {self.path}: {_why_unopenable(self.path)}")
+        if code in (_READONLY, _PERM):
+            return StoreError(f"cannot write to store {self.path}: permission denied or read-only ({detail})")
+        if code == _IOERR:
+            return StoreError(f"I/O error on store {self.path} while {doing} ({detail}); check its disk")
+        return StoreError(f"store {self.path} failed while {doing} ({detail})")
+
+    def _retry(self, doing: str, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, retried with exponential backoff while another process holds the
+        lock, for ``lock_timeout`` seconds in all; any sqlite error becomes a StoreError."""
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.01
+        while True:
+            try:
+                return fn(*args)
+            except sqlite3.ProgrammingError:
+                raise  # a bug (a closed store, a bad statement), not a fault of the file
+            except sqlite3.Error as exc:
+                if _code(exc) not in (_BUSY, _LOCKED) or time.monotonic() + delay > deadline:
+                    raise self._error(exc, doing) from exc
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_BACKOFF)
+
+    def _run(self, doing: str, fn: Callable[..., T], *args: Any) -> T:
+        with self._lock:
+            return self._retry(doing, fn, *args)
+
+    def _query(self, doing: str, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        return self._run(doing, lambda: self._db.execute(sql, params).fetchall())
+
+    def _execute(self, doing: str, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
+        return self._run(doing, self._db.execute, sql, params)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """A write transaction; rolled back on error only if SQLite has not already done so
+        (after "disk full" it has, and a second rollback would hide the real error)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                with suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            raise
+
+    def _decode(self, run_id: str, load: Callable[[str], T], text: str) -> T:
+        try:
+            return load(text)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(
+                f"store {self.path} holds an unreadable row of run {run_id!r} ({_one_line(exc)}); "
+                "restore it or start a new store"
+            ) from exc
+
+    # -- runs and episodes ---------------------------------------------------------------
+
+    def register_run(self, run_id: str, config: dict[str, Any]) -> None:
+        row = (run_id, time.time(), json.dumps(config, default=str))
+        self._execute(f"registering run {run_id!r}", "INSERT OR IGNORE INTO runs VALUES (?, ?, ?)", row)
 
     def run_config(self, run_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute("SELECT config FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return json.loads(row[0]) if row else None
+        rows = self._query(f"reading run {run_id!r}", "SELECT config FROM runs WHERE run_id = ?", (run_id,))
+        return self._decode(run_id, json.loads, rows[0][0]) if rows else None
 
     def runs(self) -> list[str]:
-        with self._lock:
-            rows = self._db.execute("SELECT DISTINCT run_id FROM episodes ORDER BY run_id").fetchall()
+        rows = self._query("listing runs", "SELECT DISTINCT run_id FROM episodes ORDER BY run_id")
         return [r[0] for r in rows]
 
     def done_keys(self, run_id: str, include_failed: bool = True) -> set[tuple[str, int]]:
@@ -109,8 +395,7 @@ class EpisodeStore:
         sql = "SELECT task_id, sample FROM episodes WHERE run_id = ?"
         if not include_failed:
             sql += " AND status = 'ok'"
-        with self._lock:
-            return {(t, s) for t, s in self._db.execute(sql, (run_id,))}
+        return {(t, s) for t, s in self._query(f"reading run {run_id!r}", sql, (run_id,))}
 
     def write_many(self, episodes: Iterable[Episode], replace_failed: bool = False) -> int:
         """Store episodes in one transaction; returns how many rows were new."""
@@ -131,10 +416,10 @@ class EpisodeStore:
             )
             for ep in episodes
         ]
-        with self._lock:
+
+        def write() -> int:
             before = self._db.total_changes
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 if replace_failed:
                     self._db.executemany(
                         "DELETE FROM episodes WHERE run_id = ? AND task_id = ? AND sample = ? AND status = 'failed'",
@@ -142,24 +427,23 @@ class EpisodeStore:
                     )
                     before = self._db.total_changes
                 self._db.executemany("INSERT OR IGNORE INTO episodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             return self._db.total_changes - before
 
+        return self._run(f"writing {len(rows)} episodes", write) if rows else 0
+
     def count(self, run_id: str) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM episodes WHERE run_id = ?", (run_id,)).fetchone()[0])
+        rows = self._query(f"reading run {run_id!r}", "SELECT COUNT(*) FROM episodes WHERE run_id = ?", (run_id,))
+        return int(rows[0][0])
 
     def episodes(self, run_id: str) -> Iterator[Episode]:
         """Every stored episode of the run, in the order they finished."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT data FROM episodes WHERE run_id = ? ORDER BY finished_at, rowid", (run_id,)
-            ).fetchall()
+        rows = self._query(
+            f"reading run {run_id!r}",
+            "SELECT data FROM episodes WHERE run_id = ? ORDER BY finished_at, rowid",
+            (run_id,),
+        )
         for (data,) in rows:
-            yield episode_from_json(data)
+            yield self._decode(run_id, episode_from_json, data)
 
     def export_jsonl(self, run_id: str, path: str | Path) -> int:
         n = 0
@@ -173,23 +457,26 @@ class EpisodeStore:
         self, run_id: str, version: int, episodes: int, wall_time: float, metrics: dict[str, Any]
     ) -> None:
         """Record the evaluation of policy ``version`` (a re-evaluation replaces it)."""
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO curve VALUES (?, ?, ?, ?, ?)",
-                (run_id, version, episodes, wall_time, json.dumps(metrics)),
-            )
+        row = (run_id, version, episodes, wall_time, json.dumps(metrics))
+        self._execute(
+            f"writing the curve of run {run_id!r}", "INSERT OR REPLACE INTO curve VALUES (?, ?, ?, ?, ?)", row
+        )
 
     def curve(self, run_id: str) -> list[dict[str, Any]]:
         """The run's evaluation curve, by version: version, episodes, wall_time, metrics."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT version, episodes, wall_time, metrics FROM curve WHERE run_id = ? ORDER BY version", (run_id,)
-            ).fetchall()
-        return [{"version": v, "episodes": e, "wall_time": w, **json.loads(m)} for v, e, w, m in rows]
+        rows = self._query(
+            f"reading run {run_id!r}",
+            "SELECT version, episodes, wall_time, metrics FROM curve WHERE run_id = ? ORDER BY version",
+            (run_id,),
+        )
+        return [
+            {"version": v, "episodes": e, "wall_time": w, **self._decode(run_id, json.loads, m)} for v, e, w, m in rows
+        ]
 
     def summary(self, run_id: str) -> RunSummary:
         """Counts, reward, tokens, cost and failures by error class of a stored run."""
-        with self._lock:
+
+        def read() -> tuple[Any, dict[str, int]]:
             row = self._db.execute(
                 """SELECT COUNT(*), SUM(status = 'ok'), AVG(reward), SUM(reward >= 1.0), COUNT(reward),
                           SUM(prompt_tokens), SUM(completion_tokens), SUM(cost),
@@ -204,6 +491,9 @@ class EpisodeStore:
                     (run_id,),
                 ).fetchall()
             )
+            return row, failures
+
+        row, failures = self._run(f"reading run {run_id!r}", read)
         total, ok, mean_reward, solved, scored, p_tok, c_tok, cost, first, last = row
         span = (last - first) if total and first is not None else 0.0
         return {
@@ -219,3 +509,76 @@ class EpisodeStore:
             "span_seconds": span,
             "failures": failures,
         }
+
+    # -- one process per run -------------------------------------------------------------
+
+    def acquire_run(self, run_id: str, *, stale_after: float = STALE_AFTER) -> None:
+        """Take the run's lease, or raise StoreError naming the live process that holds it.
+
+        Free: no lease, this store's own, a heartbeat older than ``stale_after`` seconds,
+        or a holder on this host whose process (or, in this process, whose store) is gone.
+        """
+        if stale_after <= 0:
+            raise ValueError(f"stale_after must be > 0, got {stale_after}")
+
+        def take() -> None:
+            with self._transaction():
+                row = self._db.execute(
+                    "SELECT owner, pid, host, heartbeat FROM leases WHERE run_id = ?", (run_id,)
+                ).fetchone()
+                now = time.time()
+                owner, pid, host, beat = row if row is not None else (self._token, 0, "", 0.0)
+                if owner != self._token and self._held(owner, pid, host, beat, now, stale_after):
+                    this = " (this process)" if host == _HOST and pid == os.getpid() else ""
+                    raise StoreError(
+                        f"run {run_id!r} is already running in pid {pid}{this} on host {host} "
+                        f"(store {self.path}, heartbeat {max(0.0, now - beat):.0f} s ago); "
+                        "stop it, wait, or use another run id"
+                    )
+                self._db.execute(
+                    "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
+                    (run_id, self._token, os.getpid(), _HOST, now),
+                )
+
+        self._run(f"taking the lease of run {run_id!r}", take)
+        self._leases[run_id] = _Lease(stale_after, time.monotonic())
+
+    @staticmethod
+    def _held(owner: str, pid: int, host: str, beat: float, now: float, stale_after: float) -> bool:
+        if now - beat > stale_after:
+            return False
+        if host != _HOST:
+            return True
+        if pid == os.getpid():
+            return owner in _LIVE_OWNERS
+        return _pid_alive(pid)
+
+    def heartbeat(self, run_id: str) -> None:
+        """Keep the run's lease live. Writes at most every ``stale_after / 10`` seconds;
+        raises StoreError if another process took the lease over meanwhile."""
+        lease = self._leases.get(run_id)
+        if lease is None:
+            raise StoreError(f"run {run_id!r} holds no lease in store {self.path}; call acquire_run first")
+        now = time.monotonic()
+        if now - lease.beat < lease.stale_after / 10:
+            return
+        sql = "UPDATE leases SET heartbeat = ? WHERE run_id = ? AND owner = ?"
+        if (
+            self._execute(f"renewing the lease of run {run_id!r}", sql, (time.time(), run_id, self._token)).rowcount
+            == 0
+        ):
+            del self._leases[run_id]
+            raise StoreError(
+                f"run {run_id!r} lost its lease in store {self.path} to another process (its heartbeat "
+                "went stale); stop this run"
+            )
+        lease.beat = now
+
+    def release_run(self, run_id: str) -> None:
+        """Give the run's lease back. Never raises for a store fault (it runs on the way
+        out, after the error that matters): a lease left behind frees itself."""
+        if self._leases.pop(run_id, None) is None:
+            return
+        with suppress(StoreError):
+            sql = "DELETE FROM leases WHERE run_id = ? AND owner = ?"
+            self._execute(f"releasing the lease of run {run_id!r}", sql, (run_id, self._token))
