@@ -35,6 +35,13 @@ _EXPORTS = {
     "pad_rows": ".prm",
     "parse_judgement": ".judge",
     "run_tests": ".code_exec",
+    "WorkerCrashed": ".workers",
+    "WorkerSettings": ".workers",
+    "WorkerStatistics": ".workers",
+    "configure_workers": ".workers",
+    "run_in_worker": ".workers",
+    "shutdown_workers": ".workers",
+    "worker_statistics": ".workers",
 }
 
 __all__ = [
@@ -60,12 +67,19 @@ __all__ = [
     "Verifier",
     "VerifierEnv",
     "WeightedSum",
+    "WorkerCrashed",
+    "WorkerSettings",
+    "WorkerStatistics",
+    "configure_workers",
     "encode_steps",
     "extract_code",
     "load_template",
     "pad_rows",
     "parse_judgement",
+    "run_in_worker",
     "run_tests",
+    "shutdown_workers",
+    "worker_statistics",
 ]
 
 __getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

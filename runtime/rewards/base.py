@@ -6,8 +6,8 @@ Answer extraction is explicit: an :class:`AnswerExtractor` tries its patterns in
 any regex with one group) and the first match is the answer.
 
 Outcome verifiers here: :class:`ExactMatch`, :class:`RegexMatch`, :class:`MathVerify`
-(math-verify, run in a worker thread with its signal-based timeouts off and bounded by
-our own), :class:`ReasoningGymVerifier` (the dataset's own ``score_answer``), and the
+(math-verify, run in a killable worker process with a hard deadline, see
+:mod:`runtime.rewards.workers`), :class:`ReasoningGymVerifier` (the dataset's own ``score_answer``), and the
 table-driven fake :class:`TableVerifier`. The tiny domain's rule checker lives with
 the domain (``runtime.tiny``).
 """

@@ -1,7 +1,24 @@
 """Outcome verifiers: :class:`ExactMatch`, :class:`RegexMatch`, :class:`MathVerify`
-(math-verify, run in a worker thread with its signal-based timeouts off and bounded by
-our own), :class:`ReasoningGymVerifier` (the dataset's own ``score_answer``), and the
-table-driven fake :class:`TableVerifier`."""
+(math-verify), :class:`ReasoningGymVerifier` (the dataset's own ``score_answer``), and
+the table-driven fake :class:`TableVerifier`.
+
+Design decisions:
+- Verifiers that run foreign computation on model text (math-verify's parser and sympy,
+  reasoning-gym's dataset-specific answer parsing) run in a killable worker process
+  (:mod:`runtime.rewards.workers`), never in a thread: an answer such as ``9^{9^{9}}``
+  makes sympy compute inside one C call that holds the GIL, and a thread doing that
+  freezes the event loop, every timeout and the signal handlers. Their ``timeout`` is a
+  hard deadline, counted from when a worker takes the call: the worker is killed and
+  the call raises :class:`~runtime.core.errors.VerifierError`, as does a worker that dies
+  (memory limit, signal), so the episode fails with why and its siblings carry on.
+- math-verify's own timeouts are off (they use SIGALRM); the worker's deadline replaces
+  them. The reference and the answer are wrapped in ``\\boxed{}`` unless already boxed
+  or in ``$...$``, so a bare ``1/2`` parses as math.
+- reasoning-gym entries are rebuilt inside the worker from the task's metadata (dataset
+  name, config, index; the datasets are seeded and deterministic), each dataset built
+  once per worker; only the inputs, the score and the expected answer cross over.
+- Exact, regex and table checks run inline: they run no foreign code.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +27,12 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import anyio
 from pydantic import Field, PrivateAttr
 
 from runtime.core.errors import VerifierError
 from runtime.core.types import Task
 from runtime.rewards.base import Score, Verifier
+from runtime.rewards.workers import WorkerCrashed, run_in_worker
 
 __all__ = ["ExactMatch", "MathVerify", "ReasoningGymVerifier", "RegexMatch", "TableVerifier"]
 
@@ -69,24 +86,38 @@ class RegexMatch(Verifier):
 
 
 class MathVerify(Verifier):
-    """math-verify's ``verify(parse(reference), parse(answer))`` in a worker thread."""
+    """math-verify's ``verify(parse(reference), parse(answer))`` in a killable worker process."""
 
     name: Literal["math"] = "math"
-    timeout: float = Field(5.0, gt=0, le=600)
-    """Seconds one comparison may take."""
+    timeout: float = Field(default=5.0, gt=0, le=600)
+    """Seconds one comparison may take; at the deadline its worker process is killed and
+    the comparison fails with a VerifierError."""
 
     async def score(self, task: Task, answer: str | None, text: str) -> Score:
         if answer is None:
             return Score(0.0, "no answer found")
         if task.answer is None:
             raise VerifierError(f"task {task.id} has no reference answer")
-        with anyio.fail_after(self.timeout):
-            ok = await anyio.to_thread.run_sync(_math_equal, task.answer, answer, abandon_on_cancel=True)
+        try:
+            ok = await run_in_worker(_math_equal, task.answer, answer, timeout=self.timeout)
+        except TimeoutError as exc:
+            raise VerifierError(f"math-verify ran past {self.timeout}s on {_clip(answer)}; killed") from exc
+        except WorkerCrashed as exc:
+            raise VerifierError(f"math-verify's worker died on {_clip(answer)}: {exc}") from exc
         return Score(float(ok), None if ok else f"{answer!r} is not equal to {task.answer!r}")
 
 
+def _clip(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 def _math_equal(reference: str, answer: str) -> bool:
-    from math_verify import parse, verify
+    """Runs in a worker process."""
+    from math_verify import grader, parse, parser, verify
+
+    # The worker's deadline is the timeout: silence math-verify's once-per-process
+    # warning that its own timeouts are off.
+    parser.TIMEOUT_WARNING_SHOWN = grader.TIMEOUT_WARNING_SHOWN = True
 
     def wrap(s: str) -> str:
         return s if "\\boxed" in s or s.startswith("$") else f"\\boxed{{{s}}}"
@@ -105,14 +136,25 @@ def _rg_dataset(name: str, config_json: str) -> Any:
     return reasoning_gym.create_dataset(name, **json.loads(config_json))
 
 
+def _rg_score(name: str, config_json: str, index: int, answer: str | None) -> tuple[float, Any]:
+    """Runs in a worker process: the score of ``answer`` on the entry, and the entry's answer."""
+    dataset = _rg_dataset(name, config_json)
+    entry = dataset[index]
+    return float(dataset.score_answer(answer=answer, entry=entry)), entry["answer"]
+
+
 class ReasoningGymVerifier(Verifier):
-    """reasoning-gym's own ``score_answer`` for tasks from a reasoning-gym source.
+    """reasoning-gym's own ``score_answer`` for tasks from a reasoning-gym source, in a
+    killable worker process.
 
     The task's metadata names the dataset, its config and the entry index; the entry
     is rebuilt from the (seeded, deterministic) dataset.
     """
 
     name: Literal["reasoning_gym"] = "reasoning_gym"
+    timeout: float = Field(default=10.0, gt=0, le=600)
+    """Seconds one scoring may take (building the dataset in a fresh worker included); at
+    the deadline its worker process is killed and the scoring fails with a VerifierError."""
 
     async def score(self, task: Task, answer: str | None, text: str) -> Score:
         import json
@@ -120,10 +162,16 @@ class ReasoningGymVerifier(Verifier):
         meta = task.metadata
         if meta.get("source") != "reasoning_gym":
             raise VerifierError(f"task {task.id} does not come from reasoning-gym")
-        dataset = _rg_dataset(meta["dataset"], json.dumps(meta["config"], sort_keys=True))
-        entry = dataset[meta["index"]]
-        value = float(dataset.score_answer(answer=answer, entry=entry))
-        return Score(value, None if value >= 1.0 else f"expected {entry['answer']!r}, got {answer!r}")
+        config = json.dumps(meta["config"], sort_keys=True)
+        try:
+            value, expected = await run_in_worker(
+                _rg_score, meta["dataset"], config, int(meta["index"]), answer, timeout=self.timeout
+            )
+        except TimeoutError as exc:
+            raise VerifierError(f"reasoning-gym ran past {self.timeout}s on {_clip(answer or '')}; killed") from exc
+        except WorkerCrashed as exc:
+            raise VerifierError(f"reasoning-gym's worker died on {_clip(answer or '')}: {exc}") from exc
+        return Score(value, None if value >= 1.0 else f"expected {expected!r}, got {answer!r}")
 
 
 class TableVerifier(Verifier):
@@ -139,7 +187,8 @@ class TableVerifier(Verifier):
     """Answers that raise a VerifierError."""
 
     def __init__(self, table: Mapping[str, float] | None = None, /, **data: Any) -> None:
-        super().__init__(**({"table": dict(table)} if table is not None else {}), **data)
+        fields: dict[str, Any] = {"table": dict(table)} if table is not None else {}
+        super().__init__(**fields, **data)
 
     async def score(self, task: Task, answer: str | None, text: str) -> Score:
         if answer in self.fail_on:
