@@ -413,3 +413,15 @@ def test_store_faults_on_the_command_line_are_one_line(tmp_path: Path) -> None:
     for command in (["show", "r", "--store", str(broken)], ["export", "r", "--store", str(broken)]):
         result = runner.invoke(app, command)
         assert result.exit_code == 4 and str(broken) in result.output and result.output.count("\n") == 1
+
+
+@pytest.mark.anyio
+async def test_code_outcome_runs_the_tests_of_a_task_without_an_answer() -> None:
+    from runtime.rewards.code_exec import CodeExecution
+
+    task = Task(id="c", prompt="write add", metadata={"tests": ["assert add(1, 2) == 3", "assert add(2, 2) == 4"]})
+    policy = ScriptedPolicy(["add = lambda a, b: a + b"])  # one step, then the step cap ends the path
+    verifiers = Verifiers(outcome=CodeExecution())
+    async with Runtime(policy, ChainOfThought(), verifiers=verifiers, sampling=Sampling(max_steps=1)) as rt:
+        [ep] = [ep async for ep in rt.stream([task])]
+    assert ep.status == "ok" and ep.reward == 1.0
