@@ -96,7 +96,8 @@ class TrainerSettings(BaseModel):
     lora: LoraSettings | None = None
     """Train LoRA adapters (peft) instead of all weights; published weights are merged."""
     threads: int | None = Field(None, ge=1)
-    """torch threads of the learner's steps."""
+    """torch threads of the learner's steps; None: a share of the cores this process may
+    use (``searchlearn run`` divides them among the run's torch consumers)."""
     max_grad_norm: float = Field(1.0, gt=0)
     """Gradient-norm clip of one step."""
     max_length: int = Field(512, ge=8)

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from runtime.app.config import PolicyConfig, RunConfig, WeightedVerifier, format_validation_error
 from runtime.core.errors import ConfigError, TaskError
+from runtime.core.threads import thread_share
 from runtime.core.types import Task
 from runtime.policy.base import Policy
 from runtime.policy.limits import EndpointLimits, Price
@@ -27,14 +28,27 @@ from runtime.scheduling.scheduler import Runtime
 from runtime.search.context import Verifiers
 from runtime.search.strategy import BaseStrategy
 
-__all__ = ["build_policy", "build_runtime", "build_strategy", "build_tasks", "build_verifiers"]
+__all__ = ["build_policy", "build_runtime", "build_strategy", "build_tasks", "build_verifiers", "torch_consumers"]
+
+
+def torch_consumers(config: RunConfig) -> int:
+    """Torch consumers of a run that compute at the same time: the local engine, the
+    learner, the evaluator's engine, a process reward model."""
+    learner = config.learner
+    count = int(config.policy.kind == "local")
+    if learner is not None:
+        count += 1 + int(learner.eval is not None)
+    v = config.verifiers
+    parts = [p.verifier for p in v.process] if isinstance(v.process, list) else [v.process]
+    count += sum(getattr(part, "name", None) == "prm" for part in parts)
+    return max(1, count)
 
 
 def build_policy(config: RunConfig) -> Policy:
-    return _policy(config.policy)
+    return _policy(config.policy, thread_share(torch_consumers(config)))
 
 
-def _policy(p: PolicyConfig) -> Policy:
+def _policy(p: PolicyConfig, threads: int | None = None) -> Policy:
     if p.kind == "scripted":
         if not p.script:
             raise ConfigError("policy.script: the scripted policy needs at least one text")
@@ -47,7 +61,7 @@ def _policy(p: PolicyConfig) -> Policy:
             resolve_checkpoint(p.path)
         except FileNotFoundError as exc:
             raise ConfigError(f"policy.path: {exc}") from None
-        return LocalPolicy.from_path(p.path, max_batch=p.max_concurrency)
+        return LocalPolicy.from_path(p.path, max_batch=p.max_concurrency, threads=p.threads or threads)
     from runtime.policy.openai_compatible import OpenAIPolicy
 
     return OpenAIPolicy(
@@ -89,7 +103,11 @@ def build_verifiers(config: RunConfig, policy: Policy | None = None) -> Verifier
     except Exception as exc:  # a bad regex, or one without a group
         raise ConfigError(f"verifiers.answer_patterns: {exc}") from None
     env = VerifierEnv(
-        policy=policy, delimiter=config.sampling.step_delimiter, extractor=extractor, make_policy=_own_policy
+        policy=policy,
+        delimiter=config.sampling.step_delimiter,
+        extractor=extractor,
+        make_policy=_own_policy,
+        threads=thread_share(torch_consumers(config)),
     )
     built: dict[str, Any] = {}
 

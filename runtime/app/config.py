@@ -114,6 +114,9 @@ class PolicyConfig(_Section):
     """How completion mode renders chat messages into a prompt."""
     max_concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1)
     """Most requests in flight to this endpoint at once."""
+    threads: int | None = Field(None, ge=1)
+    """torch threads of the local engine (kind local); None: the cores this process may
+    use, shared equally among the run's torch consumers (engine, learner, evaluator, PRM)."""
     requests_per_minute: float | None = Field(None, gt=0)
     """Request rate limit of the endpoint."""
     tokens_per_minute: float | None = Field(None, gt=0)

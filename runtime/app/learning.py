@@ -19,9 +19,10 @@ import torch
 from learners.base import Learner
 from learners.evaluate import Evaluator
 from learners.loop import OnlineLoop
-from runtime.app.build import build_runtime, build_strategy, build_verifiers
+from runtime.app.build import build_runtime, build_strategy, build_verifiers, torch_consumers
 from runtime.app.config import RunConfig
 from runtime.core.errors import ConfigError, TaskError
+from runtime.core.threads import thread_share
 from runtime.core.types import Task
 from runtime.policy.base import WeightedPolicy
 from runtime.policy.checkpoints import resolve_checkpoint
@@ -81,7 +82,10 @@ def build_learner(config: RunConfig) -> Learner:
     if config.learner is None:
         raise ConfigError("learner: this config has no learner section")
     model, tokenizer = _student(config)
-    return config.learner.build_learner(model, tokenizer, config.sampling)
+    spec = config.learner
+    if getattr(spec, "threads", 1) is None:  # a share of the cores, beside the engine and evaluator
+        spec = spec.model_copy(update={"threads": thread_share(torch_consumers(config))})
+    return spec.build_learner(model, tokenizer, config.sampling)
 
 
 def build_loop(config: RunConfig, *, handle_signals: bool = False) -> OnlineLoop:
@@ -99,7 +103,7 @@ def build_loop(config: RunConfig, *, handle_signals: bool = False) -> OnlineLoop
     if spec.eval is not None:
         eval_model = AutoModelForCausalLM.from_config(learner.policy_config(), dtype=torch.float32)  # type: ignore[no-untyped-call]
         evaluator = Evaluator(
-            LocalPolicy(eval_model, learner.tokenizer, name="eval"),
+            LocalPolicy(eval_model, learner.tokenizer, name="eval", threads=thread_share(torch_consumers(config))),
             _eval_tasks(config),
             build_verifiers(config),
             config.sampling,

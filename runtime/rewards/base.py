@@ -116,6 +116,8 @@ class VerifierEnv:
     """Builds a policy from a ``policy:`` config mapping (a judge on its own endpoint)."""
     field: str = "verifiers"
     """Where the verifier sits in the run config, for error messages (verifiers.process)."""
+    threads: int | None = None
+    """torch threads a verifier that runs a model gets unless it sets its own."""
 
 
 class Verifier(Component):

@@ -64,7 +64,7 @@ class ProcessRewardModel(Verifier):
     bad_token: str = "-"
     """Causal-LM PRMs: the token that means a bad step."""
     threads: int | None = Field(None, ge=1)
-    """torch threads of the forward passes (None: torch's default)."""
+    """torch threads of the forward passes (None: a share of the process's cores)."""
     _delimiter: str = PrivateAttr("\n")
     _tokenizer: Any = PrivateAttr(None)
     _model: Any = PrivateAttr(None)
@@ -104,7 +104,9 @@ class ProcessRewardModel(Verifier):
 
     def build(self, env: VerifierEnv) -> ProcessRewardModel:
         try:
-            return ProcessRewardModel(self.path, delimiter=env.delimiter, **self.model_dump(exclude={"name", "path"}))
+            settings = self.model_dump(exclude={"name", "path"})
+            settings["threads"] = self.threads or env.threads
+            return ProcessRewardModel(self.path, delimiter=env.delimiter, **settings)
         except (FileNotFoundError, OSError, ValueError) as exc:
             raise ConfigError(f"{env.field}.path: {exc}") from None
 
