@@ -20,6 +20,7 @@ import pytest
 from test_store import episode
 
 import runtime.scheduling.store as store_module
+import runtime.scheduling.store_faults as store_faults
 from runtime.core.errors import SearchlearnError, StoreError
 from runtime.scheduling.store import EpisodeStore
 
@@ -312,7 +313,7 @@ def test_another_process_is_refused_until_it_dies(tmp_path: Path) -> None:
             assert f"run 'r' is already running in pid {proc.pid} on host " in one_line(info, path)
             proc.send_signal(signal.SIGKILL)  # killed without releasing; not reaped yet (a zombie)
             deadline = time.monotonic() + 5
-            while store_module._pid_alive(proc.pid):
+            while store_faults.pid_alive(proc.pid):
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
             store.acquire_run("r")  # its pid is gone: the lease is free at once

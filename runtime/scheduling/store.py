@@ -13,25 +13,20 @@ Design decisions:
 - A learning run also stores its evaluation curve (one row per evaluated policy
   version: episodes consumed, wall time, metrics as JSON) next to its episodes.
 
-Faults (the store is the ``store`` boundary of :mod:`runtime.core.errors`):
-- Every sqlite3 error the file can cause becomes a :class:`StoreError` whose message is
-  one line naming the file, what happened and what to do (locked, disk full, corrupt,
-  cannot open). A programming error (``sqlite3.ProgrammingError``) stays a traceback.
+Faults (the store is the ``store`` boundary of :mod:`runtime.core.errors`; the
+translation of sqlite errors into one-line :class:`StoreError` messages, the checks of a
+file on open and the rule for a live lease are in :mod:`runtime.scheduling.store_faults`):
+- A programming error (``sqlite3.ProgrammingError``) stays a traceback; every other
+  sqlite3 error becomes a StoreError naming the file, what happened and what to do.
 - Lock contention is waited out: sqlite's busy handler waits up to a short slice, and
   every operation is retried with exponential backoff until ``lock_timeout`` seconds
   have passed (a busy handler alone misses the cases where SQLite returns BUSY at once).
 - A failed transaction is rolled back only if it is still open (SQLite already rolled
   back a transaction that hit "disk full"), so the rollback never hides the real error.
 - Opening an existing file checks it before any work starts (``check=False`` skips
-  this): its 100-byte header (not a SQLite file, truncated), then ``PRAGMA
-  quick_check``, which walks every page but skips ``integrity_check``'s index-versus-
-  table cross-check. Its cost is the file's size (measured, 100k episodes: 105 MB in
-  0.13 s warm, 1.4 s with the file out of the page cache; 1.6 GB in 0.9 s / 11 s), so
-  above ``FULL_CHECK_BYTES`` only what resuming reads is checked: the small tables and
-  every page and key of the episodes' primary-key index (30-60 ms for 1.6 GB). Either
-  way ``done_keys`` never answers from a damaged index; a damaged episode row of a
-  big store is a StoreError when it is read. ``PRAGMA cell_size_check`` makes SQLite
-  check each page's cells as it reads it.
+  this): its header, then ``PRAGMA quick_check``, or above ``FULL_CHECK_BYTES`` only
+  what resuming reads. ``PRAGMA cell_size_check`` makes SQLite check each page's cells
+  as it reads it.
 - One process per run: a ``leases`` row (owner token, pid, host, heartbeat time) per
   running run id. :meth:`EpisodeStore.acquire_run` takes it before the run spends
   anything; another owner is refused while its lease is live. A lease is free once its
@@ -45,10 +40,8 @@ Faults (the store is the ``store`` boundary of :mod:`runtime.core.errors`):
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -56,12 +49,23 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from runtime.core.errors import StoreError
 from runtime.core.types import Episode, episode_from_json, episode_to_json
+from runtime.scheduling.store_faults import (
+    HOST,
+    LIVE_OWNERS,
+    Lease,
+    check_header,
+    check_pages,
+    is_locked,
+    lease_held,
+    one_line,
+    os_reason,
+    store_error,
+)
 
 __all__ = ["EpisodeStore", "RunSummary"]
 
@@ -112,113 +116,6 @@ LOCK_TIMEOUT = 30.0  # seconds a store operation waits out another process's loc
 STALE_AFTER = 60.0  # seconds without a heartbeat after which a run's lease is free
 _BUSY_SLICE = 1.0  # seconds sqlite's own busy handler waits inside one attempt
 _MAX_BACKOFF = 1.0
-_MAGIC = b"SQLite format 3\x00"
-_HOST = socket.gethostname()
-# Owner tokens of this process's open stores: a lease held by this pid whose store is
-# closed or collected is free (the in-process analogue of a dead pid).
-_LIVE_OWNERS: set[str] = set()
-
-# SQLite primary result codes (https://sqlite.org/rescode.html).
-_PERM, _BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 3, 5, 6, 8, 10, 11, 13, 14, 26
-
-
-@dataclass
-class _Lease:
-    stale_after: float
-    beat: float  # time.monotonic() of the last heartbeat written
-
-
-def _code(exc: sqlite3.Error) -> int:
-    return int(getattr(exc, "sqlite_errorcode", -1)) & 0xFF
-
-
-def _one_line(text: object, limit: int = 160) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _os_reason(exc: OSError, path: Path) -> str:
-    """An OSError on ``path`` in user words."""
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
-        return _why_unopenable(path)
-    if exc.errno == errno.EROFS:
-        return "read-only file system"
-    if exc.errno == errno.ENOSPC:
-        return "disk full"
-    return _one_line(exc.strerror or exc)
-
-
-def _why_unopenable(path: Path) -> str:
-    """Why SQLite could not open ``path`` ("unable to open database file" says nothing)."""
-    if path.is_dir():
-        return "it is a folder, not a file"
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"{parent} is a file, not a folder"
-    if not os.access(path if path.exists() else parent, os.W_OK):
-        return "permission denied"
-    return "unable to open the file"
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _check_header(path: Path) -> bool:
-    """Refuse a file that is not a whole SQLite database; True if it holds one."""
-    wal = Path(f"{path}-wal")
-    in_use = _size(wal) > 0  # looked at before and after the header
-    try:
-        with open(path, "rb") as f:
-            header, size = f.read(100), os.fstat(f.fileno()).st_size
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise StoreError(f"cannot open store {path}: {_os_reason(exc, path)}") from exc
-    if size == 0:
-        return False  # SQLite treats an empty file as a new database
-    damaged = f"store {path} is {{}}; restore it or start a new store"
-    if header[:16] != _MAGIC:
-        if _MAGIC.startswith(header):
-            raise StoreError(damaged.format(f"truncated ({size:,} bytes)"))
-        raise StoreError(damaged.format("not a SQLite database (corrupt, or another kind of file)"))
-    if size < 100:
-        raise StoreError(damaged.format(f"truncated ({size:,} bytes)"))
-    page_size = int.from_bytes(header[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    if page_size < 512 or page_size & (page_size - 1):
-        raise StoreError(damaged.format(f"corrupt (bad page size {page_size} in its header)"))
-    if in_use or _size(wal) > 0:
-        return True  # pages may still live in the WAL (a process uses it, or crashed): quick_check decides
-    pages = int.from_bytes(header[28:32], "big")
-    header_valid = pages > 0 and header[24:28] == header[92:96]  # SQLite's "valid-for" rule
-    expected = pages * page_size if header_valid else size
-    if size % page_size or size < expected:
-        raise StoreError(damaged.format(f"truncated ({size:,} bytes, its header promises {expected:,})"))
-    return True
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` of this host runs (a zombie does not)."""
-    if os.name != "posix":
-        return True  # no cheap check (os.kill(pid, 0) terminates on Windows): trust the heartbeat
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    with suppress(OSError, IndexError):
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    return True
 
 
 class EpisodeStore:
@@ -235,7 +132,7 @@ class EpisodeStore:
         self.path = Path(path)
         self.lock_timeout = lock_timeout
         self._token = uuid.uuid4().hex
-        self._leases: dict[str, _Lease] = {}
+        self._leases: dict[str, Lease] = {}
         self._lock = threading.Lock()
         existing = False
         if str(path) != ":memory:":
@@ -244,50 +141,30 @@ class EpisodeStore:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise StoreError(f"cannot open store {self.path}: {_os_reason(exc, self.path)}") from exc
-            existing = check and _check_header(self.path)
+                raise StoreError(f"cannot open store {self.path}: {os_reason(exc, self.path)}") from exc
+            existing = check and check_header(self.path)
         try:
             self._db = sqlite3.connect(
                 str(path), timeout=min(lock_timeout, _BUSY_SLICE), check_same_thread=False, isolation_level=None
             )
         except sqlite3.Error as exc:
-            raise self._error(exc, "opening it") from exc
+            raise store_error(exc, self.path, "opening it", self.lock_timeout) from exc
         try:
             with self._lock:
                 self._retry("opening it", self._open, existing)
         except BaseException:
             self._db.close()
             raise
-        _LIVE_OWNERS.add(self._token)
-        weakref.finalize(self, _LIVE_OWNERS.discard, self._token)
+        LIVE_OWNERS.add(self._token)
+        weakref.finalize(self, LIVE_OWNERS.discard, self._token)
 
     def _open(self, check: bool) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA cell_size_check=ON")  # a damaged page fails when read, not later
         if check:
-            self._check()
+            check_pages(self._db, self.path, FULL_CHECK_BYTES)
         self._db.executescript(_SCHEMA)
-
-    def _check(self) -> None:
-        """``quick_check``, or for a big file the cheap check of what resuming reads."""
-        size = _size(self.path) + _size(Path(f"{self.path}-wal"))
-        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if size <= FULL_CHECK_BYTES or "episodes" not in tables:
-            problems = [str(r[0]) for r in self._db.execute("PRAGMA quick_check(1)")]
-        else:
-            problems = []
-            for table in sorted(tables - {"episodes"}):
-                quoted = table.replace("'", "''")  # a PRAGMA takes no bound parameters
-                problems += [str(r[0]) for r in self._db.execute(f"PRAGMA quick_check('{quoted}')")]
-            # Every page and key of the index done_keys and count read (not the rows' data).
-            self._db.execute(
-                "SELECT count(*), sum(length(task_id) + sample) FROM episodes INDEXED BY sqlite_autoindex_episodes_1"
-            ).fetchall()
-        problems = [p for p in problems if p != "ok"]
-        if problems:
-            detail = _one_line("; ".join(problems)).removeprefix("*** in database main *** ")
-            raise StoreError(f"store {self.path} is corrupt (quick_check: {detail}); restore it or start a new store")
 
     def close(self) -> None:
         """Release this store's leases (best effort) and close the file."""
@@ -296,7 +173,7 @@ class EpisodeStore:
                 with suppress(sqlite3.Error):
                     self._db.execute("DELETE FROM leases WHERE run_id = ? AND owner = ?", (run_id, self._token))
             self._leases.clear()
-            _LIVE_OWNERS.discard(self._token)
+            LIVE_OWNERS.discard(self._token)
             self._db.close()
 
     def __enter__(self) -> EpisodeStore:
@@ -304,28 +181,6 @@ class EpisodeStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    # -- faults --------------------------------------------------------------------------
-
-    def _error(self, exc: sqlite3.Error, doing: str) -> StoreError:
-        """``exc`` in user words: one line naming the file and what happened."""
-        code, detail = _code(exc), _one_line(exc)
-        if code in (_BUSY, _LOCKED):
-            return StoreError(
-                f"store {self.path} is locked by another process for more than {self.lock_timeout:g} s "
-                f"({doing}); is another run writing to it? stop it, or retry later"
-            )
-        if code == _FULL:
-            return StoreError(f"disk full while writing to store {self.path} ({detail}); free some space and rerun")
-        if code in (_CORRUPT, _NOTADB):
-            return StoreError(f"store {self.path} is corrupt ({detail}); restore it or start a new store")
-        if code == _CANTOPEN:
-            return StoreError(f"cannot open store {self.path}: {_why_unopenable(self.path)}")
-        if code in (_READONLY, _PERM):
-            return StoreError(f"cannot write to store {self.path}: permission denied or read-only ({detail})")
-        if code == _IOERR:
-            return StoreError(f"I/O error on store {self.path} while {doing} ({detail}); check its disk")
-        return StoreError(f"store {self.path} failed while {doing} ({detail})")
 
     def _retry(self, doing: str, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)``, retried with exponential backoff while another process holds the
@@ -338,8 +193,8 @@ class EpisodeStore:
             except sqlite3.ProgrammingError:
                 raise  # a bug (a closed store, a bad statement), not a fault of the file
             except sqlite3.Error as exc:
-                if _code(exc) not in (_BUSY, _LOCKED) or time.monotonic() + delay > deadline:
-                    raise self._error(exc, doing) from exc
+                if not is_locked(exc) or time.monotonic() + delay > deadline:
+                    raise store_error(exc, self.path, doing, self.lock_timeout) from exc
             time.sleep(delay)
             delay = min(delay * 2, _MAX_BACKOFF)
 
@@ -372,7 +227,7 @@ class EpisodeStore:
             return load(text)
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(
-                f"store {self.path} holds an unreadable row of run {run_id!r} ({_one_line(exc)}); "
+                f"store {self.path} holds an unreadable row of run {run_id!r} ({one_line(exc)}); "
                 "restore it or start a new store"
             ) from exc
 
@@ -528,8 +383,8 @@ class EpisodeStore:
                 ).fetchone()
                 now = time.time()
                 owner, pid, host, beat = row if row is not None else (self._token, 0, "", 0.0)
-                if owner != self._token and self._held(owner, pid, host, beat, now, stale_after):
-                    this = " (this process)" if host == _HOST and pid == os.getpid() else ""
+                if owner != self._token and lease_held(owner, pid, host, beat, now, stale_after):
+                    this = " (this process)" if host == HOST and pid == os.getpid() else ""
                     raise StoreError(
                         f"run {run_id!r} is already running in pid {pid}{this} on host {host} "
                         f"(store {self.path}, heartbeat {max(0.0, now - beat):.0f} s ago); "
@@ -537,21 +392,11 @@ class EpisodeStore:
                     )
                 self._db.execute(
                     "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
-                    (run_id, self._token, os.getpid(), _HOST, now),
+                    (run_id, self._token, os.getpid(), HOST, now),
                 )
 
         self._run(f"taking the lease of run {run_id!r}", take)
-        self._leases[run_id] = _Lease(stale_after, time.monotonic())
-
-    @staticmethod
-    def _held(owner: str, pid: int, host: str, beat: float, now: float, stale_after: float) -> bool:
-        if now - beat > stale_after:
-            return False
-        if host != _HOST:
-            return True
-        if pid == os.getpid():
-            return owner in _LIVE_OWNERS
-        return _pid_alive(pid)
+        self._leases[run_id] = Lease(stale_after, time.monotonic())
 
     def heartbeat(self, run_id: str) -> None:
         """Keep the run's lease live. Writes at most every ``stale_after / 10`` seconds;
