@@ -77,6 +77,7 @@ def _policy(p: PolicyConfig, threads: int | None = None) -> Policy:
         price=Price(p.price.input, p.price.output) if p.price else None,
         prompt_template=p.prompt_template,
         extra_body=p.extra_body,
+        http=p.http,
     )
 
 

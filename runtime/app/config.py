@@ -131,6 +131,11 @@ class PolicyConfig(_Section):
     """Attempts per request on 429 / 5xx / timeouts / connection errors."""
     retry_max_wait: float = Field(30.0, gt=0)
     """Cap on one backoff wait, Retry-After included."""
+    http: Literal["auto", "httpx", "aiohttp"] = "auto"
+    """HTTP transport of the openai backend: 'aiohttp' (openai's aiohttp transport, about
+    half the client CPU per request; needs the searchlearn[http] extra and the asyncio
+    event loop), 'httpx' (httpx2's own), or 'auto': aiohttp when it is installed and the
+    loop is asyncio, else httpx."""
     extra_body: dict[str, Any] = Field(default_factory=dict)
     """Extra JSON fields sent with every request."""
     path: str = "bundled"

@@ -2,6 +2,9 @@
 
 Built on the official ``openai`` async client with its own retries switched off:
 retries are ours (tenacity), so they share the endpoint's rate limiter and budget.
+Requests go through ``client.post(path, cast_to=httpx2.Response, body=...)`` (openai's
+route for raw calls: its auth, headers and status errors, without its params transform
+and response models, a quarter of its CPU per request) and the JSON is read here.
 
 Design decisions:
 - Retry 429 (honouring ``Retry-After``, capped), 5xx, connection errors, timeouts and
@@ -16,6 +19,14 @@ Design decisions:
 - ``server`` names known quirks: ``transformers`` samples only through a
   ``generation_config`` extra body; ``vllm`` returns token ids on request.
 - The HTTP connection pool is sized to the endpoint's configured concurrency.
+- ``http="auto"`` sends over openai's aiohttp transport (``openai[aiohttp]``, the
+  ``searchlearn[http]`` extra) when it is installed, the event loop is asyncio and no
+  ``transport`` was injected; otherwise over httpx2's own. The client is still
+  ``openai.AsyncOpenAI`` on an ``httpx2.AsyncClient`` (the aiohttp adapter is an httpx2
+  transport), so errors, retries, deadline and body cap are the same on both paths;
+  aiohttp costs about half the CPU per request (tests/bench/scheduler.py). aiohttp
+  runs on asyncio only: under trio, ``auto`` picks httpx2, chosen per event loop at
+  first use (``sniffio``), not at construction.
 - ``timeout`` is a total deadline per attempt (connect to last byte), not httpx's
   per-read timeout, which a server sending a byte at a time renews forever.
 - A response body is read up to ``max_response_bytes`` (32 MiB); a larger one fails
@@ -28,22 +39,27 @@ Design decisions:
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Literal
 
 import anyio
 import httpx2
 import openai
+import sniffio
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from runtime.core.errors import PolicyRequestError, PolicyResponseError, PolicyUnavailable
+from runtime.core.errors import ConfigError, PolicyRequestError, PolicyResponseError, PolicyUnavailable
 from runtime.core.secrets import register_secret
 from runtime.policy.base import Completion, GenerationRequest, GenerationResult, Mode, Server
 from runtime.policy.limits import PRICES, EndpointLimits, Price, limiter_for
 
-__all__ = ["OpenAIPolicy", "render_prompt"]
+__all__ = ["Http", "OpenAIPolicy", "render_prompt"]
+
+Http = Literal["auto", "httpx", "aiohttp"]
+"""Which HTTP transport carries the openai client's requests (see the module docstring)."""
 
 log = structlog.get_logger("searchlearn.openai")
 
@@ -74,6 +90,16 @@ def render_prompt(messages: Sequence[dict[str, str]], template: str) -> str:
 MAX_RESPONSE_BYTES = 32 << 20  # one response body; 256 in flight stay within a few GB
 
 
+def _untimed(exc: httpx2.ConnectTimeout) -> httpx2.TransportError:
+    """openai's aiohttp adapter maps every aiohttp connection error (a refused connect, a
+    server hanging up) to ``ConnectTimeout``, "Request timed out": the ones that are no
+    timeout become connection errors again, as httpx2's own transport reports them."""
+    cause = exc.__cause__
+    if cause is None or isinstance(cause, TimeoutError) or not type(cause).__module__.startswith("aiohttp"):
+        return exc
+    return (httpx2.ConnectError if isinstance(cause, OSError) else httpx2.RemoteProtocolError)(str(exc))
+
+
 class _CappedBody(httpx2.AsyncByteStream):
     def __init__(self, inner: httpx2.AsyncByteStream, limit: int) -> None:
         self.inner = inner
@@ -81,11 +107,14 @@ class _CappedBody(httpx2.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         seen = 0
-        async for chunk in self.inner:
-            seen += len(chunk)
-            if seen > self.limit:
-                raise httpx2.ReadError(f"response body larger than {self.limit:,} bytes")
-            yield chunk
+        try:
+            async for chunk in self.inner:
+                seen += len(chunk)
+                if seen > self.limit:
+                    raise httpx2.ReadError(f"response body larger than {self.limit:,} bytes")
+                yield chunk
+        except httpx2.ConnectTimeout as exc:
+            raise _untimed(exc) from exc.__cause__
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -94,14 +123,17 @@ class _CappedBody(httpx2.AsyncByteStream):
 class _CappedTransport(httpx2.AsyncBaseTransport):
     """Reads at most ``limit`` bytes of a response body: a server cannot make one
     reply cost the process more memory than that (past it, the attempt fails and is
-    retried like a broken connection)."""
+    retried like a broken connection). Wraps either transport, httpx2's or aiohttp's."""
 
     def __init__(self, inner: httpx2.AsyncBaseTransport, limit: int) -> None:
         self.inner = inner
         self.limit = limit
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = await self.inner.handle_async_request(request)
+        try:
+            response = await self.inner.handle_async_request(request)
+        except httpx2.ConnectTimeout as exc:
+            raise _untimed(exc) from exc.__cause__
         stream = response.stream
         assert isinstance(stream, httpx2.AsyncByteStream)
         response.stream = _CappedBody(stream, self.limit)
@@ -109,6 +141,16 @@ class _CappedTransport(httpx2.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+@functools.cache
+def _aiohttp_transport() -> Callable[..., httpx2.AsyncBaseTransport] | None:
+    """openai's aiohttp adapter (an httpx2 transport), or None without ``openai[aiohttp]``."""
+    try:
+        from openai._vendor.httpx_aiohttp import AiohttpTransport
+    except ImportError:
+        return None
+    return AiohttpTransport
 
 
 def _transient(exc: BaseException) -> bool:
@@ -139,7 +181,15 @@ class OpenAIPolicy:
         transport: httpx2.AsyncBaseTransport | None = None,
         version: int = 0,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
+        http: Http = "auto",
     ) -> None:
+        if http not in ("auto", "httpx", "aiohttp"):
+            raise ConfigError(f"policy.http: {http!r} is not one of 'auto', 'httpx', 'aiohttp'")
+        if http == "aiohttp":
+            if transport is not None:
+                raise ConfigError("policy.http: 'aiohttp' builds its own transport; pass http='httpx' with transport=")
+            if _aiohttp_transport() is None:
+                raise ConfigError("policy.http: 'aiohttp' needs the aiohttp extra: pip install 'searchlearn[http]'")
         register_secret(api_key)
         self.model = model
         self.timeout = timeout
@@ -161,17 +211,57 @@ class OpenAIPolicy:
         self.supports_n: bool | None = False if server in _NO_N else None
         endpoint = base_url or "https://api.openai.com/v1"
         self.limiter = limiter_for(endpoint, model, self.limits)
-        pool = httpx2.Limits(
-            max_connections=self.limits.max_concurrency, max_keepalive_connections=self.limits.max_concurrency
-        )
-        capped = _CappedTransport(transport or httpx2.AsyncHTTPTransport(limits=pool), max_response_bytes)
-        self._http = httpx2.AsyncClient(limits=pool, timeout=httpx2.Timeout(timeout), transport=capped)
-        self.client = openai.AsyncOpenAI(
-            api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout, http_client=self._http
+        self.http: Http = http
+        self.max_response_bytes = max_response_bytes
+        self._api_key = api_key
+        self._base_url = base_url
+        self._transport = transport
+        # One openai client per transport kind, built at first use on an event loop (an
+        # aiohttp session belongs to the loop that opened it; trio cannot run one).
+        self._clients: dict[str, openai.AsyncOpenAI] = {}
+
+    def transport_kind(self) -> Literal["httpx", "aiohttp"]:
+        """The transport this policy sends over on the running event loop."""
+        if self.http == "httpx" or self._transport is not None:
+            return "httpx"
+        on_asyncio = sniffio.current_async_library() == "asyncio"
+        if self.http == "aiohttp":
+            if not on_asyncio:
+                raise ConfigError("policy.http: 'aiohttp' runs on asyncio only; use 'auto' or 'httpx' under trio")
+            return "aiohttp"
+        return "aiohttp" if on_asyncio and _aiohttp_transport() is not None else "httpx"
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """The openai client for the running event loop's transport (built on first use)."""
+        kind = self.transport_kind()
+        client = self._clients.get(kind)
+        if client is None:
+            client = self._clients[kind] = self._build_client(kind)
+        return client
+
+    def _build_client(self, kind: str) -> openai.AsyncOpenAI:
+        size = self.limits.max_concurrency
+        pool = httpx2.Limits(max_connections=size, max_keepalive_connections=size)
+        inner: httpx2.AsyncBaseTransport
+        if self._transport is not None:
+            inner = self._transport
+        elif kind == "aiohttp":
+            aiohttp_transport = _aiohttp_transport()
+            assert aiohttp_transport is not None
+            inner = aiohttp_transport(limits=pool)  # its TCPConnector's limit is max_connections
+        else:
+            inner = httpx2.AsyncHTTPTransport(limits=pool)
+        capped = _CappedTransport(inner, self.max_response_bytes)
+        http = httpx2.AsyncClient(limits=pool, timeout=httpx2.Timeout(self.timeout), transport=capped)
+        return openai.AsyncOpenAI(
+            api_key=self._api_key, base_url=self._base_url, max_retries=0, timeout=self.timeout, http_client=http
         )
 
     async def aclose(self) -> None:
-        await self.client.close()
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
 
     async def __aenter__(self) -> OpenAIPolicy:
         return self
@@ -301,65 +391,75 @@ class OpenAIPolicy:
             extra["generation_config"] = json.dumps(config)
         if self.server == "vllm":
             extra.setdefault("return_token_ids", True)
-        if extra:
-            kwargs["extra_body"] = extra
-        return kwargs
+        return kwargs | extra
 
     async def _call(self, request: GenerationRequest, n: int, seed_offset: int) -> GenerationResult:
+        path, body = self._body(request, n, seed_offset)
+        # openai's documented route for a raw call: its client still builds, authenticates
+        # and sends the request and raises its status errors, but neither walks the
+        # params' TypedDicts (``_transform``) nor builds pydantic models of the reply:
+        # about a quarter of its CPU per request (tests/bench/scheduler.py, its profile).
+        response = await self.client.post(path, cast_to=httpx2.Response, body=body)
         try:
-            response = await self._create(request, n, seed_offset)
-        except (json.JSONDecodeError, openai.APIResponseValidationError) as exc:
-            raise _Malformed(f"{type(exc).__name__}: {exc}") from exc
-        return self._parse(response, request)
+            data = json.loads(response.content)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise _Malformed(f"{type(exc).__name__}: {exc}: {_excerpt(response.text)}") from exc
+        return self._parse(data, request)
 
-    async def _create(self, request: GenerationRequest, n: int, seed_offset: int) -> Any:
-        kwargs = self._sampling(request, n, seed_offset)
+    def _body(self, request: GenerationRequest, n: int, seed_offset: int) -> tuple[str, dict[str, Any]]:
+        body = self._sampling(request, n, seed_offset)
         if self.mode == "completion":
             prompt = request.prompt
             if prompt is None:
                 prompt = render_prompt(request.messages or [], self.prompt_template)
             if request.logprobs:
-                kwargs["logprobs"] = 1
-            return await self.client.completions.create(prompt=prompt + request.assistant_prefix, **kwargs)
-        else:
-            messages = list(request.messages or [{"role": "user", "content": request.prompt or ""}])
-            if request.assistant_prefix:
-                messages.append({"role": "assistant", "content": request.assistant_prefix})
-                if self.server in _CONTINUE_FINAL:
-                    body = kwargs.setdefault("extra_body", {})
-                    body |= {"continue_final_message": True, "add_generation_prompt": False}
-                else:
-                    messages.append({"role": "user", "content": "Continue."})
-            if request.logprobs:
-                kwargs["logprobs"] = True
-            return await self.client.chat.completions.create(messages=messages, **kwargs)  # type: ignore[arg-type]
-
-    def _parse(self, response: Any, request: GenerationRequest) -> GenerationResult:
-        choices = getattr(response, "choices", None)
-        if not isinstance(choices, list) or not choices:
-            raise _Malformed(f"no choices in {_excerpt(response)}")
-        completions = []
-        for choice in sorted(choices, key=lambda c: getattr(c, "index", 0) or 0):
-            if self.mode == "completion":
-                text = getattr(choice, "text", None)
-                lp = getattr(choice, "logprobs", None)
-                logprobs = list(lp.token_logprobs) if lp is not None and lp.token_logprobs else None
+                body["logprobs"] = 1
+            return "/completions", {"prompt": prompt + request.assistant_prefix} | body
+        messages = list(request.messages or [{"role": "user", "content": request.prompt or ""}])
+        if request.assistant_prefix:
+            messages.append({"role": "assistant", "content": request.assistant_prefix})
+            if self.server in _CONTINUE_FINAL:
+                body |= {"continue_final_message": True, "add_generation_prompt": False}
             else:
-                message = getattr(choice, "message", None)
-                text = getattr(message, "content", None)
-                lp = getattr(choice, "logprobs", None)
-                logprobs = [t.logprob for t in lp.content] if lp is not None and lp.content else None
+                messages.append({"role": "user", "content": "Continue."})
+        if request.logprobs:
+            body["logprobs"] = True
+        return "/chat/completions", {"messages": messages} | body
+
+    def _parse(self, data: Any, request: GenerationRequest) -> GenerationResult:
+        """A completion body as JSON gave it (dicts and lists, nothing validated yet)."""
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(choices, list) or not choices:
+            raise _Malformed(f"no choices in {_excerpt(data)}")
+        completions = []
+        for choice in sorted(choices, key=_index):
+            if not isinstance(choice, dict):
+                raise _Malformed(f"choice without text: {_excerpt(choice)}")
+            lp = choice.get("logprobs")
+            logprobs: list[float] | None = None
+            if self.mode == "completion":
+                text = choice.get("text")
+                values = lp.get("token_logprobs") if isinstance(lp, dict) else None
+                logprobs = list(values) if isinstance(values, list) and values else None
+            else:
+                message = choice.get("message")
+                text = message.get("content") if isinstance(message, dict) else None
+                tokens = lp.get("content") if isinstance(lp, dict) else None
+                if isinstance(tokens, list) and tokens and all(isinstance(t, dict) for t in tokens):
+                    logprobs = [t.get("logprob") for t in tokens]
             if not isinstance(text, str):
                 raise _Malformed(f"choice without text: {_excerpt(choice)}")
-            token_ids = (getattr(choice, "model_extra", None) or {}).get("token_ids")
-            finish = getattr(choice, "finish_reason", None)
+            token_ids = choice.get("token_ids")
+            finish = choice.get("finish_reason")
             text, cut = _cut_at_stop(text, request.stop)
             if cut:  # the server ignored ``stop``: per-token data no longer lines up
                 token_ids, logprobs, finish = None, None, "stop"
             completions.append(Completion(text=text, token_ids=token_ids, logprobs=logprobs, finish_reason=finish))
-        usage = getattr(response, "usage", None)
-        prompt_tokens = _count(getattr(usage, "prompt_tokens", None), priced=self.price is not None)
-        completion_tokens = _count(getattr(usage, "completion_tokens", None), priced=self.price is not None)
+        usage = data.get("usage")
+        if not isinstance(usage, dict):
+            usage = {}
+        prompt_tokens = _count(usage.get("prompt_tokens"), priced=self.price is not None)
+        completion_tokens = _count(usage.get("completion_tokens"), priced=self.price is not None)
         if prompt_tokens is None or completion_tokens is None:
             # Negative or absurd usage (or none, on a priced model) must not undercut the
             # budget: estimate from the text (4 characters a token), as the limiter does.
@@ -376,7 +476,7 @@ class OpenAIPolicy:
             completion_tokens=completion_tokens,
             cost=cost,
             policy_version=self.version,
-            model=str(getattr(response, "model", self.model)),
+            model=str(data.get("model") or self.model),
         )
 
 
@@ -391,6 +491,11 @@ def _count(value: Any, priced: bool) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         return None
     return int(value) if 0 <= value <= _MAX_USAGE else None
+
+
+def _index(choice: Any) -> int:
+    index = choice.get("index") if isinstance(choice, dict) else None
+    return index if isinstance(index, int) else 0
 
 
 def _cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
