@@ -34,6 +34,8 @@ from rich.table import Table
 from runtime.app.config import DEFAULT_STORE, load_config
 from runtime.core.errors import ConfigError, SearchlearnError, StoreError, TaskError
 from runtime.core.secrets import redact
+from runtime.core.threads import passive_openmp
+from runtime.scheduling.loop import run_async
 from runtime.scheduling.store import EpisodeStore
 
 __all__ = ["app", "main"]
@@ -154,6 +156,7 @@ def run(
     Rerunning the same run_id resumes: stored episodes are skipped.
     """
     configure_logging(verbose, log_json)
+    passive_openmp()  # before torch loads: waiting OpenMP threads sleep instead of spinning
     with _user_errors():
         cfg = load_config(config, set_ or [])
         from runtime.app.build import build_runtime, build_tasks
@@ -164,7 +167,7 @@ def run(
             return
         rt = build_runtime(cfg, handle_signals=True)
         total = len(tasks) * cfg.scheduler.samples_per_task
-        stats = anyio.run(_run, rt, tasks, total, progress)
+        stats = run_async(_run, rt, tasks, total, progress, loop=cfg.scheduler.event_loop)
     out.print(summary_table(f"run {cfg.run_id}", stats))
     _exit_status(rt, stats)
 
@@ -213,7 +216,7 @@ def _learn(cfg: Any, tasks: list[Any], show: bool) -> None:
 
     loop = build_loop(cfg, handle_signals=True)
     total = len(tasks) * cfg.scheduler.samples_per_task
-    stats = anyio.run(_run_loop, loop, tasks, total, show)
+    stats = run_async(_run_loop, loop, tasks, total, show, loop=cfg.scheduler.event_loop)
     rt = loop.runtime
     out.print(summary_table(f"run {cfg.run_id}: episodes", rt.stats.as_dict()))
     out.print(learner_table(loop.stats.as_dict()))

@@ -32,7 +32,7 @@ from pathlib import Path
 from runtime.core.errors import ConfigError
 from runtime.policy.checkpoints import FETCHABLE, model_cache
 
-__all__ = ["FetchSpec", "SPECS", "fetch_model"]
+__all__ = ["SPECS", "FetchSpec", "fetch_model"]
 
 
 @dataclass(frozen=True, slots=True)

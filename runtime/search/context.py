@@ -170,17 +170,30 @@ class Context:
         return out
 
     def text(self, node: Node) -> str:
+        """The path's step texts, each followed by the step delimiter."""
+        texts = []
+        nodes = self.episode.nodes
+        while node.parent is not None:  # path() without the list of nodes: once per model call
+            texts.append(node.text)
+            node = nodes[node.parent]
+        if not texts:
+            return ""
+        texts.reverse()
         d = self.sampling.step_delimiter
-        return "".join(n.text + d for n in self.path(node))
+        return d.join(texts) + d
 
     # -- building the tree -------------------------------------------------------------
 
     def _add(self, parent: Node, text: str, **fields: Any) -> Node:
         node = Node(id=len(self.episode.nodes), parent=parent.id, depth=parent.depth + 1, text=text, **fields)
+        return self._attach(parent, node)
+
+    def _attach(self, parent: Node, node: Node) -> Node:
+        """``node`` (a new child of ``parent``) into the tree: its answer, whether it ends a path."""
         self.episode.nodes.append(node)
         parent.children.append(node.id)
-        answer = self.verifiers.extractor(text) if text else None
-        node.answer = answer
+        text = node.text
+        answer = node.answer = self.verifiers.extractor(text) if text else None
         node.terminal = node.terminal or answer is not None or not text.strip() or node.depth >= self.sampling.max_steps
         return node
 
@@ -205,24 +218,26 @@ class Context:
     async def _generate(
         self, node: Node, n: int, max_tokens: int, stop: list[str] | None, **overrides: Any
     ) -> GenerationResult:
-        usage = self.episode.usage
+        episode = self.episode
+        usage = episode.usage
         if self.token_budget is not None:
             left = self.token_budget - usage.prompt_tokens - usage.completion_tokens
             if left <= 0:
                 raise TokenBudgetExceeded(f"episode used {usage.tokens} of {self.token_budget} tokens")
             max_tokens = max(1, min(max_tokens, left // max(n, 1)))
         s = self.sampling
+        task = self.task
         request = GenerationRequest(
-            messages=self.task.as_messages(),
+            messages=task.as_messages(),
             assistant_prefix=self.text(node),
             n=n,
             max_tokens=max_tokens,
-            temperature=overrides.get("temperature", s.temperature),
-            top_p=overrides.get("top_p", s.top_p),
+            temperature=overrides.get("temperature", s.temperature) if overrides else s.temperature,
+            top_p=overrides.get("top_p", s.top_p) if overrides else s.top_p,
             stop=stop,
             logprobs=s.logprobs,
             seed=None if s.seed is None else s.seed + usage.calls,
-            metadata={"task_id": self.task.id, "sample": self.episode.sample},
+            metadata={"task_id": task.id, "sample": episode.sample},
         )
         try:
             result = await self.policy.generate(request)
@@ -235,10 +250,13 @@ class Context:
         usage.prompt_tokens += result.prompt_tokens
         usage.completion_tokens += result.completion_tokens
         self._charge(result.cost)
-        if result.policy_version is not None:
-            span = self.episode.policy_versions
-            v = result.policy_version
-            self.episode.policy_versions = [min(span[0], v), max(span[1], v)] if span else [v, v]
+        v = result.policy_version
+        if v is not None:
+            span = episode.policy_versions  # [lowest, highest]; a new list only when it widens
+            if not span:
+                episode.policy_versions = [v, v]
+            elif v < span[0] or v > span[1]:
+                episode.policy_versions = [min(span[0], v), max(span[1], v)]
         return result
 
     def _admit(self, result: GenerationResult) -> None:
@@ -273,16 +291,23 @@ class Context:
         return [self._add_steps(node, result, meta) for node, result in zip(nodes, results, strict=True)]
 
     def _add_steps(self, node: Node, result: GenerationResult, meta: Meta) -> list[Node]:
+        # Once per model call: the Node is built here, not through _add's **fields.
+        nodes = self.episode.nodes
         return [
-            self._add(
+            self._attach(
                 node,
-                c.text.strip(),
-                token_ids=c.token_ids,
-                logprobs=c.logprobs,
-                sample_logprobs=c.sample_logprobs,
-                policy_version=result.policy_version,
-                finish_reason=c.finish_reason,
-                meta=dict(meta or {}),
+                Node(
+                    id=len(nodes),
+                    parent=node.id,
+                    depth=node.depth + 1,
+                    text=c.text.strip(),
+                    token_ids=c.token_ids,
+                    logprobs=c.logprobs,
+                    sample_logprobs=c.sample_logprobs,
+                    policy_version=result.policy_version,
+                    finish_reason=c.finish_reason,
+                    meta=dict(meta) if meta else {},
+                ),
             )
             for c in result.completions
         ]

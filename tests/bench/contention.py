@@ -14,8 +14,10 @@ build or a browser tab takes. Rows:
 - quiet, the defaults (the reference of every ratio);
 - the neighbour, torch's own defaults (2 threads, OpenMP's spinning wait: what
   searchlearn did before it placed threads);
-- the neighbour, the defaults (thread share of the cores and passive OpenMP waits);
-- the neighbour, ``policy.threads: 1``.
+- the neighbour, the defaults (thread share of the cores and passive OpenMP waits, as
+  ``searchlearn run`` sets them);
+- the neighbour, ``policy.threads: 1``; and quiet with one thread, its cost when nothing
+  competes.
 
 Target (issue 14): >= 0.4x of quiet with the neighbour, at the defaults.
 """
@@ -32,11 +34,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = r"""
 import json, sys, tempfile, time
+from runtime.core.threads import passive_openmp
+passive_openmp()  # what `searchlearn run` does before torch loads (an exported policy wins)
 import anyio
 from runtime.app.build import build_runtime, build_tasks
 from runtime.app.config import load_config
@@ -58,7 +63,10 @@ with tempfile.TemporaryDirectory() as tmp:
 
     elapsed = anyio.run(main)
     s = rt.stats
-    print(json.dumps({"episodes": s.finished, "seconds": elapsed, "solved": s.solved, "threads": threads}))
+    import os
+    wait = os.environ.get("OMP_WAIT_POLICY", "unset")
+    row = {"episodes": s.finished, "seconds": elapsed, "solved": s.solved, "threads": threads, "wait": wait}
+    print(json.dumps(row))
 """
 
 
@@ -66,7 +74,7 @@ def neighbour() -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
-def run(tasks: int, env: dict[str, str], overrides: list[str], busy: bool) -> dict[str, float]:
+def run(tasks: int, env: dict[str, str], overrides: list[str], busy: bool) -> dict[str, Any]:
     args = [f"tasks.size={tasks}", *overrides]
     spinner = neighbour() if busy else None
     try:
@@ -85,7 +93,7 @@ def run(tasks: int, env: dict[str, str], overrides: list[str], busy: bool) -> di
         if spinner is not None:
             spinner.kill()
             spinner.wait()
-    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
 
@@ -100,6 +108,7 @@ def main() -> None:
         ("neighbour, torch defaults (2 threads, spinning waits)", legacy, ["policy.threads=2"], True),
         ("neighbour, defaults", {}, [], True),
         ("neighbour, policy.threads=1", {}, ["policy.threads=1"], True),
+        ("quiet, policy.threads=1", {}, ["policy.threads=1"], False),
     ]
     load = os.getloadavg()[0]
     print("## Contention: the quickstart beside a busy neighbour (tests/bench/contention.py)\n")
@@ -117,9 +126,9 @@ def main() -> None:
     quiet = results[0][2]["episodes"] / results[0][2]["seconds"]
     print("| run | engine threads | OMP_WAIT_POLICY | episodes | seconds | episodes/s | vs quiet defaults |")
     print("|---|---|---|---|---|---|---|")
-    for label, env, r in results:
+    for label, _env, r in results:
         rate = r["episodes"] / r["seconds"]
-        policy = env.get("OMP_WAIT_POLICY", "(defaults)")
+        policy = r["wait"]
         print(
             f"| {label} | {r['threads']} | {policy} | {r['episodes']:.0f} | {r['seconds']:.1f} | "
             f"{rate:.2f} | {rate / quiet:.2f}x |"
