@@ -816,6 +816,12 @@ def _version(dist: str) -> str:
 
 
 def main() -> None:
+    import logging
+
+    import structlog
+
+    # The runtime's info logs (run started / ended) would land in the tables' stdout.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     parser = argparse.ArgumentParser(description="Scheduler and OpenAI-backend overhead benchmark.")
     parser.add_argument("--quick", action="store_true", help="C in {100, 1000}; fewer HTTP requests")
     parser.add_argument("--only", choices=["loop", "http"], help="run one part only")
