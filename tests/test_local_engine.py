@@ -284,3 +284,20 @@ async def test_policy_runs_under_either_anyio_backend(policy: LocalPolicy, model
     results = await generate_all(policy, texts, max_tokens=6, temperature=0.0)
     for text, result in zip(texts, results, strict=True):
         assert result.completions[0].token_ids == reference(model, tokenizer, text, 6)
+
+
+@pytest.mark.anyio
+async def test_a_checkpoint_without_a_chat_template_gets_the_plain_prompt_fallback() -> None:
+    from runtime.policy.base import GenerationRequest
+    from runtime.policy.local import LocalPolicy
+
+    policy = LocalPolicy.from_path("bundled", threads=1)
+    try:
+        policy.tokenizer.chat_template = None
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 3?"}]
+        ids = policy.encode(GenerationRequest(messages=messages))
+        assert policy.tokenizer.decode(ids) == "Be brief.\n\nWhat is 2 + 3?\n\n"
+        result = await policy.generate(GenerationRequest(messages=messages, max_tokens=4, temperature=0))
+        assert result.completions[0].finish_reason in ("stop", "length")
+    finally:
+        await policy.aclose()

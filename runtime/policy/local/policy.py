@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 import sniffio
+import structlog
 
 from runtime.core.errors import PolicyRequestError
 from runtime.policy.base import Completion, GenerationRequest, GenerationResult
@@ -26,6 +27,8 @@ from runtime.policy.checkpoints import resolve_checkpoint
 from runtime.policy.local.engine import EngineRequest, EngineResult, LocalEngine
 
 __all__ = ["LocalPolicy"]
+
+log = structlog.get_logger("searchlearn.local")
 
 
 class LocalPolicy:
@@ -44,6 +47,7 @@ class LocalPolicy:
     ) -> None:
         self.tokenizer = tokenizer
         self.name = name
+        self._warned_plain = False
         self.engine = LocalEngine(model, tokenizer, max_batch=max_batch, version=version, threads=threads)
         self._pending = anyio.Semaphore(max_pending or 4 * max_batch)
 
@@ -64,6 +68,13 @@ class LocalPolicy:
     def encode(self, request: GenerationRequest) -> list[int]:
         if request.prompt is not None:
             text = request.prompt
+        elif getattr(self.tokenizer, "chat_template", None) is None:
+            # A base model without a chat template: the documented plain-prompt fallback
+            # (contents joined by blank lines, as completion mode's "plain" template).
+            if not self._warned_plain:
+                self._warned_plain = True
+                log.warning("checkpoint has no chat template; messages are joined as a plain prompt", name=self.name)
+            text = "\n\n".join(m["content"] for m in request.messages or []) + "\n\n"
         else:
             text = self.tokenizer.apply_chat_template(
                 request.messages or [], tokenize=False, add_generation_prompt=True
