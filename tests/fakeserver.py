@@ -34,11 +34,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_TEXT", "FakeServer", "free_port", "main", "serve", "stats"]
+__all__ = ["DEFAULT_TEXT", "FakeServer", "free_port", "loopback", "main", "serve", "stats"]
 
 DEFAULT_TEXT = "Answer: 42"
 DEFAULT_MODEL = "fake"
@@ -338,3 +338,19 @@ def stats(base_url: str) -> dict[str, Any]:
 
 if __name__ == "__main__":
     main()
+
+
+@contextlib.asynccontextmanager
+async def loopback(handler: Any) -> AsyncIterator[str]:
+    """Serve ``handler(stream)`` (an anyio byte stream per connection) on a free loopback
+    port in the caller's event loop, for small misbehaving servers in tests; yields the
+    base URL (``http://127.0.0.1:PORT/v1``)."""
+    import anyio
+    import anyio.abc
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handler)
+        yield f"http://127.0.0.1:{port}/v1"
+        tg.cancel_scope.cancel()

@@ -14,6 +14,7 @@ import anyio
 import httpx2
 import pytest
 import structlog
+from fakeserver import loopback
 from typer.testing import CliRunner
 
 from runtime.app.cli import app
@@ -144,20 +145,14 @@ async def test_a_server_dripping_bytes_cannot_hold_a_request() -> None:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass  # the client gave up: what the test wants
 
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, drip)
-        policy = OpenAIPolicy(
-            "m", base_url=f"http://127.0.0.1:{port}/v1", timeout=1.0, retry_attempts=2, retry_initial=0.01
-        )
+    async with loopback(drip) as base_url:
+        policy = OpenAIPolicy("m", base_url=base_url, timeout=1.0, retry_attempts=2, retry_initial=0.01)
         started = time.monotonic()
         with anyio.fail_after(20):  # before the fix: ~40 s of dripping per attempt
             with pytest.raises(PolicyUnavailable, match="no complete response within 1 s"):
                 await policy.generate(GenerationRequest(messages=[{"role": "user", "content": "q"}]))
         assert time.monotonic() - started < 5
         await policy.aclose()
-        tg.cancel_scope.cancel()
 
 
 def test_episodes_have_a_deadline_by_default_and_shipped_configs_set_one(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -371,11 +366,7 @@ async def test_a_response_body_past_the_cap_fails_the_call() -> None:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass
 
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, big)
-        base = f"http://127.0.0.1:{port}/v1"
+    async with loopback(big) as base:
         policy = OpenAIPolicy("m", base_url=base, max_response_bytes=1_000_000, retry_attempts=2, retry_initial=0.01)
         with pytest.raises(PolicyUnavailable, match="larger than 1,000,000 bytes"):
             await policy.generate(GenerationRequest(messages=[{"role": "user", "content": "q"}]))
@@ -384,7 +375,6 @@ async def test_a_response_body_past_the_cap_fails_the_call() -> None:
         assert len(result.completions[0].text) > 3_000_000
         await policy.aclose()
         await roomy.aclose()
-        tg.cancel_scope.cancel()
 
 
 # -- the store, seen from the command line ------------------------------------------------

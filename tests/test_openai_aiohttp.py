@@ -19,7 +19,7 @@ import anyio.abc
 import httpx2
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
-from fakeserver import serve
+from fakeserver import loopback, serve
 
 from runtime.core.errors import ConfigError, PolicyUnavailable
 from runtime.policy.base import GenerationRequest
@@ -82,12 +82,8 @@ async def scripted(reply: Reply) -> AsyncIterator[tuple[str, list[float]]]:
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     pass
 
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, handle)
-        yield f"http://127.0.0.1:{port}/v1", times
-        tg.cancel_scope.cancel()
+    async with loopback(handle) as base_url:
+        yield base_url, times
 
 
 def response(status: int, body: dict[str, Any], **headers: str) -> bytes:
@@ -232,16 +228,12 @@ async def test_the_deadline_is_total_per_attempt(http: str) -> None:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass
 
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, drip)
-        async with make(f"http://127.0.0.1:{port}/v1", http, timeout=0.5, retry_attempts=2) as policy:
+    async with loopback(drip) as base_url:
+        async with make(base_url, http, timeout=0.5, retry_attempts=2) as policy:
             started = time.monotonic()
             with pytest.raises(PolicyUnavailable, match="no complete response within 0.5 s after 2 attempts"):
                 await policy.generate(GenerationRequest(messages=Q))
             assert time.monotonic() - started < 3
-        tg.cancel_scope.cancel()
 
 
 @BOTH
