@@ -35,7 +35,10 @@ def torch_consumers(config: RunConfig) -> int:
     """Torch consumers of a run that compute at the same time: the local engine, the
     learner, the evaluator's engine, a process reward model."""
     learner = config.learner
-    count = int(config.policy.kind == "local")
+    engines = 1
+    if config.cluster is not None:  # the workers' engines share this machine only on a local cluster
+        engines = config.cluster.workers if config.cluster.address is None else 0
+    count = engines * int(config.policy.kind == "local")
     if learner is not None:
         count += 1 + int(learner.eval is not None)
     v = config.verifiers
@@ -149,6 +152,12 @@ def build_tasks(config: RunConfig) -> Iterable[Task]:
 
 
 def build_runtime(config: RunConfig, *, handle_signals: bool = False) -> Runtime:
+    """The run's Runtime; with a ``cluster:`` section, a ClusterRuntime of the same
+    surface whose episodes run on Ray workers (:mod:`runtime.app.cluster`)."""
+    if config.cluster is not None:
+        from runtime.app.cluster import build_cluster_runtime
+
+        return build_cluster_runtime(config, handle_signals=handle_signals)  # type: ignore[return-value]
     policy = build_policy(config)
     return Runtime(
         policy,

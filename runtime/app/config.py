@@ -281,6 +281,40 @@ class StoreConfig(_Section):
     """SQLite file of the episode store."""
 
 
+class ClusterConfig(_Section):
+    """Rollout workers on Ray (``cluster:``; ``pip install "searchlearn[ray]"``).
+
+    Each worker is a Ray actor running a Runtime over its own copy of the run's policy;
+    the driver (the process that reads this config) keeps the task stream, the store and
+    the learner. Without this section nothing imports Ray."""
+
+    kind: Literal["ray"] = "ray"
+    """The cluster framework (Ray)."""
+    address: str | None = None
+    """Ray cluster to join (``auto``, ``ray://host:10001``, ``host:6379``); null starts a
+    local one inside this process, with loopback addresses only."""
+    workers: int = Field(2, ge=1)
+    """Rollout worker actors."""
+    cpus_per_worker: float = Field(1.0, ge=0)
+    """Ray CPUs each worker reserves (0 for workers that only wait on a server)."""
+    concurrency: int | None = Field(None, ge=1)
+    """Episodes running at once on each worker; null: ``scheduler.concurrency``."""
+    in_flight: int | None = Field(None, ge=1)
+    """Episodes handed to one worker and not yet back, at most (the backpressure bound);
+    null: twice the worker's concurrency."""
+    chunk: int = Field(16, ge=1)
+    """Tasks sent to a worker in one call; finished episodes come back in batches as
+    they finish."""
+    replace_dead: bool = True
+    """Start a new worker in place of one that died (its unfinished tasks are reissued
+    either way)."""
+    max_replacements: int = Field(8, ge=0)
+    """Workers started in place of dead ones, at most, over the run."""
+    local_cpus: int | None = Field(None, ge=1)
+    """CPUs of the local cluster started when ``address`` is null; null: the CPUs this
+    process may use."""
+
+
 class RunConfig(_Section):
     """A whole run: what ``searchlearn run CONFIG`` reads."""
 
@@ -300,6 +334,8 @@ class RunConfig(_Section):
     """How many episodes run at once, their budgets and timeouts, shutdown."""
     store: StoreConfig = Field(default_factory=StoreConfig)
     """Where episodes are stored."""
+    cluster: ClusterConfig | None = None
+    """Run the episodes on Ray rollout workers; null: in this process."""
     learner: Annotated[
         SerializeAsAny[LearnerSpec] | None,
         BeforeValidator(lambda v: None if v is None else validate_component("learners", v)),

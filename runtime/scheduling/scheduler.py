@@ -310,10 +310,36 @@ class Runtime:
 
     async def stream(self, tasks: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Episode]:
         """Finished episodes, in completion order, each already committed to the store."""
+        async for episode in self._stream(self._pairs(tasks)):
+            yield episode
+
+    async def stream_pairs(
+        self, pairs: Iterable[tuple[Task, int]] | AsyncIterable[tuple[Task, int]]
+    ) -> AsyncIterator[Episode]:
+        """Like :meth:`stream`, over given (task, sample) pairs instead of every sample of
+        every task: what a rollout worker runs for the driver that hands it work."""
+
+        async def each() -> AsyncIterator[tuple[Task, int]]:
+            if isinstance(pairs, AsyncIterable):
+                async for pair in pairs:
+                    yield pair
+            else:
+                for pair in pairs:
+                    yield pair
+
+        async for episode in self._stream(each()):
+            yield episode
+
+    async def _pairs(self, tasks: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[tuple[Task, int]]:
+        async for task in iterate_tasks(tasks):
+            for sample in range(self.settings.samples_per_task):
+                yield task, sample
+
+    async def _stream(self, pairs: AsyncIterator[tuple[Task, int]]) -> AsyncIterator[Episode]:
         if self._tg is None:
             raise RuntimeError("use the Runtime as `async with Runtime(...) as rt:` before streaming")
         send, receive = anyio.create_memory_object_stream[Episode](self.settings.buffer)
-        self._tg.start_soon(self._produce, tasks, send)
+        self._tg.start_soon(self._produce, pairs, send)
         async with receive:
             async for episode in receive:
                 yield episode
@@ -324,7 +350,7 @@ class Runtime:
                         break
                     yield episode
 
-    async def _produce(self, tasks: Iterable[Any] | AsyncIterable[Any], out: Any) -> None:
+    async def _produce(self, pairs: AsyncIterator[tuple[Task, int]], out: Any) -> None:
         to_store, from_episodes = anyio.create_memory_object_stream[Episode](self.settings.buffer)
         done: set[tuple[str, int]] = set()
         if self.store is not None:
@@ -345,7 +371,7 @@ class Runtime:
                             if self.stop_reason is not None:
                                 admission.cancel()
                             try:
-                                await self._admit(tasks, done, episodes, to_store)
+                                await self._admit(pairs, done, episodes, to_store)
                             finally:
                                 self._admissions.discard(admission)
                 finally:
@@ -362,29 +388,30 @@ class Runtime:
             return f"run budget spent: ${spent:.4f} of ${budget:.4f}"
         return None
 
-    async def _admit(self, tasks: Any, done: set[tuple[str, int]], episodes: TaskGroup, to_store: Any) -> None:
-        async for task in iterate_tasks(tasks):
-            for sample in range(self.settings.samples_per_task):
-                if (task.id, sample) in done:
-                    self.stats.skipped += 1
-                    continue
-                try:
-                    self._slots.acquire_nowait()
-                except anyio.WouldBlock:
-                    await self._slots.acquire()
-                else:
-                    # Let the episodes already admitted run (and spend) before the
-                    # budget check below; a bare checkpoint costs no cancel scope.
-                    await anyio.lowlevel.checkpoint()
-                # Checked once the slot is ours: the budget may have run out while we
-                # waited, and an episode admitted now would only fail with BudgetExhausted.
-                if reason := self.exhausted():
-                    self._slots.release()
-                    self.shutdown(reason, abandon=False)
-                    return
-                self.stats.admitted += 1
-                self._in_flight += 1
-                episodes.start_soon(self._episode, task, sample, to_store)
+    async def _admit(
+        self, pairs: AsyncIterator[tuple[Task, int]], done: set[tuple[str, int]], episodes: TaskGroup, to_store: Any
+    ) -> None:
+        async for task, sample in pairs:
+            if (task.id, sample) in done:
+                self.stats.skipped += 1
+                continue
+            try:
+                self._slots.acquire_nowait()
+            except anyio.WouldBlock:
+                await self._slots.acquire()
+            else:
+                # Let the episodes already admitted run (and spend) before the
+                # budget check below; a bare checkpoint costs no cancel scope.
+                await anyio.lowlevel.checkpoint()
+            # Checked once the slot is ours: the budget may have run out while we
+            # waited, and an episode admitted now would only fail with BudgetExhausted.
+            if reason := self.exhausted():
+                self._slots.release()
+                self.shutdown(reason, abandon=False)
+                return
+            self.stats.admitted += 1
+            self._in_flight += 1
+            episodes.start_soon(self._episode, task, sample, to_store)
 
     async def _episode(self, task: Task, sample: int, to_store: Any) -> None:
         try:
