@@ -71,7 +71,8 @@ def test_same_config_with_and_without_the_cluster_section(tmp_path: Path) -> Non
     one_call = ["2+2=4\nAnswer: 4"]  # one text per episode: the same episode whatever the order
     plain = scripted_config(tmp_path / "plain", cluster=None, script=one_call)
     (tmp_path / "plain").mkdir()
-    on_ray = scripted_config(tmp_path / "ray", cluster={"workers": 2, "cpus_per_worker": 0, "chunk": 4}, script=one_call)
+    two_workers = {"workers": 2, "cpus_per_worker": 0, "chunk": 4}
+    on_ray = scripted_config(tmp_path / "ray", cluster=two_workers, script=one_call)
     (tmp_path / "ray").mkdir()
     plain_episodes, _ = anyio.run(run_all, plain)
     ray_episodes, rt = anyio.run(run_all, on_ray)

@@ -38,7 +38,6 @@ import logging
 import os
 import signal
 import time
-from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +45,8 @@ import anyio
 import anyio.abc
 import structlog
 
-from runtime.app.build import build_policy, build_strategy, build_verifiers, torch_consumers
 from runtime.app.config import ClusterConfig, RunConfig
+from runtime.app.parts import build_policy, build_strategy, build_verifiers, torch_consumers
 from runtime.core.errors import ConfigError
 from runtime.core.threads import available_cpus, thread_share
 from runtime.core.types import Episode, Task, episode_from_json, episode_to_json
@@ -92,7 +91,8 @@ class RolloutWorker:
         config = config.model_copy(update={"policy": policy_config})
         self.index = index
         self.policy = build_policy(config)
-        settings = config.scheduler.model_copy(update={"concurrency": cluster.concurrency or config.scheduler.concurrency})
+        concurrency = cluster.concurrency or config.scheduler.concurrency
+        settings = config.scheduler.model_copy(update={"concurrency": concurrency})
         self.runtime = Runtime(
             self.policy,
             build_strategy(config),
@@ -153,7 +153,8 @@ class RolloutWorker:
         """Take a new policy version; the engine swaps it in between decode steps."""
         swap = getattr(self.policy, "swap_weights", None)
         if swap is None:
-            raise ConfigError(f"cluster: worker {self.index}'s policy ({type(self.policy).__name__}) cannot take weights")
+            kind = type(self.policy).__name__
+            raise ConfigError(f"cluster: worker {self.index}'s policy ({kind}) cannot take weights")
         swap(state_dict, version)
         return version
 

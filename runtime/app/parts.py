@@ -1,0 +1,151 @@
+"""Builds the parts of a run (policy, strategy, verifiers, tasks) from a RunConfig;
+:mod:`runtime.app.build` puts them together into a runtime.
+
+Every component in the config is already a validated object; building only binds it to
+the run's resources (a verifier to the run's policy and step delimiter, a task source to
+its data), so no setting is copied here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
+
+from pydantic import ValidationError
+
+from runtime.app.config import PolicyConfig, RunConfig, WeightedVerifier, format_validation_error
+from runtime.core.errors import ConfigError, TaskError
+from runtime.core.threads import thread_share
+from runtime.core.types import Task
+from runtime.policy.base import Policy
+from runtime.policy.limits import EndpointLimits, Price
+from runtime.policy.scripted import ScriptedPolicy
+from runtime.rewards.base import AnswerExtractor, OutcomeVerifier, ProcessVerifier, Verifier, VerifierEnv
+from runtime.rewards.composition import Gate, WeightedSum
+from runtime.rewards.shaping import PotentialShaping
+from runtime.search.context import Verifiers
+from runtime.search.strategy import BaseStrategy
+
+__all__ = ["build_policy", "build_strategy", "build_tasks", "build_verifiers", "torch_consumers"]
+
+
+def torch_consumers(config: RunConfig) -> int:
+    """Torch consumers of a run that compute at the same time: the local engine, the
+    learner, the evaluator's engine, a process reward model."""
+    learner = config.learner
+    engines = 1
+    if config.cluster is not None:  # the workers' engines share this machine only on a local cluster
+        engines = config.cluster.workers if config.cluster.address is None else 0
+    count = engines * int(config.policy.kind == "local")
+    if learner is not None:
+        count += 1 + int(learner.eval is not None)
+    v = config.verifiers
+    parts = [p.verifier for p in v.process] if isinstance(v.process, list) else [v.process]
+    count += sum(getattr(part, "name", None) == "prm" for part in parts)
+    return max(1, count)
+
+
+def build_policy(config: RunConfig) -> Policy:
+    return _policy(config.policy, thread_share(torch_consumers(config)))
+
+
+def _policy(p: PolicyConfig, threads: int | None = None) -> Policy:
+    if p.kind == "scripted":
+        if not p.script:
+            raise ConfigError("policy.script: the scripted policy needs at least one text")
+        return ScriptedPolicy(p.script, latency=p.latency)
+    if p.kind == "local":
+        from runtime.policy.checkpoints import resolve_checkpoint
+        from runtime.policy.local import LocalPolicy
+
+        try:
+            resolve_checkpoint(p.path)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"policy.path: {exc}") from None
+        return LocalPolicy.from_path(p.path, max_batch=p.max_concurrency, threads=p.threads or threads)
+    from runtime.policy.openai_compatible import OpenAIPolicy
+
+    return OpenAIPolicy(
+        p.model,
+        base_url=p.base_url,
+        api_key=(p.api_key.get_secret_value() if p.api_key else os.environ.get(p.api_key_env)) or "EMPTY",
+        mode=p.mode,
+        server=p.server,
+        limits=EndpointLimits(p.max_concurrency, p.requests_per_minute, p.tokens_per_minute, p.budget_usd),
+        timeout=p.timeout,
+        retry_attempts=p.retry_attempts,
+        retry_max_wait=p.retry_max_wait,
+        price=Price(p.price.input, p.price.output) if p.price else None,
+        prompt_template=p.prompt_template,
+        extra_body=p.extra_body,
+        http=p.http,
+    )
+
+
+def build_strategy(config: RunConfig) -> BaseStrategy:
+    """A fresh copy of the configured strategy (a strategy may keep run-wide state, such
+    as compute-optimal's global token budget, so two runtimes never share one)."""
+    strategy: BaseStrategy = config.strategy.model_copy(deep=True)
+    return strategy
+
+
+def _own_policy(section: dict[str, Any]) -> Policy:
+    try:
+        return _policy(PolicyConfig.model_validate(section))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "verifiers: a verifier's policy")) from None
+
+
+def build_verifiers(config: RunConfig, policy: Policy | None = None) -> Verifiers:
+    """The run's verifiers. ``policy`` is the run's policy, used by the Monte-Carlo
+    value and by an LLM judge without a ``policy`` of its own."""
+    v = config.verifiers
+    try:
+        extractor = AnswerExtractor(v.answer_patterns)
+    except Exception as exc:  # a bad regex, or one without a group
+        raise ConfigError(f"verifiers.answer_patterns: {exc}") from None
+    env = VerifierEnv(
+        policy=policy,
+        delimiter=config.sampling.step_delimiter,
+        extractor=extractor,
+        make_policy=_own_policy,
+        threads=thread_share(torch_consumers(config)),
+    )
+    built: dict[str, Any] = {}
+
+    def bind(component: Verifier, field: str) -> Any:
+        """One verifier per distinct component (a judge for outcomes and steps is one judge)."""
+        key = f"{type(component).__qualname__}:{component.model_dump_json()}"
+        if key not in built:
+            built[key] = component.build(replace(env, field=field))
+        return built[key]
+
+    outcome: OutcomeVerifier | None = bind(v.outcome, "verifiers.outcome") if v.outcome is not None else None
+    process: ProcessVerifier | None = None
+    if isinstance(v.process, list):
+        parts: list[WeightedVerifier] = v.process
+        weighted = [(bind(p.verifier, f"verifiers.process.{i}"), p.weight) for i, p in enumerate(parts)]
+        process = WeightedSum(weighted) if weighted else None
+    elif v.process is not None:
+        process = bind(v.process, "verifiers.process")
+    if v.gate:
+        assert process is not None and outcome is not None  # check_config
+        outcome = Gate(
+            process, outcome, threshold=v.gate_threshold, delimiter=config.sampling.step_delimiter, per_step=True
+        )
+    shaping = None
+    if v.shaping_gamma is not None:
+        assert process is not None  # check_config
+        shaping = PotentialShaping(process, gamma=v.shaping_gamma, scope=v.shaping_scope)
+    return Verifiers(outcome=outcome, process=process, extractor=extractor, timeout=v.timeout, shaping=shaping)
+
+
+def build_tasks(config: RunConfig) -> Iterable[Task]:
+    """The run's tasks, checked up front (a missing file or dataset fails here)."""
+    try:
+        return config.tasks.build()
+    except TaskError as exc:
+        field = config.tasks.input_field
+        raise ConfigError(f"tasks.{field}: {exc}" if field else f"tasks: {exc}") from None
