@@ -36,7 +36,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,17 +158,37 @@ class OnlineLoop:
 
     # -- the loop -----------------------------------------------------------------------
 
-    async def run(self, tasks: Iterable[Task]) -> LoopStats:
-        """Run to the end of ``tasks`` (or of the time / version budget); returns the stats."""
+    async def run(
+        self,
+        tasks: Iterable[Task] | AsyncIterable[Task],
+        *,
+        on_episode: Callable[[Episode], object] | None = None,
+    ) -> LoopStats:
+        """Run to the end of ``tasks`` (or of the time / version budget); returns the stats.
+
+        Online mode streams ``tasks`` (any iterable or async iterable, unbounded ones
+        included: a followed file runs until it ends or a signal). Sync mode lists them
+        first, so it takes a bounded source only. ``on_episode`` is called with every
+        episode the run produces, once the store has committed it (the CLI's continuous
+        export), before the learner takes it; replayed episodes are not passed again.
+        """
+        # A stream says whether it ends by itself; another async iterable cannot be listed.
+        bounded = getattr(tasks, "bounded", None)
+        unbounded = isinstance(tasks, AsyncIterable) if bounded is None else not bounded
+        if self.settings.mode == "sync" and unbounded:
+            raise ConfigError(
+                "learner.mode: sync lists every task before it starts, and this task source is unbounded "
+                "(it follows its input); use mode: online"
+            )
         replay = self._restore()
         async with anyio.create_task_group() as tg:
             self._tg = tg
             if self.evaluator is not None and self.learner.version not in self._evaluated:
                 await self._evaluate(self.learner.weights(), self.learner.version)
             if self.settings.mode == "sync":
-                await self._sync(list(replay), list(tasks))
+                await self._sync(list(replay), list(tasks), on_episode)  # type: ignore[arg-type]
             else:
-                await self._online(replay, tasks)
+                await self._online(replay, tasks, on_episode)
             if self._pending:
                 await self._train()
             self._save()
@@ -177,7 +197,12 @@ class OnlineLoop:
                 await self._evaluate(self.learner.weights(), self.learner.version)
         return self.stats
 
-    async def _online(self, replay: list[Episode], tasks: Iterable[Task]) -> None:
+    async def _online(
+        self,
+        replay: list[Episode],
+        tasks: Iterable[Task] | AsyncIterable[Task],
+        on_episode: Callable[[Episode], object] | None = None,
+    ) -> None:
         send, receive = anyio.create_memory_object_stream[Episode](self.settings.buffer_episodes)
 
         async def produce() -> None:
@@ -188,6 +213,8 @@ class OnlineLoop:
                         await send.send(ep)
                     async with aclosing(self.runtime.stream(tasks)) as stream:  # type: ignore[type-var]
                         async for ep in stream:
+                            if on_episode is not None:
+                                on_episode(ep)
                             await send.send(ep)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     self.runtime.shutdown("the learner stopped", abandon=True)
@@ -203,8 +230,11 @@ class OnlineLoop:
                         self.runtime.shutdown("learning budget spent", abandon=True)
                         break
 
-    async def _sync(self, replay: list[Episode], tasks: list[Task]) -> None:
-        """The baseline: generate ``sync_episodes`` episodes, stop, train on them, repeat."""
+    async def _sync(
+        self, replay: list[Episode], tasks: list[Task], on_episode: Callable[[Episode], object] | None = None
+    ) -> None:
+        """The baseline: generate ``sync_episodes`` episodes, stop, train on them, repeat.
+        It lists the tasks first (a bounded source only; :meth:`run` refuses another)."""
         for episode in replay:
             self.stats.replayed += 1
             await self._take(episode)
@@ -216,6 +246,8 @@ class OnlineLoop:
                 break
             async with aclosing(self.runtime.stream(todo[start : start + chunk])) as stream:  # type: ignore[type-var]
                 async for episode in stream:
+                    if on_episode is not None:
+                        on_episode(episode)
                     await self._take(episode)
             while len(self._pending) >= self.settings.batch_examples and not self._budget_spent():
                 await self._train(self.settings.batch_examples)

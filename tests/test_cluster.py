@@ -217,3 +217,24 @@ def test_without_a_cluster_section_nothing_imports_ray(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_a_worker_that_cannot_start_is_one_clear_error(tmp_path: Path) -> None:
+    from runtime.core.errors import ConfigError
+
+    # A checkpoint directory whose config.json is not JSON: the driver's up-front check
+    # passes (the file is there), the worker dies loading it in its constructor.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    config = scripted_config(tmp_path, cluster={"workers": 1, "cpus_per_worker": 0})
+    config.policy = config.policy.model_copy(update={"kind": "local", "path": str(broken)})
+
+    async def main() -> None:
+        async with ClusterRuntime(config):
+            pass
+
+    with pytest.raises(ConfigError, match="rollout worker failed to start"):
+        anyio.run(main)
+    with EpisodeStore(config.store.path) as store:  # the lease was released
+        store.acquire_run(config.run_id)

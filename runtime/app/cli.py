@@ -35,8 +35,10 @@ from runtime.app.config import DEFAULT_STORE, load_config
 from runtime.core.errors import ConfigError, SearchlearnError, StoreError, TaskError
 from runtime.core.secrets import redact
 from runtime.core.threads import passive_openmp
+from runtime.scheduling.export import EpisodeExport
 from runtime.scheduling.loop import run_async
 from runtime.scheduling.store import EpisodeStore
+from runtime.scheduling.streams import task_count
 
 __all__ = ["app", "main"]
 
@@ -153,6 +155,8 @@ def run(
 ) -> None:
     """Run a config: stream episodes into the store, then print a summary table.
 
+    Tasks are streamed from their source, never listed: a followed file, a folder or
+    standard input runs until it ends (idle_timeout, end of input) or a signal.
     Rerunning the same run_id resumes: stored episodes are skipped.
     """
     configure_logging(verbose, log_json)
@@ -161,15 +165,38 @@ def run(
         cfg = load_config(config, set_ or [])
         from runtime.app.build import build_runtime, build_tasks
 
-        tasks = list(build_tasks(cfg))
+        tasks = build_tasks(cfg)
+        size = task_count(tasks)
+        total = None if size is None else size * cfg.scheduler.samples_per_task
         if cfg.learner is not None:
-            _learn(cfg, tasks, progress)
+            _learn(cfg, tasks, total, progress)
             return
         rt = build_runtime(cfg, handle_signals=True)
-        total = len(tasks) * cfg.scheduler.samples_per_task
-        stats = run_async(_run, rt, tasks, total, progress, loop=cfg.scheduler.event_loop)
+        export = _export(cfg)
+        stats = run_async(_run, rt, tasks, total, progress, export, loop=cfg.scheduler.event_loop)
     out.print(summary_table(f"run {cfg.run_id}", stats))
+    _report_stream(tasks, export)
     _exit_status(rt, stats)
+
+
+def _export(cfg: Any) -> EpisodeExport | None:
+    e = cfg.export
+    return None if e is None else EpisodeExport(e.path, cfg.run_id, only=e.only)
+
+
+def _report_stream(tasks: Any, export: EpisodeExport | None) -> None:
+    """Say what the summary table does not: bad task lines skipped, episodes exported."""
+    skipped = getattr(tasks, "skipped", 0)
+    if skipped:
+        console.print(f"skipped {skipped:,} bad task lines (logged as warnings)", highlight=False, markup=False)
+    if export is not None:
+        s = export.statistics()
+        console.print(
+            f"exported {s['written']:,} episodes to {s['path']} ({s['reconciled']:,} of them stored before)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def _exit_status(rt: Any, stats: dict[str, Any]) -> None:
@@ -192,47 +219,64 @@ def _exit_status(rt: Any, stats: dict[str, Any]) -> None:
         raise typer.Exit(EXIT_FAILED)
 
 
-async def _run(rt: Any, tasks: list[Any], total: int, show: bool) -> dict[str, Any]:
+def _progress(show: bool, *fields: str) -> Progress:
+    """The run's progress bar: M/N when the source's size is known, else a running count."""
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    columns.append(TextColumn("acc {task.fields[acc]}  fail {task.fields[fail]}"))
-    with Progress(*columns, console=console, disable=not show or not console.is_terminal, transient=False) as bar:
+    columns.append(TextColumn("  ".join(fields)))
+    return Progress(*columns, console=console, disable=not show or not console.is_terminal, transient=False)
+
+
+async def _run(rt: Any, tasks: Any, total: int | None, show: bool, export: EpisodeExport | None) -> dict[str, Any]:
+    with _progress(show, "acc {task.fields[acc]}", "fail {task.fields[fail]}") as bar:
         job = bar.add_task("episodes", total=total, acc="-", fail=0)
         try:
             async with rt:
                 done = rt.store.count(rt.run_id) if rt.store else 0
-                bar.update(job, completed=min(done, total))
-                async for _ in rt.stream(tasks):
-                    s = rt.stats
-                    acc = f"{100 * s.solved / s.rewarded:.1f}%" if s.rewarded else "-"
-                    bar.update(job, advance=1, acc=acc, fail=s.failed)
+                bar.update(job, completed=done if total is None else min(done, total))
+                if export is not None:  # once the run's lease is ours: one writer per file
+                    await anyio.to_thread.run_sync(export.open, rt.store)
+                try:
+                    async for episode in rt.stream(tasks):
+                        if export is not None:
+                            export.write(episode)
+                        s = rt.stats
+                        acc = f"{100 * s.solved / s.rewarded:.1f}%" if s.rewarded else "-"
+                        bar.update(job, advance=1, acc=acc, fail=s.failed)
+                finally:
+                    if export is not None:
+                        export.close()
         finally:
             await rt.policy.aclose()
     return rt.stats.as_dict()
 
 
-def _learn(cfg: Any, tasks: list[Any], show: bool) -> None:
+def _learn(cfg: Any, tasks: Any, total: int | None, show: bool) -> None:
     """Run the online loop of a config with a learner section (see learners.loop)."""
     from runtime.app.learning import build_loop, export_path
 
+    if cfg.learner.mode == "sync" and not cfg.tasks.bounded:
+        raise ConfigError(
+            f"learner.mode: sync lists every task before it starts, and tasks.source {cfg.tasks.source!r} "
+            "is unbounded (it follows its input); use mode: online"
+        )
     loop = build_loop(cfg, handle_signals=True)
-    total = len(tasks) * cfg.scheduler.samples_per_task
-    stats = run_async(_run_loop, loop, tasks, total, show, loop=cfg.scheduler.event_loop)
+    export = _export(cfg)
+    stats = run_async(_run_loop, loop, tasks, total, show, export, loop=cfg.scheduler.event_loop)
     rt = loop.runtime
     out.print(summary_table(f"run {cfg.run_id}: episodes", rt.stats.as_dict()))
     out.print(learner_table(loop.stats.as_dict()))
     if loop.stats.curve:
         out.print(curve_table(f"run {cfg.run_id}: held-out evaluation", loop.stats.curve))
+    _report_stream(tasks, export)
     target = export_path(cfg)
     loop.learner.export(target)
     console.print(f"policy version {stats.version} saved to {target}", highlight=False, markup=False, soft_wrap=True)
     _exit_status(rt, rt.stats.as_dict())
 
 
-async def _run_loop(loop: Any, tasks: list[Any], total: int, show: bool) -> Any:
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    columns.append(TextColumn("v{task.fields[version]}  loss {task.fields[loss]}  acc {task.fields[acc]}"))
+async def _run_loop(loop: Any, tasks: Any, total: int | None, show: bool, export: EpisodeExport | None) -> Any:
     rt = loop.runtime
-    with Progress(*columns, console=console, disable=not show or not console.is_terminal, transient=False) as bar:
+    with _progress(show, "v{task.fields[version]}", "loss {task.fields[loss]}", "acc {task.fields[acc]}") as bar:
         job = bar.add_task("episodes", total=total, version=0, loss="-", acc="-")
 
         async def refresh() -> None:
@@ -241,13 +285,21 @@ async def _run_loop(loop: Any, tasks: list[Any], total: int, show: bool) -> Any:
                 done = s.skipped + s.finished  # no store query on the event loop
                 acc = f"{100 * s.solved / s.rewarded:.1f}%" if s.rewarded else "-"
                 loss = "-" if ls.last_loss is None else f"{ls.last_loss:.4f}"
-                bar.update(job, completed=min(done, total), version=ls.version, loss=loss, acc=acc)
+                shown = done if total is None else min(done, total)
+                bar.update(job, completed=shown, version=ls.version, loss=loss, acc=acc)
                 await anyio.sleep(0.5)
 
-        async with loop, anyio.create_task_group() as tg:
-            tg.start_soon(refresh)
-            stats = await loop.run(tasks)
-            tg.cancel_scope.cancel()
+        async with loop:
+            if export is not None:  # once the run's lease is ours: one writer per file
+                await anyio.to_thread.run_sync(export.open, rt.store)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(refresh)
+                    stats = await loop.run(tasks, on_episode=None if export is None else export.write)
+                    tg.cancel_scope.cancel()
+            finally:
+                if export is not None:
+                    export.close()
     return stats
 
 

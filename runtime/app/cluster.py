@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import structlog
 
 from runtime.app.config import ClusterConfig, RunConfig
@@ -103,6 +104,7 @@ class RolloutWorker:
             run_id=config.run_id,
         )
         self._pending_weights = weights
+        self._batch_wait = cluster.batch_wait
         self._stop: Any = None  # set by ready(): ends the task the runtime lives in
 
     async def ready(self) -> dict[str, Any]:
@@ -141,12 +143,16 @@ class RolloutWorker:
             tg.start_soon(collect)
             async with receive:
                 async for first in receive:
+                    # One message per batch, not per episode (a Ray message costs the
+                    # driver more than storing the episode): wait up to `batch_wait`
+                    # for more to finish before sending.
                     batch = [episode_to_json(first)]
-                    while len(batch) < _BATCH:
-                        try:
-                            batch.append(episode_to_json(receive.receive_nowait()))
-                        except (anyio.WouldBlock, anyio.EndOfStream):
-                            break
+                    with anyio.move_on_after(self._batch_wait):
+                        while len(batch) < _BATCH:
+                            try:
+                                batch.append(episode_to_json(await receive.receive()))
+                            except anyio.EndOfStream:
+                                break
                     yield batch
 
     def swap_weights(self, state_dict: dict[str, Any], version: int) -> int:
@@ -227,6 +233,13 @@ class ClusterRuntime:
     def __init__(self, config: RunConfig, *, handle_signals: bool = False) -> None:
         if config.cluster is None:
             raise ConfigError("cluster: this config has no cluster section")
+        if config.policy.kind == "local":  # checked here: the workers would only fail one by one
+            from runtime.policy.checkpoints import resolve_checkpoint
+
+            try:
+                resolve_checkpoint(config.policy.path)
+            except FileNotFoundError as exc:
+                raise ConfigError(f"policy.path: {exc}") from None
         self.config = config
         self.cluster: ClusterConfig = config.cluster
         self.run_id = config.run_id
@@ -270,7 +283,10 @@ class ClusterRuntime:
             self._outstanding = [0] * len(self._workers)
             self._room = [anyio.Event() for _ in self._workers]
             ray = _ray()
-            await anyio.to_thread.run_sync(ray.get, [w.ready.remote() for w in self._workers if w is not None])
+            try:
+                await anyio.to_thread.run_sync(ray.get, [w.ready.remote() for w in self._workers if w is not None])
+            except ray.exceptions.RayError as exc:
+                raise ConfigError(f"cluster: a rollout worker failed to start: {_cause(exc)}") from None
         except BaseException:
             await self.close_workers()
             self.store.release_run(self.run_id)
@@ -468,7 +484,10 @@ class ClusterRuntime:
                         if self.stop_reason is not None:
                             return
                         self._pending += 1
-                        await queue.send((task, sample))
+                        try:  # without a checkpoint per pair: the queue fills in one go
+                            queue.send_nowait((task, sample))
+                        except anyio.WouldBlock:
+                            await queue.send((task, sample))
                 self._settle()
                 await self._settled.wait()
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -491,7 +510,11 @@ class ClusterRuntime:
                     await self._room[slot].wait()
                     continue
                 try:
-                    batch = [await queue.receive()]
+                    try:
+                        batch = [queue.receive_nowait()]
+                    except anyio.WouldBlock:
+                        batch = [await queue.receive()]
+                        await anyio.lowlevel.checkpoint()  # let the pump fill the chunk
                 except (anyio.EndOfStream, anyio.ClosedResourceError):
                     return
                 while len(batch) < min(chunk, room):
@@ -597,6 +620,14 @@ class ClusterRuntime:
 
 class _WorkerGone(Exception):
     pass
+
+
+def _cause(exc: BaseException) -> str:
+    """The worker's own error in one line (Ray's message is its whole traceback)."""
+    cause = getattr(exc, "cause", None) or getattr(exc, "error", None)
+    text = str(cause if isinstance(cause, BaseException) else exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:500] if lines else type(exc).__name__
 
 
 def _task_dict(task: Task) -> dict[str, Any]:

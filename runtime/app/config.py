@@ -40,6 +40,7 @@ from runtime.core.secrets import looks_like_secret, redact, register_secret
 from runtime.policy.base import Mode, Server
 from runtime.rewards.base import OutcomeVerifier, ProcessVerifier, Verifier
 from runtime.rewards.outcome import ExactMatch
+from runtime.scheduling.export import ExportFilter
 from runtime.scheduling.scheduler import SchedulerSettings
 from runtime.scheduling.tasks import TaskSource
 from runtime.search.context import Sampling
@@ -281,6 +282,19 @@ class StoreConfig(_Section):
     """SQLite file of the episode store."""
 
 
+class ExportConfig(_Section):
+    """Continuous export (``export:``): every finished episode, once stored, appended to
+    a JSONL file as one line, for a trainer elsewhere (see runtime.scheduling.export)."""
+
+    path: str
+    """JSONL file the episodes are appended to (created with its folder); one episode's
+    full JSON per line, as `searchlearn export` writes. On start, the stored episodes of
+    the run it lacks (a killed run's last ones) are appended and a torn last line is cut,
+    so it holds each stored episode once."""
+    only: ExportFilter = "all"
+    """Which episodes: all, ok (those that did not fail), or solved (reward >= 1)."""
+
+
 class ClusterConfig(_Section):
     """Rollout workers on Ray (``cluster:``; ``pip install "searchlearn[ray]"``).
 
@@ -305,6 +319,10 @@ class ClusterConfig(_Section):
     chunk: int = Field(16, ge=1)
     """Tasks sent to a worker in one call; finished episodes come back in batches as
     they finish."""
+    batch_wait: float = Field(0.02, ge=0)
+    """Seconds a worker waits for more episodes to finish before it sends a batch back
+    (one message per batch: at thousands of episodes/s a message per episode costs the
+    driver more than storing it)."""
     replace_dead: bool = True
     """Start a new worker in place of one that died (its unfinished tasks are reissued
     either way)."""
@@ -323,7 +341,8 @@ class RunConfig(_Section):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     """The model that samples the run's episodes."""
     tasks: ComponentField("tasks", TaskSource) = Field(default_factory=TinyTasks)  # type: ignore[valid-type]
-    """Where tasks come from: ``source`` (tiny, reasoning_gym, jsonl, or a plug-in's) and its settings."""
+    """Where tasks come from: ``source`` (tiny, reasoning_gym, jsonl, jsonl_dir, stdin, or a
+    plug-in's) and its settings."""
     strategy: ComponentField("strategies", BaseStrategy) = Field(default_factory=ChainOfThought)  # type: ignore[valid-type]
     """The search strategy: ``name`` and its settings."""
     sampling: Sampling = Field(default_factory=Sampling)
@@ -334,6 +353,9 @@ class RunConfig(_Section):
     """How many episodes run at once, their budgets and timeouts, shutdown."""
     store: StoreConfig = Field(default_factory=StoreConfig)
     """Where episodes are stored."""
+    export: ExportConfig | None = None
+    """Append each stored episode to a JSONL file as the run goes; null: no export (the
+    `searchlearn export` command writes one after the fact)."""
     cluster: ClusterConfig | None = None
     """Run the episodes on Ray rollout workers; null: in this process."""
     learner: Annotated[

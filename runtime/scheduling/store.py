@@ -300,6 +300,32 @@ class EpisodeStore:
         for (data,) in rows:
             yield self._decode(run_id, episode_from_json, data)
 
+    def episode_index(self, run_id: str) -> list[tuple[str, int, str, float | None]]:
+        """``(task_id, sample, status, reward)`` of every stored episode of the run, in
+        the order they finished; no episode data is read."""
+        return [
+            (t, int(s), status, reward)
+            for t, s, status, reward in self._query(
+                f"reading run {run_id!r}",
+                "SELECT task_id, sample, status, reward FROM episodes WHERE run_id = ? ORDER BY finished_at, rowid",
+                (run_id,),
+            )
+        ]
+
+    def episodes_for(self, run_id: str, keys: Iterable[tuple[str, int]], chunk: int = 256) -> Iterator[Episode]:
+        """The stored episodes of ``keys`` (``(task_id, sample)``), in the order given, read
+        ``chunk`` at a time; a key not stored is left out."""
+        sql = "SELECT data FROM episodes WHERE run_id = ? AND task_id = ? AND sample = ?"
+
+        def read(part: list[tuple[str, int]]) -> list[str]:
+            rows = (self._db.execute(sql, (run_id, t, s)).fetchone() for t, s in part)
+            return [row[0] for row in rows if row is not None]
+
+        keys = list(keys)
+        for start in range(0, len(keys), chunk):
+            for data in self._run(f"reading run {run_id!r}", read, keys[start : start + chunk]):
+                yield self._decode(run_id, episode_from_json, data)
+
     def export_jsonl(self, run_id: str, path: str | Path) -> int:
         n = 0
         with open(path, "w", encoding="utf-8") as f:

@@ -1,16 +1,30 @@
-"""Task sources: reasoning-gym datasets, JSONL files, any iterable (the tiny domain's
-own source is ``runtime.tiny.tiny_tasks``).
+"""Task sources: reasoning-gym datasets, JSONL files (read once or followed as they
+grow), a folder of JSONL files, standard input, any iterable or async iterable (the
+tiny domain's own source is ``runtime.tiny.tiny_tasks``).
 
 Every source yields :class:`~runtime.core.types.Task` with a stable id, so a resumed run
 recognises what it already did. Problems in a source are errors that name the place
 (``tasks.jsonl:17: ...``), raised before the run starts where possible.
+
+Design decisions:
+- ``build()`` checks what it can up front (a missing file, an unknown dataset and, for
+  JSONL, every line the file holds then, in one streaming pass) and returns the tasks
+  lazily: a list for small generated sources, a
+  :class:`~runtime.scheduling.streams.TaskStream` for the others, which says whether it
+  is bounded and how many tasks it holds when known (the progress bar's total).
+- JSONL ids: a line without ``id`` gets ``<file stem>-<line>``, stable across restarts
+  as long as files are only appended to. Standard input has no stable line numbers (a
+  restarted producer starts again at 1), so its lines get ``stdin-<hash of the line>``.
+- A bad line met while streaming (appended after the check, or ``check: false``) is
+  logged and skipped, never fatal (see :mod:`runtime.scheduling.streams`).
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Literal
 
@@ -20,18 +34,36 @@ from runtime.core.errors import TaskError
 from runtime.core.registry import Component
 from runtime.core.text import clean_text, clean_value
 from runtime.core.types import Task
+from runtime.scheduling.streams import (
+    DEFAULT_POLL_INTERVAL,
+    Line,
+    TaskStream,
+    file_lines,
+    follow_dir,
+    follow_file,
+    jsonl_files,
+    stdin_lines,
+)
 
 __all__ = [
+    "JsonlDirTasks",
     "JsonlTasks",
     "ReasoningGymTasks",
+    "StdinTasks",
     "TaskSource",
     "iterate_tasks",
+    "jsonl_dir_stream",
+    "jsonl_stream",
     "jsonl_tasks",
     "reasoning_gym_tasks",
+    "stdin_stream",
     "to_task",
 ]
 
 MAX_LINE_BYTES = 1 << 20  # 1 MiB: a task, not a corpus
+
+DefaultId = Callable[[int, bytes], str]
+"""The id of a task whose line has none, from its line number and bytes."""
 
 
 def to_task(item: Any, index: int) -> Task:
@@ -92,72 +124,226 @@ async def iterate_tasks(source: Iterable[Any] | AsyncIterable[Any]) -> AsyncIter
             yield to_task(item, index)
 
 
+# -- JSONL lines ---------------------------------------------------------------------
+
+
+def _line_ids(stem: str) -> DefaultId:
+    return lambda lineno, _line: f"{stem}-{lineno}"
+
+
+def _content_id(_lineno: int, line: bytes) -> str:
+    return f"stdin-{hashlib.sha256(line.strip()).hexdigest()[:16]}"
+
+
+def _parse_line(where: str, lineno: int, line: bytes, default_id: DefaultId, text: bool = False) -> Task | None:
+    """The task of one line (None for a blank one); TaskError naming ``where:lineno``.
+    ``text``: the line is a plain prompt, not JSON."""
+    if not line.strip():
+        return None
+    try:
+        decoded = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TaskError(
+            f"{where}:{lineno}: not UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1})"
+        ) from None
+    if text:
+        item: Any = decoded.strip()
+    else:
+        try:
+            item = json.loads(decoded)
+        except json.JSONDecodeError as exc:
+            raise TaskError(f"{where}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(item, dict | str):
+            raise TaskError(f"{where}:{lineno}: expected a JSON object or string, got {type(item).__name__}")
+    try:
+        task = to_task(item if isinstance(item, dict) else {"prompt": item}, lineno)
+    except TaskError as exc:
+        raise TaskError(f"{where}:{lineno}: {exc}") from None
+    if not isinstance(item, dict) or "id" not in item:
+        task.id = default_id(lineno, line)
+    return task
+
+
+def _checked(path: Path, limit: int, seen: set[str], *, complete_only: bool = False) -> Iterator[Task]:
+    """The tasks of ``path``; the first bad line raises (the up-front check)."""
+    ids = _line_ids(path.stem)
+    for lineno, line in file_lines(path, limit, complete_only=complete_only):
+        if isinstance(line, TaskError):
+            raise line
+        task = _parse_line(str(path), lineno, line, ids)
+        if task is None:
+            continue
+        if task.id in seen:
+            raise TaskError(f"{path}:{lineno}: duplicate task id {task.id!r}")
+        seen.add(task.id)
+        yield task
+
+
+def _lenient(
+    stream: TaskStream, where: str, numbered: Line, ids: DefaultId, seen: set[str], text: bool = False
+) -> Task | None:
+    """The task of a line met while streaming; a bad line is skipped (counted, logged)."""
+    lineno, line = numbered
+    try:
+        if isinstance(line, TaskError):
+            raise line
+        task = _parse_line(where, lineno, line, ids, text)
+        if task is not None and task.id in seen:
+            raise TaskError(f"{where}:{lineno}: duplicate task id {task.id!r}")
+    except TaskError as exc:
+        stream.skip(exc)
+        return None
+    if task is not None:
+        seen.add(task.id)
+    return task
+
+
 def jsonl_tasks(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> list[Task]:
     """Tasks of a JSONL file, one object (or a plain string prompt) per line; blank
     lines are skipped; a task without an ``id`` gets ``<file stem>-<line>``.
 
     Raises TaskError naming the file and line of the first malformed line (not JSON,
     not UTF-8, longer than ``max_line_bytes``), or if the file holds no task. A line
-    over the cap is never read whole.
+    over the cap is never read whole. (:func:`jsonl_stream` reads the same lazily.)
     """
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"task file {path} does not exist")
-    tasks = []
-    seen: set[str] = set()
-    with path.open("rb") as f:
-        for lineno, line in enumerate(_lines(f, path, max_line_bytes), 1):
-            if not line.strip():
-                continue
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise TaskError(
-                    f"{path}:{lineno}: not UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1})"
-                ) from None
-            try:
-                item = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise TaskError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(item, dict | str):
-                raise TaskError(f"{path}:{lineno}: expected a JSON object or string, got {type(item).__name__}")
-            try:
-                task = to_task(item if isinstance(item, dict) else {"prompt": item}, lineno)
-            except TaskError as exc:
-                raise TaskError(f"{path}:{lineno}: {exc}") from None
-            if not isinstance(item, dict) or "id" not in item:
-                task.id = f"{path.stem}-{lineno}"
-            if task.id in seen:
-                raise TaskError(f"{path}:{lineno}: duplicate task id {task.id!r}")
-            seen.add(task.id)
-            tasks.append(task)
+    tasks = list(_checked(path, max_line_bytes, set()))
     if not tasks:
         raise TaskError(f"task file {path} holds no tasks")
     return tasks
 
 
-def _lines(f: BinaryIO, path: Path, limit: int) -> Iterator[bytes]:
-    """The file's lines; a line longer than ``limit`` bytes raises before it is read whole."""
-    lineno = 0
-    while True:
-        line = f.readline(limit + 1)
-        if not line:
-            return
-        lineno += 1
-        if len(line) > limit and not (len(line) == limit + 1 and line.endswith(b"\n")):
-            raise TaskError(f"{path}:{lineno}: line longer than {limit:,} bytes (tasks.max_line_bytes)")
-        yield line
+def jsonl_stream(
+    path: str | Path,
+    *,
+    follow: bool = False,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    idle_timeout: float | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    check: bool = True,
+) -> TaskStream:
+    """The tasks of a JSONL file (the format of :func:`jsonl_tasks`), read as they are
+    drawn; ``follow``: and the lines appended later, until ``idle_timeout`` seconds pass
+    without one (or the consumer stops).
 
-
-def reasoning_gym_tasks(
-    name: str, size: int = 100, seed: int = 0, config: dict[str, Any] | None = None
-) -> Iterator[Task]:
-    """Tasks of a reasoning-gym procedural dataset; scored by its own ``score_answer``.
-
-    The dataset is created (and an unknown name or bad config raises TaskError) when
-    this is called, not when the first task is drawn, so a bad source fails before the
-    run starts.
+    Checked now: the file exists and, with ``check``, every line it holds is a task with
+    an id of its own (the first bad one raises TaskError naming it; without ``follow`` a
+    file with no task raises too). Lines met later that are bad are skipped and logged.
     """
+    path = Path(path)
+    if not path.is_file():
+        raise TaskError(f"task file {path} does not exist")
+    size = None
+    if check:
+        size = sum(1 for _ in _checked(path, max_line_bytes, set(), complete_only=follow))
+        if size == 0 and not follow:
+            raise TaskError(f"task file {path} holds no tasks")
+    ids, where = _line_ids(path.stem), str(path)
+
+    def read_sync(stream: TaskStream) -> Iterator[Task]:
+        seen: set[str] = set()
+        for numbered in file_lines(path, max_line_bytes):
+            if (task := _lenient(stream, where, numbered, ids, seen)) is not None:
+                yield task
+
+    if not follow:
+        return TaskStream.lazy(read_sync, size=size, name=f"task file {path}")
+
+    async def read(stream: TaskStream) -> AsyncIterator[Task]:
+        seen: set[str] = set()
+        lines = follow_file(path, max_line_bytes, poll_interval=poll_interval, idle_timeout=idle_timeout)
+        async for numbered in lines:
+            if (task := _lenient(stream, where, numbered, ids, seen)) is not None:
+                yield task
+
+    return TaskStream(read, bounded=False, name=f"task file {path} (followed)")
+
+
+def jsonl_dir_stream(
+    path: str | Path,
+    *,
+    follow: bool = False,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    idle_timeout: float | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    check: bool = True,
+) -> TaskStream:
+    """The tasks of every ``*.jsonl`` file of a folder, in name order, each file in the
+    format of :func:`jsonl_tasks` (a line without ``id`` is ``<file stem>-<line>``);
+    ``follow``: and the files and lines added later (see
+    :func:`~runtime.scheduling.streams.follow_dir`), until ``idle_timeout``.
+
+    Checked now as :func:`jsonl_stream` checks a file; ids are unique across files.
+    Without ``follow`` the files are those the folder holds now.
+    """
+    directory = Path(path)
+    if not directory.is_dir():
+        raise TaskError(f"task folder {directory} does not exist")
+    files = jsonl_files(directory)
+    if not files and not follow:
+        raise TaskError(f"task folder {directory} holds no *.jsonl files")
+    size = None
+    if check:
+        seen: set[str] = set()
+        size = sum(1 for file in files for _ in _checked(file, max_line_bytes, seen, complete_only=follow))
+        if size == 0 and not follow:
+            raise TaskError(f"task folder {directory} holds no tasks")
+
+    def read_sync(stream: TaskStream) -> Iterator[Task]:
+        seen: set[str] = set()
+        for file in files:
+            ids = _line_ids(file.stem)
+            try:
+                for numbered in file_lines(file, max_line_bytes):
+                    if (task := _lenient(stream, str(file), numbered, ids, seen)) is not None:
+                        yield task
+            except FileNotFoundError:
+                stream.skip(TaskError(f"task file {file} vanished before it was read"))
+
+    if not follow:
+        return TaskStream.lazy(read_sync, size=size, name=f"task folder {directory}")
+
+    async def read(stream: TaskStream) -> AsyncIterator[Task]:
+        seen: set[str] = set()
+        lines = follow_dir(directory, max_line_bytes, poll_interval=poll_interval, idle_timeout=idle_timeout)
+        async for file, lineno, line in lines:
+            if (task := _lenient(stream, str(file), (lineno, line), _line_ids(file.stem), seen)) is not None:
+                yield task
+
+    return TaskStream(read, bounded=False, name=f"task folder {directory} (followed)")
+
+
+def stdin_stream(
+    *,
+    format: Literal["jsonl", "text"] = "jsonl",  # the config key (shadows the builtin here only)
+    ids: Literal["content", "line"] = "content",
+    max_line_bytes: int = MAX_LINE_BYTES,
+    source: BinaryIO | None = None,
+) -> TaskStream:
+    """The tasks of standard input (or ``source``), one per line, until its end: JSONL
+    lines (``format="jsonl"``, as in :func:`jsonl_tasks`) or plain prompts (``"text"``).
+    A line without ``id`` gets ``stdin-<hash of the line>`` (``ids="content"``: stable
+    whatever the order the lines come in) or ``stdin-<line>`` (``"line"``). Read by a
+    thread, so the event loop never waits on the pipe; bad lines are skipped and logged."""
+    default = _content_id if ids == "content" else _line_ids("stdin")
+
+    async def read(stream: TaskStream) -> AsyncIterator[Task]:
+        seen: set[str] = set()
+        async for numbered in stdin_lines(max_line_bytes, source):
+            if (task := _lenient(stream, "<stdin>", numbered, default, seen, format == "text")) is not None:
+                yield task
+
+    return TaskStream(read, bounded=False, name="standard input")
+
+
+# -- reasoning-gym -------------------------------------------------------------------
+
+
+def _reasoning_gym_dataset(
+    name: str, size: int, seed: int, config: dict[str, Any] | None
+) -> tuple[Any, dict[str, Any]]:
     import reasoning_gym
     from reasoning_gym.factory import DATASETS
 
@@ -170,6 +356,19 @@ def reasoning_gym_tasks(
         dataset = reasoning_gym.create_dataset(name, **params)
     except Exception as exc:  # bad config
         raise TaskError(f"reasoning-gym dataset {name!r}: {exc}") from None
+    return dataset, params
+
+
+def reasoning_gym_tasks(
+    name: str, size: int = 100, seed: int = 0, config: dict[str, Any] | None = None
+) -> Iterator[Task]:
+    """Tasks of a reasoning-gym procedural dataset; scored by its own ``score_answer``.
+
+    The dataset is created (and an unknown name or bad config raises TaskError) when
+    this is called, not when the first task is drawn, so a bad source fails before the
+    run starts.
+    """
+    dataset, params = _reasoning_gym_dataset(name, size, seed, config)
     return _reasoning_gym_entries(name, dataset, size, params)
 
 
@@ -185,11 +384,16 @@ def _reasoning_gym_entries(name: str, dataset: Any, size: int, params: dict[str,
         )
 
 
+# -- the sources a config names ------------------------------------------------------
+
+
 class TaskSource(Component):
     """Base of the task sources a config can name (``tasks: {source: ..., ...}``).
 
-    ``build()`` returns the tasks, checking what it can up front (a missing file or an
-    unknown dataset raises TaskError before the run starts)."""
+    ``build()`` returns the tasks: a list, any iterable, or a
+    :class:`~runtime.scheduling.streams.TaskStream` (lazy, bounded or not), checking
+    what it can up front (a missing file or an unknown dataset raises TaskError before
+    the run starts)."""
 
     family: ClassVar[str] = "tasks"
     key: ClassVar[str] = "source"
@@ -199,12 +403,19 @@ class TaskSource(Component):
     source: str
     """Where tasks come from."""
 
-    def build(self) -> Iterable[Task]:
+    @property
+    def bounded(self) -> bool:
+        """Whether the source ends by itself. An unbounded one (a followed file or
+        folder, standard input) is streamed, never listed."""
+        return True
+
+    def build(self) -> Iterable[Task] | AsyncIterable[Task]:
         raise NotImplementedError
 
 
 class JsonlTasks(TaskSource):
-    """Tasks of a JSONL file, one object per line (see :func:`jsonl_tasks`)."""
+    """Tasks of a JSONL file, one object per line, read lazily; ``follow``: as it grows
+    (see :func:`jsonl_stream`)."""
 
     source: Literal["jsonl"] = "jsonl"
     input_field = "path"
@@ -212,9 +423,89 @@ class JsonlTasks(TaskSource):
     """The JSONL file."""
     max_line_bytes: int = Field(MAX_LINE_BYTES, ge=1)
     """Longest line accepted; a longer one is an error naming the line."""
+    follow: bool = False
+    """Keep reading the lines appended to the file (like ``tail -f``) until
+    ``idle_timeout`` or a signal; a last line without its newline is read once complete."""
+    poll_interval: float = Field(DEFAULT_POLL_INTERVAL, gt=0)
+    """Seconds between two looks for new lines at the end of a followed file."""
+    idle_timeout: float | None = Field(None, gt=0)
+    """End a followed source after this many seconds without a new byte (null: run until
+    a signal)."""
+    check: bool = True
+    """Check every line the file holds before the run starts (one streaming pass; the
+    first bad line is an error naming it); false: start at once. Bad lines met while
+    running (appended later, or not checked) are logged and skipped."""
 
-    def build(self) -> list[Task]:
-        return jsonl_tasks(self.path, self.max_line_bytes)
+    @property
+    def bounded(self) -> bool:
+        return not self.follow
+
+    def build(self) -> TaskStream:
+        return jsonl_stream(
+            self.path,
+            follow=self.follow,
+            poll_interval=self.poll_interval,
+            idle_timeout=self.idle_timeout,
+            max_line_bytes=self.max_line_bytes,
+            check=self.check,
+        )
+
+
+class JsonlDirTasks(TaskSource):
+    """Tasks of every ``*.jsonl`` file of a folder, in name order; ``follow``: and the
+    files added later (see :func:`jsonl_dir_stream`)."""
+
+    source: Literal["jsonl_dir"] = "jsonl_dir"
+    input_field = "path"
+    path: str
+    """The folder; a task without ``id`` in its file ``a.jsonl`` gets ``a-<line>``."""
+    max_line_bytes: int = Field(MAX_LINE_BYTES, ge=1)
+    """Longest line accepted; a longer one is an error naming the line."""
+    follow: bool = False
+    """Keep reading: lines appended to the newest file, and files that appear later (a
+    file is left for the next one in name order once that one exists)."""
+    poll_interval: float = Field(DEFAULT_POLL_INTERVAL, gt=0)
+    """Seconds between two looks for new lines or files."""
+    idle_timeout: float | None = Field(None, gt=0)
+    """End a followed folder after this many seconds without a new byte (null: run until
+    a signal)."""
+    check: bool = True
+    """Check every line the files hold before the run starts; false: start at once (bad
+    lines met while running are logged and skipped)."""
+
+    @property
+    def bounded(self) -> bool:
+        return not self.follow
+
+    def build(self) -> TaskStream:
+        return jsonl_dir_stream(
+            self.path,
+            follow=self.follow,
+            poll_interval=self.poll_interval,
+            idle_timeout=self.idle_timeout,
+            max_line_bytes=self.max_line_bytes,
+            check=self.check,
+        )
+
+
+class StdinTasks(TaskSource):
+    """Tasks from standard input, one per line, until its end (see :func:`stdin_stream`)."""
+
+    source: Literal["stdin"] = "stdin"
+    format: Literal["jsonl", "text"] = "jsonl"
+    """Each line is a JSONL task (an object or a string), or a plain prompt (text)."""
+    ids: Literal["content", "line"] = "content"
+    """Id of a line without one: ``stdin-<hash of the line>`` (content: the same line
+    is the same task after a restart, whatever came before it) or ``stdin-<line>``."""
+    max_line_bytes: int = Field(MAX_LINE_BYTES, ge=1)
+    """Longest line accepted; a longer one is skipped, logged with its line number."""
+
+    @property
+    def bounded(self) -> bool:
+        return False
+
+    def build(self) -> TaskStream:
+        return stdin_stream(format=self.format, ids=self.ids, max_line_bytes=self.max_line_bytes)
 
 
 class ReasoningGymTasks(TaskSource):
@@ -231,5 +522,11 @@ class ReasoningGymTasks(TaskSource):
     config: dict[str, Any] = Field(default_factory=dict)
     """Extra dataset config."""
 
-    def build(self) -> list[Task]:
-        return list(reasoning_gym_tasks(self.name, self.size, self.seed, self.config))
+    def build(self) -> TaskStream:
+        dataset, params = _reasoning_gym_dataset(self.name, self.size, self.seed, self.config)
+        name, size = self.name, self.size
+        return TaskStream.lazy(
+            lambda _stream: _reasoning_gym_entries(name, dataset, size, params),
+            size=size,
+            name=f"reasoning-gym dataset {name}",
+        )
