@@ -203,6 +203,7 @@ class LocalEngine:
         threads: int | None = None,
     ) -> None:
         self.model = model.eval()
+        self.device = next(model.parameters()).device
         self.tok = tokenizer
         self.max_batch = max_batch
         self.context = int(getattr(model.config, "max_position_embeddings", 2048))
@@ -322,7 +323,7 @@ class LocalEngine:
             self._groups[id(req)] = _Group(req, len(req.prompt_ids), self.version)
             self.stats.requests += 1
             for i in range(req.n):
-                gen = torch.Generator().manual_seed(req.seed + i) if req.seed is not None else None
+                gen = torch.Generator(self.device).manual_seed(req.seed + i) if req.seed is not None else None
                 row = _Row(req, i, gen, len(req.prompt_ids))
                 new_rows.append((row, kv, 0))
                 self._choose(row, logits)
@@ -374,6 +375,7 @@ class LocalEngine:
         for j, rest in enumerate(rests):
             input_ids[j, : len(rest)] = torch.tensor(rest)
             mask[j, reused : reused + len(rest)] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         cache = DynamicCache()
         if reused:
             for layer in range(len(members[0][1] or [])):
@@ -384,10 +386,10 @@ class LocalEngine:
         keep = sorted(set(last))
         out = self.model(
             input_ids=input_ids,
-            position_ids=torch.arange(reused, reused + width).unsqueeze(0).expand(batch, -1),
+            position_ids=torch.arange(reused, reused + width, device=self.device).unsqueeze(0).expand(batch, -1),
             attention_mask=mask,
             use_cache=True,
-            logits_to_keep=torch.tensor(keep),
+            logits_to_keep=torch.tensor(keep, device=self.device),
             **{self._cache_arg: cache},
         )
         self.stats.prefill_computed += sum(len(rest) for rest in rests)
@@ -428,7 +430,7 @@ class LocalEngine:
         layers = len(new_rows[0][1])
         total = len(self._rows) + len(new_rows)
         slabs = []
-        mask = torch.zeros(total, width, dtype=torch.long)
+        mask = torch.zeros(total, width, dtype=torch.long, device=self.device)
         for layer in range(layers):
             keys, values = _buffers(new_rows[0][1][layer][0], total, width)
             if self._rows:
@@ -490,7 +492,7 @@ class LocalEngine:
         if not keep:
             self._cache, self._mask = None, None
             return
-        index = torch.tensor(keep)
+        index = torch.tensor(keep, device=self.device)
         assert self._mask is not None
         mask = self._mask[index]
         start = int((mask.sum(0) > 0).nonzero()[0]) if mask.any() else 0
@@ -511,9 +513,10 @@ class LocalEngine:
         if not live:
             self._compact(force=True)
             return
-        tokens = torch.tensor([[r.tokens[-1] if r.tokens else 0] for r in self._rows])
-        positions = torch.tensor([[r.length] for r in self._rows])
-        mask = torch.cat([self._mask, torch.ones(len(self._rows), 1, dtype=torch.long)], dim=1)
+        tokens = torch.tensor([[r.tokens[-1] if r.tokens else 0] for r in self._rows], device=self.device)
+        positions = torch.tensor([[r.length] for r in self._rows], device=self.device)
+        ones = torch.ones(len(self._rows), 1, dtype=torch.long, device=self.device)
+        mask = torch.cat([self._mask, ones], dim=1)
         out = self.model(
             input_ids=tokens,
             position_ids=positions,
