@@ -65,6 +65,7 @@ log = structlog.get_logger("searchlearn.cluster")
 
 _BATCH = 256  # episodes a worker sends back in one message, at most
 Pair = tuple[Task, int]
+Returned = list[tuple[Episode, str]]  # episodes back from a worker, each with its JSON
 
 
 def _ray() -> Any:
@@ -445,7 +446,7 @@ class ClusterRuntime:
         done = self.store.done_keys(self.run_id, include_failed=not self.settings.retry_failed)
         self._stored = set(done)
         queue_send, queue_receive = anyio.create_memory_object_stream[Pair](max(1, self.in_flight))
-        to_store, from_workers = anyio.create_memory_object_stream[list[Episode]](len(self._workers) * 4)
+        to_store, from_workers = anyio.create_memory_object_stream[Returned](len(self._workers) * 4)
         out_send, out_receive = anyio.create_memory_object_stream[Episode](self.settings.buffer)
         self._queue_send = queue_send
         self._settled = anyio.Event()
@@ -497,7 +498,7 @@ class ClusterRuntime:
         self,
         slot: int,
         queue: MemoryObjectReceiveStream[Pair],
-        to_store: MemoryObjectSendStream[list[Episode]],
+        to_store: MemoryObjectSendStream[Returned],
         tg: anyio.abc.TaskGroup,
     ) -> None:
         """Hand one worker chunks of pairs while it holds fewer than ``in_flight``."""
@@ -528,7 +529,7 @@ class ClusterRuntime:
                 self.stats.admitted += len(batch)
                 tg.start_soon(self._call, slot, batch, to_store.clone())
 
-    async def _call(self, slot: int, batch: list[Pair], to_store: MemoryObjectSendStream[list[Episode]]) -> None:
+    async def _call(self, slot: int, batch: list[Pair], to_store: MemoryObjectSendStream[Returned]) -> None:
         ray = _ray()
         worker = self._workers[slot]
         left = {(task.id, sample): (task, sample) for task, sample in batch}
@@ -539,8 +540,9 @@ class ClusterRuntime:
                 items = [(_task_dict(task), sample) for task, sample in batch]
                 generator = worker.run.options(num_returns="streaming").remote(items)
                 async for ref in generator:
-                    episodes = [episode_from_json(text) for text in await ref]
-                    for episode in episodes:
+                    texts = await ref
+                    episodes = [(episode_from_json(text), text) for text in texts]
+                    for episode, _ in episodes:
                         left.pop((episode.task.id, episode.sample), None)
                     self._returned(slot, len(episodes))
                     await to_store.send(episodes)
@@ -586,7 +588,7 @@ class ClusterRuntime:
                 self._pending -= 1
                 self._settle()
 
-    async def _write(self, from_workers: MemoryObjectReceiveStream[list[Episode]], out: Any) -> None:
+    async def _write(self, from_workers: MemoryObjectReceiveStream[Returned], out: Any) -> None:
         """Commit episode batches (dropping any already stored), then hand them on."""
         async with from_workers:
             async for first in from_workers:
@@ -596,16 +598,18 @@ class ClusterRuntime:
                         batch.extend(from_workers.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                fresh = []
-                for episode in batch:
+                fresh, texts = [], []
+                for episode, text in batch:
                     key = (episode.task.id, episode.sample)
                     if key in self._stored:
                         self.duplicates += 1
                         continue
                     self._stored.add(key)
                     fresh.append(episode)
+                    texts.append(text)  # stored as the worker encoded it: not encoded twice
                 if fresh:
-                    await anyio.to_thread.run_sync(self.store.write_many, fresh, self.settings.retry_failed)
+                    retry = self.settings.retry_failed
+                    await anyio.to_thread.run_sync(self.store.write_many, fresh, retry, texts)
                 for episode in fresh:
                     self.stats.record(episode)
                     self._cost += episode.usage.cost

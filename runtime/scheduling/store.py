@@ -47,7 +47,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
@@ -252,8 +252,15 @@ class EpisodeStore:
             sql += " AND status = 'ok'"
         return {(t, s) for t, s in self._query(f"reading run {run_id!r}", sql, (run_id,))}
 
-    def write_many(self, episodes: Iterable[Episode], replace_failed: bool = False) -> int:
-        """Store episodes in one transaction; returns how many rows were new."""
+    def write_many(
+        self, episodes: Iterable[Episode], replace_failed: bool = False, texts: Sequence[str] | None = None
+    ) -> int:
+        """Store episodes in one transaction; returns how many rows were new. ``texts``,
+        when given, are the episodes' JSON already encoded (by :func:`episode_to_json`,
+        e.g. on the rollout worker that ran them), stored as they are."""
+        episodes = list(episodes)
+        if texts is None:
+            texts = [episode_to_json(ep) for ep in episodes]
         rows = [
             (
                 ep.run_id,
@@ -267,9 +274,9 @@ class EpisodeStore:
                 ep.usage.cost,
                 ep.usage.wall_time,
                 ep.finished_at or time.time(),
-                episode_to_json(ep),
+                text,
             )
-            for ep in episodes
+            for ep, text in zip(episodes, texts, strict=True)
         ]
 
         def write() -> int:
