@@ -185,6 +185,9 @@ class OnlineLoop:
             self._tg = tg
             if self.evaluator is not None and self.learner.version not in self._evaluated:
                 await self._evaluate(self.learner.weights(), self.learner.version)
+                # The time budget is training time: it starts once the start is measured
+                # (that evaluation blocks, and would otherwise eat a short budget).
+                self.stats.started = time.monotonic()
             if self.settings.mode == "sync":
                 await self._sync(list(replay), list(tasks), on_episode)  # type: ignore[arg-type]
             else:

@@ -51,7 +51,7 @@ class LoopSettings(BaseModel):
     sync_episodes: int = Field(64, ge=1)
     """Sync mode: episodes generated per round."""
     max_minutes: float | None = Field(None, gt=0)
-    """Stop after this much wall time."""
+    """Stop after this much wall time (counted from the end of the start evaluation)."""
     max_versions: int | None = Field(None, ge=1)
     """Stop after this many published versions."""
     checkpoint: str | None = None

@@ -85,8 +85,12 @@ class RolloutSettings(BaseModel):
     under one parent form a group (scored by the process verifier); both."""
     estimator: Estimator = "grpo"
     """Group baseline: grpo (mean and std), dr_grpo (mean only), rloo (mean of the others)."""
-    advantage: Literal["outcome", "process", "outcome_process"] = "outcome"
-    """What a leaf's tokens are credited with: its outcome, its steps' process scores, or both."""
+    advantage: Literal["outcome", "process", "outcome_process", "first_error"] = "outcome"
+    """What a leaf's tokens are credited with: its outcome, its steps' process scores, or
+    both; first_error: the outcome, placed where the process verifier says it belongs (a
+    wrong solution's negative advantage goes on its first rejected step only, the correct
+    steps before it and the steps after it get none; a right solution credits its
+    accepted steps and gives its rejected steps the negative of its advantage)."""
     outcome_weight: float = Field(1.0, ge=0)
     """Weight of the outcome advantage (advantage outcome_process)."""
     process_weight: float = Field(1.0, ge=0)
@@ -187,6 +191,8 @@ class Rollouts:
                     per_step.append(a_out)
                 elif s.advantage == "process":
                     per_step.append(a_proc[j])
+                elif s.advantage == "first_error":
+                    per_step.append(_first_error_credit(a_out, scores, j, s.reject_below))
                 else:
                     accepted = scores[j] >= s.reject_below
                     per_step.append(s.outcome_weight * a_out * accepted + s.process_weight * a_proc[j])
@@ -264,3 +270,17 @@ def _sampled_step(node: Node) -> bool:
     if not node.text or node.token_ids is None or node.meta.get("covers", 1) != 1:
         return False
     return not node.sample_logprobs or any(lp != 0.0 for lp in node.sample_logprobs)
+
+
+def _first_error_credit(advantage: float, scores: Sequence[float], j: int, reject_below: float) -> float:
+    """Step ``j``'s share of a solution's outcome ``advantage`` under first-error credit.
+
+    A solution with a non-positive advantage is blamed at its first rejected step only
+    (none rejected: every step, as outcome credit would); one with a positive advantage
+    credits its accepted steps and charges its rejected ones the same amount."""
+    rejected = [v < reject_below for v in scores]
+    if advantage <= 0:
+        if not any(rejected):
+            return advantage
+        return advantage if j == rejected.index(True) else 0.0
+    return -advantage if rejected[j] else advantage

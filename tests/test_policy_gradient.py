@@ -181,7 +181,7 @@ def scripted_tree(solutions: list[list[str]], answer: str, expression: str) -> E
     return ep
 
 
-@pytest.mark.parametrize("mode", ["process", "outcome_process"])
+@pytest.mark.parametrize("mode", ["process", "outcome_process", "first_error"])
 async def test_a_right_answer_through_a_wrong_step_gets_a_negative_advantage_on_that_step(
     mode: str, tokenizer: Any
 ) -> None:
@@ -205,6 +205,31 @@ async def test_a_right_answer_through_a_wrong_step_gets_a_negative_advantage_on_
     first_line = tokenizer(slipped.text.split("\n")[0] + "\n", add_special_tokens=False)["input_ids"]
     assert all(a == slipped.step_advantages[0] for a in enc.advantages[: len(first_line)])
     assert enc.advantages[len(first_line)] == slipped.step_advantages[1]
+
+
+async def test_first_error_credit_blames_a_wrong_solution_at_its_first_rejected_step_only() -> None:
+    ep = scripted_tree(
+        [
+            ["19-22=-3, leaving -3+29", "-3+29=26", "Answer: 26"],  # right
+            ["19-22=-3, leaving -3+29", "-3+29=25", "Answer: 25"],  # a right step, then the error
+            ["19-22=-3, leaving -3+29", "-3+29=26", "Answer: 26"],  # right
+        ],
+        answer="26",
+        expression="19-22+29",
+    )
+    rollouts = await Rollouts(advantage="first_error").examples(
+        ep, Verifiers(outcome=ExactMatch(), process=TinyStepVerifier())
+    )
+    outcome = await Rollouts(advantage="outcome").examples(ep, Verifiers(outcome=ExactMatch()))
+    wrong, wrong_outcome = rollouts[1], outcome[1]
+    assert wrong.meta["reward"] == 0.0
+    # The correct first step is not pushed down with the error; the error carries the
+    # whole outcome advantage; the answer line after it carries none.
+    assert wrong_outcome.step_advantages[0] < 0 and wrong.step_advantages[0] == 0.0
+    assert wrong.step_advantages[1] == pytest.approx(wrong_outcome.step_advantages[1]) and wrong.step_advantages[1] < 0
+    assert wrong.step_advantages[2] == 0.0
+    # Right solutions keep their outcome credit on every (accepted) step.
+    assert rollouts[0].step_advantages == pytest.approx(outcome[0].step_advantages)
 
 
 async def test_sibling_steps_form_a_group_scored_by_the_process_verifier() -> None:
