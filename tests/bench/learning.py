@@ -27,7 +27,8 @@ Held-out: greedy pass@1 on 300 fresh 3-step and 300 fresh 4-step problems (seed 
 measured at the start and at the end of every row with the same function; the curve of a
 row is its in-loop evaluation (300 mixed 3-4-step problems, seed 10000; every
 ``--eval-every`` versions in the loop, every minute for the control and TRL, in the row's
-own time either way). Columns: final
+own time either way; greedy only in every row). Each row's budget starts once its start
+is measured, as the loop's does. Columns: final
 3-/4-step accuracy, the time the row's curve first reached the control's final mixed
 accuracy, episodes, optimizer steps, learner utilisation, staleness, truncated tokens.
 Targets (issue): a search + RL row beats the control's final 4-step accuracy at equal
@@ -105,7 +106,8 @@ def run_loop(name: str, minutes: float, store: Path, eval_every: int) -> dict[st
     config = load_config(
         ROOT / "configs" / CONFIGS[name],
         [f"run_id=bench-{name}", f"store.path={store}", f"learner.max_minutes={minutes}",
-         f"learner.eval.every={eval_every}", f"learner.checkpoint={store.parent / (name + '.pt')}"],
+         f"learner.eval.every={eval_every}", "learner.eval.strategy=false",
+         f"learner.checkpoint={store.parent / (name + '.pt')}"],
     )  # fmt: skip
 
     async def main() -> Any:
@@ -158,7 +160,10 @@ def run_control(minutes: float, eval_every: int) -> dict[str, Any]:
         curve.append((time.monotonic() - started, metrics["greedy_pass@1"]))
 
     async def main() -> None:
+        nonlocal started
         await evaluate()
+        # As in the loop, the budget starts once the start is measured.
+        started, curve[0] = time.monotonic(), (0.0, curve[0][1])
         last = time.monotonic()
         while time.monotonic() - started < minutes * 60:
             await learner.update(ground_truth_examples(rng, spec.batch_examples))
@@ -202,11 +207,11 @@ def run_trl_grpo(minutes: float, eval_every: int) -> dict[str, Any]:
 
     ev = evaluator(tokenizer, model)
     curve: list[tuple[float, float]] = []
-    started = time.monotonic()
+    started = [time.monotonic()]
 
     def evaluate() -> None:
         metrics = anyio.run(ev.evaluate, {k: v.detach().clone() for k, v in model.state_dict().items()}, 0)
-        curve.append((time.monotonic() - started, metrics["greedy_pass@1"]))
+        curve.append((time.monotonic() - started[0], metrics["greedy_pass@1"]))
 
     last = [time.monotonic()]
 
@@ -215,7 +220,7 @@ def run_trl_grpo(minutes: float, eval_every: int) -> dict[str, Any]:
             if time.monotonic() - last[0] >= EVAL_SECONDS:
                 evaluate()
                 last[0] = time.monotonic()
-            if time.monotonic() - started >= minutes * 60:
+            if time.monotonic() - started[0] >= minutes * 60:
                 control.should_training_stop = True
             return control
 
@@ -231,10 +236,11 @@ def run_trl_grpo(minutes: float, eval_every: int) -> dict[str, Any]:
         callbacks=[Budget()],
     )  # fmt: skip
     evaluate()
+    started[0], curve[0], last[0] = time.monotonic(), (0.0, curve[0][1]), time.monotonic()
     trainer.train()
     evaluate()
     anyio.run(ev.aclose)
-    wall = time.monotonic() - started
+    wall = time.monotonic() - started[0]
     return {
         "row": "trl_grpo", "final": final_accuracy(model, tokenizer), "curve": curve,
         "episodes": trainer.state.global_step * 2, "steps": trainer.state.global_step, "utilisation": 1.0,
