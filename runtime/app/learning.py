@@ -111,7 +111,10 @@ def build_loop(config: RunConfig, *, handle_signals: bool = False) -> OnlineLoop
         )
     publish = runtime.policy if spec.trains_policy else None
     if publish is not None and not isinstance(publish, WeightedPolicy):
-        raise ConfigError(f"learner.kind: {spec.kind} publishes weights to the run's policy, which cannot take them")
+        raise ConfigError(
+            f"learner.kind: {spec.kind} publishes weights to the run's policy, which cannot take them "
+            "(policy.kind local or vllm takes weights, a vLLM server with policy.lora takes LoRA adapters)"
+        )
     return OnlineLoop(
         runtime,
         learner,

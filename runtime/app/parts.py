@@ -64,10 +64,32 @@ def _policy(p: PolicyConfig, threads: int | None = None) -> Policy:
             resolve_checkpoint(p.path)
         except FileNotFoundError as exc:
             raise ConfigError(f"policy.path: {exc}") from None
-        return LocalPolicy.from_path(p.path, max_batch=p.max_concurrency, threads=p.threads or threads)
+        try:
+            return LocalPolicy.from_path(
+                p.path, device=p.device, max_batch=p.max_concurrency, threads=p.threads or threads
+            )
+        except ValueError as exc:  # a GPU asked for where there is none
+            if "device" not in str(exc):
+                raise
+            raise ConfigError(f"policy.device: {exc}") from None
+    if p.kind == "vllm":
+        from runtime.policy.checkpoints import resolve_checkpoint
+        from runtime.policy.vllm_engine import VllmPolicy
+
+        try:
+            resolve_checkpoint(p.path)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"policy.path: {exc}") from None
+        return VllmPolicy.from_path(p.path, p.vllm, max_num_seqs=p.max_concurrency)
     from runtime.policy.openai_compatible import OpenAIPolicy
 
-    return OpenAIPolicy(
+    cls: type[OpenAIPolicy] = OpenAIPolicy
+    extra: dict[str, Any] = {}
+    if p.lora is not None:
+        from runtime.policy.lora_server import LoraServerPolicy
+
+        cls, extra = LoraServerPolicy, {"lora": p.lora}
+    return cls(
         p.model,
         base_url=p.base_url,
         api_key=(p.api_key.get_secret_value() if p.api_key else os.environ.get(p.api_key_env)) or "EMPTY",
@@ -81,6 +103,7 @@ def _policy(p: PolicyConfig, threads: int | None = None) -> Policy:
         prompt_template=p.prompt_template,
         extra_body=p.extra_body,
         http=p.http,
+        **extra,
     )
 
 

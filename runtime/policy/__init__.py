@@ -1,12 +1,14 @@
 """Part 1, policy: the Policy protocol and its backends: the scripted fake, any
-OpenAI-compatible server (with the per-endpoint limiter), the local transformers
-engine; and checkpoint resolution."""
+OpenAI-compatible server (with the per-endpoint limiter), a vLLM server loading LoRA
+adapters at run time, the local transformers engine, vLLM's in-process engine; and
+checkpoint resolution."""
 
 from __future__ import annotations
 
 from runtime.core.lazy import lazy_exports as _lazy_exports
 
 _EXPORTS = {
+    "AdapterWeights": ".adapters",
     "Completion": ".base",
     "EndpointLimiter": ".limits",
     "EndpointLimits": ".limits",
@@ -17,6 +19,8 @@ _EXPORTS = {
     "GenerationResult": ".base",
     "LocalEngine": ".local",
     "LocalPolicy": ".local",
+    "LoraPublishing": ".adapters",
+    "LoraServerPolicy": ".lora_server",
     "Mode": ".base",
     "OpenAIPolicy": ".openai_compatible",
     "PRICES": ".limits",
@@ -24,6 +28,8 @@ _EXPORTS = {
     "Price": ".limits",
     "ScriptedPolicy": ".scripted",
     "Server": ".base",
+    "VllmPolicy": ".vllm_engine",
+    "VllmSettings": ".vllm_engine",
     "WeightedPolicy": ".base",
     "limiter_for": ".limits",
     "named_checkpoints": ".checkpoints",
@@ -33,6 +39,7 @@ _EXPORTS = {
 
 __all__ = [
     "PRICES",
+    "AdapterWeights",
     "Completion",
     "EndpointLimiter",
     "EndpointLimits",
@@ -43,12 +50,16 @@ __all__ = [
     "GenerationResult",
     "LocalEngine",
     "LocalPolicy",
+    "LoraPublishing",
+    "LoraServerPolicy",
     "Mode",
     "OpenAIPolicy",
     "Policy",
     "Price",
     "ScriptedPolicy",
     "Server",
+    "VllmPolicy",
+    "VllmSettings",
     "WeightedPolicy",
     "limiter_for",
     "named_checkpoints",
