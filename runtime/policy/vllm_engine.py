@@ -56,6 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runtime.core.errors import ConfigError, PolicyRequestError, PolicyResponseError, PolicyUnavailable
 from runtime.policy.base import Completion, GenerationRequest, GenerationResult
 from runtime.policy.checkpoints import resolve_checkpoint
+from runtime.policy.prompts import PromptEncoder
 
 __all__ = ["VllmPolicy", "VllmSettings"]
 
@@ -123,6 +124,7 @@ class VllmPolicy:
         self.engine = engine
         self.tokenizer = tokenizer
         self.name = name
+        self._encoder = PromptEncoder(tokenizer, name)
         self.version = version
         self.logprobs_mode = logprobs_mode
         self.swaps = 0
@@ -133,7 +135,6 @@ class VllmPolicy:
         self._swap_lock = anyio.Lock()
         self._ids = itertools.count()
         self._prefix = uuid.uuid4().hex[:8]
-        self._warned_plain = False
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         self._eos = {int(i) for i in [*(getattr(tokenizer, "all_special_ids", None) or []), *eos]}
 
@@ -176,20 +177,8 @@ class VllmPolicy:
         return cls(engine, tokenizer, name=str(directory), logprobs_mode=s.logprobs_mode, stage_dir=s.stage_dir)
 
     def encode(self, request: GenerationRequest) -> list[int]:
-        """Token ids of the prompt, rendered as the local engine renders it."""
-        if request.prompt is not None:
-            text = request.prompt
-        elif getattr(self.tokenizer, "chat_template", None) is None:
-            if not self._warned_plain:
-                self._warned_plain = True
-                log.warning("checkpoint has no chat template; messages are joined as a plain prompt", name=self.name)
-            text = "\n\n".join(m["content"] for m in request.messages or []) + "\n\n"
-        else:
-            text = self.tokenizer.apply_chat_template(
-                request.messages or [], tokenize=False, add_generation_prompt=True
-            )
-        ids: list[int] = self.tokenizer(text + request.assistant_prefix, add_special_tokens=False)["input_ids"]
-        return ids
+        """Token ids of the prompt (:class:`~runtime.policy.prompts.PromptEncoder`)."""
+        return self._encoder(request)
 
     # -- generation ------------------------------------------------------------------
 

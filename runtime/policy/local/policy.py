@@ -25,6 +25,7 @@ from runtime.core.errors import PolicyRequestError
 from runtime.policy.base import Completion, GenerationRequest, GenerationResult
 from runtime.policy.checkpoints import resolve_checkpoint
 from runtime.policy.local.engine import EngineRequest, EngineResult, LocalEngine
+from runtime.policy.prompts import PromptEncoder
 
 __all__ = ["LocalPolicy"]
 
@@ -47,7 +48,7 @@ class LocalPolicy:
     ) -> None:
         self.tokenizer = tokenizer
         self.name = name
-        self._warned_plain = False
+        self._encoder = PromptEncoder(tokenizer, name)
         self.engine = LocalEngine(model, tokenizer, max_batch=max_batch, version=version, threads=threads)
         self._pending = anyio.Semaphore(max_pending or 4 * max_batch)
 
@@ -68,21 +69,8 @@ class LocalPolicy:
         return self.engine.version
 
     def encode(self, request: GenerationRequest) -> list[int]:
-        if request.prompt is not None:
-            text = request.prompt
-        elif getattr(self.tokenizer, "chat_template", None) is None:
-            # A base model without a chat template: the documented plain-prompt fallback
-            # (contents joined by blank lines, as completion mode's "plain" template).
-            if not self._warned_plain:
-                self._warned_plain = True
-                log.warning("checkpoint has no chat template; messages are joined as a plain prompt", name=self.name)
-            text = "\n\n".join(m["content"] for m in request.messages or []) + "\n\n"
-        else:
-            text = self.tokenizer.apply_chat_template(
-                request.messages or [], tokenize=False, add_generation_prompt=True
-            )
-        ids: list[int] = self.tokenizer(text + request.assistant_prefix, add_special_tokens=False)["input_ids"]
-        return ids
+        """Token ids of the prompt (:class:`~runtime.policy.prompts.PromptEncoder`)."""
+        return self._encoder(request)
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         ids = self.encode(request)
