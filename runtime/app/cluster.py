@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
@@ -52,7 +51,7 @@ from runtime.core.errors import ConfigError
 from runtime.core.threads import available_cpus, thread_share
 from runtime.core.types import Episode, Task, episode_from_json, episode_to_json
 from runtime.policy.base import GenerationRequest, GenerationResult
-from runtime.scheduling.scheduler import RunStats, Runtime, redact_config
+from runtime.scheduling.scheduler import RunStats, Runtime, redact_config, watch_signals
 from runtime.scheduling.store import STALE_AFTER, EpisodeStore
 from runtime.scheduling.tasks import iterate_tasks
 
@@ -377,11 +376,7 @@ class ClusterRuntime:
             await anyio.to_thread.run_sync(self.store.heartbeat, self.run_id)
 
     async def _watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            count = 0
-            async for signum in signals:
-                count += 1
-                self.shutdown(f"received {signal.Signals(signum).name}", abandon=True if count > 1 else None)
+        await watch_signals(self.shutdown)
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -506,7 +501,9 @@ class ClusterRuntime:
         async with queue, to_store:
             while self.stop_reason is None and self._workers[slot] is not None:
                 room = self.in_flight - self._outstanding[slot]
-                if room <= 0:
+                # Wait for room for a whole chunk: refilling every returned episode at once
+                # would send chunks of a few tasks, a Ray call each.
+                if room < min(chunk, self.in_flight):
                     self._room[slot] = anyio.Event()
                     await self._room[slot].wait()
                     continue

@@ -40,7 +40,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -61,7 +61,7 @@ from runtime.scheduling.tasks import iterate_tasks
 from runtime.search.context import Context, Ledger, Sampling, Verifiers
 from runtime.search.strategy import Strategy
 
-__all__ = ["RunStats", "Runtime", "SchedulerSettings"]
+__all__ = ["RunStats", "Runtime", "SchedulerSettings", "watch_signals"]
 
 log = structlog.get_logger("searchlearn.scheduler")
 
@@ -294,11 +294,7 @@ class Runtime:
             await anyio.to_thread.run_sync(store.heartbeat, self.run_id)
 
     async def _watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            count = 0
-            async for signum in signals:
-                count += 1
-                self.shutdown(f"received {signal.Signals(signum).name}", abandon=True if count > 1 else None)
+        await watch_signals(self.shutdown)
 
     # -- running ------------------------------------------------------------------------
 
@@ -518,6 +514,16 @@ class Runtime:
             # The consumer stopped listening: stop the run rather than block forever.
             self.shutdown("the consumer closed the stream", abandon=True)
             scope.cancel()
+
+
+async def watch_signals(shutdown: Callable[[str, bool | None], None]) -> None:
+    """SIGINT / SIGTERM call ``shutdown``: the first drains (as ``on_shutdown`` says), a
+    second abandons what is in flight."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        count = 0
+        async for signum in signals:
+            count += 1
+            shutdown(f"received {signal.Signals(signum).name}", True if count > 1 else None)
 
 
 # -- spending and size --------------------------------------------------------------------
