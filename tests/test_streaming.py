@@ -475,3 +475,23 @@ def test_sigterm_ends_a_followed_run_and_drains(tmp_path: Path) -> None:
     assert worker.returncode == 0, err
     assert b"stopped early: received SIGTERM" in err
     assert len(stored_keys(db)) == 20
+
+
+def test_a_followed_eval_source_is_a_config_error(tmp_path: Path) -> None:
+    from runtime.app.config import RunConfig
+    from runtime.app.learning import _eval_tasks
+    from runtime.core.errors import ConfigError
+
+    feed = tmp_path / "eval.jsonl"
+    feed.write_text('{"prompt": "1+1", "answer": "2"}\n')
+    config = RunConfig.model_validate(
+        {
+            "policy": {"kind": "local", "path": "bundled"},
+            "learner": {
+                "kind": "expert_iteration",
+                "eval": {"tasks": {"source": "jsonl", "path": str(feed), "follow": True}},
+            },
+        }
+    )
+    with pytest.raises(ConfigError, match="learner.eval.tasks: held-out tasks must be a fixed set"):
+        _eval_tasks(config)

@@ -70,8 +70,11 @@ def _student(config: RunConfig) -> tuple[Any, Any]:
 
 def _eval_tasks(config: RunConfig) -> list[Task]:
     assert config.learner is not None and config.learner.eval is not None
+    source = config.learner.eval.tasks
+    if not getattr(source, "bounded", True):
+        raise ConfigError("learner.eval.tasks: held-out tasks must be a fixed set; this source follows its input")
     try:
-        return list(config.learner.eval.tasks.build())
+        return list(source.build())
     except TaskError as exc:
         field = config.learner.eval.tasks.input_field
         raise ConfigError(f"learner.eval.tasks{'.' + field if field else ''}: {exc}") from None
