@@ -413,79 +413,62 @@ class TaskSource(Component):
         raise NotImplementedError
 
 
-class JsonlTasks(TaskSource):
-    """Tasks of a JSONL file, one object per line, read lazily; ``follow``: as it grows
-    (see :func:`jsonl_stream`)."""
+class _JsonlFiles(TaskSource):
+    """What the JSONL file sources share: the line cap, following, the up-front check."""
 
-    source: Literal["jsonl"] = "jsonl"
     input_field = "path"
     path: str
-    """The JSONL file."""
+    """The JSONL file, or the folder of JSONL files."""
     max_line_bytes: int = Field(MAX_LINE_BYTES, ge=1)
     """Longest line accepted; a longer one is an error naming the line."""
     follow: bool = False
-    """Keep reading the lines appended to the file (like ``tail -f``) until
-    ``idle_timeout`` or a signal; a last line without its newline is read once complete."""
+    """Keep reading what is appended (like ``tail -f``) until ``idle_timeout`` or a
+    signal; a last line without its newline is read once complete. A followed folder
+    also reads the files that appear later (a file is left for the next one in name
+    order once that one exists)."""
     poll_interval: float = Field(DEFAULT_POLL_INTERVAL, gt=0)
-    """Seconds between two looks for new lines at the end of a followed file."""
+    """Seconds between two looks for new lines or files."""
     idle_timeout: float | None = Field(None, gt=0)
     """End a followed source after this many seconds without a new byte (null: run until
     a signal)."""
     check: bool = True
-    """Check every line the file holds before the run starts (one streaming pass; the
-    first bad line is an error naming it); false: start at once. Bad lines met while
-    running (appended later, or not checked) are logged and skipped."""
+    """Check every line there is before the run starts (one streaming pass; the first bad
+    line is an error naming it); false: start at once. Bad lines met while running
+    (appended later, or not checked) are logged and skipped."""
 
     @property
     def bounded(self) -> bool:
         return not self.follow
 
+    def _options(self) -> dict[str, Any]:
+        return {
+            "follow": self.follow,
+            "poll_interval": self.poll_interval,
+            "idle_timeout": self.idle_timeout,
+            "max_line_bytes": self.max_line_bytes,
+            "check": self.check,
+        }
+
+
+class JsonlTasks(_JsonlFiles):
+    """Tasks of a JSONL file, one object per line, read lazily; ``follow``: as it grows
+    (see :func:`jsonl_stream`)."""
+
+    source: Literal["jsonl"] = "jsonl"
+
     def build(self) -> TaskStream:
-        return jsonl_stream(
-            self.path,
-            follow=self.follow,
-            poll_interval=self.poll_interval,
-            idle_timeout=self.idle_timeout,
-            max_line_bytes=self.max_line_bytes,
-            check=self.check,
-        )
+        return jsonl_stream(self.path, **self._options())
 
 
-class JsonlDirTasks(TaskSource):
-    """Tasks of every ``*.jsonl`` file of a folder, in name order; ``follow``: and the
-    files added later (see :func:`jsonl_dir_stream`)."""
+class JsonlDirTasks(_JsonlFiles):
+    """Tasks of every ``*.jsonl`` file of a folder, in name order (a task without ``id``
+    in ``a.jsonl`` gets ``a-<line>``); ``follow``: and the files added later (see
+    :func:`jsonl_dir_stream`)."""
 
     source: Literal["jsonl_dir"] = "jsonl_dir"
-    input_field = "path"
-    path: str
-    """The folder; a task without ``id`` in its file ``a.jsonl`` gets ``a-<line>``."""
-    max_line_bytes: int = Field(MAX_LINE_BYTES, ge=1)
-    """Longest line accepted; a longer one is an error naming the line."""
-    follow: bool = False
-    """Keep reading: lines appended to the newest file, and files that appear later (a
-    file is left for the next one in name order once that one exists)."""
-    poll_interval: float = Field(DEFAULT_POLL_INTERVAL, gt=0)
-    """Seconds between two looks for new lines or files."""
-    idle_timeout: float | None = Field(None, gt=0)
-    """End a followed folder after this many seconds without a new byte (null: run until
-    a signal)."""
-    check: bool = True
-    """Check every line the files hold before the run starts; false: start at once (bad
-    lines met while running are logged and skipped)."""
-
-    @property
-    def bounded(self) -> bool:
-        return not self.follow
 
     def build(self) -> TaskStream:
-        return jsonl_dir_stream(
-            self.path,
-            follow=self.follow,
-            poll_interval=self.poll_interval,
-            idle_timeout=self.idle_timeout,
-            max_line_bytes=self.max_line_bytes,
-            check=self.check,
-        )
+        return jsonl_dir_stream(self.path, **self._options())
 
 
 class StdinTasks(TaskSource):
