@@ -43,6 +43,7 @@ import structlog
 
 from runtime.policy.adapters import LoraPublishing
 from runtime.policy.base import GenerationRequest, GenerationResult
+from runtime.policy.deferred import DeferredWeights
 from runtime.policy.openai_compatible import OpenAIPolicy
 
 __all__ = ["LoraServerPolicy"]
@@ -71,14 +72,13 @@ class LoraServerPolicy(OpenAIPolicy):
         self._dir = Path(self.publishing.directory or tempfile.mkdtemp(prefix="searchlearn-lora-")).resolve()
         self._loaded: list[tuple[str, Path]] = []  # oldest first
         self._in_flight: Counter[str] = Counter()
-        self._pending: tuple[dict[str, Any], int] | None = None
-        self._lock = anyio.Lock()
+        self._weights = DeferredWeights(self._publish)
 
     # -- sampling --------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        if self._pending is not None and not self._lock.locked():
-            await self._apply_pending()
+        if self._weights.pending is not None and not self._weights.busy:
+            await self._weights.apply_pending()
         name, version = self.serving, self.version
         token = _MODEL.set(name)
         self._in_flight[name] += 1
@@ -100,20 +100,12 @@ class LoraServerPolicy(OpenAIPolicy):
     def swap_weights(self, state_dict: dict[str, Any], version: int) -> None:
         """Serve ``version`` (an :class:`AdapterWeights`) once its adapter is loaded; the
         next request publishes it."""
-        self._pending = (state_dict, version)
+        self._weights.put(state_dict, version)
 
     async def load_weights(self, state_dict: dict[str, Any], version: int) -> None:
         """Publish ``version`` now; returns once the server serves it (or the load failed)."""
-        self._pending = (state_dict, version)
-        await self._apply_pending()
-
-    async def _apply_pending(self) -> None:
-        async with self._lock:
-            while self._pending is not None:
-                weights, version = self._pending
-                self._pending = None
-                with anyio.CancelScope(shield=True):
-                    await self._publish(weights, version)
+        self._weights.put(state_dict, version)
+        await self._weights.apply_pending()
 
     async def _publish(self, weights: dict[str, Any], version: int) -> None:
         adapter, config = getattr(weights, "adapter", None), getattr(weights, "config", None)
@@ -178,7 +170,7 @@ class LoraServerPolicy(OpenAIPolicy):
     async def aclose(self) -> None:
         """Unload this run's adapters, remove their directory (if temporary), close the client."""
         with anyio.CancelScope(shield=True):
-            self._pending = None
+            self._weights.clear()
             if self._loaded:
                 await self._unload_old(0)
             await super().aclose()

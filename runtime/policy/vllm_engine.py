@@ -56,6 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runtime.core.errors import ConfigError, PolicyRequestError, PolicyResponseError, PolicyUnavailable
 from runtime.policy.base import Completion, GenerationRequest, GenerationResult
 from runtime.policy.checkpoints import resolve_checkpoint
+from runtime.policy.deferred import DeferredWeights
 from runtime.policy.prompts import PromptEncoder
 
 __all__ = ["VllmPolicy", "VllmSettings"]
@@ -131,8 +132,7 @@ class VllmPolicy:
         self._initial = version
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
         self._stage_dir = Path(stage_dir or shm)
-        self._pending: tuple[dict[str, Any], int] | None = None
-        self._swap_lock = anyio.Lock()
+        self._weights = DeferredWeights(self._swap)
         self._ids = itertools.count()
         self._prefix = uuid.uuid4().hex[:8]
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -189,8 +189,8 @@ class VllmPolicy:
 
         if sniffio.current_async_library() != "asyncio":
             raise PolicyRequestError("vLLM's engine runs on asyncio only (scheduler.event_loop: asyncio)")
-        if self._pending is not None or self._swap_lock.locked():
-            await self._apply_pending()  # admit nothing until the published version serves
+        if self._weights.pending is not None or self._weights.busy:
+            await self._weights.apply_pending()  # admit nothing until the published version serves
         try:
             params = SamplingParams(
                 n=request.n,
@@ -281,20 +281,12 @@ class VllmPolicy:
     def swap_weights(self, state_dict: dict[str, Any], version: int) -> None:
         """Serve ``version`` from ``state_dict`` (plain transformers names); applied in place
         before the next request is admitted, after the in-flight ones finish."""
-        self._pending = (state_dict, version)
+        self._weights.put(state_dict, version)
 
     async def load_weights(self, state_dict: dict[str, Any], version: int) -> None:
         """Serve ``version`` from ``state_dict``; returns once the engine serves it."""
-        self._pending = (state_dict, version)
-        await self._apply_pending()
-
-    async def _apply_pending(self) -> None:
-        async with self._swap_lock:
-            while self._pending is not None:
-                state, version = self._pending
-                self._pending = None
-                with anyio.CancelScope(shield=True):
-                    await self._swap(state, version)
+        self._weights.put(state_dict, version)
+        await self._weights.apply_pending()
 
     async def _swap(self, state: dict[str, Any], version: int) -> None:
         started = anyio.current_time()
@@ -320,7 +312,7 @@ class VllmPolicy:
 
     async def aclose(self) -> None:
         """Stop the engine (its processes exit; blocks the event loop for a few seconds)."""
-        self._pending = None
+        self._weights.clear()
         engine, self.engine = self.engine, None
         if engine is not None:
             engine.shutdown()  # on the loop: it cancels the engine's own asyncio tasks
