@@ -38,6 +38,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -245,7 +246,6 @@ class ClusterRuntime:
         self.run_id = config.run_id
         self.settings = config.scheduler.model_copy()
         self.verifiers = build_verifiers(config)
-        self.strategy = build_strategy(config)
         self.store = EpisodeStore(config.store.path)
         self.handle_signals = handle_signals
         self.stats = RunStats()
@@ -266,6 +266,7 @@ class ClusterRuntime:
         self._cost = 0.0
         self._spent_before = 0.0
         self._started_ray = False
+        self._stack = AsyncExitStack()
         self._tg: anyio.abc.TaskGroup | None = None
         self._calls: anyio.CancelScope | None = None
         self._queue_send: MemoryObjectSendStream[Pair] | None = None
@@ -292,7 +293,7 @@ class ClusterRuntime:
             self.store.release_run(self.run_id)
             self.store.close()
             raise
-        self._tg = await anyio.create_task_group().__aenter__()
+        self._tg = await self._stack.enter_async_context(anyio.create_task_group())
         self._tg.start_soon(self._heartbeat)
         if self.handle_signals:
             self._tg.start_soon(self._watch_signals)
@@ -302,9 +303,9 @@ class ClusterRuntime:
 
     async def __aexit__(self, *exc_info: object) -> None:
         assert self._tg is not None
-        self._tg.cancel_scope.cancel()
+        self._tg.cancel_scope.cancel()  # only the heartbeat and the signal watcher can still run
         try:
-            await self._tg.__aexit__(None, None, None)
+            await self._stack.aclose()
         finally:
             self._tg = None
             try:
