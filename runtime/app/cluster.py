@@ -548,6 +548,8 @@ class ClusterRuntime:
             if left:
                 await self._reissue(slot, worker, list(left.values()), exc)
             left = {}
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the writer stopped (the consumer closed the stream): `left` is settled below
         finally:
             if left:  # cancelled (abandoned) or ended early: never stored, runs on resume
                 self._returned(slot, len(left))
@@ -613,11 +615,17 @@ class ClusterRuntime:
                     self._cost += episode.usage.cost
                 self._pending -= len(fresh)  # a duplicate's pair was settled when first stored
                 self._settle()
-                for episode in fresh:
-                    try:
-                        out.send_nowait(episode)
-                    except anyio.WouldBlock:
-                        await out.send(episode)
+                try:
+                    for episode in fresh:
+                        try:
+                            out.send_nowait(episode)
+                        except anyio.WouldBlock:
+                            await out.send(episode)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    # The consumer stopped listening (a learner whose budget is spent): stop
+                    # the run, as Runtime does, rather than fail it. What was stored stays.
+                    self.shutdown("the consumer closed the stream", abandon=True)
+                    return
 
 
 class _WorkerGone(Exception):
