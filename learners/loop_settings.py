@@ -21,7 +21,8 @@ class EvalSettings(BaseModel):
     every: int = Field(5, ge=1)
     """Evaluate every this many policy versions (and at the start and the end)."""
     tasks: ComponentField("tasks", TaskSource) = Field(default_factory=lambda: TinyTasks(size=100, seed=10_000))
-    """Held-out tasks; use a seed the training tasks do not use."""
+    """Held-out tasks; use a seed the training tasks do not use. Without a ``system`` of
+    their own they take the run's ``tasks.system``, so they are asked in the same format."""
     strategy: bool = True
     """Also measure the run's strategy (besides greedy pass@1)."""
 

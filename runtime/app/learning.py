@@ -74,7 +74,9 @@ def _eval_tasks(config: RunConfig) -> list[Task]:
     if not getattr(source, "bounded", True):
         raise ConfigError("learner.eval.tasks: held-out tasks must be a fixed set; this source follows its input")
     try:
-        return list(source.build())
+        if source.system is None and config.tasks.system is not None:  # held out under the run's own format
+            source = source.model_copy(update={"system": config.tasks.system})
+        return list(source.tasks())
     except TaskError as exc:
         field = config.learner.eval.tasks.input_field
         raise ConfigError(f"learner.eval.tasks{'.' + field if field else ''}: {exc}") from None

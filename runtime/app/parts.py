@@ -168,7 +168,7 @@ def build_verifiers(config: RunConfig, policy: Policy | None = None) -> Verifier
 def build_tasks(config: RunConfig) -> Iterable[Task]:
     """The run's tasks, checked up front (a missing file or dataset fails here)."""
     try:
-        return config.tasks.build()
+        return config.tasks.tasks()
     except TaskError as exc:
         field = config.tasks.input_field
         raise ConfigError(f"tasks.{field}: {exc}" if field else f"tasks: {exc}") from None

