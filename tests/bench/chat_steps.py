@@ -95,34 +95,23 @@ def configs() -> list[Config]:
     return [
         Config("whole, greedy", lambda: BestOfN(n=1), False, 0.0, step_level=False),
         Config("whole, greedy, step prompt", lambda: BestOfN(n=1), True, 0.0, step_level=False),
-        Config("best-of-4 (pass@4 and majority)", lambda: BestOfN(n=4, selection="outcome"), False, step_level=False),
+        Config("best-of-4", lambda: BestOfN(n=4, selection="outcome"), False, step_level=False),
         Config("best-of-4, step prompt", lambda: BestOfN(n=4, selection="outcome"), True, step_level=False),
         Config("chain_of_thought", ChainOfThought, False),
         Config("chain_of_thought, step prompt", ChainOfThought, True),
-        Config(
-            "beam 2x2 (MC value), step prompt",
-            lambda: BeamSearch(width=2, expansions=2, aggregate="last"),
-            True,
-            process=True,
-        ),  # fmt: skip
         Config(
             "verify_backtrack (MC value), step prompt",
             lambda: VerifyAndBacktrack(step_retries=2, episode_retries=4, threshold=0.5),
             True,
             process=True,
         ),  # fmt: skip
+        Config(
+            "beam 2x2 (MC value), step prompt",
+            lambda: BeamSearch(width=2, expansions=2, aggregate="last"),
+            True,
+            process=True,
+        ),  # fmt: skip
     ]
-
-
-def chosen_path(ep: Any) -> list[Any]:
-    """The nodes from the root's child to the leaf the episode's answer came from."""
-    nodes = ep.nodes
-    leaf = next((n for n in reversed(nodes) if n.terminal and n.answer == ep.answer), nodes[-1])
-    path = []
-    while leaf.parent is not None:
-        path.append(leaf)
-        leaf = nodes[leaf.parent]
-    return path[::-1]
 
 
 async def majority(episodes: list[Any], verifier: ReasoningGymVerifier) -> float:
@@ -157,7 +146,7 @@ async def run(policy: LocalPolicy, config: Config, tasks: list[Any], concurrency
         episodes = [ep async for ep in rt.stream(tasks)]
     seconds = time.perf_counter() - started
     n = len(episodes)
-    paths = [chosen_path(ep) for ep in episodes]
+    paths = [ep.chosen_path for ep in episodes]
     return Row(
         label=config.label,
         accuracy=sum((ep.reward or 0.0) >= 1.0 for ep in episodes) / n,
@@ -194,9 +183,8 @@ async def main(args: argparse.Namespace) -> None:
             row, episodes = await run(policy, config, prompted if config.system else bare, args.concurrency)
             if config.label.startswith("best-of-4"):
                 agree = await majority(episodes, ReasoningGymVerifier())
-                rows.append(Row(row.label.replace("(pass@4 and majority)", "") + " majority", agree, row.tokens,
-                                row.steps, row.one_step, 0.0, row.failed))  # fmt: skip
-                row.label = row.label.replace("(pass@4 and majority)", "").rstrip(", ") + " pass@4 (oracle)"
+                rows.append(Row(f"{row.label}: majority", agree, row.tokens, row.steps, row.one_step, 0.0, row.failed))
+                row.label = f"{row.label}: pass@4 (oracle)"
             rows.append(row)
             print(f"  {row.label:44s} acc {row.accuracy:6.1%} tokens {row.tokens:7,.0f} {row.seconds:5.0f}s",
                   file=sys.stderr, flush=True)  # fmt: skip

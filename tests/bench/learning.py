@@ -316,6 +316,15 @@ def main() -> None:
             f"| {r['examples'] / r['wall']:.1f} | {100 * r['utilisation']:.0f} % | {r['staleness']} "
             f"| {r['truncated']} |"
         )
+    trl = next((r for r in results if r["row"] == "trl_grpo" and r["curve"]), None)
+    if trl is not None:
+        goal, trl_time = trl["curve"][-1][1], trl["wall"]
+        print(f"\nTRL GRPOTrainer's final held-out accuracy: {100 * goal:.1f} % after {trl_time:.0f} s")
+        for r in results:
+            if r is not trl:
+                when = reached(r["curve"], goal)
+                ratio = "-" if when is None else f"{when:.0f} s ({when / trl_time:.2f}x)"
+                print(f"- {r['row']}: reached it at {ratio}")
     print("\n| curve (held-out greedy pass@1 at wall time) | points |\n|---|---|")
     for r in results:
         print(f"| {r['row']} | " + ", ".join(f"{100 * a:.1f} % ({t:.0f} s)" for t, a in r["curve"]) + " |")
