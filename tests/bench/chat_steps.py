@@ -61,7 +61,14 @@ STEP_PROMPT = (
     "Solve the problem step by step. Write each step on its own line: one short calculation "
     "per line, nothing else on it. When you are done, write the last line as 'Answer: <value>'."
 )
-FAMILY_CONFIG = {"min_terms": 3, "max_terms": 4, "min_digits": 1, "max_digits": 2, "allow_parentheses": False}
+FAMILY_CONFIG = {
+    "min_terms": 3,
+    "max_terms": 3,
+    "min_digits": 1,
+    "max_digits": 1,
+    "allow_parentheses": False,
+    "operators": ["+", "-"],
+}
 THREADS = 2
 TEMPERATURE = 0.7
 MAX_TOKENS = 256
