@@ -209,3 +209,13 @@ def test_shipped_configs_load(path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     verifiers = build_verifiers(config, ScriptedPolicy(["Answer: 1"]))
     assert (verifiers.outcome is None) == (config.verifiers.outcome is None)
     assert (verifiers.process is None) == (config.verifiers.process is None)
+
+
+def test_final_answer_patterns_are_checked_and_built(tmp_path: Path) -> None:
+    bad = load_config(write(tmp_path, SCRIPTED + "verifiers: {final_answer_patterns: ['(']}\n"))
+    with pytest.raises(ConfigError, match="verifiers.final_answer_patterns"):
+        build_verifiers(bad)
+    config = load_config(write(tmp_path, SCRIPTED + "verifiers: {final_answer_patterns: [last_number]}\n"))
+    final = build_verifiers(config).final
+    assert final is not None and final("so 6 + 5 = 11") == "11"
+    assert build_verifiers(load_config(write(tmp_path, SCRIPTED))).final is None

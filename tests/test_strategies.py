@@ -105,6 +105,23 @@ async def test_chain_of_thought_stops_on_an_empty_step() -> None:
     assert ep.reward is None  # no outcome verifier, no reference
 
 
+async def test_a_path_ending_without_an_answer_line_is_read_whole_by_the_final_patterns() -> None:
+    """A chat model that ends on "6 + 2 + 3 = 11" and then stops: no step wrote an answer
+    line, so without ``final`` there is no answer; with it the whole path is read."""
+    task = Task(id="t", prompt="Calculate 6 + 2 + 3.", answer="11")
+    script = ["6 + 2 = 8", "8 + 3 = 11", ""]
+    plain = await ChainOfThought().run(context(task, ScriptedPolicy(script), outcome=ExactMatch()))
+    assert plain.final_answer is None and plain.reward == 0.0
+    ctx = context(task, ScriptedPolicy(script), outcome=ExactMatch())
+    ctx.verifiers.final = AnswerExtractor(["answer_line", "last_number"])
+    ep = await ChainOfThought().run(ctx)
+    assert len(ep.chosen_path) == 3, "steps holding numbers do not end the path: only final reads last_number"
+    assert ep.final_answer == "11" and ep.reward == 1.0
+    ctx = context(task, ScriptedPolicy(["6 + 2 = 8", "Answer: 8"]), outcome=ExactMatch())
+    ctx.verifiers.final = AnswerExtractor(["last_number"])
+    assert (await ChainOfThought().run(ctx)).final_answer == "8", "an answer a step wrote wins"
+
+
 async def test_each_node_records_the_policy_version_that_wrote_it() -> None:
     """A policy that picks up new weights mid-episode: the episode keeps the span."""
     policy = ScriptedPolicy(["One.", "Two.", "Answer: 3"], version=4)

@@ -234,6 +234,10 @@ class VerifiersConfig(_Section):
     """Shape every explored node, or only the chosen path."""
     answer_patterns: list[str] = Field(default_factory=lambda: ["boxed", "answer_line"])
     """Answer extraction, in order: boxed, answer_line, last_number, or a regex with one group."""
+    final_answer_patterns: list[str] | None = None
+    """Tried on a whole solution whose steps wrote no answer (its path ended without one),
+    e.g. [last_number] for a chat model that ends on "... = 12": answer_patterns are read
+    per step, where last_number would end a path at its first number (None: no fallback)."""
     timeout: float = Field(30.0, gt=0)
     """Seconds one verifier call may take."""
 

@@ -129,6 +129,12 @@ def build_verifiers(config: RunConfig, policy: Policy | None = None) -> Verifier
         extractor = AnswerExtractor(v.answer_patterns)
     except Exception as exc:  # a bad regex, or one without a group
         raise ConfigError(f"verifiers.answer_patterns: {exc}") from None
+    final = None
+    if v.final_answer_patterns is not None:
+        try:
+            final = AnswerExtractor(v.final_answer_patterns)
+        except Exception as exc:
+            raise ConfigError(f"verifiers.final_answer_patterns: {exc}") from None
     env = VerifierEnv(
         policy=policy,
         delimiter=config.sampling.step_delimiter,
@@ -162,7 +168,9 @@ def build_verifiers(config: RunConfig, policy: Policy | None = None) -> Verifier
     if v.shaping_gamma is not None:
         assert process is not None  # check_config
         shaping = PotentialShaping(process, gamma=v.shaping_gamma, scope=v.shaping_scope)
-    return Verifiers(outcome=outcome, process=process, extractor=extractor, timeout=v.timeout, shaping=shaping)
+    return Verifiers(
+        outcome=outcome, process=process, extractor=extractor, timeout=v.timeout, shaping=shaping, final=final
+    )
 
 
 def build_tasks(config: RunConfig) -> Iterable[Task]:

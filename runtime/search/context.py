@@ -111,6 +111,8 @@ class Verifiers:
     extractor: AnswerExtractor = field(default_factory=AnswerExtractor)
     timeout: float = 30.0
     shaping: PotentialShaping | None = None
+    final: AnswerExtractor | None = None
+    """Read from the whole text of a finished path none of whose steps wrote an answer."""
 
 
 class _NoGeneration:
@@ -369,10 +371,13 @@ class Context:
         return await gather(self.score_path(n, aggregate) for n in nodes)
 
     def answer(self, node: Node) -> str | None:
-        """The answer written on the path to ``node`` (last one found), if any."""
+        """The answer written on the path to ``node`` (last one found), if any; for a
+        finished path with none, what ``verifiers.final`` reads from its whole text."""
         for n in reversed(self.path(node)):
             if n.answer is not None:
                 return n.answer
+        if self.verifiers.final is not None and node.terminal:
+            return self.verifiers.final(self.text(node))
         return None
 
     async def judge(self, node: Node) -> Score:

@@ -24,7 +24,8 @@ Columns: accuracy, generated tokens per task (verifier rollouts included), steps
 solution (nodes on the chosen path), episodes that ended within one step, wall time.
 Answers: whole solutions are read with ``answer_line``, ``boxed``, then the last number;
 steps with ``answer_line`` and ``boxed`` only (with ``last_number`` every step holding a
-number would end its path).
+number would end its path), and a finished path none of whose steps wrote an answer is
+read whole with the whole-solution patterns (``verifiers.final_answer_patterns``).
 """
 
 # ruff: noqa: T201  (a benchmark script: it prints its table)
@@ -141,7 +142,8 @@ async def run(policy: LocalPolicy, config: Config, tasks: list[Any], concurrency
             policy, rollouts=2, temperature=TEMPERATURE, max_tokens=MAX_TOKENS, outcome=outcome,
             extractor=AnswerExtractor(WHOLE),
         )  # fmt: skip
-    verifiers = Verifiers(outcome=outcome, process=process, extractor=extractor, timeout=600)
+    final = AnswerExtractor(WHOLE) if config.step_level else None
+    verifiers = Verifiers(outcome=outcome, process=process, extractor=extractor, timeout=600, final=final)
     sampling = Sampling(
         temperature=config.temperature, max_tokens=MAX_TOKENS, step_max_tokens=STEP_MAX_TOKENS, max_steps=12
     )
