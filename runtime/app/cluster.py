@@ -48,6 +48,7 @@ import structlog
 
 from runtime.app.config import ClusterConfig, RunConfig
 from runtime.app.parts import build_policy, build_strategy, build_verifiers, torch_consumers
+from runtime.core.concurrency import send_all
 from runtime.core.errors import ConfigError
 from runtime.core.threads import available_cpus, thread_share
 from runtime.core.types import Episode, Task, episode_from_json, episode_to_json
@@ -616,11 +617,7 @@ class ClusterRuntime:
                 self._pending -= len(fresh)  # a duplicate's pair was settled when first stored
                 self._settle()
                 try:
-                    for episode in fresh:
-                        try:
-                            out.send_nowait(episode)
-                        except anyio.WouldBlock:
-                            await out.send(episode)
+                    await send_all(out, fresh)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     # The consumer stopped listening (a learner whose budget is spent): stop
                     # the run, as Runtime does, rather than fail it. What was stored stays.

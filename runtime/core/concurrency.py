@@ -7,9 +7,19 @@ from typing import Any, TypeVar
 
 import anyio
 
-__all__ = ["gather"]
+__all__ = ["gather", "send_all"]
 
 T = TypeVar("T")
+
+
+async def send_all(stream: Any, items: Iterable[Any]) -> None:
+    """Send ``items`` to a memory object stream in order, waiting only when it is full
+    (``send_nowait`` first: no checkpoint per item while the consumer keeps up)."""
+    for item in items:
+        try:
+            stream.send_nowait(item)
+        except anyio.WouldBlock:
+            await stream.send(item)
 
 
 async def gather(calls: Iterable[Awaitable[T]]) -> list[T]:

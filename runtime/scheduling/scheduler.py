@@ -51,6 +51,7 @@ import structlog
 from anyio.abc import TaskGroup
 from pydantic import BaseModel, ConfigDict, Field
 
+from runtime.core.concurrency import send_all
 from runtime.core.errors import EpisodeTimeout, SearchlearnError
 from runtime.core.secrets import redact
 from runtime.core.types import Episode, ErrorInfo, Task
@@ -506,10 +507,7 @@ class Runtime:
                         await anyio.to_thread.run_sync(self._commit, batch)
                     for ep in batch:
                         self.stats.record(ep)
-                        try:
-                            out.send_nowait(ep)
-                        except anyio.WouldBlock:
-                            await out.send(ep)
+                    await send_all(out, batch)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             # The consumer stopped listening: stop the run rather than block forever.
             self.shutdown("the consumer closed the stream", abandon=True)

@@ -99,6 +99,7 @@ class TaskStream:
         self.name = name
         self._read = read
         self._read_sync = read_sync
+        self._maps: list[Callable[[Task], Task]] = []
 
     @classmethod
     def lazy(
@@ -112,8 +113,25 @@ class TaskStream:
 
         return cls(read, bounded=True, size=size, read_sync=read_sync, name=name)
 
+    def map(self, fn: Callable[[Task], Task]) -> TaskStream:
+        """Apply ``fn`` to every task this stream yields from now on (in place, so its
+        size and skip count stay its own); returns the stream."""
+        self._maps.append(fn)
+        return self
+
+    def _mapped(self, task: Task) -> Task:
+        for fn in self._maps:
+            task = fn(task)
+        return task
+
     def __aiter__(self) -> AsyncIterator[Task]:
-        return self._read(self)
+        if not self._maps:
+            return self._read(self)
+        return self._amapped()
+
+    async def _amapped(self) -> AsyncIterator[Task]:
+        async for task in self._read(self):
+            yield self._mapped(task)
 
     def __iter__(self) -> Iterator[Task]:
         if self._read_sync is None:
@@ -121,7 +139,8 @@ class TaskStream:
                 f"{self.name} is unbounded (it follows its input); iterate it with `async for`, "
                 "or hand it to Runtime.stream"
             )
-        return self._read_sync(self)
+        tasks = self._read_sync(self)
+        return map(self._mapped, tasks) if self._maps else tasks
 
     def skip(self, error: TaskError) -> None:
         """Count and log a bad line met while streaming."""

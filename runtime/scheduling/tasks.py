@@ -428,7 +428,7 @@ class TaskSource(Component):
 def with_system(tasks: Any, system: str | None) -> Any:
     """``tasks`` (a list, a :class:`TaskStream`, any iterable or async iterable), each
     with ``system`` as its first message unless it has a system message already; the
-    same kind of collection back, as lazy as it came."""
+    same kind of collection back, as lazy as it came (a stream is mapped in place)."""
     if system is None:
         return tasks
 
@@ -441,19 +441,7 @@ def with_system(tasks: Any, system: str | None) -> Any:
     if isinstance(tasks, list):
         return [one(t) for t in tasks]
     if isinstance(tasks, TaskStream):
-        inner = tasks
-
-        async def read(_stream: TaskStream) -> AsyncIterator[Task]:
-            async for task in inner:
-                yield one(task)
-
-        read_sync = None
-        if inner.bounded:
-
-            def read_sync(_stream: TaskStream) -> Iterator[Task]:
-                return map(one, inner)
-
-        return _SystemStream(inner, read, read_sync)
+        return tasks.map(one)
     if isinstance(tasks, AsyncIterable):
 
         async def mapped() -> AsyncIterator[Task]:
@@ -462,26 +450,6 @@ def with_system(tasks: Any, system: str | None) -> Any:
 
         return mapped()
     return map(one, tasks)
-
-
-class _SystemStream(TaskStream):
-    """A stream of another stream's tasks with a system message: its size is the other's,
-    and bad lines it skips are counted where the other counts them."""
-
-    def __init__(self, inner: TaskStream, read: Any, read_sync: Any) -> None:
-        super().__init__(read, bounded=inner.bounded, size=inner.size, read_sync=read_sync, name=inner.name)
-        self.inner = inner
-
-    @property  # type: ignore[override]
-    def skipped(self) -> int:
-        return self.inner.skipped if hasattr(self, "inner") else 0
-
-    @skipped.setter
-    def skipped(self, value: int) -> None:
-        return None  # the inner stream counts what it skips
-
-    def statistics(self) -> dict[str, Any]:
-        return self.inner.statistics()
 
 
 class _JsonlFiles(TaskSource):
