@@ -121,20 +121,19 @@ def _own_policy(section: dict[str, Any]) -> Policy:
         raise ConfigError(format_validation_error(exc, "verifiers: a verifier's policy")) from None
 
 
+def _extractor(patterns: list[str], field: str) -> AnswerExtractor:
+    try:
+        return AnswerExtractor(patterns)
+    except Exception as exc:  # a bad regex, or one without a group
+        raise ConfigError(f"verifiers.{field}: {exc}") from None
+
+
 def build_verifiers(config: RunConfig, policy: Policy | None = None) -> Verifiers:
     """The run's verifiers. ``policy`` is the run's policy, used by the Monte-Carlo
     value and by an LLM judge without a ``policy`` of its own."""
     v = config.verifiers
-    try:
-        extractor = AnswerExtractor(v.answer_patterns)
-    except Exception as exc:  # a bad regex, or one without a group
-        raise ConfigError(f"verifiers.answer_patterns: {exc}") from None
-    final = None
-    if v.final_answer_patterns is not None:
-        try:
-            final = AnswerExtractor(v.final_answer_patterns)
-        except Exception as exc:
-            raise ConfigError(f"verifiers.final_answer_patterns: {exc}") from None
+    extractor = _extractor(v.answer_patterns, "answer_patterns")
+    final = None if v.final_answer_patterns is None else _extractor(v.final_answer_patterns, "final_answer_patterns")
     env = VerifierEnv(
         policy=policy,
         delimiter=config.sampling.step_delimiter,
