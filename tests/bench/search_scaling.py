@@ -49,6 +49,7 @@ with the rule verifier >= 95 % on 3-4-step tasks.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -228,18 +229,24 @@ async def run_config(policy: LocalPolicy, config: Config, tasks: list[Any], conc
     ), episodes
 
 
-def table(rows: list[Row], reference: Row | None) -> str:
+def margin(accuracy: float, n: int, z: float = 1.96) -> float:
+    """Half-width of the 95 % normal interval of an accuracy over n tasks."""
+    return z * math.sqrt(max(accuracy * (1 - accuracy), 0.25 / max(n, 1)) / max(n, 1))
+
+
+def table(rows: list[Row], reference: Row | None, tasks: int) -> str:
     ref = f"vs BoN@{reference.config.budget}" if reference else "vs BoN"
     lines = [
-        f"| config | budget | accuracy | 3-step | 4-step | gen. tokens/task | {ref} | prompt tokens/task "
+        f"| config | budget | accuracy | ± 95 % | 3-step | 4-step | gen. tokens/task | {ref} | prompt tokens/task "
         "| prefill saved/task | failed | wall s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ratio = f"{r.tokens / reference.tokens:.3f}" if reference else "-"
         by = r.accuracy_by_steps
         lines.append(
-            f"| {r.config.family} | {r.config.budget} | {r.accuracy:.1%} | {by.get(3, 0):.0%} | {by.get(4, 0):.0%} "
+            f"| {r.config.family} | {r.config.budget} | {r.accuracy:.1%} | {100 * margin(r.accuracy, tasks):.1f} "
+            f"| {by.get(3, 0):.0%} | {by.get(4, 0):.0%} "
             f"| {r.tokens:,.0f} | {ratio} | {r.prompt_tokens:,.0f} | {r.prefill_saved:,.0f} | {r.failed} "
             f"| {r.seconds:.0f} |"
         )
@@ -345,7 +352,7 @@ async def main(args: argparse.Namespace) -> None:
         )
     order = ["chain_of_thought", "best_of_n", "self_consistency"]
     rows.sort(key=lambda r: order.index(r.config.family) if r.config.family in order else len(order))
-    body = table(rows, reference)
+    body = table(rows, reference, len(tasks))
     total = sum(r.seconds for r in rows)
     notes = [
         "",
@@ -362,7 +369,8 @@ async def main(args: argparse.Namespace) -> None:
     OUT_TABLE.parent.mkdir(parents=True, exist_ok=True)
     OUT_TABLE.write_text(text)
     if not args.no_plot:
-        plot(rows, Path(args.plot), f"tiny domain, {len(tasks)} held-out 3-4-step tasks, bundled policy")
+        title = f"tiny domain, {len(tasks)} held-out 3-4-step tasks, {Path(args.model).name} policy"
+        plot(rows, Path(args.plot), title)
         print(f"\nTable written to {OUT_TABLE}; plot to {args.plot}")
 
 
