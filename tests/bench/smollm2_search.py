@@ -45,7 +45,8 @@ import torch  # noqa: E402
 
 from runtime.app.build import build_runtime  # noqa: E402
 from runtime.app.config import load_config  # noqa: E402
-from runtime.app.parts import build_tasks  # noqa: E402
+from runtime.app.parts import build_tasks, torch_consumers  # noqa: E402
+from runtime.core.threads import thread_share  # noqa: E402
 from runtime.rewards.judge import LLMJudge  # noqa: E402
 from runtime.rewards.outcome import ReasoningGymVerifier  # noqa: E402
 
@@ -123,10 +124,11 @@ async def main(args: argparse.Namespace) -> None:
     overrides = [f"tasks.size={args.tasks}", f"store.path={store}", *args.set]
     config = load_config(args.config, overrides)
     n = config.strategy.n
+    threads = config.policy.threads or thread_share(torch_consumers(config))
     print(
         "| setting | value |\n|---|---|\n"
         f"| config | {args.config}, overrides {overrides[2:] or 'none'} |\n"
-        f"| model | {config.policy.path} (LocalPolicy, {config.policy.threads} torch threads) |\n"
+        f"| model | {config.policy.path} (LocalPolicy, {threads} torch threads) |\n"
         f"| tasks | {args.tasks} reasoning-gym `{config.tasks.name}` {config.tasks.config} "
         f"(seed {config.tasks.seed}) |\n"
         f"| sampling | best-of-{n} at temperature {config.sampling.temperature}, max_tokens "
