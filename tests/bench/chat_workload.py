@@ -22,12 +22,17 @@ Design decisions:
 from __future__ import annotations
 
 import random
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-__all__ = ["INSTRUCTIONS", "TOPICS", "generate_batched", "prompt_sets"]
+__all__ = ["INSTRUCTIONS", "THREADS", "TOPICS", "generate_batched", "in_own_thread", "prompt_sets"]
+
+THREADS = 2
+"""torch threads of a baseline run on its own thread."""
 
 TOPICS = [
     "how a bicycle works",
@@ -141,3 +146,24 @@ def generate_batched(
     finally:
         tok.padding_side = side
     return texts, reported, latencies, time.perf_counter() - start
+
+
+def in_own_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on a thread that ends when it returns, with THREADS torch threads
+    (a thread that ran torch ops keeps an OpenMP team, which would slow an engine's
+    thread started later)."""
+    box: list[Any] = []
+
+    def run() -> None:
+        torch.set_num_threads(THREADS)
+        try:
+            box.append(fn(*args))
+        except BaseException as exc:  # re-raised on the calling thread
+            box.append(exc)
+
+    thread = threading.Thread(target=run, name="baseline")
+    thread.start()
+    thread.join()
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]

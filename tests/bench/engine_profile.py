@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from chat_workload import generate_batched, prompt_sets  # noqa: E402  (tests/bench/, beside this file)
+from chat_workload import THREADS, generate_batched, in_own_thread, prompt_sets  # noqa: E402  (tests/bench/, beside this file)
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from runtime.policy.base import GenerationRequest  # noqa: E402
@@ -47,7 +47,6 @@ from runtime.policy.checkpoints import resolve_checkpoint  # noqa: E402
 from runtime.policy.local import LocalPolicy  # noqa: E402
 from runtime.policy.local.engine import LocalEngine  # noqa: E402
 
-THREADS = 2
 PHASES = ("_admit", "_step", "_compact", "_apply_swap")
 
 
@@ -93,20 +92,6 @@ class Timers:
                 timers.add(f"engine {name}", time.perf_counter() - t)
 
         setattr(cls, name, timed)
-
-
-def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` on a thread of its own with THREADS torch threads."""
-    box: list[Any] = []
-
-    def run() -> None:
-        torch.set_num_threads(THREADS)
-        box.append(fn(*args))
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    return box[0]
 
 
 async def local_run(policy: LocalPolicy, prompts: list[str], max_tokens: int) -> tuple[float, int]:
@@ -165,9 +150,9 @@ async def main(args: argparse.Namespace) -> None:
         "| ms per decode forward | rest s (share) | rest ms per decode step |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    in_thread(generate_batched, model, tok, warm, args.max_tokens, args.concurrency)
+    in_own_thread(generate_batched, model, tok, warm, args.max_tokens, args.concurrency)
     timers.reset()
-    _, tokens, _, wall = in_thread(generate_batched, model, tok, timed, args.max_tokens, args.concurrency)
+    _, tokens, _, wall = in_own_thread(generate_batched, model, tok, timed, args.max_tokens, args.concurrency)
     report(f"`model.generate`, batched ({args.concurrency})", wall, tokens, timers, engine=False)
     policy = LocalPolicy(model, tok, max_batch=args.max_batch, threads=THREADS, name=str(model_dir))
     try:

@@ -69,7 +69,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -82,7 +81,7 @@ sys.path.insert(0, str(ROOT))
 import httpx2  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from chat_workload import generate_batched, prompt_sets  # noqa: E402  (tests/bench/, beside this file)
+from chat_workload import generate_batched, in_own_thread, prompt_sets  # noqa: E402  (tests/bench/, beside this file)
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from runtime.policy.base import GenerationRequest, GenerationResult  # noqa: E402
@@ -193,26 +192,6 @@ async def drive(
     await asyncio.gather(*(one(i) for i in range(len(prompts))))
     wall = time.perf_counter() - start
     return Run(wall, sum(bench.count(t) for t in texts), sum(reported), latencies, texts)
-
-
-def in_own_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` on a thread that ends when it returns (see the module doc: a thread
-    that ran torch ops keeps an OpenMP team, which would slow the engine's thread)."""
-    box: list[Any] = []
-
-    def run() -> None:
-        torch.set_num_threads(THREADS)
-        try:
-            box.append(fn(*args))
-        except BaseException as exc:  # re-raised on the calling thread
-            box.append(exc)
-
-    thread = threading.Thread(target=run, name="baseline")
-    thread.start()
-    thread.join()
-    if isinstance(box[0], BaseException):
-        raise box[0]
-    return box[0]
 
 
 def baseline(bench: Bench, model: Any, prompts: list[str], max_tokens: int = MAX_TOKENS) -> Run:

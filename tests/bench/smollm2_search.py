@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 import anyio  # noqa: E402
 import torch  # noqa: E402
 
+from learners.examples import path_text  # noqa: E402
 from runtime.app.build import build_runtime  # noqa: E402
 from runtime.app.config import load_config  # noqa: E402
 from runtime.app.parts import build_tasks, torch_consumers  # noqa: E402
@@ -68,16 +69,8 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def leaves(episode: Any) -> list[Any]:
-    return [n for n in episode.nodes if n.terminal and not n.children]
-
-
-def path_text(episode: Any, leaf: Any) -> str:
-    nodes = {n.id: n for n in episode.nodes}
-    parts, node = [], leaf
-    while node is not None and node.parent is not None:
-        parts.append(node.text)
-        node = nodes.get(node.parent)
-    return "".join(reversed(parts))
+    """The finished samples of an episode."""
+    return [n for n in episode.leaves if n.terminal]
 
 
 def confidence(leaf: Any) -> float:
@@ -106,7 +99,7 @@ async def judged(episodes: list[Any], policy: Any, concurrency: int) -> tuple[li
 
     async def one(i: int, j: int, ep: Any, leaf: Any) -> None:
         async with limiter:
-            scores[i][j] = await judge.score(ep.task, leaf.answer, path_text(ep, leaf))
+            scores[i][j] = await judge.score(ep.task, leaf.answer, path_text(ep, leaf, ""))
 
     async with anyio.create_task_group() as tg:
         for i, ep in enumerate(episodes):
