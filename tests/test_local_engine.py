@@ -173,6 +173,47 @@ async def test_prefix_reuse_is_exact_on_a_trained_model(trained: Any, tokenizer:
         assert result.completions[0].token_ids == reference(trained, tokenizer, text, 24)
 
 
+async def test_prompts_reusing_different_prefix_lengths_share_one_exact_prefill(trained: Any, tokenizer: Any) -> None:
+    """Prompts that reuse 0, 1, 2 or 3 cached blocks are prefilled in one pass (the past
+    left-padded to the longest reuse) and generate exactly what ``generate`` does."""
+    question = tiny_questions(1, seed=21)[0]
+    lines = ["plan: first the products, then the sums", "3*4=12 so far", "then 12+5=17 and more"]
+    warm = question + "\n".join(lines) + "\n"
+    policy = LocalPolicy(trained, tokenizer, max_batch=16, threads=1)
+    try:
+        await generate_all(policy, [warm], max_tokens=2, temperature=0.0)
+        ids = tokenizer(warm, add_special_tokens=False)["input_ids"]
+        cuts = [16, 32, 48, len(ids) // 16 * 16]
+        texts = [tokenizer.decode(ids[:c]) + f" check {i}" for i, c in enumerate(cuts)]
+        texts.append(tiny_questions(1, seed=22)[0])  # shares nothing cached
+        stats = policy.engine.stats
+        passes, requested, computed = stats.prefill_passes, stats.prefill_requested, stats.prefill_computed
+        results = await generate_all(policy, texts, max_tokens=20, temperature=0.0)
+        reused = (stats.prefill_requested - requested) - (stats.prefill_computed - computed)
+        assert stats.prefill_passes - passes < len(texts)  # not one pass per reuse length
+    finally:
+        policy.engine.close()
+    assert reused >= sum(cuts) - 16 * len(cuts)
+    for text, result in zip(texts, results, strict=True):
+        assert result.completions[0].token_ids == reference(trained, tokenizer, text, 20)
+
+
+async def test_a_row_that_ends_on_eos_under_a_stop_string_keeps_its_text(trained: Any, tokenizer: Any) -> None:
+    """Stop strings are looked for in a row's last tokens only; a row that ends on EOS
+    before any stop string still delivers its whole text."""
+    texts = tiny_questions(4, seed=23)
+    policy = LocalPolicy(trained, tokenizer, max_batch=8, threads=1)
+    try:
+        free = await generate_all(policy, texts, max_tokens=120, temperature=0.0)
+        stopped = await generate_all(policy, texts, max_tokens=120, temperature=0.0, stop=["@@never@@"])
+    finally:
+        policy.engine.close()
+    assert all(a.completions[0].finish_reason == "stop" for a in free)  # each ended on EOS
+    for a, b in zip(free, stopped, strict=True):
+        assert b.completions[0].text and b.completions[0].text == a.completions[0].text
+        assert b.completions[0].token_ids == a.completions[0].token_ids
+
+
 async def test_a_bad_prompt_in_a_batched_prefill_fails_alone(policy: LocalPolicy, tokenizer: Any) -> None:
     from runtime.policy.local.engine import EngineRequest, EngineResult
 

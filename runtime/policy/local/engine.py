@@ -17,7 +17,12 @@ Design decisions:
 - Prefix KV cache: after a prefill, the KV of every 16-token-aligned prefix of the
   prompt is remembered (LRU over prompts). A new prompt looks up its longest aligned
   prefix and prefills only the rest, so tree-search branches that share a path reuse
-  it. ``n > 1`` prefills once and copies the KV n times.
+  it. ``n > 1`` prefills once and copies the KV n times. Prompts admitted together share
+  one prefill pass whatever each reuses (the cached past left-padded to the longest
+  reuse): verify-and-backtrack's step requests reuse different lengths, and one pass
+  per length was 2.2 passes an admission.
+- Sampling rows without a seed draw their tokens in one batched call per decode step;
+  stop strings are looked for in a row's last tokens, not its whole decoded text.
 - Hot weight swap: ``swap_weights`` only enqueues. The worker stops admitting, lets
   the running batch finish under the old weights, loads the new ones in place, clears
   the prefix cache (its KV belongs to the old weights) and resumes: no request is
@@ -105,6 +110,7 @@ class EngineStats:
     prefill_requested: int = 0
     prefill_computed: int = 0
     decode_steps: int = 0
+    prefill_passes: int = 0
     swaps: int = 0
     peak_batch: int = 0
 
@@ -333,71 +339,81 @@ class LocalEngine:
     def _prefill_many(
         self, chosen: list[tuple[EngineRequest, KV | None, int]]
     ) -> list[tuple[KV, torch.Tensor] | BaseException]:
-        """Prefill the chosen prompts in as few forward passes as fit: prompts that reuse
-        the same number of cached positions share one right-padded pass (chunked to
-        ``PREFILL_POSITIONS``); if a shared pass fails, its prompts are redone one by one,
-        so a bad prompt fails only its own request."""
+        """Prefill the chosen prompts in as few forward passes as fit: prompts share one
+        pass whatever each reuses from the prefix cache (sorted by what is left to
+        compute, chunked to ``PREFILL_POSITIONS`` and a bounded share of padding); if a
+        shared pass fails, its prompts are redone one by one, so a bad prompt fails only
+        its own request."""
         results: list[tuple[KV, torch.Tensor] | BaseException | None] = [None] * len(chosen)
-        by_reuse: dict[int, list[int]] = {}
-        for i, (req, _, reused) in enumerate(chosen):
+        for req, _, _ in chosen:
             self.stats.prefill_requested += len(req.prompt_ids)
-            by_reuse.setdefault(reused, []).append(i)
         vocab = int(getattr(self.model.config, "vocab_size", 0) or 0)
-        for reused, members in by_reuse.items():
-            members.sort(key=lambda i: len(chosen[i][0].prompt_ids))
-            for chunk in _chunks(members, [len(chosen[i][0].prompt_ids) - reused for i in members], vocab):
-                try:
-                    for i, out in zip(chunk, self._prefill_batch([chosen[i] for i in chunk], reused), strict=True):
-                        results[i] = out
-                except Exception as exc:
-                    for i in chunk:
-                        try:
-                            results[i] = self._prefill_batch([chosen[i]], reused)[0] if len(chunk) > 1 else exc
-                        except Exception as one:
-                            results[i] = one
+        order = sorted(range(len(chosen)), key=lambda i: len(chosen[i][0].prompt_ids) - chosen[i][2])
+        rests = [len(chosen[i][0].prompt_ids) - chosen[i][2] for i in order]
+        for chunk in _chunks(order, rests, vocab):
+            try:
+                for i, out in zip(chunk, self._prefill_batch([chosen[i] for i in chunk]), strict=True):
+                    results[i] = out
+            except Exception as exc:
+                for i in chunk:
+                    try:
+                        results[i] = self._prefill_batch([chosen[i]])[0] if len(chunk) > 1 else exc
+                    except Exception as one:
+                        results[i] = one
         return [r if r is not None else RuntimeError("prompt not prefilled") for r in results]
 
-    def _prefill_batch(
-        self, members: list[tuple[EngineRequest, KV | None, int]], reused: int
-    ) -> list[tuple[KV, torch.Tensor]]:
-        """One forward pass over prompts that each reuse ``reused`` cached positions: their
-        cached KV stacked as the past, their remaining tokens right-padded (a causal model
-        never looks at the padding after a real token, and every padding position has real
-        tokens to attend to). Returns each prompt's KV and its last position's logits."""
+    def _prefill_batch(self, members: list[tuple[EngineRequest, KV | None, int]]) -> list[tuple[KV, torch.Tensor]]:
+        """One forward pass over prompts that each reuse some cached positions (row j:
+        ``r_j`` of them). The past is the rows' cached KV left-padded to the longest
+        reuse R, the remaining tokens right-padded after it, each row at its own
+        positions (the running batch's layout): a causal model never looks at the
+        padding after a real token, and every padding position has real tokens to
+        attend to. Returns each prompt's KV and its last position's logits."""
         from transformers import DynamicCache
 
-        rests = [req.prompt_ids[reused:] for req, _, _ in members]
+        reuses = [reused for _, _, reused in members]
+        past = max(reuses)
+        rests = [req.prompt_ids[reused:] for req, _, reused in members]
         width = max(len(r) for r in rests)
         batch = len(rests)
         input_ids = torch.zeros(batch, width, dtype=torch.long)
-        mask = torch.zeros(batch, reused + width, dtype=torch.long)
-        mask[:, :reused] = 1
-        for j, rest in enumerate(rests):
+        mask = torch.zeros(batch, past + width, dtype=torch.long)
+        for j, (rest, reused) in enumerate(zip(rests, reuses, strict=True)):
             input_ids[j, : len(rest)] = torch.tensor(rest)
-            mask[j, reused : reused + len(rest)] = 1
+            mask[j, past - reused : past + len(rest)] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        positions = torch.tensor(reuses).unsqueeze(1) + torch.arange(width).unsqueeze(0)
         cache = DynamicCache()
-        if reused:
-            for layer in range(len(members[0][1] or [])):
-                keys = torch.cat([hit[layer][0][:, :, :reused] for _, hit, _ in members if hit is not None])
-                values = torch.cat([hit[layer][1][:, :, :reused] for _, hit, _ in members if hit is not None])
+        if past:
+            like = next(hit for _, hit, _ in members if hit is not None)
+            for layer in range(len(like)):
+                shape = (batch, like[layer][0].shape[1], past, like[layer][0].shape[3])
+                keys, values = like[layer][0].new_zeros(shape), like[layer][1].new_zeros(shape)
+                for j, (_, hit, reused) in enumerate(members):
+                    if hit is not None and reused:
+                        keys[j, :, past - reused :] = hit[layer][0][0, :, :reused]
+                        values[j, :, past - reused :] = hit[layer][1][0, :, :reused]
                 cache.update(keys, values, layer)
         last = [len(rest) - 1 for rest in rests]
         keep = sorted(set(last))
         out = self.model(
             input_ids=input_ids,
-            position_ids=torch.arange(reused, reused + width, device=self.device).unsqueeze(0).expand(batch, -1),
+            position_ids=positions.to(self.device),
             attention_mask=mask,
             use_cache=True,
             logits_to_keep=torch.tensor(keep, device=self.device),
             **{self._cache_arg: cache},
         )
         self.stats.prefill_computed += sum(len(rest) for rest in rests)
+        self.stats.prefill_passes += 1
         layers = _cache_of(out).layers
         results = []
-        for j, (req, _, _) in enumerate(members):
-            n = len(req.prompt_ids)
-            kv = [(layer.keys[j : j + 1, :, :n].clone(), layer.values[j : j + 1, :, :n].clone()) for layer in layers]
+        for j, (req, _, reused) in enumerate(members):
+            start, end = past - reused, past + len(rests[j])
+            kv = [
+                (layer.keys[j : j + 1, :, start:end].clone(), layer.values[j : j + 1, :, start:end].clone())
+                for layer in layers
+            ]
             self._remember(req.prompt_ids, kv)
             results.append((kv, out.logits[j, keep.index(last[j])].float()))
         return results
@@ -530,6 +546,7 @@ class LocalEngine:
         logprobs = torch.log_softmax(logits, dim=-1)
         picks = logits.argmax(dim=-1, keepdim=True)
         greedy, greedy_logprobs = picks[:, 0].tolist(), logprobs.gather(1, picks)[:, 0].tolist()
+        sampled = self._sample_rows(logits, logprobs)
         for i, row in enumerate(self._rows):
             if row.finished:
                 continue
@@ -539,9 +556,35 @@ class LocalEngine:
             row.length += 1
             if row.req.temperature <= 0:  # greedy rows need no per-row tensor work
                 self._accept(row, greedy[i], greedy_logprobs[i], 0.0)
-            else:
+            elif i in sampled:
+                self._accept(row, *sampled[i])
+            else:  # a seeded row draws from its own generator
                 self._choose(row, logits[i], logprobs[i])
         self._compact()
+
+    def _sample_rows(self, logits: torch.Tensor, logprobs: torch.Tensor) -> dict[int, tuple[int, float, float]]:
+        """Sample the next token of every live unseeded sampling row in one batched draw
+        (temperature and top-p per row, as ``_choose`` does one row at a time): row index
+        -> (token, raw log-prob, log-prob under the distribution it was drawn from)."""
+        rows = [
+            i
+            for i, r in enumerate(self._rows)
+            if not r.finished and r.req.temperature > 0 and r.generator is None and not r.req.cancelled
+        ]
+        if not rows:
+            return {}
+        index = torch.tensor(rows, device=logits.device)
+        temperature = torch.tensor([self._rows[i].req.temperature for i in rows], device=logits.device)
+        probs = torch.softmax(logits[index] / temperature.unsqueeze(1), dim=-1)
+        top_p = [self._rows[i].req.top_p for i in rows]
+        if min(top_p) < 1.0:
+            sorted_p, order = torch.sort(probs, descending=True, dim=-1)
+            keep = torch.cumsum(sorted_p, -1) - sorted_p < torch.tensor(top_p, device=logits.device).unsqueeze(1)
+            probs = torch.zeros_like(probs).scatter(1, order, sorted_p * keep)
+        tokens = torch.multinomial(probs, 1)
+        sampled = torch.log(probs.gather(1, tokens)[:, 0] / probs.sum(-1))
+        raw = logprobs[index].gather(1, tokens)[:, 0]
+        return dict(zip(rows, zip(tokens[:, 0].tolist(), raw.tolist(), sampled.tolist(), strict=True), strict=True))
 
     def _choose(self, row: _Row, logits: torch.Tensor, logprobs: torch.Tensor | None = None) -> None:
         """Sample the next token of ``row`` and check whether it is done."""
@@ -571,20 +614,25 @@ class LocalEngine:
         row.logprobs.append(logprob)
         row.sample_logprobs.append(sampled)
         if req.stop:
-            row.text = self.tok.decode(row.tokens, skip_special_tokens=True)
-            cut = min((i for i in (row.text.find(s) for s in req.stop) if i >= 0), default=-1)
-            if cut >= 0:
-                row.text = row.text[:cut]
-                self._finish(row, "stop")
-                return
+            # Decode only a tail long enough to hold any stop string (a character is at
+            # most 4 tokens of a byte-level vocabulary); the whole text only on a hit.
+            tail = self.tok.decode(row.tokens[-_stop_window(req.stop) :], skip_special_tokens=True)
+            if any(s in tail for s in req.stop):
+                row.text = self.tok.decode(row.tokens, skip_special_tokens=True)
+                cut = min((i for i in (row.text.find(s) for s in req.stop) if i >= 0), default=-1)
+                if cut >= 0:
+                    self._finish(row, "stop", cut=row.text[:cut])
+                    return
         if len(row.tokens) >= req.max_tokens or row.length + 1 >= self.context:
             self._finish(row, "length")
 
-    def _finish(self, row: _Row, reason: str) -> None:
+    def _finish(self, row: _Row, reason: str, cut: str | None = None) -> None:
+        """Deliver ``row``; ``cut``: its text up to the stop string it ended on."""
         row.finished = reason
         req = row.req
-        if req.stop and reason == "stop":
+        if cut is not None:
             # drop the tokens that spelled the stop string: ids, logprobs and text agree
+            row.text = cut
             while row.tokens and any(s in self.tok.decode(row.tokens, skip_special_tokens=True) for s in req.stop):
                 row.tokens.pop()
                 row.logprobs.pop()
@@ -607,6 +655,16 @@ class LocalEngine:
         self._rows, self._cache, self._mask = [], None, None
 
 
+@functools.lru_cache(maxsize=256)
+def _stop_window_of(stops: tuple[str, ...]) -> int:
+    return 4 * max(len(s) for s in stops) + 8
+
+
+def _stop_window(stops: list[str]) -> int:
+    """Tokens at the end of a row that can hold any of ``stops``."""
+    return _stop_window_of(tuple(stops))
+
+
 def _longest_aligned(ids: list[int], prefixes: set[tuple[int, ...]]) -> int:
     """Length of the longest ``BLOCK``-aligned proper prefix of ``ids`` in ``prefixes``."""
     for length in range((len(ids) - 1) // BLOCK * BLOCK, 0, -BLOCK):
@@ -617,15 +675,20 @@ def _longest_aligned(ids: list[int], prefixes: set[tuple[int, ...]]) -> int:
 
 def _chunks(members: list[int], lengths: list[int], vocab: int) -> list[list[int]]:
     """Consecutive runs of ``members`` (sorted by length) small enough for one prefill pass:
-    at most ``PREFILL_POSITIONS`` padded positions and ``LOGITS_BUDGET`` logits."""
+    at most ``PREFILL_POSITIONS`` padded positions and ``LOGITS_BUDGET`` logits, and at
+    most half of the pass's positions padding (a long prompt does not pad many short ones)."""
     chunks: list[list[int]] = []
+    real = 0
     for member, length in zip(members, lengths, strict=True):
         if chunks:
             rows = len(chunks[-1]) + 1
-            if rows * length <= PREFILL_POSITIONS and rows * min(rows, length) * vocab <= LOGITS_BUDGET:
+            fits = rows * length <= PREFILL_POSITIONS and rows * min(rows, length) * vocab <= LOGITS_BUDGET
+            if fits and rows * length <= 2 * (real + length):
                 chunks[-1].append(member)
+                real += length
                 continue
         chunks.append([member])
+        real = length
     return chunks
 
 
