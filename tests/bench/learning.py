@@ -265,6 +265,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget of each row")
     parser.add_argument("--rows", default="control,expert_iteration,grpo,grpo_process,ppo,step_dpo,trl_grpo")
     parser.add_argument("--eval-every", type=int, default=10, help="versions (optimizer steps) between evaluations")
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "learning_curves.png", help="PNG of all curves")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -328,7 +329,7 @@ def main() -> None:
     print("\n| curve (held-out greedy pass@1 at wall time) | points |\n|---|---|")
     for r in results:
         print(f"| {r['row']} | " + ", ".join(f"{100 * a:.1f} % ({t:.0f} s)" for t, a in r["curve"]) + " |")
-    plot(results, ROOT / "docs" / "learning_curves.png")
+    plot(results, args.plot)
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
