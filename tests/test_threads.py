@@ -30,6 +30,10 @@ def test_consumers_of_a_run_are_counted() -> None:
     assert torch_consumers(load_config(CONFIGS / "scripted.yaml")) == 1  # at least one
     # engine + learner + evaluator
     assert torch_consumers(load_config(CONFIGS / "expert_iteration.yaml")) == 3
+    # in sync mode the engine and the learner take turns: one share between them
+    sync = ["learner.mode=sync"]
+    assert torch_consumers(load_config(CONFIGS / "expert_iteration.yaml", sync)) == 2
+    assert torch_consumers(load_config(CONFIGS / "expert_iteration.yaml", [*sync, "learner.eval=null"])) == 1
     with_prm = load_config(CONFIGS / "quickstart.yaml", ["verifiers.process={name: prm, path: bundled}"])
     assert torch_consumers(with_prm) == 2
 

@@ -33,14 +33,16 @@ __all__ = ["build_policy", "build_strategy", "build_tasks", "build_verifiers", "
 
 def torch_consumers(config: RunConfig) -> int:
     """Torch consumers of a run that compute at the same time: the local engine, the
-    learner, the evaluator's engine, a process reward model."""
+    learner (not beside this process's engine in ``learner.mode: sync``: they take
+    turns), the evaluator's engine, a process reward model."""
     learner = config.learner
     engines = 1
     if config.cluster is not None:  # the workers' engines share this machine only on a local cluster
         engines = config.cluster.workers if config.cluster.address is None else 0
     count = engines * int(config.policy.kind == "local")
     if learner is not None:
-        count += 1 + int(learner.eval is not None)
+        takes_turns = getattr(learner, "mode", "online") == "sync" and count > 0
+        count += int(not takes_turns) + int(learner.eval is not None)
     v = config.verifiers
     parts = [p.verifier for p in v.process] if isinstance(v.process, list) else [v.process]
     count += sum(getattr(part, "name", None) == "prm" for part in parts)

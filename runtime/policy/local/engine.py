@@ -65,6 +65,7 @@ __all__ = ["EngineRequest", "EngineResult", "EngineStats", "LocalEngine", "Seque
 
 BLOCK = 16
 PREFILL_POSITIONS = 4096  # at most this many (row, position) pairs in one batched prefill pass
+PAST_POSITIONS = 16384  # at most this many (row, cached position) pairs stacked as its past
 LOGITS_BUDGET = 1 << 24  # at most this many logits from one batched prefill pass
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values, [1, heads, positions, head_dim]
@@ -350,7 +351,7 @@ class LocalEngine:
         vocab = int(getattr(self.model.config, "vocab_size", 0) or 0)
         order = sorted(range(len(chosen)), key=lambda i: len(chosen[i][0].prompt_ids) - chosen[i][2])
         rests = [len(chosen[i][0].prompt_ids) - chosen[i][2] for i in order]
-        for chunk in _chunks(order, rests, vocab):
+        for chunk in _chunks(order, rests, vocab, [chosen[i][2] for i in order]):
             try:
                 for i, out in zip(chunk, self._prefill_batch([chosen[i] for i in chunk]), strict=True):
                     results[i] = out
@@ -673,22 +674,25 @@ def _longest_aligned(ids: list[int], prefixes: set[tuple[int, ...]]) -> int:
     return 0
 
 
-def _chunks(members: list[int], lengths: list[int], vocab: int) -> list[list[int]]:
+def _chunks(members: list[int], lengths: list[int], vocab: int, reuses: list[int] | None = None) -> list[list[int]]:
     """Consecutive runs of ``members`` (sorted by length) small enough for one prefill pass:
-    at most ``PREFILL_POSITIONS`` padded positions and ``LOGITS_BUDGET`` logits, and at
-    most half of the pass's positions padding (a long prompt does not pad many short ones)."""
+    at most ``PREFILL_POSITIONS`` padded new positions, ``PAST_POSITIONS`` padded cached
+    ones (``reuses``: what each member reuses) and ``LOGITS_BUDGET`` logits, and at most
+    half of the new positions padding (a long prompt does not pad many short ones)."""
+    reuses = reuses or [0] * len(members)
     chunks: list[list[int]] = []
-    real = 0
-    for member, length in zip(members, lengths, strict=True):
+    real = past = 0
+    for member, length, reused in zip(members, lengths, reuses, strict=True):
         if chunks:
             rows = len(chunks[-1]) + 1
             fits = rows * length <= PREFILL_POSITIONS and rows * min(rows, length) * vocab <= LOGITS_BUDGET
-            if fits and rows * length <= 2 * (real + length):
+            fits = fits and rows * max(past, reused) <= PAST_POSITIONS and rows * length <= 2 * (real + length)
+            if fits:
                 chunks[-1].append(member)
-                real += length
+                real, past = real + length, max(past, reused)
                 continue
         chunks.append([member])
-        real = length
+        real, past = length, reused
     return chunks
 
 
