@@ -350,9 +350,9 @@ class LocalEngine:
         for req, _, _ in chosen:
             self.stats.prefill_requested += len(req.prompt_ids)
         vocab = int(getattr(self.model.config, "vocab_size", 0) or 0)
-        order = sorted(range(len(chosen)), key=lambda i: len(chosen[i][0].prompt_ids) - chosen[i][2])
-        rests = [len(chosen[i][0].prompt_ids) - chosen[i][2] for i in order]
-        for chunk in _chunks(order, rests, vocab, [chosen[i][2] for i in order]):
+        rest = [len(req.prompt_ids) - reused for req, _, reused in chosen]
+        order = sorted(range(len(chosen)), key=rest.__getitem__)
+        for chunk in _chunks(order, [rest[i] for i in order], [chosen[i][2] for i in order], vocab):
             try:
                 for i, out in zip(chunk, self._prefill_batch([chosen[i] for i in chunk]), strict=True):
                     results[i] = out
@@ -618,7 +618,8 @@ class LocalEngine:
         if req.stop:
             # Decode only a tail long enough to hold any stop string (a character is at
             # most 4 tokens of a byte-level vocabulary); the whole text only on a hit.
-            tail = self.tok.decode(row.tokens[-_stop_window(req.stop) :], skip_special_tokens=True)
+            window = 4 * max(len(s) for s in req.stop) + 8
+            tail = self.tok.decode(row.tokens[-window:], skip_special_tokens=True)
             if any(s in tail for s in req.stop):
                 row.text = self.tok.decode(row.tokens, skip_special_tokens=True)
                 cut = min((i for i in (row.text.find(s) for s in req.stop) if i >= 0), default=-1)
@@ -657,16 +658,6 @@ class LocalEngine:
         self._rows, self._cache, self._mask = [], None, None
 
 
-@functools.lru_cache(maxsize=256)
-def _stop_window_of(stops: tuple[str, ...]) -> int:
-    return 4 * max(len(s) for s in stops) + 8
-
-
-def _stop_window(stops: list[str]) -> int:
-    """Tokens at the end of a row that can hold any of ``stops``."""
-    return _stop_window_of(tuple(stops))
-
-
 def _longest_aligned(ids: list[int], prefixes: set[tuple[int, ...]]) -> int:
     """Length of the longest ``BLOCK``-aligned proper prefix of ``ids`` in ``prefixes``."""
     for length in range((len(ids) - 1) // BLOCK * BLOCK, 0, -BLOCK):
@@ -675,12 +666,11 @@ def _longest_aligned(ids: list[int], prefixes: set[tuple[int, ...]]) -> int:
     return 0
 
 
-def _chunks(members: list[int], lengths: list[int], vocab: int, reuses: list[int] | None = None) -> list[list[int]]:
+def _chunks(members: list[int], lengths: list[int], reuses: list[int], vocab: int) -> list[list[int]]:
     """Consecutive runs of ``members`` (sorted by length) small enough for one prefill pass:
     at most ``PREFILL_POSITIONS`` padded new positions, ``PAST_POSITIONS`` padded cached
     ones (``reuses``: what each member reuses) and ``LOGITS_BUDGET`` logits, and at most
     half of the new positions padding (a long prompt does not pad many short ones)."""
-    reuses = reuses or [0] * len(members)
     chunks: list[list[int]] = []
     real = past = 0
     for member, length, reused in zip(members, lengths, reuses, strict=True):
