@@ -7,9 +7,9 @@ turns episodes into examples, :class:`Evaluator` scores policy versions on held-
 tasks, :mod:`learners.prm` trains process reward models. Policy gradient:
 :class:`Rollouts` turns search trees into groups with per-step advantages and
 :class:`PolicyGradientLearner` takes PPO-clip steps on them. Learner configs
-(:class:`ExpertIteration`, :class:`Distill`, :class:`GRPO`, :class:`PPO`, :class:`DPO`, and the
-reward models :class:`PRM` and :class:`ORM`) register under their ``kind``. Names are
-imported on first use (torch loads with the first learner).
+(:class:`ExpertIteration`, :class:`Distill`, :class:`OnPolicyDistill`, :class:`GRPO`,
+:class:`PPO`, :class:`DPO`, and the reward models :class:`PRM` and :class:`ORM`) register
+under their ``kind``. Names are imported on first use (torch loads with the first learner).
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ _EXPORTS = {
     "LoopStats": ".loop",
     "LoraSettings": ".sft",
     "ORM": ".reward_models",
+    "OnPolicyDistill": ".on_policy_distill",
+    "OnPolicyDistillLearner": ".on_policy_distill",
+    "OnPolicySamples": ".on_policy_distill",
     "OnlineLoop": ".loop",
     "OutcomeRMLearner": ".reward_models",
     "PGSettings": ".policy_gradient",
@@ -65,6 +68,8 @@ _EXPORTS = {
     "gae": ".ppo",
     "group_advantages": ".rollouts",
     "mc_examples": ".prm",
+    "oldest_version": ".examples",
+    "path_nodes": ".examples",
     "path_text": ".examples",
     "token_logprobs": ".policy_gradient",
     "train_prm": ".prm",
@@ -91,6 +96,9 @@ __all__ = [
     "LoopSettings",
     "LoopStats",
     "LoraSettings",
+    "OnPolicyDistill",
+    "OnPolicyDistillLearner",
+    "OnPolicySamples",
     "OnlineLoop",
     "OutcomeRMLearner",
     "PGSettings",
@@ -120,6 +128,8 @@ __all__ = [
     "gae",
     "group_advantages",
     "mc_examples",
+    "oldest_version",
+    "path_nodes",
     "path_text",
     "token_logprobs",
     "train_prm",

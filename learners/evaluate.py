@@ -7,6 +7,9 @@ Design decisions:
   first and every result carries it.
 - Two figures per version: greedy pass@1 (one solution at temperature 0) and the
   accuracy of the run's own strategy with its own sampling settings.
+- Tasks that say how many steps they take (``metadata["steps"]``, as the tiny domain's
+  do) also get greedy pass@1 per step count (``greedy_pass@1/4``), so one held-out mix
+  gives the curve of its hardest problems too.
 - Evaluation episodes are not stored with the run's episodes (they are not training
   data); the figures go to the run's curve.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from runtime.core.threads import CoreShare
 from runtime.core.types import Task
 from runtime.policy.base import WeightedPolicy
 from runtime.scheduling.scheduler import Runtime, SchedulerSettings
@@ -45,12 +49,19 @@ class Evaluator:
         self.sampling = sampling
         self.strategy = strategy
         self.concurrency = concurrency
+        self.share: CoreShare | None = None
+        """Cores handed with the generation engine: an evaluation holds ``threads`` of them."""
+        self.threads = getattr(getattr(policy, "engine", None), "threads", None) or 1
 
     async def load(self, weights: dict[str, Any], version: int) -> None:
         """Serve ``weights`` as ``version`` on the evaluation engine (waits until done)."""
         await self.policy.load_weights(weights, version)
 
     async def accuracy(self, strategy: Strategy, sampling: Sampling) -> float:
+        return (await self.accuracies(strategy, sampling))[""]
+
+    async def accuracies(self, strategy: Strategy, sampling: Sampling) -> dict[str, float]:
+        """Accuracy over every task (key ``""``) and per ``metadata["steps"]`` value."""
         rt = Runtime(
             self.policy,
             strategy,
@@ -60,15 +71,30 @@ class Evaluator:
             store=None,
             run_id="eval",
         )
+        solved: dict[str, list[bool]] = {}
         async with rt:
-            stats = await rt.run(self.tasks)
-        return stats.solved / len(self.tasks)
+            async for ep in rt.stream(self.tasks):
+                ok = ep.status == "ok" and ep.reward is not None and ep.reward >= 1.0
+                solved.setdefault("", []).append(ok)
+                if "steps" in ep.task.metadata:
+                    solved.setdefault(str(ep.task.metadata["steps"]), []).append(ok)
+        out = {k: sum(v) / len(v) for k, v in solved.items()}
+        out[""] = sum(solved.get("", [])) / len(self.tasks)
+        return out
 
     async def evaluate(self, weights: dict[str, Any] | None = None, version: int | None = None) -> dict[str, float]:
+        if self.share is None:
+            return await self._evaluate(weights, version)
+        with self.share.hold(self.threads):  # the generation engine runs on the other cores meanwhile
+            return await self._evaluate(weights, version)
+
+    async def _evaluate(self, weights: dict[str, Any] | None, version: int | None) -> dict[str, float]:
         if weights is not None:
             await self.load(weights, version if version is not None else self.policy.version)
         greedy = self.sampling.model_copy(update={"temperature": 0.0, "seed": None})
-        out = {"greedy_pass@1": await self.accuracy(BestOfN(n=1, selection="majority"), greedy)}
+        greedy_acc = await self.accuracies(BestOfN(n=1, selection="majority"), greedy)
+        out = {"greedy_pass@1": greedy_acc.pop("")}
+        out.update({f"greedy_pass@1/{k}": v for k, v in sorted(greedy_acc.items())})
         if self.strategy is not None:
             out["strategy_accuracy"] = await self.accuracy(self.strategy, self.sampling)
         return out

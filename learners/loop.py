@@ -26,6 +26,15 @@ Design decisions (after AReaL's asynchronous RL, Fu et al. 2025, on one machine)
 - ``passes`` > 1 reuses scarce examples without overfitting one batch: each round's
   steps take the new batch and the previous ``passes - 1`` batches, shuffled together,
   so every example is trained on ``passes`` times, each time among other examples.
+- ``idle_replay``: the learner never waits. When no new batch is ready it steps on a
+  batch drawn from the replay pool (the latest examples, each trained in at most
+  ``max_reuse`` steps, none staler than ``max_staleness``). Measured from
+  ``bundled-weak``: per optimizer step verified search paths teach about as much as
+  ground truth, but the learner idled 65 % of the time waiting for them; replay turns
+  that idle core into steps (``docs/benchmarks.md``).
+- Machine use is counted, not guessed: every generated and prompt token, and every
+  token a learner step processed, times the model's parameters (2 FLOP a parameter a
+  token forward, 6 forward and backward), over wall time.
 - Every ``eval_every`` versions the evaluator scores a snapshot of the weights in the
   background; the curve (version, episodes consumed, wall time, metrics) goes to the
   run's store.
@@ -80,6 +89,21 @@ class LoopStats:
     learner_counts: Counter[str] = field(default_factory=Counter)
     """Summed counters the learner reports per step (clipped / truncated tokens)."""
     skipped_groups: int = 0
+    replay_steps: int = 0
+    """Optimizer steps on replayed examples taken while no new batch was ready."""
+    generated_tokens: int = 0
+    """Prompt and completion tokens of the episodes consumed (what the policy computed)."""
+    trained_tokens: int = 0
+    """Tokens of every example in every learner step (the learner's forward and backward)."""
+    parameters: int = 0
+    """Parameters of the trained model, for the FLOP count."""
+
+    @property
+    def model_flops(self) -> float:
+        """Model FLOP/s of generation and training together (2 per parameter per token of
+        the policy's calls, 6 per token trained), over the elapsed time."""
+        flops = self.parameters * (2 * self.generated_tokens + 6 * self.trained_tokens)
+        return flops / self.elapsed if self.elapsed > 0 else 0.0
 
     @property
     def elapsed(self) -> float:
@@ -100,6 +124,8 @@ class LoopStats:
             "learner utilisation": self.learner_seconds / self.elapsed if self.elapsed > 0 else 0.0,
             "staleness histogram": dict(sorted(self.staleness.items())),
             **({"groups skipped (equal rewards)": self.skipped_groups} if self.skipped_groups else {}),
+            **({"replay steps (learner otherwise idle)": self.replay_steps} if self.replay_steps else {}),
+            **({"model GFLOP/s": round(self.model_flops / 1e9, 1)} if self.parameters else {}),
             **{f"{k.replace('_', ' ')} (all steps)": int(v) for k, v in sorted(self.learner_counts.items())},
         }
 
@@ -136,6 +162,11 @@ class OnlineLoop:
         self._tg: anyio.abc.TaskGroup | None = None
         self._pending_keys: set[tuple[str, int]] = set()
         self._window: list[list[Example]] = []  # the last `passes` batches, for replay
+        self._pool: list[Example] = []  # idle replay: the latest examples trained
+        self._uses: dict[int, int] = {}  # id(example) -> optimizer steps it was in
+        model = getattr(learner, "model", None)
+        if model is not None:
+            self.stats.parameters = sum(p.numel() for p in model.parameters())
         self.log = log.bind(run_id=runtime.run_id)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -225,7 +256,21 @@ class OnlineLoop:
         async with anyio.create_task_group() as tg:
             tg.start_soon(produce)
             async with receive:
-                async for episode in receive:
+                while True:
+                    try:
+                        episode = receive.receive_nowait()
+                    except anyio.WouldBlock:
+                        if await self._replay():  # a step instead of waiting
+                            if self._budget_spent():
+                                self.runtime.shutdown("learning budget spent", abandon=True)
+                                break
+                            continue
+                        try:
+                            episode = await receive.receive()
+                        except anyio.EndOfStream:
+                            break
+                    except anyio.EndOfStream:
+                        break
                     await self._take(episode)
                     if len(self._pending) >= self.settings.batch_examples:
                         await self._train()
@@ -265,6 +310,7 @@ class OnlineLoop:
 
     async def _take(self, episode: Episode) -> None:
         self.stats.episodes += 1
+        self._count_generation(episode)
         key = (episode.task.id, episode.sample)
         rejected = self.source.rejected_by_process
         examples = await self.source.examples(episode, self.runtime.verifiers)
@@ -300,15 +346,57 @@ class OnlineLoop:
             keys = {ex.key[1:] for ex in batch} - left
             self._pending_keys -= keys
         for chunk in self._replay_chunks(batch):
-            result = await self.learner.update(chunk)
-            self.stats.steps = self.learner.steps
-            self.stats.last_loss = result.loss
-            self.stats.learner_seconds += result.seconds
-            self.stats.learner_counts.update({k: v for k, v in result.metrics.items() if k.endswith("_tokens")})
+            await self._step(chunk)
         self.stats.examples += len(batch)
         self._consumed |= keys
+        if self.settings.idle_replay:
+            self._pool.extend(batch)
+            for ex in self._pool[: -self.settings.replay_pool]:
+                self._uses.pop(id(ex), None)
+            del self._pool[: -self.settings.replay_pool]
         if self.learner.steps % self.settings.steps_per_version == 0:
             await self._publish()
+
+    async def _step(self, chunk: list[Example]) -> None:
+        result = await self.learner.update(chunk)
+        for ex in chunk:
+            self._uses[id(ex)] = self._uses.get(id(ex), 0) + 1
+        s = self.stats
+        s.steps, s.last_loss = self.learner.steps, result.loss
+        s.learner_seconds += result.seconds
+        s.trained_tokens += int(result.metrics.get("processed", result.tokens))
+        s.learner_counts.update({k: v for k, v in result.metrics.items() if k.endswith("_tokens")})
+
+    def _count_generation(self, episode: Episode) -> None:
+        """Tokens the policy computed: a local engine's own count (the prefill it really
+        ran, cached prefixes excluded, and the sampled tokens), else the episodes' usage
+        (prompts counted whole)."""
+        stats = getattr(getattr(self.runtime.policy, "engine", None), "stats", None)
+        if stats is not None and hasattr(stats, "prefill_computed"):
+            self.stats.generated_tokens = stats.prefill_computed + stats.generated_tokens
+        else:
+            self.stats.generated_tokens += episode.usage.tokens
+
+    async def _replay(self) -> bool:
+        """With ``idle_replay``: one optimizer step on a batch drawn from the pool (the
+        examples still under ``max_reuse`` steps and within the staleness bound), then
+        publish as after any step. False when idle replay is off, the pool is still
+        smaller than ``replay_min_pool``, or too little is left to fill half a batch."""
+        s = self.settings
+        if not s.idle_replay or len(self._pool) < s.replay_min_pool:
+            return False
+        fresh = [
+            ex for ex in self._pool
+            if self._uses.get(id(ex), 0) < s.max_reuse and self._staleness(ex) <= s.max_staleness
+        ]  # fmt: skip
+        if len(fresh) < max(1, s.batch_examples // 2):
+            return False
+        rng = random.Random(self.learner.steps)
+        await self._step(rng.sample(fresh, min(len(fresh), s.batch_examples)))
+        self.stats.replay_steps += 1
+        if self.learner.steps % s.steps_per_version == 0:
+            await self._publish()
+        return True
 
     def _replay_chunks(self, batch: list[Example]) -> list[list[Example]]:
         """The batches of this round's optimizer steps: ``batch`` and the last ``passes - 1``

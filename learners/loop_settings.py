@@ -39,6 +39,17 @@ class LoopSettings(BaseModel):
     passes: int = Field(1, ge=1, le=100)
     """Optimizer steps each example is trained in (reuse of scarce examples): each round
     steps on the new batch and the previous passes-1 batches, shuffled together."""
+    idle_replay: bool = False
+    """Instead of waiting for a new batch, step on examples drawn from the replay pool
+    (the last replay_pool examples trained, each at most max_reuse times): the learner's
+    cores never idle while generation is slower than training."""
+    replay_pool: int = Field(4096, ge=1)
+    """Idle replay: the most recent examples kept to draw from."""
+    replay_min_pool: int = Field(512, ge=1)
+    """Idle replay: examples the pool must hold before the first replay step (replaying
+    a pool of one or two batches overfits them)."""
+    max_reuse: int = Field(8, ge=1, le=1000)
+    """Idle replay: optimizer steps an example is trained in at most (its first included)."""
     steps_per_version: int = Field(1, ge=1)
     """Optimizer steps between published policy versions."""
     max_staleness: int = Field(4, ge=0)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from learners.examples import Example, PathSettings, VerifiedPaths, _path
+from learners.examples import Example, PathSettings, VerifiedPaths, path_nodes
 from runtime.core.types import Episode, Node
 from runtime.search.context import Verifiers
 
@@ -84,7 +84,7 @@ class ReflectionTraces(VerifiedPaths):
         s = self.settings
         out: list[tuple[str, bool]] = []
         written = 0
-        for node in _path(episode, leaf):
+        for node in path_nodes(episode, leaf):
             if node.meta.get("reflection") or not node.text:
                 continue
             assert node.parent is not None

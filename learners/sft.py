@@ -34,23 +34,32 @@ class SFTLearner(TorchLearner):
     # -- examples to tensors -----------------------------------------------------------
 
     def encode(self, example: Example) -> tuple[list[int], list[int]]:
-        """Token ids of prompt + completion + end of turn, and labels (-100 on the prompt)."""
+        """Token ids of prompt + completion + end of turn, and labels (-100 on the prompt
+        and on untrained lines)."""
+        ids, labels, _ = self.encode_weighted(example)
+        return ids, labels
+
+    def encode_weighted(self, example: Example) -> tuple[list[int], list[int], list[float]]:
+        """:meth:`encode` and each label's loss weight (the example's weight times its
+        line's). A completion that does not end the answer (``example.ends`` false: a
+        verified prefix) is followed by the line break the next step starts after, not
+        by the end of turn."""
         tok = self.tokenizer
         prompt = tok.apply_chat_template(example.messages, tokenize=False, add_generation_prompt=True)
         prompt_ids: list[int] = tok(prompt, add_special_tokens=False)["input_ids"]
-        if example.segments is None:
-            completion_ids: list[int] = tok(example.completion + self._eos, add_special_tokens=False)["input_ids"]
-            trained = completion_ids
-        else:  # lines tokenised one by one (each ends at a line break), untrained ones unlabelled
-            completion_ids, trained = [], []
-            last = len(example.segments) - 1
-            for k, (text, learn) in enumerate(example.segments):
-                ids_k = tok(text + ("\n" if k < last else self._eos), add_special_tokens=False)["input_ids"]
-                completion_ids += ids_k
-                trained += ids_k if learn else [-100] * len(ids_k)
+        end = self._eos if example.ends else "\n"
+        segments = example.segments if example.segments is not None else [(example.completion, 1.0)]
+        completion_ids: list[int] = []
+        weights: list[float] = []
+        last = len(segments) - 1
+        for k, (text, weight) in enumerate(segments):  # lines tokenised one by one, each ending at a line break
+            ids_k = tok(text + ("\n" if k < last else end), add_special_tokens=False)["input_ids"]
+            completion_ids += ids_k
+            weights += [float(weight) * example.weight] * len(ids_k)
         ids = (prompt_ids + completion_ids)[: self.settings.max_length]
-        labels = ([-100] * len(prompt_ids) + trained)[: self.settings.max_length]
-        return ids, labels
+        weights = ([0.0] * len(prompt_ids) + weights)[: self.settings.max_length]
+        labels = [t if w > 0 else -100 for t, w in zip(ids, weights, strict=True)]
+        return ids, labels, weights
 
     # -- one optimizer step ------------------------------------------------------------
 
@@ -58,33 +67,36 @@ class SFTLearner(TorchLearner):
         if not examples:
             raise ValueError("a learner step needs at least one example")
         started = self.prepare()
-        encoded = sorted(((*self.encode(ex), ex.weight) for ex in examples if ex.weight > 0), key=lambda e: len(e[0]))
+        encoded = sorted((self.encode_weighted(ex) for ex in examples if ex.weight > 0), key=lambda e: len(e[0]))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        total_weight = sum(w * sum(t != -100 for t in y[1:]) for _, y, w in encoded) or 1.0
+        total_weight = sum(sum(w[1:]) for _, _, w in encoded) or 1.0
         loss_sum = 0.0
-        tokens = 0
+        tokens = processed = 0
         for start in range(0, len(encoded), self.settings.micro_batch):
             micro = encoded[start : start + self.settings.micro_batch]
             width = max(len(ids) for ids, _, _ in micro)
             ids = torch.full((len(micro), width), pad, dtype=torch.long)
             labels = torch.full((len(micro), width), -100, dtype=torch.long)
             mask = torch.zeros((len(micro), width), dtype=torch.long)
-            weights = torch.zeros(len(micro))
+            weights = torch.zeros((len(micro), width))
             for i, (x, y, w) in enumerate(micro):
                 ids[i, : len(x)] = torch.tensor(x)
                 labels[i, : len(y)] = torch.tensor(y)
                 mask[i, : len(x)] = 1
-                weights[i] = w
+                weights[i, : len(w)] = torch.tensor(w)
             logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             target = labels[:, 1:]
             per_token = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
             ).view(target.shape)
-            loss = (per_token * weights[:, None]).sum() / total_weight
+            loss = (per_token * weights[:, 1:]).sum() / total_weight
             loss.backward()  # type: ignore[no-untyped-call]
             loss_sum += float(loss.detach())
             tokens += int((target != -100).sum())
-        return self.apply(started, loss_sum, len(encoded), tokens)
+            processed += int(mask.sum())
+        result = self.apply(started, loss_sum, len(encoded), tokens)
+        result.metrics["processed"] = float(processed)  # every input token, for the FLOP count
+        return result
 
     @torch.no_grad()
     def loss(self, examples: Sequence[Example]) -> float:

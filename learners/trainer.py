@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from learners.base import UpdateResult
 from runtime.core.errors import StoreError
 from runtime.core.registry import with_overrides
+from runtime.core.threads import CoreShare
 
 __all__ = ["LoraSettings", "TorchLearner", "TrainerSettings"]
 
@@ -138,6 +139,8 @@ class TorchLearner:
         self.steps = 0
         self.version = 0
         self.busy_seconds = 0.0
+        self.share: CoreShare | None = None
+        """Cores handed with the generation engine: a step holds the learner's threads."""
         self._eos = tokenizer.eos_token or ""
 
     @staticmethod
@@ -165,8 +168,12 @@ class TorchLearner:
         return cls(model, tokenizer, **kwargs)
 
     async def update(self, examples: Sequence[Any]) -> UpdateResult:
-        """One update on ``examples``, computed in a worker thread."""
-        return await anyio.to_thread.run_sync(self.step, list(examples))
+        """One update on ``examples``, computed in a worker thread (holding its threads of
+        the core share, if there is one: the engine runs on the rest meanwhile)."""
+        if self.share is None:
+            return await anyio.to_thread.run_sync(self.step, list(examples))
+        with self.share.hold(self.settings.threads or 1):
+            return await anyio.to_thread.run_sync(self.step, list(examples))
 
     def step(self, examples: Sequence[Any]) -> UpdateResult:
         raise NotImplementedError

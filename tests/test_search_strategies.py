@@ -376,6 +376,38 @@ async def test_backtracking_goes_up_a_level_after_step_retries() -> None:
     assert ep.steps == ["a2", "Answer: 42"]
 
 
+async def test_without_backtracking_an_accepted_step_is_never_abandoned() -> None:
+    """backtrack: false (an exact verifier): the failing position is retried from the
+    same accepted step until it passes, however many step_retries it takes."""
+    script, seen = proposals({"": ["a1", "a2"], "a1": ["bad", "bad", "bad", "good"], "good": ["Answer: 42"]})
+    verifier = StepScores(lambda s: 0.0 if s == "bad" else 1.0)
+    strategy = VerifyAndBacktrack(step_retries=1, backtrack=False)
+    ep = await strategy.run(context(ScriptedPolicy(script), process=verifier))
+    assert seen == [[], ["a1"], ["a1"], ["a1"], ["a1"], ["a1", "good"]]  # never back to the root
+    assert not any(n.meta.get("abandoned") for n in ep.nodes)
+    assert ep.steps == ["a1", "good", "Answer: 42"] and ep.final_answer == "42"
+
+
+async def test_candidates_after_a_rejection_come_in_one_request_and_every_accepted_one_is_marked() -> None:
+    requests: list[tuple[int, float]] = []
+
+    def script(request: GenerationRequest, i: int) -> str:
+        if steps_of(request):
+            return "Answer: 42"
+        if i == 0:
+            requests.append((request.n, request.temperature))
+        return "bad" if request.n == 1 else ["bad", "good", "fine", "bad"][i]
+
+    verifier = StepScores(lambda s: 0.0 if s == "bad" else 1.0)
+    strategy = VerifyAndBacktrack(candidates=4, retry_temperature=1.2)
+    ep = await strategy.run(context(ScriptedPolicy(script), process=verifier, temperature=0.7))
+    assert requests == [(1, 0.7), (4, 1.2)]  # one try, then 4 candidates in one hotter request
+    root = ep.nodes[0]
+    texts = [(ep.nodes[i].text, ep.nodes[i].meta.get("accepted", False)) for i in root.children]
+    assert ("good", True) in texts and ("fine", True) in texts and ("bad", False) in texts
+    assert ep.steps == ["good", "Answer: 42"]  # the first accepted candidate is kept
+
+
 async def test_backtracking_episode_retries_end_in_one_unverified_completion() -> None:
     def script(request: GenerationRequest, i: int) -> str:
         return "bad\nAnswer: 1" if request.stop is None else "bad"

@@ -67,3 +67,48 @@ def test_passive_waits_are_set_only_before_torch_and_never_over_the_user(monkeyp
     assert passive_openmp() is True and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     monkeypatch.setenv("OMP_WAIT_POLICY", "active")
     assert passive_openmp() is False and os.environ["OMP_WAIT_POLICY"] == "active"
+
+
+@pytest.mark.anyio
+async def test_the_engine_takes_the_cores_the_learner_does_not_hold() -> None:
+    """The core share changes hands: while the learner holds its thread the engine runs on
+    one, once it lets go the engine takes both (re-read between decode steps)."""
+    from runtime.core.threads import CoreShare
+    from runtime.policy.base import GenerationRequest
+    from runtime.policy.local import LocalPolicy
+
+    policy = LocalPolicy.from_path("bundled", threads=1)
+    share = CoreShare(cpus=2)
+    policy.engine.share = share
+    request = GenerationRequest(prompt="Evaluate: 3+4*5", max_tokens=4, temperature=0.0)
+    try:
+        await policy.generate(request)
+        assert policy.engine._threads_now == 2  # nobody else computes: both cores
+        with share.hold(1):  # a learner step
+            await policy.generate(request)
+            assert policy.engine._threads_now == 1 and share.free() == 1
+        await policy.generate(request)
+        assert policy.engine._threads_now == 2 and share.handovers == 1
+    finally:
+        await policy.aclose()
+
+
+def test_a_learning_run_hands_cores_between_engine_learner_and_evaluator(tmp_path: Path) -> None:
+    from runtime.app.learning import build_loop
+
+    store = f"store.path={tmp_path / 'runs.db'}"
+    config = load_config(CONFIGS / "expert_iteration.yaml", [store])
+    loop = build_loop(config)
+    try:
+        engine = loop.runtime.policy.engine  # type: ignore[attr-defined]
+        assert engine.share is not None and loop.learner.share is engine.share  # type: ignore[attr-defined]
+        assert loop.evaluator is not None and loop.evaluator.share is engine.share
+    finally:
+        engine.close()
+        loop.evaluator.policy.engine.close()  # type: ignore[attr-defined]
+    fixed = build_loop(load_config(CONFIGS / "expert_iteration.yaml", [store, "policy.threads=1"]))
+    try:
+        assert fixed.runtime.policy.engine.share is None  # type: ignore[attr-defined]
+    finally:
+        fixed.runtime.policy.engine.close()  # type: ignore[attr-defined]
+        fixed.evaluator.policy.engine.close()  # type: ignore[attr-defined]

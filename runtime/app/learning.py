@@ -22,7 +22,7 @@ from learners.loop import OnlineLoop
 from runtime.app.build import build_runtime, build_strategy, build_verifiers, torch_consumers
 from runtime.app.config import RunConfig
 from runtime.core.errors import ConfigError, TaskError
-from runtime.core.threads import thread_share
+from runtime.core.threads import CoreShare, thread_share
 from runtime.core.types import Task
 from runtime.policy.base import WeightedPolicy
 from runtime.policy.checkpoints import resolve_checkpoint
@@ -93,6 +93,20 @@ def build_learner(config: RunConfig) -> Learner:
     return spec.build_learner(model, tokenizer, config.sampling)
 
 
+def _share_cores(config: RunConfig, runtime: Any, learner: Learner, evaluator: Evaluator | None) -> None:
+    """Hand the cores between this process's engine, learner and evaluator: the engine
+    takes what the other two are not computing on (unless policy.threads fixes its count)."""
+    engine = getattr(runtime.policy, "engine", None)
+    if engine is None or not hasattr(engine, "share") or config.policy.threads is not None:
+        return
+    share = CoreShare()
+    engine.share = share
+    if hasattr(learner, "share"):
+        learner.share = share
+    if evaluator is not None:
+        evaluator.share = share
+
+
 def build_loop(config: RunConfig, *, handle_signals: bool = False) -> OnlineLoop:
     """The runtime, learner, evaluator and loop of ``config`` (which has a learner)."""
     from transformers import AutoModelForCausalLM
@@ -114,6 +128,7 @@ def build_loop(config: RunConfig, *, handle_signals: bool = False) -> OnlineLoop
             config.sampling,
             build_strategy(config) if spec.eval.strategy else None,
         )
+    _share_cores(config, runtime, learner, evaluator)
     publish = runtime.policy if spec.trains_policy else None
     if publish is not None and not isinstance(publish, WeightedPolicy):
         raise ConfigError(

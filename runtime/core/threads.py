@@ -13,6 +13,10 @@ Design decisions:
 - Each consumer that runs at the same time gets an equal share, at least one thread; a
   configured count (``policy.threads``, ``learner.threads``, ``verifiers.*.threads``)
   always wins.
+- Cores change hands (:class:`CoreShare`): the engine of the online loop takes the cores
+  the learner and the evaluator are not computing on, re-read between its decode steps,
+  so generation runs on both cores while the learner waits for data and on one while it
+  steps (``tests/bench/contention.py`` measures the engine both ways).
 - Waiting threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``) when the
   process runs more than one torch consumer, or when asked: set before torch starts its
   OpenMP runtime (it cannot change afterwards), never over a value the user exported.
@@ -22,8 +26,11 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["available_cpus", "passive_openmp", "thread_share"]
+__all__ = ["CoreShare", "available_cpus", "passive_openmp", "thread_share"]
 
 
 def available_cpus() -> int:
@@ -48,3 +55,35 @@ def passive_openmp() -> bool:
         return False
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return True
+
+
+class CoreShare:
+    """The cores of a process, handed between torch consumers that come and go.
+
+    A consumer that computes in bursts (a learner step, an evaluation) holds its threads
+    for the burst (:meth:`hold`); a consumer that runs all the time (the generation
+    engine) asks :meth:`free` between its steps and takes what nobody holds, at least one.
+    """
+
+    def __init__(self, cpus: int | None = None) -> None:
+        self.cpus = cpus or available_cpus()
+        self._held = 0
+        self._lock = threading.Lock()
+        self.handovers = 0
+        """Times :meth:`hold` took threads (for the loop's report and the tests)."""
+
+    def free(self) -> int:
+        """Threads nobody holds now (at least 1)."""
+        return max(1, self.cpus - self._held)
+
+    @contextmanager
+    def hold(self, threads: int) -> Iterator[None]:
+        """Hold ``threads`` for the body (a learner step, an evaluation)."""
+        with self._lock:
+            self._held += threads
+            self.handovers += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held -= threads

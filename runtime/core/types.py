@@ -75,6 +75,10 @@ class Node:
     logprobs: list[float] | None = None
     policy_version: int | None = None
     sample_logprobs: list[float] | None = None
+    token_versions: list[int] | None = None
+    """Per token, the policy version it was sampled under, where a weight swap landed
+    mid-step (partial rollouts); None: every token under ``policy_version`` (which is
+    always the oldest, so a staleness bound on it bounds every token)."""
     finish_reason: str | None = None
     terminal: bool = False
     answer: str | None = None

@@ -58,6 +58,9 @@ class Completion:
     sample_logprobs: list[float] | None = None
     """Per token, the log-probability under the distribution it was sampled from
     (temperature and top-p applied): the behaviour policy. The local engine gives it."""
+    token_versions: list[int] | None = None
+    """Per token, the policy version it was sampled under, where a weight swap landed
+    mid-sequence (partial rollouts); None: every token under the result's version."""
 
 
 @dataclass(slots=True)

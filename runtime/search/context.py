@@ -271,7 +271,7 @@ class Context:
             text, cut = cut_text(clean_text(text), limit)
             c.text = text
             if cut:
-                c.token_ids = c.logprobs = c.sample_logprobs = None
+                c.token_ids = c.logprobs = c.sample_logprobs = c.token_versions = None
                 c.finish_reason = "length"
                 self.episode.usage.capped += 1
 
@@ -306,6 +306,7 @@ class Context:
                     token_ids=c.token_ids,
                     logprobs=c.logprobs,
                     sample_logprobs=c.sample_logprobs,
+                    token_versions=c.token_versions,
                     policy_version=result.policy_version,
                     finish_reason=c.finish_reason,
                     meta=dict(meta) if meta else {},
@@ -335,6 +336,7 @@ class Context:
                     token_ids=c.token_ids if k == 0 else None,
                     logprobs=c.logprobs if k == 0 else None,
                     sample_logprobs=c.sample_logprobs if k == 0 else None,
+                    token_versions=c.token_versions if k == 0 else None,
                     policy_version=result.policy_version,
                     finish_reason=c.finish_reason if k == len(lines) - 1 else None,
                     meta=({"covers": len(lines)} if k == 0 else {}) | (meta or {}),

@@ -20,20 +20,29 @@ Design decisions:
   of three or more steps, and with some probability a wrong step followed by an
   explicit reflection (``check: 7*8=54 is wrong, 7*8=56, leaving ...``).
 - The answer checker is exact integer comparison of the ``Answer:`` line.
+- Held-out problems are a fixed part of the problem space, not a seed: a problem is
+  held out when a hash of its question falls in one tenth of the range
+  (:func:`split_of`). Training sets drawn with ``split="train"`` and evaluation sets
+  drawn with ``split="heldout"`` can never share a problem, whatever their seeds and
+  sizes (with seeds alone, 30,000 training tasks shared 9 of 600 held-out problems).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 __all__ = [
     "ArithProblem",
+    "Split",
     "check_step",
     "generate_problem",
     "parse_expression",
     "solution_steps",
+    "split_of",
     "training_trace",
 ]
 
@@ -117,8 +126,26 @@ def evaluate(numbers: list[int], ops: list[str]) -> int:
     return numbers[0]
 
 
-def generate_problem(rng: random.Random, steps: int) -> ArithProblem:
-    """A random problem with ``steps`` operators and no chained products."""
+Split = Literal["all", "train", "heldout"]
+HELDOUT_SHARE = 10  # one problem in this many is held out
+
+
+def split_of(question: str) -> Split:
+    """``heldout`` for the fixed tenth of the problem space kept out of training, else ``train``."""
+    digest = hashlib.blake2b(question.encode(), digest_size=8).digest()
+    return "heldout" if int.from_bytes(digest, "big") % HELDOUT_SHARE == 0 else "train"
+
+
+def generate_problem(rng: random.Random, steps: int, split: Split = "all") -> ArithProblem:
+    """A random problem with ``steps`` operators and no chained products, from ``split``
+    of the problem space (drawn again until it falls there)."""
+    while True:
+        problem = _draw(rng, steps)
+        if split == "all" or split_of(problem.question) == split:
+            return problem
+
+
+def _draw(rng: random.Random, steps: int) -> ArithProblem:
     ops: list[str] = []
     for _ in range(steps):
         choices = ["+", "-"] if ops and ops[-1] == "*" else ["+", "-", "*"]

@@ -43,9 +43,15 @@ def assistant_prefix(question: str) -> str:
 
 
 def evaluate_greedy(
-    model: Any, tok: Any, per_steps: int = 200, seed: int = 12345, max_steps: int = 4
+    model: Any,
+    tok: Any,
+    per_steps: int = 200,
+    seed: int = 12345,
+    max_steps: int = 4,
+    split: str = "all",
+    min_steps: int = 1,
 ) -> dict[str, float]:
-    """Greedy pass@1 of ``model`` on fresh problems, keyed by number of steps."""
+    """Greedy pass@1 of ``model`` on fresh problems of ``split``, keyed by number of steps."""
     import torch
 
     from runtime.tiny.domain import generate_problem
@@ -53,8 +59,8 @@ def evaluate_greedy(
     rng = random.Random(seed)
     tok.padding_side = "left"
     result: dict[str, float] = {}
-    for steps in range(1, max_steps + 1):
-        problems = [generate_problem(rng, steps) for _ in range(per_steps)]
+    for steps in range(min_steps, max_steps + 1):
+        problems = [generate_problem(rng, steps, split) for _ in range(per_steps)]  # type: ignore[arg-type]
         correct = 0
         for start in range(0, per_steps, 100):
             chunk = problems[start : start + 100]

@@ -10,17 +10,17 @@ from pydantic import Field
 
 from runtime.core.types import Task
 from runtime.scheduling.tasks import TaskSource
-from runtime.tiny.domain import generate_problem
+from runtime.tiny.domain import Split, generate_problem
 
 __all__ = ["TinyTasks", "tiny_tasks"]
 
 
-def tiny_tasks(count: int = 100, steps: Iterable[int] = (3, 4), seed: int = 0) -> Iterator[Task]:
+def tiny_tasks(count: int = 100, steps: Iterable[int] = (3, 4), seed: int = 0, split: Split = "all") -> Iterator[Task]:
     """Problems of the bundled tiny arithmetic domain (see ``runtime.tiny.domain``)."""
     steps = list(steps)
     rng = random.Random(seed)
     for index in range(count):
-        problem = generate_problem(rng, steps[index % len(steps)])
+        problem = generate_problem(rng, steps[index % len(steps)], split)
         yield Task(
             id=f"tiny-{seed}-{index}",
             prompt=problem.question,
@@ -39,6 +39,9 @@ class TinyTasks(TaskSource):
     """Seed of the generated tasks."""
     steps: list[Annotated[int, Field(ge=1, le=8)]] = Field(default_factory=lambda: [3, 4], min_length=1)
     """Problem lengths (operations per expression), cycled."""
+    split: Split = "all"
+    """Part of the problem space: train (nine tenths), heldout (the fixed tenth no training
+    set drawn with split train can contain) or all."""
 
     def build(self) -> list[Task]:
-        return list(tiny_tasks(self.size, self.steps, self.seed))
+        return list(tiny_tasks(self.size, self.steps, self.seed, self.split))

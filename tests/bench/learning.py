@@ -73,18 +73,21 @@ from runtime.tiny.tasks import TinyTasks  # noqa: E402
 
 CONFIGS = {
     "expert_iteration": "expert_iteration.yaml",
+    "on_policy_distill": "on_policy_distill.yaml",
     "grpo": "grpo.yaml",
     "grpo_process": "grpo_process.yaml",
     "ppo": "ppo.yaml",
     "step_dpo": "step_dpo.yaml",
 }
-HELD_OUT = TinyTasks(size=300, steps=[3, 4], seed=10_000)
+HELD_OUT = TinyTasks(size=300, steps=[3, 4], seed=10_000, split="heldout")
+TRAIN_SPLIT = ["tasks.split=train", "learner.eval.tasks.split=heldout"]  # every loop row, whatever its config
+START_SEARCH = 0.637  # bundled-weak's own verify-and-backtrack@16 accuracy on 3-4-step problems (800 tasks)
 EVAL_SECONDS = 60.0  # rows outside the loop (control, TRL) evaluate this often, in their own time
 
 
 def final_accuracy(model: Any, tokenizer: Any) -> dict[str, float]:
     torch.set_num_threads(2)
-    acc = evaluate_greedy(model.eval(), tokenizer, per_steps=300, seed=4242, max_steps=4)
+    acc = evaluate_greedy(model.eval(), tokenizer, per_steps=300, seed=4242, min_steps=3, max_steps=4, split="heldout")
     return {"3": acc["3"], "4": acc["4"]}
 
 
@@ -114,8 +117,9 @@ def run_loop(name: str, minutes: float, store: Path, eval_every: int) -> dict[st
         ROOT / "configs" / CONFIGS[base],
         [f"run_id=bench-{slug}", f"store.path={store}", f"learner.max_minutes={minutes}",
          f"learner.eval.every={eval_every}", "learner.eval.strategy=false",
-         f"learner.checkpoint={store.parent / (slug + '.pt')}", *overrides],
+         f"learner.checkpoint={store.parent / (slug + '.pt')}", *TRAIN_SPLIT, *overrides],
     )  # fmt: skip
+    assert config.learner is not None and config.learner.eval is not None
 
     async def main() -> Any:
         async with build_loop(config) as loop:
@@ -129,24 +133,38 @@ def run_loop(name: str, minutes: float, store: Path, eval_every: int) -> dict[st
     model = AutoModelForCausalLM.from_config(learner.policy_config(), dtype=torch.float32)
     model.load_state_dict(learner.weights(), strict=False)
     s = stats.as_dict()
+    per_version = config.learner.steps_per_version
     return {
         "row": name,
         "final": final_accuracy(model, learner.tokenizer),
-        "curve": [(p["wall_time"], p["greedy_pass@1"]) for p in stats.curve],
+        "curve": [point(p["wall_time"], p, p["version"] * per_version) for p in stats.curve],
         "episodes": stats.episodes,
         "steps": stats.steps,
         "utilisation": s["learner utilisation"],
         "staleness": dict(sorted(stats.staleness.items())),
         "truncated": int(stats.learner_counts.get("truncated_tokens", 0)),
         "examples": stats.examples,
+        "replay_steps": stats.replay_steps,
+        "flops": stats.model_flops,
+        "tokens_per_example": stats.generated_tokens / max(1, stats.examples),
+        "train_questions": {t.prompt for t in config.tasks.build()},
+        "ground_truth": False,
+        "teacher": "teacher" in type(config.learner).model_fields,
         "wall": wall,
     }
 
 
-def ground_truth_examples(rng: random.Random, n: int) -> list[Example]:
+def point(wall: float, metrics: dict[str, Any], steps: int) -> dict[str, Any]:
+    """A curve point: wall time, mixed and 4-step greedy pass@1, optimizer steps."""
+    return {"t": wall, "acc": metrics["greedy_pass@1"], "acc4": metrics.get("greedy_pass@1/4"), "steps": steps}
+
+
+def ground_truth_examples(rng: random.Random, n: int, seen: set[str] | None = None) -> list[Example]:
     out = []
     for _ in range(n):
-        p = generate_problem(rng, rng.choice([3, 4]))
+        p = generate_problem(rng, rng.choice([3, 4]), "train")
+        if seen is not None:
+            seen.add(p.question)
         text = "\n".join([*solution_steps(p), f"Answer: {p.answer}"])
         out.append(Example([{"role": "user", "content": p.question}], text, ("gt", p.question, 0)))
     return out
@@ -160,21 +178,24 @@ def run_control(minutes: float, eval_every: int) -> dict[str, Any]:
     learner = SFTLearner(model, tokenizer, spec)
     ev = evaluator(tokenizer, model)
     rng = random.Random(0)
-    curve: list[tuple[float, float]] = []
+    curve: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    processed = 0
     started = time.monotonic()
 
     async def evaluate() -> None:
         metrics = await ev.evaluate(learner.weights(), learner.steps)
-        curve.append((time.monotonic() - started, metrics["greedy_pass@1"]))
+        curve.append(point(time.monotonic() - started, metrics, learner.steps))
 
     async def main() -> None:
-        nonlocal started
+        nonlocal started, processed
         await evaluate()
         # As in the loop, the budget starts once the start is measured.
-        started, curve[0] = time.monotonic(), (0.0, curve[0][1])
+        started, curve[0]["t"] = time.monotonic(), 0.0
         last = time.monotonic()
         while time.monotonic() - started < minutes * 60:
-            await learner.update(ground_truth_examples(rng, spec.batch_examples))
+            result = await learner.update(ground_truth_examples(rng, spec.batch_examples, seen))
+            processed += int(result.metrics.get("processed", result.tokens))
             if time.monotonic() - last >= EVAL_SECONDS:
                 await evaluate()
                 last = time.monotonic()
@@ -186,7 +207,9 @@ def run_control(minutes: float, eval_every: int) -> dict[str, Any]:
     return {
         "row": "control", "final": final_accuracy(learner.model, tokenizer), "curve": curve,
         "episodes": 0, "steps": learner.steps, "utilisation": learner.busy_seconds / wall, "staleness": {},
-        "truncated": 0, "examples": learner.steps * spec.batch_examples, "wall": wall,
+        "truncated": 0, "examples": learner.steps * spec.batch_examples, "wall": wall, "replay_steps": 0,
+        "flops": 6 * sum(p.numel() for p in learner.model.parameters()) * processed / wall,
+        "tokens_per_example": 0.0, "train_questions": seen, "ground_truth": True, "teacher": False,
     }  # fmt: skip
 
 
@@ -200,7 +223,7 @@ def run_trl_grpo(minutes: float, eval_every: int) -> dict[str, Any]:
     spec = config.learner
     assert spec is not None
     model, tokenizer = start_model()
-    tasks = TinyTasks(size=20_000, steps=[3, 4], seed=1).build()
+    tasks = TinyTasks(size=20_000, steps=[3, 4], seed=1, split="train").build()
     data = Dataset.from_list(
         [{"prompt": [{"role": "user", "content": t.prompt or ""}], "answer": t.answer} for t in tasks]
     )
@@ -214,12 +237,14 @@ def run_trl_grpo(minutes: float, eval_every: int) -> dict[str, Any]:
         return out
 
     ev = evaluator(tokenizer, model)
-    curve: list[tuple[float, float]] = []
+    curve: list[dict[str, Any]] = []
     started = [time.monotonic()]
+    trainer: Any = None
 
     def evaluate() -> None:
         metrics = anyio.run(ev.evaluate, {k: v.detach().clone() for k, v in model.state_dict().items()}, 0)
-        curve.append((time.monotonic() - started[0], metrics["greedy_pass@1"]))
+        steps = trainer.state.global_step if trainer is not None else 0
+        curve.append(point(time.monotonic() - started[0], metrics, steps))
 
     last = [time.monotonic()]
 
@@ -244,7 +269,7 @@ def run_trl_grpo(minutes: float, eval_every: int) -> dict[str, Any]:
         callbacks=[Budget()],
     )  # fmt: skip
     evaluate()
-    started[0], curve[0], last[0] = time.monotonic(), (0.0, curve[0][1]), time.monotonic()
+    started[0], curve[0]["t"], last[0] = time.monotonic(), 0.0, time.monotonic()
     trainer.train()
     evaluate()
     anyio.run(ev.aclose)
@@ -253,19 +278,76 @@ def run_trl_grpo(minutes: float, eval_every: int) -> dict[str, Any]:
         "row": "trl_grpo", "final": final_accuracy(model, tokenizer), "curve": curve,
         "episodes": trainer.state.global_step * 2, "steps": trainer.state.global_step, "utilisation": 1.0,
         "staleness": {}, "truncated": 0, "examples": trainer.state.global_step * 2 * n, "wall": wall,
+        "replay_steps": 0, "flops": None, "tokens_per_example": None, "train_questions": {t.prompt for t in tasks},
+        "ground_truth": False, "teacher": False,
     }  # fmt: skip
 
 
-def reached(curve: list[tuple[float, float]], target: float) -> float | None:
-    return next((t for t, acc in curve if acc >= target), None)
+def reached(curve: list[dict[str, Any]], target: float, key: str = "acc") -> float | None:
+    """Wall time at which ``curve`` first reached ``target`` on ``key`` (None: never)."""
+    return next((p["t"] for p in curve if p[key] is not None and p[key] >= target), None)
+
+
+def overlap(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Held-out problems (the curve's set and the final 3-/4-step sets) that a row trained on."""
+    import random as _random
+
+    from runtime.tiny.domain import generate_problem as draw
+
+    rng = _random.Random(4242)
+    final = {draw(rng, steps, "heldout").question for steps in (3, 4) for _ in range(300)}
+    held = final | {t.prompt for t in HELD_OUT.build()}
+    return {r["row"]: len(held & r["train_questions"]) for r in rows}
+
+
+def summarise(results: list[dict[str, Any]], minutes: float) -> list[dict[str, Any]]:
+    """One JSON row per row name (repeated rows averaged, with the 4-step spread)."""
+    control = next((r for r in results if r["row"] == "control"), None)
+    base = control["flops"] if control else None
+    out = []
+    for name in dict.fromkeys(r["row"] for r in results):
+        runs = [r for r in results if r["row"] == name]
+        acc4 = [r["final"]["4"] for r in runs]
+        times = [reached(r["curve"], START_SEARCH) for r in runs]
+        t80 = [reached(r["curve"], 0.8, "acc4") for r in runs]
+        flops = [r["flops"] for r in runs if r["flops"] is not None]
+        out.append({
+            "name": name, "minutes": int(round(minutes)), "ground_truth": runs[0]["ground_truth"],
+            "teacher": runs[0]["teacher"], "acc3": sum(r["final"]["3"] for r in runs) / len(runs),
+            "acc4": sum(acc4) / len(runs), "runs": len(runs), "spread4": max(acc4) - min(acc4),
+            "seconds_to_start_search": None if None in times else sum(times) / len(times),  # type: ignore[arg-type]
+            "seconds_to_80": None if None in t80 else sum(t80) / len(t80),  # type: ignore[arg-type]
+            "optimizer_steps": round(sum(r["steps"] for r in runs) / len(runs)),
+            "machine_use_vs_control": (sum(flops) / len(flops) / base) if flops and base else None,
+        })  # fmt: skip
+    return out
+
+
+def write_json(rows: list[dict[str, Any]], path: Path) -> None:
+    """Merge ``rows`` into ``path``: rows of another budget (another invocation) are kept,
+    rows of this budget replaced."""
+    import json
+
+    data: dict[str, Any] = {"rows": [], "smollm2": None}
+    if path.exists():
+        data = json.loads(path.read_text())
+    minutes = {r["minutes"] for r in rows}
+    data["rows"] = [r for r in data.get("rows", []) if r["minutes"] not in minutes] + rows
+    data.setdefault("smollm2", None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget of each row")
-    parser.add_argument("--rows", default="control,expert_iteration,grpo,grpo_process,ppo,step_dpo,trl_grpo")
+    parser.add_argument(
+        "--rows", default="control,expert_iteration,grpo_process,step_dpo,on_policy_distill,trl_grpo",
+        help="comma-separated; a name given twice is run twice and quoted with its spread",
+    )  # fmt: skip
     parser.add_argument("--eval-every", type=int, default=10, help="versions (optimizer steps) between evaluations")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "learning_curves.png", help="PNG of all curves")
+    parser.add_argument("--json", type=Path, default=ROOT / "docs" / "results" / "learning.json", help="rows as JSON")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -282,7 +364,7 @@ def main() -> None:
     )
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for row in rows:
+        for k, row in enumerate(rows):
             t0 = time.monotonic()
             try:
                 if row == "control":
@@ -290,7 +372,7 @@ def main() -> None:
                 elif row == "trl_grpo":
                     result = run_trl_grpo(args.minutes, args.eval_every)
                 else:
-                    result = run_loop(row, args.minutes, Path(tmp) / f"{row}.db", args.eval_every)
+                    result = run_loop(row, args.minutes, Path(tmp) / f"row{k}.db", args.eval_every)
             except Exception as exc:  # one row failing does not lose the others
                 print(f"<!-- {row} failed: {type(exc).__name__}: {exc} -->", flush=True)
                 continue
@@ -298,37 +380,59 @@ def main() -> None:
             final = result["final"]
             print(
                 f"<!-- {row}: {time.monotonic() - t0:.0f} s, 3-step {100 * final['3']:.1f} %, "
-                f"4-step {100 * final['4']:.1f} %, curve {result['curve']} -->",
+                f"4-step {100 * final['4']:.1f} %, load average {os.getloadavg()[0]:.2f} -->",
                 flush=True,
             )
+    seen = overlap(results)
+    print("| row | held-out problems it trained on |\n|---|---|")
+    for name, n in seen.items():
+        print(f"| {name} | {n} |")
+    summary = summarise(results, args.minutes)
     control = next((r for r in results if r["row"] == "control"), None)
-    target = control["curve"][-1][1] if control and control["curve"] else None
     print(
-        "| row | 3-step | 4-step | held-out curve end | reached control's final | episodes | optimizer steps "
-        "| new examples / s | learner utilisation | staleness | truncated tokens |"
+        f"\n| row | 3-step | 4-step | runs (4-step spread) | to {100 * START_SEARCH:.1f} % mixed | to 80 % 4-step "
+        "| optimizer steps (replayed) | machine use (GFLOP/s, vs control) | generated tokens / example "
+        "| new examples / s | learner utilisation | staleness |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        end = r["curve"][-1][1] if r["curve"] else float("nan")
-        when = reached(r["curve"], target) if target is not None else None
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in summary:
+        runs = [r for r in results if r["row"] == row["name"]]
+        r = runs[-1]
+
+        def secs(x: float | None) -> str:
+            return "-" if x is None else f"{x:.0f} s"
+
+        flops = [x["flops"] for x in runs if x["flops"] is not None]
+        use = "-" if not flops else f"{sum(flops) / len(flops) / 1e9:.0f}"
+        if row["machine_use_vs_control"] is not None:
+            use += f" ({row['machine_use_vs_control']:.2f}x)"
+        tpe = "-" if r["tokens_per_example"] is None else f"{r['tokens_per_example']:.0f}"
         print(
-            f"| {r['row']} | {100 * r['final']['3']:.1f} % | {100 * r['final']['4']:.1f} % | {100 * end:.1f} % "
-            f"| {'-' if when is None else f'{when:.0f} s'} | {r['episodes']:,} | {r['steps']} "
-            f"| {r['examples'] / r['wall']:.1f} | {100 * r['utilisation']:.0f} % | {r['staleness']} "
-            f"| {r['truncated']} |"
+            f"| {row['name']} | {100 * row['acc3']:.1f} % | {100 * row['acc4']:.1f} % "
+            f"| {row['runs']} ({100 * row['spread4']:.1f}) | {secs(row['seconds_to_start_search'])} "
+            f"| {secs(row['seconds_to_80'])} | {row['optimizer_steps']} ({r['replay_steps']}) | {use} | {tpe} "
+            f"| {r['examples'] / r['wall']:.1f} | {100 * r['utilisation']:.0f} % | {r['staleness']} |"
         )
     trl = next((r for r in results if r["row"] == "trl_grpo" and r["curve"]), None)
     if trl is not None:
-        goal, trl_time = trl["curve"][-1][1], trl["wall"]
+        goal, trl_time = trl["curve"][-1]["acc"], trl["wall"]
         print(f"\nTRL GRPOTrainer's final held-out accuracy: {100 * goal:.1f} % after {trl_time:.0f} s")
         for r in results:
             if r is not trl:
                 when = reached(r["curve"], goal)
                 ratio = "-" if when is None else f"{when:.0f} s ({when / trl_time:.2f}x)"
                 print(f"- {r['row']}: reached it at {ratio}")
-    print("\n| curve (held-out greedy pass@1 at wall time) | points |\n|---|---|")
+    if control is not None and control["curve"]:
+        print(f"\ncontrol's final mixed held-out accuracy: {100 * control['curve'][-1]['acc']:.1f} %")
+    print("\n| curve (mixed held-out greedy pass@1, 4-step, at wall time / optimizer step) | points |\n|---|---|")
     for r in results:
-        print(f"| {r['row']} | " + ", ".join(f"{100 * a:.1f} % ({t:.0f} s)" for t, a in r["curve"]) + " |")
+        pts = ", ".join(
+            f"{100 * p['acc']:.1f} % / {100 * (p['acc4'] or 0):.1f} % ({p['t']:.0f} s, {p['steps']})"
+            for p in r["curve"]
+        )
+        print(f"| {r['row']} | {pts} |")
+    write_json(summary, args.json)
+    print(f"\nrows written to {args.json}; curves to {args.plot}")
     plot(results, args.plot)
 
 
@@ -338,14 +442,20 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (by_time, by_step) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for r in results:
         if r["curve"]:
-            ax.plot([t / 60 for t, _ in r["curve"]], [100 * a for _, a in r["curve"]], marker="o", label=r["row"])
-    ax.set_xlabel("wall time (min)")
-    ax.set_ylabel("held-out greedy pass@1, 3-4 steps (%)")
-    ax.legend()
-    ax.grid(alpha=0.3)
+            acc = [100 * p["acc"] for p in r["curve"]]
+            (line,) = by_time.plot([p["t"] / 60 for p in r["curve"]], acc, marker="o", label=r["row"])
+            by_step.plot([p["steps"] for p in r["curve"]], acc, marker="o", color=line.get_color())
+    by_time.axhline(100 * START_SEARCH, color="grey", ls="--", lw=1, label="start's verify-and-backtrack@16")
+    by_step.axhline(100 * START_SEARCH, color="grey", ls="--", lw=1)
+    by_time.set_xlabel("wall time (min)")
+    by_step.set_xlabel("optimizer steps")
+    by_time.set_ylabel("held-out greedy pass@1, 3-4 steps (%)")
+    by_time.legend(fontsize=8)
+    for ax in (by_time, by_step):
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

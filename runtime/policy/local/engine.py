@@ -24,10 +24,14 @@ Design decisions:
   ``bundled-weak``); the prefill's time stayed the same, so it is compute, not calls.
 - Sampling rows without a seed draw their tokens in one batched call per decode step;
   stop strings are looked for in a row's last tokens, not its whole decoded text.
-- Hot weight swap: ``swap_weights`` only enqueues. The worker stops admitting, lets
-  the running batch finish under the old weights, loads the new ones in place, clears
-  the prefix cache (its KV belongs to the old weights) and resumes: no request is
-  dropped and every completion is sampled under exactly one version, which it carries.
+- Hot weight swap with partial rollouts (as AReaL's and verl's): ``swap_weights`` only
+  enqueues; between two decode steps the worker loads the new weights in place and
+  goes on. Rows in flight keep their KV and continue under the new weights, admission
+  never stops, and every token records the version it was sampled under
+  (``Sequence.token_versions``; a result's ``version`` is its first, i.e. oldest,
+  token's). The prefix cache is cleared (its KV belongs to the old weights). Draining
+  the batch instead cost the loop a stalled engine at every publish: with a learner
+  that steps every two seconds, most of its time.
 - Why not transformers' own continuous batching (``init_continuous_batching``,
   transformers 5.23): it has paged attention, block (prefix) sharing, logprobs and
   per-request temperature / top-p, but ``num_return_sequences`` is fixed per manager
@@ -62,6 +66,8 @@ from typing import Any
 
 import torch
 
+from runtime.core.threads import CoreShare
+
 __all__ = ["EngineRequest", "EngineResult", "EngineStats", "LocalEngine", "Sequence"]
 
 BLOCK = 16
@@ -81,6 +87,9 @@ class Sequence:
     sample_logprobs: list[float] = field(default_factory=list)
     """Log-probability of each token under the distribution it was drawn from (temperature
     and top-p applied, renormalised; 0 for greedy rows): the behaviour policy of RL."""
+    token_versions: list[int] = field(default_factory=list)
+    """The policy version each token was sampled under (non-decreasing: a swap may land
+    mid-sequence)."""
 
 
 @dataclass(slots=True)
@@ -182,6 +191,7 @@ class _Row:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     sample_logprobs: list[float] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
     finished: str | None = None
     text: str = ""
 
@@ -219,6 +229,9 @@ class LocalEngine:
         self._cache_arg = _cache_argument(model)
         self.version = version
         self.threads = threads
+        self.share: CoreShare | None = None
+        """Cores handed with a learner: the engine takes what the learner does not hold."""
+        self._threads_now = 0
         self.stats = EngineStats()
         self._queue: queue.Queue[EngineRequest | tuple[str, Any]] = queue.Queue()
         self._waiting: list[EngineRequest] = []
@@ -266,12 +279,15 @@ class LocalEngine:
         with torch.inference_mode():
             while not self._stop.is_set():
                 self._drain_queue(block=not self._rows and not self._waiting and self._pending_swap is None)
+                if self.share is not None and (free := self.share.free()) != self._threads_now:
+                    torch.set_num_threads(free)
+                    self._threads_now = free
                 try:
+                    if self._pending_swap is not None:
+                        self._apply_swap()
                     self._admit()
                     if self._rows:
                         self._step()
-                    elif self._pending_swap is not None:
-                        self._apply_swap()
                 except Exception as exc:  # never let one bad batch kill the engine
                     self._fail_all(exc)
 
@@ -301,7 +317,7 @@ class LocalEngine:
         done()
 
     def _admit(self) -> None:
-        if self._pending_swap is not None or not self._waiting:
+        if not self._waiting:
             return
         chosen: list[tuple[EngineRequest, KV | None, int]] = []
         this_round: set[tuple[int, ...]] = set()  # aligned prefixes of the prompts chosen so far
@@ -615,6 +631,7 @@ class LocalEngine:
         row.tokens.append(token)
         row.logprobs.append(logprob)
         row.sample_logprobs.append(sampled)
+        row.versions.append(self.version)
         if req.stop:
             # Decode only a tail long enough to hold any stop string (a character is at
             # most 4 tokens of a byte-level vocabulary); the whole text only on a hit.
@@ -640,10 +657,13 @@ class LocalEngine:
                 row.tokens.pop()
                 row.logprobs.pop()
                 row.sample_logprobs.pop()
+                row.versions.pop()
         else:
             row.text = self.tok.decode(row.tokens, skip_special_tokens=True)
         group = self._groups[id(req)]
-        group.sequences[row.index] = Sequence(row.tokens, row.logprobs, row.text, reason, row.sample_logprobs)
+        group.sequences[row.index] = Sequence(
+            row.tokens, row.logprobs, row.text, reason, row.sample_logprobs, row.versions
+        )
         group.left -= 1
         if group.left == 0:
             del self._groups[id(req)]

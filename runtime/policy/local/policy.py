@@ -112,6 +112,7 @@ class LocalPolicy:
                     logprobs=s.logprobs if request.logprobs else None,
                     finish_reason=s.finish_reason,
                     sample_logprobs=s.sample_logprobs if request.logprobs else None,
+                    token_versions=s.token_versions if len(set(s.token_versions)) > 1 else None,
                 )
                 for s in result.sequences
             ],
@@ -122,7 +123,8 @@ class LocalPolicy:
         )
 
     def swap_weights(self, state_dict: dict[str, Any], version: int) -> None:
-        """Serve ``version`` next; in-flight requests finish under the current weights."""
+        """Serve ``version`` from the next decode step on; requests in flight continue
+        under it, each token tagged with the version it was sampled under."""
         self.engine.swap_weights(state_dict, version)
 
     async def load_weights(self, state_dict: dict[str, Any], version: int) -> None:
