@@ -32,6 +32,11 @@ Design decisions (after AReaL's asynchronous RL, Fu et al. 2025, on one machine)
   ``bundled-weak``: per optimizer step verified search paths teach about as much as
   ground truth, but the learner idled 65 % of the time waiting for them; replay turns
   that idle core into steps (``docs/benchmarks.md``).
+- ``retry_unsolved``: a task the search failed is queued and run again once the policy
+  has moved ``retry_after`` versions on; the hard tasks are where the next verified
+  solutions are scarcest. Each attempt is its own sample index, so the store keeps all
+  of them and a resumed run neither repeats nor loses one (the queue itself is not
+  checkpointed: a restart forgets the retries not yet started).
 - Machine use is counted, not guessed: every generated and prompt token, and every
   token a learner step processed, times the model's parameters (2 FLOP a parameter a
   token forward, 6 forward and backward), over wall time.
@@ -44,8 +49,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections import Counter
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections import Counter, deque
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +68,7 @@ from runtime.core.errors import ConfigError
 from runtime.core.types import Episode, Task
 from runtime.policy.base import WeightedPolicy
 from runtime.scheduling.scheduler import Runtime
+from runtime.scheduling.tasks import iterate_tasks
 
 __all__ = ["LoopStats", "OnlineLoop"]
 
@@ -90,6 +96,8 @@ class LoopStats:
     """Summed counters the learner reports per step (clipped / truncated tokens)."""
     skipped_groups: int = 0
     replay_steps: int = 0
+    retries: int = 0
+    """Unsolved tasks queued to run again (retry_unsolved)."""
     """Optimizer steps on replayed examples taken while no new batch was ready."""
     generated_tokens: int = 0
     """Prompt and completion tokens of the episodes consumed (what the policy computed)."""
@@ -125,6 +133,7 @@ class LoopStats:
             "staleness histogram": dict(sorted(self.staleness.items())),
             **({"groups skipped (equal rewards)": self.skipped_groups} if self.skipped_groups else {}),
             **({"replay steps (learner otherwise idle)": self.replay_steps} if self.replay_steps else {}),
+            **({"unsolved tasks queued again": self.retries} if self.retries else {}),
             **({"model GFLOP/s": round(self.model_flops / 1e9, 1)} if self.parameters else {}),
             **{f"{k.replace('_', ' ')} (all steps)": int(v) for k, v in sorted(self.learner_counts.items())},
         }
@@ -158,12 +167,14 @@ class OnlineLoop:
         self._consumed: set[tuple[str, int]] = set()
         self._pending: list[Example] = []
         self._eval_lock = anyio.Lock()
+        self._last_eval = 0.0  # elapsed seconds when the last evaluation began
         self._evaluated: set[int] = set()
         self._tg: anyio.abc.TaskGroup | None = None
         self._pending_keys: set[tuple[str, int]] = set()
         self._window: list[list[Example]] = []  # the last `passes` batches, for replay
         self._pool: list[Example] = []  # idle replay: the latest examples trained
         self._uses: dict[int, int] = {}  # id(example) -> optimizer steps it was in
+        self._retries: deque[tuple[Task, int, int]] = deque(maxlen=100_000)  # task, sample, version failed at
         model = getattr(learner, "model", None)
         if model is not None:
             self.stats.parameters = sum(p.numel() for p in model.parameters())
@@ -245,7 +256,11 @@ class OnlineLoop:
                     for ep in replay:
                         self.stats.replayed += 1
                         await send.send(ep)
-                    async with aclosing(self.runtime.stream(tasks)) as stream:  # type: ignore[type-var]
+                    if self.settings.retry_unsolved:
+                        source = self.runtime.stream_pairs(self._with_retries(tasks))
+                    else:
+                        source = self.runtime.stream(tasks)
+                    async with aclosing(source) as stream:  # type: ignore[type-var]
                         async for ep in stream:
                             if on_episode is not None:
                                 on_episode(ep)
@@ -308,9 +323,34 @@ class OnlineLoop:
 
     # -- from episodes to steps ---------------------------------------------------------
 
+    async def _with_retries(self, tasks: Iterable[Task] | AsyncIterable[Task]) -> AsyncIterator[tuple[Task, int]]:
+        """Every (task, sample) of ``tasks``, with the unsolved tasks that are due again
+        slipped in between them."""
+        per = self.runtime.settings.samples_per_task
+        async for task in iterate_tasks(tasks):
+            for sample in range(per):
+                yield task, sample
+            while self._retries and self.learner.version - self._retries[0][2] >= self.settings.retry_after:
+                again, sample, _ = self._retries.popleft()
+                yield again, sample
+        while self._retries:  # the source is spent: what is queued runs now, due or not
+            again, sample, _ = self._retries.popleft()
+            yield again, sample
+
+    def _queue_retry(self, episode: Episode) -> None:
+        per = self.runtime.settings.samples_per_task
+        attempt = max(0, episode.sample - per + 1)  # retries done so far for this task
+        solved = episode.reward is not None and episode.reward >= 1.0
+        if episode.status != "ok" or solved or attempt >= self.settings.retry_unsolved:
+            return
+        self._retries.append((episode.task, per + attempt, self.learner.version))
+        self.stats.retries += 1
+
     async def _take(self, episode: Episode) -> None:
         self.stats.episodes += 1
         self._count_generation(episode)
+        if self.settings.retry_unsolved:
+            self._queue_retry(episode)
         key = (episode.task.id, episode.sample)
         rejected = self.source.rejected_by_process
         examples = await self.source.examples(episode, self.runtime.verifiers)
@@ -434,9 +474,14 @@ class OnlineLoop:
         self.log.info("published", version=version, loss=self.stats.last_loss, episodes=self.stats.episodes)
         if not self._pending and version % self.settings.checkpoint_every == 0:
             self._save()
-        due = self.evaluator is not None and version % self.settings.eval_every == 0
+        every_seconds = self.settings.eval.every_seconds if self.settings.eval is not None else None
+        if every_seconds is not None:
+            due = self.evaluator is not None and self.stats.elapsed - self._last_eval >= every_seconds
+        else:
+            due = self.evaluator is not None and version % self.settings.eval_every == 0
         if due and self._tg is not None and not self._eval_lock.locked():  # one evaluation at a time
             self._evaluated.add(version)  # now, not when the task first runs: the end checks it
+            self._last_eval = self.stats.elapsed
             self._tg.start_soon(self._evaluate, weights, version)
 
     async def _evaluate(self, weights: dict[str, Any], version: int) -> None:

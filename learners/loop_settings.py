@@ -20,6 +20,9 @@ class EvalSettings(BaseModel):
 
     every: int = Field(5, ge=1)
     """Evaluate every this many policy versions (and at the start and the end)."""
+    every_seconds: float | None = Field(None, gt=0)
+    """Instead of every: evaluate at the first version published this many seconds after
+    the last evaluation began (rows that step at different rates get comparable curves)."""
     tasks: ComponentField("tasks", TaskSource) = Field(default_factory=lambda: TinyTasks(size=100, seed=10_000))
     """Held-out tasks; use a seed the training tasks do not use. Without a ``system`` of
     their own they take the run's ``tasks.system``, so they are asked in the same format."""
@@ -50,6 +53,12 @@ class LoopSettings(BaseModel):
     a pool of one or two batches overfits them)."""
     max_reuse: int = Field(8, ge=1, le=1000)
     """Idle replay: optimizer steps an example is trained in at most (its first included)."""
+    retry_unsolved: int = Field(0, ge=0, le=16)
+    """Online mode: run a task whose episode ended unsolved again, up to this many more
+    times, once the policy has moved retry_after versions on (a new sample index each
+    time, so the store keeps every attempt)."""
+    retry_after: int = Field(20, ge=1)
+    """Versions between an unsolved episode and the retry of its task."""
     steps_per_version: int = Field(1, ge=1)
     """Optimizer steps between published policy versions."""
     max_staleness: int = Field(4, ge=0)

@@ -128,3 +128,20 @@ def test_the_tiny_split_keeps_held_out_problems_out_of_every_training_set() -> N
     rng = random.Random(0)
     drawn = [split_of(generate_problem(rng, 3).question) for _ in range(2000)]
     assert 0.05 < drawn.count("heldout") / len(drawn) < 0.15  # about one tenth of the space
+
+
+async def test_unsolved_tasks_run_again_later_under_new_sample_indices() -> None:
+    learner = FakeLearner()
+    rt = scripted_runtime(concurrency=2, buffer=2)  # it always answers 1
+    tasks = [Task(id=f"t{i}", prompt=f"q{i}", answer="1" if i % 2 == 0 else "2") for i in range(40)]
+    settings = LoopSettings(batch_examples=2, retry_unsolved=2, retry_after=1, max_staleness=1000, eval=None)
+    loop = OnlineLoop(rt, learner, VerifiedPaths(), publish=Publish(rt.policy), settings=settings)  # type: ignore[arg-type]
+    seen: list[tuple[str, int]] = []
+    async with rt:
+        stats = await loop.run(tasks, on_episode=lambda ep: seen.append(ep.key[1:]))
+    attempts = Counter(task for task, _ in seen)
+    assert len(seen) == len(set(seen))  # every attempt its own (task, sample): none stored twice
+    assert all(attempts[f"t{i}"] == 1 for i in range(0, 40, 2))  # solved: never again
+    assert all(attempts[f"t{i}"] <= 3 for i in range(1, 40, 2))  # at most retry_unsolved more
+    assert sum(attempts[f"t{i}"] == 3 for i in range(1, 40, 2)) >= 10  # most unsolved ones twice more
+    assert stats.retries >= len(seen) - 40  # queued; the last ones may come after the source is spent
