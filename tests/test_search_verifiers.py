@@ -231,7 +231,8 @@ async def test_judge_outcome_renders_the_template_and_averages_samples() -> None
     assert score.value == pytest.approx(0.8) and f"1 of 3 judgements {UNPARSEABLE}" in (score.explanation or "")
     assert score.calls == 1 and score.prompt_tokens > 0
     prompt = (requests[0].messages or [])[0]["content"]
-    assert "What is 6*7?" in prompt and "6*7=42\nAnswer: 42" in prompt and "Final answer given: 42" in prompt
+    assert "What is 6*7?" in prompt and "<candidate>6*7=42\nAnswer: 42</candidate>" in prompt
+    assert "Final answer given: <candidate>42</candidate>" in prompt
     assert requests[0].n == 3 and requests[0].temperature == 0.0
 
 
@@ -251,7 +252,8 @@ async def test_judge_step_template_and_unknown_braces_survive() -> None:
 
     judge = LLMJudge(ScriptedPolicy(script), step_template='{"q": {question}} after {previous} judge {step} {other}')
     assert (await judge.score_step(TASK, ["a", "b"], "c")).value == 1.0
-    assert (requests[0].messages or [])[0]["content"] == '{"q": What is 6*7?} after a\nb judge c {other}'
+    prompt = (requests[0].messages or [])[0]["content"]
+    assert prompt == '{"q": What is 6*7?} after <candidate>a\nb</candidate> judge <candidate>c</candidate> {other}'
 
 
 def test_shipped_judge_templates_have_their_fields() -> None:

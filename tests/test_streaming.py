@@ -6,6 +6,7 @@ and exported once."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -142,7 +143,8 @@ async def test_follow_reads_appended_lines_and_a_partial_line_once_complete(tmp_
                 f.write('mpt": "third"}\n"fourth"\n{not json}\n')
             await until(got, 4)
         # the stream ended by itself: idle_timeout without a new byte
-    assert [t.id for t in got] == ["a", "b", "c", "feed-4"]
+    # A followed file's line without an id: its line number and its content's hash.
+    assert [t.id for t in got[:3]] == ["a", "b", "c"] and got[3].id.startswith("feed-4-")
     assert got[2].prompt == "third"
     assert stream.skipped == 1  # the bad line appended later is skipped, not fatal
 
@@ -404,6 +406,12 @@ def produce(path: Path, written: list[int], stop: threading.Event) -> None:
         time.sleep(0.02)
 
 
+def feed_id(lineno: int, i: int) -> str:
+    """The id of the producer's task ``i`` without an id, on line ``lineno`` of feed.jsonl."""
+    text = json.dumps({"prompt": f"task {i}", "answer": "2"}).encode()
+    return f"feed-{lineno}-{hashlib.sha256(text).hexdigest()[:12]}"
+
+
 def test_producer_appends_while_worker_is_killed_and_restarted(tmp_path: Path) -> None:
     feed = tmp_path / "feed.jsonl"
     feed.write_text(line("first"), encoding="utf-8")
@@ -442,10 +450,10 @@ def test_producer_appends_while_worker_is_killed_and_restarted(tmp_path: Path) -
     assert "exported" in rerun.stderr
 
     # Every task once in the store: the first line, the ones with an id, and those
-    # without one, by their line number (feed-<line>).
+    # without one, by their line number and content (feed-<line>-<hash>).
     keys = stored_keys(db)
     ids = {k[0] for k in keys}
-    expected = {"first"} | {f"task-{i:04d}" if i % 3 else f"feed-{i + 2}" for i in range(TASKS)}
+    expected = {"first"} | {f"task-{i:04d}" if i % 3 else feed_id(i + 2, i) for i in range(TASKS)}
     assert len(keys) == len(ids) and ids == expected
     # And every stored episode once in the export file, each line whole.
     lines = exported.read_text(encoding="utf-8").splitlines()

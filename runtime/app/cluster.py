@@ -30,15 +30,37 @@ Design decisions:
   reference; each episode still carries the versions it saw, so the loop's staleness
   bound applies as in one process.
 - Ray is imported here only, and this module only when a config has ``cluster:``.
+- A local cluster that cannot hold its workers is refused before Ray starts, in one
+  line naming ``cluster.workers`` / ``cluster.cpus_per_worker`` and the CPUs there are:
+  Ray would otherwise wait forever for the resources of the actors it cannot place,
+  deaf to Ctrl-C (SIGTERM ends it in a C++ stack dump). A joined cluster (``address``)
+  may still grow (autoscaling): a shortfall there is a warning.
+- A local cluster listens on loopback only. ``ray.init(_node_ip_address="127.0.0.1")``
+  alone does not do it: Ray turns a loopback node address into the host's own address
+  (``resolve_ip_for_localhost``), and its GCS, raylet, object manager and workers then
+  listen on every interface (``::``) and its runtime-env agent on the host's address.
+  Ray keeps loopback only where it believes clusters are off (its
+  ``ENABLE_RAY_CLUSTER`` constant, which ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` sets
+  at import); :func:`_loopback_only` turns it off for the length of ``ray.init`` (a
+  private name: if a Ray release drops it, nothing is patched and
+  ``tests/test_hardening_inputs.py`` says so). Measured on Ray 2.60: every listening
+  socket of the driver's Ray processes is then on 127.0.0.1. The dashboard is off
+  (``include_dashboard=False``). What cannot be bound, because it is no network socket:
+  the raylet's and object store's Unix sockets and the object store's shared memory,
+  under the session directory (``/tmp/ray``) and ``/dev/shm``, reachable by whoever may
+  read them on this machine; Ray's token authentication guards the ports. Not checked
+  here (not installed): with ``ray[default]`` the dashboard agent and its metrics
+  export port bind the node address too, which is then loopback.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from contextlib import AsyncExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -75,6 +97,50 @@ def _ray() -> Any:
     except ImportError:
         raise ConfigError('cluster: Ray is not installed; pip install "searchlearn[ray]"') from None
     return ray
+
+
+def _running_ray() -> Any | None:
+    """Ray, if this process has already started or joined an instance (then a local
+    cluster joins it); None otherwise, without importing Ray."""
+    ray = sys.modules.get("ray")
+    return ray if ray is not None and ray.is_initialized() else None
+
+
+def _check_local_cpus(cluster: ClusterConfig) -> None:
+    """Refuse a local cluster whose workers reserve more CPUs than it has (see the module
+    doc): ConfigError naming the fields and the CPUs there are."""
+    needed = cluster.workers * cluster.cpus_per_worker
+    running = _running_ray()
+    if running is not None:
+        have, where = float(running.cluster_resources().get("CPU", 0)), "the Ray instance this process runs"
+    elif cluster.local_cpus is not None:
+        have, where = float(cluster.local_cpus), "cluster.local_cpus"
+    else:
+        have, where = float(available_cpus()), "the cores this process may use on this machine"
+    if needed > have + 1e-6:
+        raise ConfigError(
+            f"cluster.workers: {cluster.workers} workers x cluster.cpus_per_worker {cluster.cpus_per_worker:g} "
+            f"need {needed:g} CPUs, but the local Ray cluster has {have:g} ({where}); lower cluster.workers or "
+            "cluster.cpus_per_worker (0 for workers that only wait on a server), or raise cluster.local_cpus"
+        )
+
+
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Keep Ray's node address 127.0.0.1 while ``ray.init`` starts a local cluster (see
+    the module doc); put Ray's setting back afterwards, so that joining a real cluster
+    later from this process resolves addresses as usual."""
+    from ray._private import ray_constants
+
+    if not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
+        yield
+        return
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 # -- the worker -------------------------------------------------------------------------
@@ -242,6 +308,8 @@ class ClusterRuntime:
                 resolve_checkpoint(config.policy.path)
             except FileNotFoundError as exc:
                 raise ConfigError(f"policy.path: {exc}") from None
+        if config.cluster.address is None:
+            _check_local_cpus(config.cluster)
         self.config = config
         self.cluster: ClusterConfig = config.cluster
         self.run_id = config.run_id
@@ -329,16 +397,27 @@ class ClusterRuntime:
         if ray.is_initialized():
             return
         if self.cluster.address is None:
-            ray.init(
-                num_cpus=self.cluster.local_cpus or available_cpus(),
-                include_dashboard=False,
-                _node_ip_address="127.0.0.1",
-                logging_level=logging.WARNING,
-                log_to_driver=False,
-                configure_logging=False,
-            )
+            with _loopback_only():
+                ray.init(
+                    num_cpus=self.cluster.local_cpus or available_cpus(),
+                    include_dashboard=False,
+                    _node_ip_address="127.0.0.1",
+                    logging_level=logging.WARNING,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
         else:
             ray.init(address=self.cluster.address, logging_level=logging.WARNING, log_to_driver=False)
+            have = float(ray.cluster_resources().get("CPU", 0))
+            needed = self.cluster.workers * self.cluster.cpus_per_worker
+            if needed > have + 1e-6:
+                self.log.warning(
+                    "the cluster has fewer CPUs than the workers reserve; they wait for it to grow",
+                    address=self.cluster.address,
+                    cpus=have,
+                    needed=needed,
+                    fields="cluster.workers x cluster.cpus_per_worker",
+                )
         self._started_ray = True
 
     def _threads(self) -> int:

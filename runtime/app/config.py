@@ -29,6 +29,7 @@ from pydantic import (
     SecretStr,
     SerializeAsAny,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -36,7 +37,7 @@ from pydantic import (
 from learners.base import LearnerSpec
 from runtime.core.errors import ConfigError
 from runtime.core.registry import ComponentField, register_builtins, validate_component
-from runtime.core.secrets import looks_like_secret, redact, register_secret
+from runtime.core.secrets import find_secrets, looks_like_secret, redact, register_secret
 from runtime.policy.adapters import LoraPublishing
 from runtime.policy.base import Mode, Server
 from runtime.policy.vllm_engine import VllmSettings
@@ -86,7 +87,9 @@ class PolicyConfig(_Section):
     model: str = "gpt-4o-mini"
     """Model name sent to the server (openai) or used for the price table."""
     base_url: str | None = None
-    """Server URL, e.g. http://127.0.0.1:8000/v1; None means OpenAI itself."""
+    """Server URL, e.g. http://127.0.0.1:8000/v1; None means OpenAI itself. A key in its
+    query string (``?api_key=...``, ``?key=...``) or its password is masked in the stored
+    config, in messages and in logs."""
     api_key_env: str = "OPENAI_API_KEY"
     """Name of the environment variable holding the API key (required when base_url is None)."""
     api_key: SecretStr | None = None
@@ -146,7 +149,16 @@ class PolicyConfig(_Section):
     event loop), 'httpx' (httpx2's own), or 'auto': aiohttp when it is installed and the
     loop is asyncio, else httpx."""
     extra_body: dict[str, Any] = Field(default_factory=dict)
-    """Extra JSON fields sent with every request."""
+    """Extra JSON fields sent with every request; a value under a key-like name (api_key,
+    token, secret, password, auth...) is masked in the stored config, messages and logs."""
+
+    @field_validator("base_url", "extra_body")
+    @classmethod
+    def _remember_placed(cls, value: Any, info: ValidationInfo) -> Any:
+        for secret in find_secrets({info.field_name: value}):
+            register_secret(secret)
+        return value
+
     path: str = "bundled"
     """Local checkpoint directory (kind local or vllm; with policy.lora, the checkpoint the
     server serves, which the learner trains adapters on); 'bundled' is the shipped tiny policy."""

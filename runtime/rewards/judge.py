@@ -7,11 +7,25 @@ The judge's prompt is a template (fields written ``{name}``: ``{question}``,
 ``{previous}``, ``{step}`` for steps); the shipped ones are ``runtime/rewards/judges/*.txt`` (package data).
 
 Design decisions:
-- Parsing survives whatever the judge writes. The last ``Score: N`` (``N/M``, a
-  fraction, a 0-10 or 0-100 scale) wins; else the last ``Verdict: correct / incorrect``
-  (yes/no, pass/fail); else the judgement is **unparseable**: it scores
-  ``unparseable_score`` (0 by default) with an explanation starting ``unparseable:``,
-  and never raises. With ``samples > 1`` the parseable judgements are averaged.
+- The candidate cannot talk to its judge. What the graded model wrote (``{solution}``,
+  ``{answer}``, ``{previous}``, ``{step}``) is filled in between ``<candidate>`` and
+  ``</candidate>``, whatever the template (a custom one included), and any tag naming
+  ``candidate`` inside a field's text (the task's too) is removed first, so the candidate can neither close
+  its block early nor open a fake one; the shipped templates tell the judge that the
+  block is material to grade, never instructions. (The OWASP LLM01 "prompt injection"
+  advice: delimit untrusted input.)
+- Only the judge's own verdict counts, read where the template asks for it: the
+  **last non-empty line** of the reply, after dropping anything the judge quoted between
+  the candidate markers. On that line the last ``Score: N`` (``N/M``, a fraction, a
+  0-10 or 0-100 scale) wins, else the last ``Verdict: correct / incorrect`` (yes/no,
+  pass/fail). A ``Score: 10/10`` the candidate wrote, echoed back or quoted earlier in
+  the reply, is not a verdict. A reply cut off at ``max_tokens`` (finish reason
+  ``length``) is no verdict either: it may end inside a quotation or before the judge
+  made up its mind.
+- No verdict is a score, not an error: an **unparseable** judgement (no verdict on the
+  last line, or a reply cut off) scores ``unparseable_score`` (0 by default) with an
+  explanation starting ``unparseable:``, and never raises. With ``samples > 1`` the
+  parseable judgements are averaged.
 - A failing model call is not a parse problem: it raises, and the context records a
   verifier error on the episode.
 - The judge's tokens are reported on the Score, so the episode pays for its judge.
@@ -43,16 +57,15 @@ __all__ = [
 UNPARSEABLE = "unparseable"
 TEMPLATES = Path(__file__).resolve().parent / "judges"
 
-DEFAULT_OUTCOME_TEMPLATE = (
-    "You are grading a solution to a problem.\n\nProblem:\n{question}\n\nSolution:\n{solution}\n\n"
-    "Final answer given: {answer}\n\nCheck the solution step by step. Then, on the last line, write exactly\n"
-    '"Score: N/10", where 10 means certainly correct and 0 certainly wrong.\n'
-)
-DEFAULT_STEP_TEMPLATE = (
-    "You are checking one step of a solution in progress.\n\nProblem:\n{question}\n\nSteps so far:\n{previous}\n\n"
-    "Next step:\n{step}\n\nIs the next step correct and does it follow from the steps so far? Explain briefly,\n"
-    'then on the last line write exactly "Score: N/10", where 10 means certainly correct\nand 0 certainly wrong.\n'
-)
+DEFAULT_OUTCOME_TEMPLATE = (TEMPLATES / "outcome.txt").read_text(encoding="utf-8")
+DEFAULT_STEP_TEMPLATE = (TEMPLATES / "step.txt").read_text(encoding="utf-8")
+
+_BEGIN, _END = "<candidate>", "</candidate>"
+"""The markers around the graded model's text in a judge's prompt."""
+_CANDIDATE_FIELDS = frozenset({"solution", "answer", "previous", "step"})
+"""Template fields the graded model wrote: filled in between the markers."""
+_MARKER = re.compile(r"<\s*/?\s*candidate\b[^<>]*>", re.IGNORECASE)
+_QUOTED = re.compile(r"<candidate>.*?(?:</candidate>|\Z)", re.IGNORECASE | re.DOTALL)
 
 _SCORE = re.compile(r"score\s*[:=]?\s*\**\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*(\d+(?:\.\d+)?))?", re.IGNORECASE)
 _VERDICT = re.compile(r"verdict\s*[:=]\s*\**\s*(correct|incorrect|yes|no|pass|fail|right|wrong)\b", re.IGNORECASE)
@@ -75,7 +88,12 @@ def load_template(name_or_path: str) -> str:
 
 
 def parse_judgement(text: str) -> float | None:
-    """The score a judge's text gives, in [0, 1]; None when there is none to read."""
+    """The score a judge's reply gives, in [0, 1], read on its last non-empty line (what
+    it quoted between the candidate markers left out); None when there is none to read."""
+    lines = [line for line in _QUOTED.sub("\n", text).splitlines() if line.strip()]
+    if not lines:
+        return None
+    text = lines[-1]
     scores = _SCORE.findall(text)
     if scores:
         raw, scale = scores[-1]
@@ -168,10 +186,12 @@ class LLMJudge(Verifier):
             "cost": result.cost,
         }
         texts = [c.text for c in result.completions]
-        values = [v for v in map(parse_judgement, texts) if v is not None]
+        whole = [c.text for c in result.completions if c.finish_reason != "length"]  # a cut reply: no verdict
+        values = [v for v in map(parse_judgement, whole) if v is not None]
         if not values:
             excerpt = " ".join((texts[0] if texts else "").split())[:200]
-            return Score(self.unparseable_score, f"{UNPARSEABLE}: {excerpt!r}", **usage)
+            why = "" if whole else f"cut off at max_tokens={self.max_tokens}: "
+            return Score(self.unparseable_score, f"{UNPARSEABLE}: {why}{excerpt!r}", **usage)
         unread = len(texts) - len(values)
         note = f" ({unread} of {len(texts)} judgements {UNPARSEABLE})" if unread else ""
         last = " ".join(texts[-1].split())[-200:]
@@ -179,8 +199,14 @@ class LLMJudge(Verifier):
 
 
 def _fill(template: str, fields: dict[str, str]) -> str:
-    """Replace ``{field}`` for the known fields only; any other brace is left as written."""
-    return _FIELD.sub(lambda m: fields.get(m[1], m[0]), template)
+    """Replace ``{field}`` for the known fields only; any other brace is left as written.
+    What the graded model wrote goes between the candidate markers, its own markers removed."""
+
+    def value(name: str) -> str:
+        text = _MARKER.sub("", fields[name])
+        return f"{_BEGIN}{text}{_END}" if name in _CANDIDATE_FIELDS else text
+
+    return _FIELD.sub(lambda m: value(m[1]) if m[1] in fields else m[0], template)
 
 
 def _question(task: Task) -> str:

@@ -18,6 +18,12 @@ Design decisions:
   name, config, index; the datasets are seeded and deterministic), each dataset built
   once per worker; only the inputs, the score and the expected answer cross over.
 - Exact, regex and table checks run inline: they run no foreign code.
+- All or nothing by default, under every outcome verifier. reasoning-gym's own scorers
+  give partial credit to an answer that merely contains the right one (``a-1, a, a+1``
+  earns 0.30 on chain_sum, 0.25-0.57 on other families: the default ``score_answer``
+  pays ``len(answer) / len(hedge)``), and a GRPO group then learns to hedge. So below
+  full credit the ``reasoning_gym`` verifier scores 0 (as exact, math and regex do), and
+  passes reasoning-gym's partial credit through only when ``partial_credit`` is set.
 """
 
 from __future__ import annotations
@@ -155,6 +161,11 @@ class ReasoningGymVerifier(Verifier):
     timeout: float = Field(default=10.0, gt=0, le=600)
     """Seconds one scoring may take (building the dataset in a fresh worker included); at
     the deadline its worker process is killed and the scoring fails with a VerifierError."""
+    partial_credit: bool = False
+    """Pay reasoning-gym's partial credit (a score between 0 and 1, e.g. 0.30 on
+    chain_sum for a hedge such as ``a-1, a, a+1`` that contains the right answer); false:
+    an answer short of full credit scores 0, as under exact, math and regex, so a
+    learner is never paid for hedging."""
 
     async def score(self, task: Task, answer: str | None, text: str) -> Score:
         import json
@@ -171,7 +182,17 @@ class ReasoningGymVerifier(Verifier):
             raise VerifierError(f"reasoning-gym ran past {self.timeout}s on {_clip(answer or '')}; killed") from exc
         except WorkerCrashed as exc:
             raise VerifierError(f"reasoning-gym's worker died on {_clip(answer or '')}: {exc}") from exc
-        return Score(value, None if value >= 1.0 else f"expected {expected!r}, got {answer!r}")
+        if value >= _FULL_CREDIT:
+            return Score(1.0)
+        explanation = f"expected {expected!r}, got {answer!r}"
+        if value > 0.0 and not self.partial_credit:
+            return Score(
+                0.0, f"{explanation} (reasoning-gym's partial credit {value:.2f} not paid: partial_credit is off)"
+            )
+        return Score(value, explanation)
+
+
+_FULL_CREDIT = 1.0 - 1e-9  # reasoning-gym's scores are floats; 1.0 is full credit
 
 
 class TableVerifier(Verifier):

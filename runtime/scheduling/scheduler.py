@@ -53,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.core.concurrency import send_all
 from runtime.core.errors import EpisodeTimeout, SearchlearnError
-from runtime.core.secrets import redact
+from runtime.core.secrets import mask_secrets, redact
 from runtime.core.types import Episode, ErrorInfo, Task
 from runtime.policy.base import Policy
 from runtime.scheduling.loop import EventLoop, GcMode, TunedCollector
@@ -557,10 +557,12 @@ def spending_limiters(policy: Any, verifiers: Verifiers) -> list[tuple[str, Any]
 
 
 def redact_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The run's config with secrets masked, as it is stored in ``runs.config``."""
+    """The run's config with secrets masked, as it is stored in ``runs.config``: every
+    registered key and key-shaped token, and keys by place (a URL's ``?api_key=``, a
+    secret-named field of ``extra_body``; see :func:`~runtime.core.secrets.mask_secrets`)."""
     import json
 
-    return dict(json.loads(redact(json.dumps(config, default=str))))
+    return dict(mask_secrets(json.loads(redact(json.dumps(config, default=str)))))
 
 
 def _node_bytes(node: Any) -> int:

@@ -15,7 +15,15 @@ Design decisions:
   portable, and a poll of a file at its end is one ``read()``. A last line without its
   newline is not read until it is complete. After ``idle_timeout`` seconds without a
   new byte the stream ends; an unfinished last line is then left unread, with a warning.
-  Files are only appended to (a producer that rewrites a file changes its line numbers).
+- A followed file may be rotated under the reader, and then its lines start again at
+  1: truncated in place (logrotate's ``copytruncate``: seen as a size below what was
+  read, or first bytes that changed, so a file cut and refilled past the old size
+  between two polls is caught too) or renamed away and replaced (logrotate's default:
+  seen as a new inode at the path; the old file is read to its end first, its last line
+  whole). Either way the reader says so (a warning, :attr:`TaskStream.rotations`) and
+  reads what the path holds now from its start, never the old file forever. A line
+  cut off by a truncation is lost (the rotated copy has it). Ids that do not depend on
+  line numbers are the task source's part (:mod:`runtime.scheduling.tasks`).
 - A followed folder reads its ``*.jsonl`` files in name order; at the end of the
   current file it waits there until a file that sorts later appears, then finishes the
   current one (its last line counts even without a newline) and moves on. So a
@@ -34,6 +42,8 @@ Design decisions:
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
 import threading
 import time
@@ -96,6 +106,8 @@ class TaskStream:
         """Tasks the source held when it was checked, if known (a bounded source)."""
         self.skipped = 0
         """Bad lines skipped while streaming (each logged with its file and line)."""
+        self.rotations = 0
+        """Times a followed file was truncated or replaced under the reader (each logged)."""
         self.name = name
         self._read = read
         self._read_sync = read_sync
@@ -147,8 +159,18 @@ class TaskStream:
         self.skipped += 1
         log.warning("task line skipped", error=str(error), skipped=self.skipped)
 
+    def rotated(self, file: Path, how: str) -> None:
+        """Count and log a followed file truncated or replaced under the reader."""
+        self.rotations += 1
+        log.warning(
+            "task file rotated; reading it again from its start",
+            file=str(file),
+            how=how,
+            rotations=self.rotations,
+        )
+
     def statistics(self) -> dict[str, Any]:
-        return {"bounded": self.bounded, "size": self.size, "skipped": self.skipped}
+        return {"bounded": self.bounded, "size": self.size, "skipped": self.skipped, "rotations": self.rotations}
 
     def __repr__(self) -> str:
         return f"TaskStream({self.name}, bounded={self.bounded}, size={self.size})"
@@ -241,6 +263,44 @@ class _Idle:
         return self.timeout is not None and time.monotonic() - self.last >= self.timeout
 
 
+_HEAD_BYTES = 4096  # bytes of a followed file's start compared at each poll
+
+
+class _Opened:
+    """A followed file as opened: its identity and its first bytes, to tell when the
+    path has been truncated or replaced since (see :func:`rotation`)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        st = os.fstat(f.fileno())
+        self.f = f
+        self.identity = (st.st_dev, st.st_ino)
+        self.head = b""
+
+    def saw(self, position: int) -> None:
+        """Remember the file's first bytes, up to what has been read (unless they no
+        longer start as they did: the next look at the file calls that a truncation)."""
+        if len(self.head) < min(position, _HEAD_BYTES):
+            head = os.pread(self.f.fileno(), min(position, _HEAD_BYTES), 0)
+            if head.startswith(self.head):
+                self.head = head
+
+    def rotation(self, path: Path) -> str | None:
+        """How the file at ``path`` changed under the reader: ``replaced`` (renamed away
+        and a new file put there), ``truncated`` (cut, perhaps refilled: its size fell
+        under what was read, or its first bytes changed), or None."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:  # renamed away, no new file yet: the writer may still append to the old one
+            return None
+        if (st.st_dev, st.st_ino) != self.identity:
+            return "replaced"
+        if st.st_size < self.f.tell():
+            return "truncated"
+        if self.head and os.pread(self.f.fileno(), len(self.head), 0) != self.head:
+            return "truncated"
+        return None
+
+
 async def follow_file(
     path: Path,
     limit: int,
@@ -249,18 +309,53 @@ async def follow_file(
     idle_timeout: float | None = None,
     move_on: Callable[[], bool] | None = None,
     idle: _Idle | None = None,
+    on_rotation: Callable[[str], None] | None = None,
 ) -> AsyncIterator[Line]:
     """The lines of ``path`` as it grows (``tail -f``), until ``idle_timeout`` seconds
     pass without a new byte, or, at the file's end, ``move_on()`` says the file is done
-    (then a last line without its newline is read as complete)."""
+    (then a last line without its newline is read as complete).
+
+    A file rotated under the reader (see the module doc) is read again from the start of
+    what the path holds now, its lines numbered from 1: ``on_rotation(how)`` is called
+    first (``truncated`` or ``replaced``)."""
     idle = idle or _Idle(idle_timeout)
     cut = LineCutter(str(path), limit)
-    with path.open("rb") as f:
+    opened = _Opened(path.open("rb"))
+    try:
         while True:
+            f = opened.f
+            how = opened.rotation(path)  # before reading: a refilled file is not read from the old offset
+            if how == "replaced":
+                try:
+                    fresh = path.open("rb")
+                except FileNotFoundError:  # gone again since: look at the next poll
+                    how = None
+            if how is not None:
+                if how == "replaced":  # the old file is done: its last line counts whole
+                    opened = _Opened(fresh)
+                    try:
+                        while chunk := f.readline(cut.room):
+                            if (got := cut.feed(chunk)) is not None:
+                                yield got
+                        if (got := cut.end()) is not None:
+                            yield got
+                    finally:
+                        f.close()
+                else:  # the same file, cut: read it again from its start
+                    if cut.pending:
+                        log.warning("unfinished last line lost to truncation", file=str(path), line=cut.lineno + 1)
+                    f.seek(0)
+                    opened = _Opened(f)
+                if on_rotation is not None:
+                    on_rotation(how)
+                idle.touch()
+                cut = LineCutter(str(path), limit)
+                continue
             while chunk := f.readline(cut.room):
                 idle.touch()
                 if (got := cut.feed(chunk)) is not None:
                     yield got
+            opened.saw(f.tell())
             if move_on is not None and move_on():
                 idle.touch()  # a later file is news too
                 while chunk := f.readline(cut.room):  # what came before the later file did
@@ -274,6 +369,8 @@ async def follow_file(
                     log.warning("unfinished last line left unread", file=str(path), line=cut.lineno + 1)
                 return
             await anyio.sleep(poll_interval)
+    finally:
+        opened.f.close()
 
 
 def jsonl_files(directory: Path, exclude: set[str] | frozenset[str] = frozenset()) -> list[Path]:
@@ -287,10 +384,11 @@ async def follow_dir(
     *,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
     idle_timeout: float | None = None,
+    on_rotation: Callable[[Path, str], None] | None = None,
 ) -> AsyncIterator[tuple[Path, int, bytes | TaskError]]:
     """The lines of every ``*.jsonl`` file of ``directory``, in name order, files that
     appear later included (see the module doc), until ``idle_timeout`` seconds pass
-    without a new byte."""
+    without a new byte; ``on_rotation(file, how)`` as for :func:`follow_file`."""
     finished: set[str] = set()
     idle = _Idle(idle_timeout)
     while True:
@@ -306,8 +404,9 @@ async def follow_dir(
             return any(p.name > current.name for p in jsonl_files(directory, finished))
 
         try:
+            rotated = None if on_rotation is None else functools.partial(on_rotation, current)
             async for lineno, line in follow_file(
-                current, limit, poll_interval=poll_interval, move_on=later_file, idle=idle
+                current, limit, poll_interval=poll_interval, move_on=later_file, idle=idle, on_rotation=rotated
             ):
                 yield current, lineno, line
         except FileNotFoundError:

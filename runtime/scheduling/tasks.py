@@ -15,6 +15,17 @@ Design decisions:
 - JSONL ids: a line without ``id`` gets ``<file stem>-<line>``, stable across restarts
   as long as files are only appended to. Standard input has no stable line numbers (a
   restarted producer starts again at 1), so its lines get ``stdin-<hash of the line>``.
+- A followed file may be rotated (truncated in place, or renamed away and replaced:
+  :mod:`runtime.scheduling.streams` notices, says so and reads the new content), and
+  its line numbers then start again at 1: with line-number ids the new lines would get
+  the old lines' ids, be taken as already stored and never run, even after a restart.
+  So a line without ``id`` in a followed file gets ``<file stem>-<line>-<hash of the
+  line>``: the same line at the same place is the same task after a restart, and a new
+  line where an old one was is a new task. After a rotation, an id the file held before
+  it is the same task met again (a producer that rewrites the file whole and renames
+  it in), passed over quietly, not a duplicate. (A folder's files are written whole and
+  renamed in, so a followed folder keeps ``<file stem>-<line>``; a rotated file in it
+  is still noticed and logged, and its colliding lines are logged as duplicates.)
 - A bad line met while streaming (appended after the check, or ``check: false``) is
   logged and skipped, never fatal (see :mod:`runtime.scheduling.streams`).
 """
@@ -133,6 +144,11 @@ def _line_ids(stem: str) -> DefaultId:
     return lambda lineno, _line: f"{stem}-{lineno}"
 
 
+def _placed_content_ids(stem: str) -> DefaultId:
+    """Ids of a followed file's lines: line number and content (see the module doc)."""
+    return lambda lineno, line: f"{stem}-{lineno}-{hashlib.sha256(line.strip()).hexdigest()[:12]}"
+
+
 def _content_id(_lineno: int, line: bytes) -> str:
     return f"stdin-{hashlib.sha256(line.strip()).hexdigest()[:16]}"
 
@@ -166,9 +182,11 @@ def _parse_line(where: str, lineno: int, line: bytes, default_id: DefaultId, tex
     return task
 
 
-def _checked(path: Path, limit: int, seen: set[str], *, complete_only: bool = False) -> Iterator[Task]:
+def _checked(
+    path: Path, limit: int, seen: set[str], *, complete_only: bool = False, ids: DefaultId | None = None
+) -> Iterator[Task]:
     """The tasks of ``path``; the first bad line raises (the up-front check)."""
-    ids = _line_ids(path.stem)
+    ids = ids or _line_ids(path.stem)
     for lineno, line in file_lines(path, limit, complete_only=complete_only):
         if isinstance(line, TaskError):
             raise line
@@ -233,16 +251,21 @@ def jsonl_stream(
     Checked now: the file exists and, with ``check``, every line it holds is a task with
     an id of its own (the first bad one raises TaskError naming it; without ``follow`` a
     file with no task raises too). Lines met later that are bad are skipped and logged.
+
+    A followed file that is rotated (truncated in place, or renamed away and replaced)
+    is read again from its start, with a warning counted in the stream's ``rotations``;
+    its lines without ``id`` get ``<file stem>-<line>-<hash of the line>``, so the new
+    lines never take the ids of the old ones (see the module doc).
     """
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"task file {path} does not exist")
+    ids, where = (_placed_content_ids if follow else _line_ids)(path.stem), str(path)
     size = None
     if check:
-        size = sum(1 for _ in _checked(path, max_line_bytes, set(), complete_only=follow))
+        size = sum(1 for _ in _checked(path, max_line_bytes, set(), complete_only=follow, ids=ids))
         if size == 0 and not follow:
             raise TaskError(f"task file {path} holds no tasks")
-    ids, where = _line_ids(path.stem), str(path)
 
     def read_sync(stream: TaskStream) -> Iterator[Task]:
         seen: set[str] = set()
@@ -254,10 +277,19 @@ def jsonl_stream(
         return TaskStream.lazy(read_sync, size=size, name=f"task file {path}")
 
     async def read(stream: TaskStream) -> AsyncIterator[Task]:
-        seen: set[str] = set()
-        lines = follow_file(path, max_line_bytes, poll_interval=poll_interval, idle_timeout=idle_timeout)
+        seen: set[str] = set()  # ids of what the file holds since its latest rotation
+        earlier: set[str] = set()  # ids it held before: met again (a file rewritten whole), the same task
+
+        def rotated(how: str) -> None:
+            earlier.update(seen)
+            seen.clear()
+            stream.rotated(path, how)
+
+        lines = follow_file(
+            path, max_line_bytes, poll_interval=poll_interval, idle_timeout=idle_timeout, on_rotation=rotated
+        )
         async for numbered in lines:
-            if (task := _lenient(stream, where, numbered, ids, seen)) is not None:
+            if (task := _lenient(stream, where, numbered, ids, seen)) is not None and task.id not in earlier:
                 yield task
 
     return TaskStream(read, bounded=False, name=f"task file {path} (followed)")
@@ -309,7 +341,13 @@ def jsonl_dir_stream(
 
     async def read(stream: TaskStream) -> AsyncIterator[Task]:
         seen: set[str] = set()
-        lines = follow_dir(directory, max_line_bytes, poll_interval=poll_interval, idle_timeout=idle_timeout)
+        lines = follow_dir(
+            directory,
+            max_line_bytes,
+            poll_interval=poll_interval,
+            idle_timeout=idle_timeout,
+            on_rotation=stream.rotated,
+        )
         async for file, lineno, line in lines:
             if (task := _lenient(stream, str(file), (lineno, line), _line_ids(file.stem), seen)) is not None:
                 yield task
@@ -464,7 +502,10 @@ class _JsonlFiles(TaskSource):
     """Keep reading what is appended (like ``tail -f``) until ``idle_timeout`` or a
     signal; a last line without its newline is read once complete. A followed folder
     also reads the files that appear later (a file is left for the next one in name
-    order once that one exists)."""
+    order once that one exists). A followed file rotated under the run (truncated in
+    place, or renamed away and replaced) is read again from its start, with a warning;
+    its lines without ``id`` get ``<file stem>-<line>-<hash of the line>``, so new lines
+    never take the ids of the old ones."""
     poll_interval: float = Field(DEFAULT_POLL_INTERVAL, gt=0)
     """Seconds between two looks for new lines or files."""
     idle_timeout: float | None = Field(None, gt=0)
