@@ -43,7 +43,7 @@ class DPOSettings(TrainerSettings):
     """Strength of the implicit KL to the reference (DPO's beta)."""
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     """Share of a pair's loss that assumes its label is wrong (conservative DPO)."""
-    sft_coef: float = Field(0.0, ge=0)
+    sft_coef: float = Field(0.0, ge=0, le=100)
     """Weight of the chosen continuation's NLL added to the loss (RPO; 0: plain DPO)."""
 
 
@@ -118,7 +118,7 @@ class DPOLearner(TorchLearner):
             right += int((margin > 0).sum())
             margins += float(margin.detach().sum())
         result = self.apply(started, loss_sum, len(kept), tokens)
-        result.metrics = {"pair_accuracy": right / max(len(kept), 1), "mean_margin": margins / max(len(kept), 1)}
+        result.metrics.update(pair_accuracy=right / max(len(kept), 1), mean_margin=margins / max(len(kept), 1))
         return result
 
 

@@ -59,16 +59,16 @@ class PGSettings(TrainerSettings):
     """PPO clip below 1: the ratio is clipped at 1 - clip_low."""
     clip_high: float = Field(0.2, ge=0, le=10)
     """PPO clip above 1: the ratio is clipped at 1 + clip_high (DAPO raises it)."""
-    is_cap: float = Field(5.0, ge=1)
+    is_cap: float = Field(5.0, ge=1, le=1000)
     """Truncation of the behaviour-to-proximal importance weight (decoupled PPO)."""
-    kl_coef: float = Field(0.0, ge=0)
+    kl_coef: float = Field(0.0, ge=0, le=100)
     """Weight of the KL penalty to the initial policy (0: none, and no reference copy kept)."""
-    entropy_coef: float = Field(0.0, ge=0)
+    entropy_coef: float = Field(0.0, ge=0, le=100)
     """Weight of the entropy bonus."""
     loss_norm: Literal["token", "sequence", "constant"] = "token"
     """token: over the batch's tokens; sequence: per rollout then over rollouts; constant:
     over rollouts x constant_tokens."""
-    constant_tokens: int = Field(256, ge=1)
+    constant_tokens: int = Field(256, ge=1, le=1_048_576)
     """The constant normaliser's tokens per rollout (loss_norm constant)."""
     mini_batches: int = Field(1, ge=1, le=64)
     """Optimizer steps per update, over shuffled parts of the batch, against one proximal policy."""
@@ -182,16 +182,19 @@ class PolicyGradientLearner(TorchLearner):
         parts = [p for p in parts if p]
         result = None
         loss_total, tokens_total = 0.0, 0
+        refused: dict[str, float] = {}  # steps apply refused (non-finite, nothing to train)
         for part in parts:
             old = None if prox is None else [prox[i] for i in part]
             loss, tokens = self._loss_and_backward([encoded[i] for i in part], old)
             loss_total += loss
             tokens_total += tokens
             result = self.apply(started, loss, len(part), tokens)
+            for name, count in result.metrics.items():
+                refused[name] = refused.get(name, 0.0) + count
         assert result is not None
         return UpdateResult(
             result.step, loss_total / len(parts), len(encoded), tokens_total, result.seconds, result.grad_norm,
-            metrics=dict(self._last),
+            metrics={**self._last, **refused},
         )  # fmt: skip
 
     def _padded(self, batch: list[_Encoded]) -> tuple[torch.Tensor, torch.Tensor]:

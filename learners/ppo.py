@@ -58,9 +58,9 @@ class PPOSettings(PGSettings):
     """Discount per token."""
     lam: float = Field(0.95, ge=0, le=1)
     """GAE's lambda."""
-    vf_coef: float = Field(0.5, ge=0)
+    vf_coef: float = Field(0.5, ge=0, le=100)
     """Weight of the value loss."""
-    step_reward: float = Field(0.0, ge=0)
+    step_reward: float = Field(0.0, ge=0, le=100)
     """Weight of each step's process score, centred at step_reward_center, as a reward on
     the token that ends the step (0: outcome reward only)."""
     step_reward_center: float = Field(0.5, ge=0, le=1)
@@ -133,7 +133,7 @@ class PPOLearner(PolicyGradientLearner):
         loss, tokens = self._loss_and_backward(encoded, None)
         value_loss = self._value_loss(encoded, targets)
         result = self.apply(started, loss + value_loss, len(encoded), tokens)
-        result.metrics = {**self._last, "value_loss": value_loss}
+        result.metrics.update(self._last, value_loss=value_loss)
         return result
 
     def _hidden(self, batch: list[_Encoded]) -> tuple[torch.Tensor, torch.Tensor]:

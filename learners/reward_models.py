@@ -45,7 +45,7 @@ __all__ = ["ORM", "PRM", "LabelledPath", "OutcomeRMLearner", "PRMLearner", "Step
 class _HeadLearner(TorchLearner):
     """A learner over a value-head model: it exports that model, never a policy."""
 
-    def export(self, directory: str | Path) -> None:
+    def write_export(self, directory: Path) -> None:
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
 
@@ -139,7 +139,7 @@ class PRMLearner(_HeadLearner):
             loss_sum += float(loss.detach())
             right += int(((at > 0) == (target >= 0.5)).sum())
         result = self.apply(started, loss_sum, len(encoded), total)
-        result.metrics = {"label_accuracy": right / total}
+        result.metrics["label_accuracy"] = right / total
         return result
 
 
@@ -198,7 +198,7 @@ class OutcomeRMLearner(_HeadLearner):
             right += int((margin > 0).sum())
             tokens += sum(len(x) for x in rows)
         result = self.apply(started, loss_sum, len(kept), tokens)
-        result.metrics = {"pair_accuracy": right / max(len(kept), 1)}
+        result.metrics["pair_accuracy"] = right / max(len(kept), 1)
         return result
 
 

@@ -18,51 +18,149 @@ Design decisions:
   load) and also carries the adapter itself in peft's save format
   (:class:`~runtime.policy.adapters.AdapterWeights`), which a vLLM server loads at
   run time as a new adapter (:class:`~runtime.policy.lora_server.LoraServerPolicy`).
-- Checkpoints hold model, optimizer, version and step; they are written to a
-  temporary file and renamed, so a kill mid-write leaves the previous one intact; one
-  that cannot be read (truncated, corrupt) is a one-line StoreError naming the file.
+- Checkpoints hold model, optimizer, version and step; they are written whole
+  (:func:`~runtime.scheduling.files.written_whole`: a temporary file renamed over the
+  old one), so a kill, a full disk or a read-only folder mid-write leaves the previous
+  one intact and no partial file, and the failure is a one-line StoreError naming the
+  file; the exported policy folder is swapped in the same way. One that cannot be read
+  (truncated, corrupt) is a one-line StoreError naming the file.
+- A checkpoint loads as data only (``torch.load(weights_only=True)``): a file that
+  holds anything but tensors and plain values (a pickled callable) is refused naming
+  the file, and nothing in it runs. The loop's ``extra`` holds dataclasses (the replay
+  window's examples): they are saved as plain fields under their class's name and
+  rebuilt on load only if that class is a dataclass of the ``learners`` package.
+- A checkpoint written with LoRA does not resume a learner without it, or the other way
+  round: one line says which it was written with.
+- Nothing non-finite leaves the learner. A step whose loss or gradient norm is NaN or
+  infinite is refused in :meth:`TorchLearner.apply`, the one place every learner's
+  optimizer step passes through: no optimizer step, gradients zeroed, counted
+  (``nonfinite_steps``, which the run's summary shows, and the step's ``metrics``);
+  ``NONFINITE_STEPS_IN_A_ROW`` of them in a row stop the run with a LearnerError
+  naming the settings that likely caused it. ``weights()`` (what is published),
+  ``save`` and ``export`` check every tensor first and raise the same error rather
+  than hand on a NaN (one cheap pass over the weights).
+- A step with no token to train on (every completion cut off by ``max_length``: a
+  prompt as long as it) is refused the same way, counted (``empty_steps``) and warned
+  about once per learner, naming ``learner.max_length``; an optimizer step on zero
+  gradients would still move the weights (momentum, weight decay).
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import importlib
+import math
+import pickle
+import re
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import anyio
+import structlog
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from learners.base import UpdateResult
-from runtime.core.errors import StoreError
+from runtime.core.errors import LearnerError, StoreError
 from runtime.core.registry import with_overrides
 from runtime.core.threads import CoreShare
+from runtime.scheduling.files import written_whole
+from runtime.scheduling.store_faults import one_line
 
-__all__ = ["LoraSettings", "TorchLearner", "TrainerSettings"]
+__all__ = ["NONFINITE_STEPS_IN_A_ROW", "LoraSettings", "TorchLearner", "TrainerSettings"]
 
+log = structlog.get_logger("searchlearn.learner")
+
+NONFINITE_STEPS_IN_A_ROW = 3
+"""Steps in a row refused for a non-finite loss or gradient norm before the learner gives
+up (one can be a freak batch; three in a row are the settings)."""
 
 _CHECKPOINT_KEYS = frozenset({"model", "optimizer", "version", "steps", "extra"})
+_DATACLASS = "__dataclass__"  # the key under which a saved dataclass names its class
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as what a weights-only load reads back: a dataclass becomes a dict of its
+    fields plus its class's name; containers are converted throughout."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        cls = type(value)
+        fields = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {_DATACLASS: f"{cls.__module__}:{cls.__qualname__}", **fields}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+def _rebuilt(value: Any, path: Path) -> Any:
+    """The inverse of :func:`_plain`; a class outside the ``learners`` package, or not a
+    dataclass, is refused (a checkpoint names no code to run)."""
+    if isinstance(value, dict):
+        items = {k: _rebuilt(v, path) for k, v in value.items() if k != _DATACLASS}
+        if _DATACLASS not in value:
+            return items
+        module, _, name = str(value[_DATACLASS]).partition(":")
+        cls: Any = None
+        if module.split(".")[0] == "learners" and name.isidentifier():
+            with suppress(ImportError):
+                cls = getattr(importlib.import_module(module), name, None)
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise StoreError(f"learner checkpoint {path} holds an object of {value[_DATACLASS]!r}, which it may not")
+        try:
+            return cls(**items)
+        except TypeError as exc:  # written by a version whose class had other fields
+            raise StoreError(f"learner checkpoint {path} holds a {name} this version cannot rebuild ({exc})") from None
+    if isinstance(value, list):
+        return [_rebuilt(v, path) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_rebuilt(v, path) for v in value)
+    return value
+
+
+def _first_nonfinite(tensors: Mapping[str, Any]) -> str | None:
+    """The name of the first floating tensor of ``tensors`` holding a NaN or an inf."""
+    for name, value in tensors.items():
+        if isinstance(value, Mapping):
+            inner = _first_nonfinite(value)
+            if inner is not None:
+                return f"{name}.{inner}"
+        elif isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(value.isfinite().all()):
+            return name
+    return None
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
-    """``torch.load`` of a learner checkpoint; any failure is one line naming the file."""
+    """``torch.load`` of a learner checkpoint, as data only; any failure is one line
+    naming the file."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
         raise StoreError(f"learner checkpoint {path} does not exist") from exc
     except PermissionError as exc:
         raise StoreError(f"cannot read learner checkpoint {path}: permission denied") from exc
     except Exception as exc:  # torch raises OSError, RuntimeError, EOFError, UnpicklingError...
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+        if found is not None:  # the weights-only unpickler met a callable: nothing of it ran
+            raise StoreError(
+                f"learner checkpoint {path} holds code, not only tensors and plain values ({found.group(1)}); "
+                "it was not written by this searchlearn (or was tampered with) and is not loaded: delete it "
+                "to start the learner over"
+            ) from None
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:160]
         raise StoreError(
             f"learner checkpoint {path} is truncated or corrupt ({detail}); restore it, "
             "or delete it to start the learner over"
         ) from exc
-    if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= state.keys():
+    if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= state.keys() or not isinstance(state["model"], dict):
         raise StoreError(f"{path} is not a learner checkpoint (no model, optimizer and version in it)")
+    state["extra"] = _rebuilt(state["extra"], path)
     return state
 
 
@@ -74,7 +172,7 @@ class LoraSettings(BaseModel):
 
     r: int = Field(8, ge=1, le=256)
     """LoRA rank."""
-    alpha: int = Field(16, ge=1)
+    alpha: int = Field(16, ge=1, le=4096)
     """LoRA scaling numerator (scale = alpha / r)."""
     dropout: float = Field(0.0, ge=0, lt=1)
     """Dropout on the LoRA input."""
@@ -93,26 +191,27 @@ class TrainerSettings(BaseModel):
 
     lr: float = Field(1e-4, gt=0, le=1)
     """AdamW learning rate."""
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, le=1_000_000)
     """Optimizer steps of linear learning-rate warmup."""
-    decay_steps: int | None = Field(None, ge=1)
+    decay_steps: int | None = Field(None, ge=1, le=100_000_000)
     """After warmup the rate falls linearly over this many steps to min_lr_ratio x lr (null: flat)."""
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     """Where the decay ends, as a fraction of lr."""
-    weight_decay: float = Field(0.0, ge=0)
-    """AdamW weight decay."""
-    micro_batch: int = Field(16, ge=1)
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    """AdamW weight decay (decoupled: each step scales the weights by 1 - lr x weight_decay)."""
+    micro_batch: int = Field(16, ge=1, le=4096)
     """Examples per forward pass inside a step."""
     lora: LoraSettings | None = None
     """Train LoRA adapters (peft) instead of all weights; published weights are merged
     (with lora.publish: adapter, they also carry the adapter for a vLLM server)."""
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, le=1024)
     """torch threads of the learner's steps; None: a share of the cores this process may
     use (``searchlearn run`` divides them among the run's torch consumers)."""
-    max_grad_norm: float = Field(1.0, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0, le=1000)
     """Gradient-norm clip of one step."""
-    max_length: int = Field(512, ge=8)
-    """Tokens of one example (prompt and completion) kept, at most."""
+    max_length: int = Field(512, ge=8, le=1_048_576)
+    """Tokens of one example (prompt and completion) kept, at most; a prompt this long
+    leaves nothing to train on."""
 
 
 class TorchLearner:
@@ -139,6 +238,11 @@ class TorchLearner:
         self.steps = 0
         self.version = 0
         self.busy_seconds = 0.0
+        self.nonfinite_steps = 0
+        """Steps refused because their loss or gradient norm was NaN or infinite."""
+        self.empty_steps = 0
+        """Steps refused because no example had a token left to train on."""
+        self._refused_in_a_row = 0
         self.share: CoreShare | None = None
         """Cores handed with the generation engine: a step holds the learner's threads."""
         self._eos = tokenizer.eos_token or ""
@@ -186,9 +290,14 @@ class TorchLearner:
         return time.monotonic()
 
     def apply(self, started: float, loss: float, examples: int, tokens: int) -> UpdateResult:
-        """Clip the accumulated gradients, take the optimizer step at this step's rate."""
+        """Clip the accumulated gradients, take the optimizer step at this step's rate; a
+        step with a non-finite loss or gradient norm, or no token trained, is refused
+        (see module doc)."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.settings.max_grad_norm))
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)) or tokens == 0:
+            return self._refuse(started, loss, examples, tokens, grad_norm)
+        self._refused_in_a_row = 0
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.steps)
         self.optimizer.step()
@@ -197,6 +306,48 @@ class TorchLearner:
         seconds = time.monotonic() - started
         self.busy_seconds += seconds
         return UpdateResult(self.steps, loss, examples, tokens, seconds, grad_norm)
+
+    def _refuse(self, started: float, loss: float, examples: int, tokens: int, grad_norm: float) -> UpdateResult:
+        """No optimizer step: the gradients are dropped and the refusal counted."""
+        self.optimizer.zero_grad(set_to_none=True)
+        seconds = time.monotonic() - started
+        self.busy_seconds += seconds
+        if tokens == 0:
+            self.empty_steps += 1
+            if self.empty_steps == 1:
+                log.warning(
+                    "learner step skipped: no token to train on",
+                    examples=examples,
+                    hint=f"learner.max_length ({self.settings.max_length}) leaves no completion token after "
+                    "these examples' prompts; raise it (every such step is skipped and counted)",
+                )
+            return UpdateResult(self.steps, loss, examples, tokens, seconds, grad_norm, {"empty_steps": 1.0})
+        self.nonfinite_steps += 1
+        self._refused_in_a_row += 1
+        log.info("learner step refused: non-finite loss or gradient", loss=loss, grad_norm=grad_norm)
+        if self._refused_in_a_row >= NONFINITE_STEPS_IN_A_ROW:
+            raise LearnerError(
+                self._diverged(
+                    f"{self._refused_in_a_row} steps in a row had a non-finite loss or gradient norm "
+                    f"(last: loss {loss:g}, gradient norm {grad_norm:g})"
+                )
+            )
+        return UpdateResult(self.steps, loss, examples, tokens, seconds, grad_norm, {"nonfinite_steps": 1.0})
+
+    def _diverged(self, what: str) -> str:
+        s = self.settings
+        return (
+            f"the learner diverged after {self.steps} optimizer steps: {what}; nothing non-finite was published "
+            f"or saved. Likely cause: learner.lr ({s.lr:g}), learner.weight_decay ({s.weight_decay:g}) or "
+            f"learner.max_grad_norm ({s.max_grad_norm:g}) too high for this model: lower them, or add "
+            "learner.warmup_steps"
+        )
+
+    def _check_finite(self, tensors: Mapping[str, Any], doing: str) -> None:
+        """Raise a LearnerError (before ``doing``) if any tensor of ``tensors`` is not finite."""
+        name = _first_nonfinite(tensors)
+        if name is not None:
+            raise LearnerError(self._diverged(f"weight {name} holds NaN or inf, so it is not {doing}"))
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based): linear warmup, then flat
@@ -215,7 +366,9 @@ class TorchLearner:
         ``lora.publish: adapter``, an :class:`~runtime.policy.adapters.AdapterWeights`
         that also carries the adapter."""
         if self.lora is None:
-            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            plain = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self._check_finite(plain, "published")
+            return plain
         self.model.merge_adapter()
         try:
             out = {}
@@ -226,6 +379,7 @@ class TorchLearner:
                 out[name] = value.detach().clone()
         finally:
             self.model.unmerge_adapter()
+        self._check_finite(out, "published")
         if self.lora.publish == "merged":
             return out
         return self._with_adapter(out)
@@ -243,33 +397,45 @@ class TorchLearner:
         return AdapterWeights(merged, adapter=adapter, config=config)
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-        """Write model, optimizer, version, step and ``extra`` to ``path`` atomically."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        """Write model, optimizer, version, step and ``extra`` to ``path`` whole (a failed
+        write is a StoreError naming it, and leaves the previous checkpoint as it was)."""
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "version": self.version,
             "steps": self.steps,
-            "extra": extra or {},
+            "extra": _plain(extra or {}),
             **self.extra_state(),
         }
-        tmp = target.with_suffix(target.suffix + ".tmp")
-        torch.save(state, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        self._check_finite({k: v for k, v in state.items() if k not in ("optimizer", "extra")}, "saved")
+        with written_whole(path, "learner checkpoint", also=(RuntimeError,)) as tmp:
+            torch.save(state, tmp)  # torch says a failed write with a RuntimeError
 
     def load(self, path: str | Path) -> dict[str, Any]:
         """Restore a checkpoint written by :meth:`save`; returns its ``extra``. A file
         that cannot be read as one is a StoreError naming it (the ``store`` boundary, as
-        for a damaged episode store: the run's durable state is broken, not its config)."""
-        state = _read_checkpoint(Path(path))
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        for a damaged episode store: the run's durable state is broken, not its config),
+        and so is one written for another model, with or without LoRA unlike this learner."""
+        path = Path(path)
+        state = _read_checkpoint(path)
+        with_lora = any("lora_" in key for key in state["model"])
+        if with_lora != (self.lora is not None):
+            written, now = ("with", "off") if with_lora else ("without", "on")
+            raise StoreError(
+                f"learner checkpoint {path} was written {written} LoRA and learner.lora is {now}: resume with "
+                "the setting it was written with, or delete it (or set learner.checkpoint) to start over"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.load_extra_state(state)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise StoreError(
+                f"learner checkpoint {path} does not fit this learner ({one_line(exc, 120)}): it was written for "
+                "another model or learner kind; delete it (or set learner.checkpoint) to start over"
+            ) from None
         self.version = int(state["version"])
         self.steps = int(state["steps"])
-        self.load_extra_state(state)
         extra: dict[str, Any] = state["extra"]
         return extra
 
@@ -287,7 +453,16 @@ class TorchLearner:
 
     def export(self, directory: str | Path) -> None:
         """Save the current policy as a plain transformers checkpoint directory (servable;
-        LoRA merged in)."""
+        LoRA merged in), swapped in whole over an earlier export (see module doc)."""
+        from safetensors import SafetensorError
+
+        self._check_finite(self.model.state_dict(), "exported")
+        failed_write = (RuntimeError, SafetensorError)  # what torch and safetensors raise for one
+        with written_whole(directory, "policy export", folder=True, also=failed_write) as tmp:
+            self.write_export(tmp)
+
+    def write_export(self, directory: Path) -> None:
+        """Write what :meth:`export` saves into the fresh folder ``directory``."""
         from transformers import AutoModelForCausalLM
 
         plain = AutoModelForCausalLM.from_config(self.policy_config(), dtype=torch.float32)  # type: ignore[no-untyped-call]

@@ -8,9 +8,10 @@ waits, each failed episode), ``--log-json`` for the same as JSON lines on stderr
 secrets are masked in every line.
 
 Exit status: 0 the run finished; 1 every episode failed, or the failure policy
-(``scheduler.max_consecutive_failures``) stopped it; 2 bad config or input; 3 a budget
-was spent; 4 the store cannot be used (damaged, full, locked, or the run is running
-elsewhere).
+(``scheduler.max_consecutive_failures``) stopped it; 2 bad config or input, or a
+learner that diverged (its likely settings are named); 3 a budget was spent; 4 the
+store, a learner checkpoint or an output file cannot be used (damaged, full, locked,
+unwritable, or the run is running elsewhere).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from runtime.app.config import DEFAULT_STORE, load_config
-from runtime.core.errors import ConfigError, SearchlearnError, StoreError, TaskError
+from runtime.core.errors import ConfigError, LearnerError, SearchlearnError, StoreError, TaskError
 from runtime.core.secrets import redact
 from runtime.core.threads import passive_openmp
 from runtime.scheduling.export import EpisodeExport
@@ -96,7 +97,7 @@ def _user_error(exc: BaseException) -> tuple[SearchlearnError, int] | None:
         exc = exc.exceptions[0]
     if isinstance(exc, StoreError):
         return exc, EXIT_STORE
-    if isinstance(exc, ConfigError | TaskError):
+    if isinstance(exc, ConfigError | TaskError | LearnerError):
         return exc, EXIT_CONFIG
     return None
 
@@ -264,7 +265,7 @@ def _learn(cfg: Any, tasks: Any, total: int | None, show: bool) -> None:
     stats = run_async(_run_loop, loop, tasks, total, show, export, loop=cfg.scheduler.event_loop)
     rt = loop.runtime
     out.print(summary_table(f"run {cfg.run_id}: episodes", rt.stats.as_dict()))
-    out.print(learner_table(loop.stats.as_dict()))
+    out.print(learner_table({**loop.stats.as_dict(), **_refused_steps(loop.learner)}))
     if loop.stats.curve:
         out.print(curve_table(f"run {cfg.run_id}: held-out evaluation", loop.stats.curve))
     _report_stream(tasks, export)
@@ -272,6 +273,15 @@ def _learn(cfg: Any, tasks: Any, total: int | None, show: bool) -> None:
     loop.learner.export(target)
     console.print(f"policy version {stats.version} saved to {target}", highlight=False, markup=False, soft_wrap=True)
     _exit_status(rt, rt.stats.as_dict())
+
+
+def _refused_steps(learner: Any) -> dict[str, int]:
+    """The learner's steps it refused to take, when there were any."""
+    rows = {
+        "steps refused (non-finite loss or gradient)": getattr(learner, "nonfinite_steps", 0),
+        "steps skipped (no token within learner.max_length)": getattr(learner, "empty_steps", 0),
+    }
+    return {name: count for name, count in rows.items() if count}
 
 
 async def _run_loop(loop: Any, tasks: Any, total: int | None, show: bool, export: EpisodeExport | None) -> Any:
@@ -362,7 +372,8 @@ def plot(
     target = out_path or Path(f"{run_id}-curve.png")
     from runtime.app.plot import plot_curve
 
-    plot_curve(curve, target, title=f"{run_id}: held-out accuracy")
+    with _user_errors():
+        plot_curve(curve, target, title=f"{run_id}: held-out accuracy")
     console.print(f"wrote {target}", highlight=False, markup=False, soft_wrap=True)
 
 
@@ -372,8 +383,13 @@ def export(
     store: Annotated[Path, typer.Option(help="Episode store (SQLite file).")] = Path(DEFAULT_STORE),
     out_path: Annotated[Path | None, typer.Option("--out", "-o", help="JSONL file (default RUN.jsonl).")] = None,
 ) -> None:
-    """Export a stored run's episodes (full trees) to JSONL, one episode per line."""
+    """Export a stored run's episodes (full trees) to JSONL, one episode per line (written
+    whole: a failed export leaves an earlier file at the path as it was)."""
+    from runtime.scheduling.files import check_output
+
     target = out_path or Path(f"{run_id}.jsonl")
+    with _user_errors():
+        check_output(target, "export")
     with _user_errors(), _open_store(store) as st:
         if not st.count(run_id):
             _fail(f"no episodes of run {run_id!r} in {store}")

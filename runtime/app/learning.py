@@ -7,6 +7,11 @@
   or a server on loopback); the learner trains the student, which never samples
   training episodes; only the evaluator serves it.
 Either way the evaluator is a separate engine over the learner's architecture.
+
+Before the run starts its outputs are checked (before any model is loaded): the learner
+checkpoint must be a file path and the final policy export a folder path, both writable
+(a StoreError naming the path, as a bad store path is); then ``learner.max_length`` must
+leave room after the chat template's own tokens (a ConfigError).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from runtime.core.threads import CoreShare, thread_share
 from runtime.core.types import Task
 from runtime.policy.base import WeightedPolicy
 from runtime.policy.checkpoints import resolve_checkpoint
+from runtime.scheduling.files import check_output
 
 __all__ = ["build_learner", "build_loop", "checkpoint_path", "export_path"]
 
@@ -93,6 +99,24 @@ def build_learner(config: RunConfig) -> Learner:
     return spec.build_learner(model, tokenizer, config.sampling)
 
 
+def _check_max_length(config: RunConfig, learner: Learner) -> None:
+    """Refuse a ``learner.max_length`` that the chat template alone fills (with the run's
+    system prompt): no example could keep a completion token to train on."""
+    limit = getattr(config.learner, "max_length", None)
+    if limit is None:
+        return
+    messages = [{"role": "system", "content": config.tasks.system}] if config.tasks.system else []
+    messages.append({"role": "user", "content": ""})
+    tokenizer = learner.tokenizer
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    overhead = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    if limit <= overhead:
+        raise ConfigError(
+            f"learner.max_length: {limit} tokens leave nothing to train on: the chat template alone takes "
+            f"{overhead} tokens of every example, before the task's prompt and the completion; raise it"
+        )
+
+
 def _share_cores(config: RunConfig, runtime: Any, learner: Learner, evaluator: Evaluator | None) -> None:
     """Hand the cores between this process's engine, learner and evaluator: the engine
     takes what the other two are not computing on (unless policy.threads fixes its count)."""
@@ -116,7 +140,10 @@ def build_loop(config: RunConfig, *, handle_signals: bool = False) -> OnlineLoop
     spec = config.learner
     if spec is None:
         raise ConfigError("learner: this config has no learner section")
+    check_output(checkpoint_path(config), "learner checkpoint")
+    check_output(export_path(config), "policy export", folder=True)
     learner = build_learner(config)
+    _check_max_length(config, learner)
     runtime = build_runtime(config, handle_signals=handle_signals)
     evaluator = None
     if spec.eval is not None:

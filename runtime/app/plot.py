@@ -1,9 +1,12 @@
-"""PNG plot of a learning run's evaluation curve (matplotlib, no display needed)."""
+"""PNG plot of a learning run's evaluation curve (matplotlib, no display needed), written
+whole (a folder that is missing is created; a path that cannot be written is one line)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from runtime.scheduling.files import written_whole
 
 __all__ = ["plot_curve"]
 
@@ -29,5 +32,8 @@ def plot_curve(curve: list[dict[str, Any]], path: str | Path, title: str = "held
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with written_whole(path, "plot", also=(ValueError,)) as tmp:  # ValueError: an unknown format
+            fig.savefig(tmp, dpi=100, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)

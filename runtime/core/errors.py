@@ -12,18 +12,23 @@
     │   └── BudgetExhausted       the endpoint's cost budget is spent; no call was made
     ├── VerifierError             a verifier raised or timed out
     ├── StrategyError             a strategy broke its contract
-    ├── StoreError                the episode store or a learner checkpoint cannot be read or
-    │                             written: locked, disk full, corrupt, unwritable path, or the
-    │                             run is already running elsewhere (CLI: one line, no traceback)
+    ├── StoreError                the episode store, a learner checkpoint or an output file cannot
+    │                             be read or written: locked, disk full, corrupt, unwritable path,
+    │                             or the run is already running elsewhere (CLI: one line, no traceback)
+    ├── LearnerError              the learner cannot go on: its loss, gradients or weights are
+    │                             not finite, step after step (a learner setting is the likely
+    │                             cause; CLI: one line naming it)
     └── EpisodeBudgetError        an episode ran out of its own budget
         ├── EpisodeTimeout
         └── TokenBudgetExceeded
 
 Inside a run these never escape an episode: the scheduler records them on a failed
 :class:`~runtime.core.types.Episode` (error class, message, boundary) and carries on.
-The exceptions are :class:`ConfigError` (raised before a run starts) and
+The exceptions are :class:`ConfigError` (raised before a run starts),
 :class:`StoreError`: an episode that cannot be stored is not data, so a store fault
-ends the run, with a one-line message naming the file and what happened.
+ends the run, with a one-line message naming the file and what happened, and
+:class:`LearnerError`: a learner that diverged ends the run before it publishes or
+saves anything non-finite.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ __all__ = [
     "ConfigError",
     "EpisodeBudgetError",
     "EpisodeTimeout",
+    "LearnerError",
     "PolicyError",
     "PolicyRequestError",
     "PolicyResponseError",
@@ -94,6 +100,13 @@ class StoreError(SearchlearnError):
     message is one line naming the file, what happened and what to do."""
 
     boundary = "store"
+
+
+class LearnerError(SearchlearnError):
+    """A learner diverged (non-finite loss, gradients or weights); the message names the
+    settings that likely caused it."""
+
+    boundary = "learner"
 
 
 class EpisodeBudgetError(SearchlearnError):

@@ -54,6 +54,7 @@ from typing import Any, TypeVar
 
 from runtime.core.errors import StoreError
 from runtime.core.types import Episode, episode_from_json, episode_to_json
+from runtime.scheduling.files import written_whole
 from runtime.scheduling.store_faults import (
     HOST,
     LIVE_OWNERS,
@@ -334,8 +335,10 @@ class EpisodeStore:
                 yield self._decode(run_id, episode_from_json, data)
 
     def export_jsonl(self, run_id: str, path: str | Path) -> int:
+        """Write the run's episodes to ``path``, one JSON line each, whole (a failed write is
+        a StoreError naming ``path``, and leaves a file there as it was); returns how many."""
         n = 0
-        with open(path, "w", encoding="utf-8") as f:
+        with written_whole(path, "export") as tmp, open(tmp, "w", encoding="utf-8") as f:
             for ep in self.episodes(run_id):
                 f.write(episode_to_json(ep) + "\n")
                 n += 1
