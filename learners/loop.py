@@ -385,6 +385,7 @@ class OnlineLoop:
             left = {ex.key[1:] for ex in self._pending}
             keys = {ex.key[1:] for ex in batch} - left
             self._pending_keys -= keys
+        steps_before = self.learner.steps
         for chunk in self._replay_chunks(batch):
             await self._step(chunk)
         self.stats.examples += len(batch)
@@ -394,8 +395,14 @@ class OnlineLoop:
             for ex in self._pool[: -self.settings.replay_pool]:
                 self._uses.pop(id(ex), None)
             del self._pool[: -self.settings.replay_pool]
-        if self.learner.steps % self.settings.steps_per_version == 0:
+        if self._stepped_to_a_version(steps_before):
             await self._publish()
+
+    def _stepped_to_a_version(self, steps_before: int) -> bool:
+        """Whether the steps since ``steps_before`` crossed a version boundary (a refused,
+        non-finite or empty step moves nothing and publishes nothing)."""
+        per = self.settings.steps_per_version
+        return self.learner.steps // per > steps_before // per
 
     async def _step(self, chunk: list[Example]) -> None:
         result = await self.learner.update(chunk)
@@ -432,9 +439,10 @@ class OnlineLoop:
         if len(fresh) < max(1, s.batch_examples // 2):
             return False
         rng = random.Random(self.learner.steps)
+        steps_before = self.learner.steps
         await self._step(rng.sample(fresh, min(len(fresh), s.batch_examples)))
         self.stats.replay_steps += 1
-        if self.learner.steps % s.steps_per_version == 0:
+        if self._stepped_to_a_version(steps_before):
             await self._publish()
         return True
 

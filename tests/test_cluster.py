@@ -30,7 +30,10 @@ pytestmark = pytest.mark.timeout(300)
 def local_ray() -> Any:
     """One local Ray instance for the module (a ClusterRuntime joins a running one and
     leaves it running); loopback only, no dashboard."""
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    from runtime.app.cluster import _loopback_only
+
+    with _loopback_only():  # Ray otherwise swaps 127.0.0.1 for the host's address
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -182,8 +182,8 @@ def test_a_learning_run_whose_steps_keep_diverging_stops_in_one_line(
     assert "saved to" not in result.output
     run = tmp_path / "runs" / "h"
     assert not (run / "policy").exists()
-    state = torch.load(run / "learner.pt", weights_only=True)  # the checkpoints before it: finite, unchanged
-    assert state["steps"] == 0 and all(bool(v.isfinite().all()) for v in state["model"].values())
+    # no step moved the weights, so no version was published and nothing was checkpointed
+    assert not (run / "learner.pt").exists()
 
 
 def test_learner_settings_have_sane_ranges(tmp_path: Path) -> None:
