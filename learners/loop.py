@@ -65,7 +65,7 @@ from learners.evaluate import Evaluator
 from learners.examples import Example
 from learners.loop_settings import LoopSettings
 from runtime.core.errors import ConfigError
-from runtime.core.types import Episode, Task
+from runtime.core.types import Episode, Stop, Task
 from runtime.policy.base import WeightedPolicy
 from runtime.scheduling.scheduler import Runtime
 from runtime.scheduling.tasks import iterate_tasks
@@ -277,7 +277,7 @@ class OnlineLoop:
                     except anyio.WouldBlock:
                         if await self._replay():  # a step instead of waiting
                             if self._budget_spent():
-                                self.runtime.shutdown("learning budget spent", abandon=True)
+                                self.runtime.shutdown(self._limit_reached(), abandon=True)
                                 break
                             continue
                         try:
@@ -290,7 +290,7 @@ class OnlineLoop:
                     if len(self._pending) >= self.settings.batch_examples:
                         await self._train()
                     if self._budget_spent():
-                        self.runtime.shutdown("learning budget spent", abandon=True)
+                        self.runtime.shutdown(self._limit_reached(), abandon=True)
                         break
 
     async def _sync(
@@ -314,6 +314,13 @@ class OnlineLoop:
                     await self._take(episode)
             while len(self._pending) >= self.settings.batch_examples and not self._budget_spent():
                 await self._train(self.settings.batch_examples)
+
+    def _limit_reached(self) -> Stop:
+        """The stop of a run that reached the learner's own limit (what its config asked)."""
+        s = self.settings
+        if s.max_versions is not None and self.learner.version >= s.max_versions:
+            return Stop("limit", f"learner.max_versions reached ({s.max_versions})")
+        return Stop("limit", f"learner.max_minutes reached ({s.max_minutes:g} min)")
 
     def _budget_spent(self) -> bool:
         s = self.settings

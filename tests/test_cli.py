@@ -162,3 +162,20 @@ def test_components_lists_every_family_and_refuses_an_unknown_one(runner: CliRun
     assert only.exit_code == 0 and "mcts" in only.stdout and "tiny_rule" not in only.stdout
     bad = runner.invoke(app, ["components", "policies"])
     assert bad.exit_code == 2 and "allowed: strategies" in bad.output
+
+
+def test_a_learning_run_that_reaches_its_configured_limit_exits_0(tmp_path: Path, runner: CliRunner) -> None:
+    """The learner's max_versions (or max_minutes) is what the config asked: exit 0, and
+    the stop is said as a limit, not as a budget spent."""
+    config = Path(__file__).parent.parent / "configs" / "expert_iteration.yaml"
+    overrides = [
+        f"store.path={tmp_path / 'runs.db'}", "learner.max_versions=1", "learner.eval=null", "tasks.size=400",
+        "learner.batch_examples=4", "learner.idle_replay=false", "scheduler.concurrency=16",
+        "policy.max_concurrency=16", "learner.threads=1", "policy.threads=1",
+    ]  # fmt: skip
+    args = ["run", str(config), "--no-progress"]
+    for o in overrides:
+        args += ["--set", o]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "stopped at its configured limit: learner.max_versions reached (1)" in result.output

@@ -411,3 +411,30 @@ def test_the_learner_summary_counts_skipped_steps(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert re.search(r"steps skipped \(no token within learner.max_length\)\s+│\s+4 │", result.stdout)
     assert "learner step skipped: no token to train on" in result.output
+
+
+def test_the_continuous_export_on_a_full_disk_says_so_once(tmp_path: Path) -> None:
+    """The run's own export (``export.path``): a write that fails is one StoreError, and
+    closing afterwards does not raise it again (its buffer is dropped, not re-flushed)."""
+    from runtime.core.errors import StoreError
+    from runtime.core.types import Episode, Task
+    from runtime.scheduling.export import EpisodeExport
+
+    class FullDisk:
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    export = EpisodeExport(tmp_path / "live.jsonl", "r")
+    export.open()
+    export._file.close()  # type: ignore[union-attr]
+    export._file = FullDisk()  # type: ignore[assignment]
+    with pytest.raises(StoreError, match="live.jsonl"):
+        export.write(Episode(run_id="r", task=Task(id="t", prompt="q")))
+    export.close()  # said once: nothing raised again on close
+    export.close()

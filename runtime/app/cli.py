@@ -7,11 +7,13 @@ default (warnings only), ``--verbose`` for info (run start and end, retries, rat
 waits, each failed episode), ``--log-json`` for the same as JSON lines on stderr;
 secrets are masked in every line.
 
-Exit status: 0 the run finished; 1 every episode failed, or the failure policy
+Exit status: 0 the run finished, or stopped at a limit its config set (a learner's
+``max_minutes`` / ``max_versions``); 1 every episode failed, or the failure policy
 (``scheduler.max_consecutive_failures``) stopped it; 2 bad config or input, or a
-learner that diverged (its likely settings are named); 3 a budget was spent; 4 the
+learner that diverged (its likely settings are named); 3 a spending budget ran out; 4 the
 store, a learner checkpoint or an output file cannot be used (damaged, full, locked,
-unwritable, or the run is running elsewhere).
+unwritable, or the run is running elsewhere); 128 + N stopped by signal N (a drained
+SIGTERM is not a finished run).
 """
 
 from __future__ import annotations
@@ -201,14 +203,18 @@ def _report_stream(tasks: Any, export: EpisodeExport | None) -> None:
 
 
 def _exit_status(rt: Any, stats: dict[str, Any]) -> None:
-    """Say why a run stopped early, and exit non-zero when it did not do its work."""
-    reason = rt.stop_reason
-    if reason:
-        console.print(f"stopped early: {reason}", highlight=False, markup=False, soft_wrap=True)
-        if "budget" in reason:
+    """Say why a run stopped early, and exit non-zero when it did not do its work (from
+    the runtime's typed :class:`~runtime.core.types.Stop`, never from its text)."""
+    stop = rt.stop
+    if stop is not None:
+        said = "stopped at its configured limit" if stop.kind == "limit" else "stopped early"
+        console.print(f"{said}: {stop.reason}", highlight=False, markup=False, soft_wrap=True)
+        if stop.kind == "budget":
             raise typer.Exit(EXIT_BUDGET)
-        if "in a row failed" in reason:
+        if stop.kind == "failures":
             raise typer.Exit(EXIT_FAILED)
+        if stop.kind == "signal" and stop.signal is not None:
+            raise typer.Exit(128 + stop.signal)
     if stats["episodes"] and stats["failed"] == stats["episodes"]:
         common = max(stats["failures"].items(), key=lambda kv: kv[1])[0] if stats["failures"] else "unknown"
         console.print(

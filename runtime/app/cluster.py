@@ -73,7 +73,7 @@ from runtime.app.parts import build_policy, build_strategy, build_verifiers, tor
 from runtime.core.concurrency import send_all
 from runtime.core.errors import ConfigError
 from runtime.core.threads import available_cpus, thread_share
-from runtime.core.types import Episode, Task, episode_from_json, episode_to_json
+from runtime.core.types import Episode, Stop, Task, episode_from_json, episode_to_json
 from runtime.policy.base import GenerationRequest, GenerationResult
 from runtime.scheduling.scheduler import RunStats, Runtime, redact_config, watch_signals
 from runtime.scheduling.store import STALE_AFTER, EpisodeStore
@@ -319,6 +319,7 @@ class ClusterRuntime:
         self.handle_signals = handle_signals
         self.stats = RunStats()
         self.policy = ClusterPolicy(self)
+        self.stop: Stop | None = None
         self.stop_reason: str | None = None
         self.duplicates = 0
         self.reissued = 0
@@ -472,12 +473,14 @@ class ClusterRuntime:
 
     # -- shutdown -----------------------------------------------------------------------
 
-    def shutdown(self, reason: str = "shutdown requested", abandon: bool | None = None) -> None:
+    def shutdown(self, reason: str | Stop = "shutdown requested", abandon: bool | None = None) -> None:
         """Stop handing out tasks; let what the workers hold finish (within
-        ``drain_timeout``) or abandon it (it runs again on resume)."""
-        if self.stop_reason is None:
-            self.stop_reason = reason
-            self.log.info("stopping admission", reason=reason)
+        ``drain_timeout``) or abandon it (it runs again on resume). ``reason``: a
+        :class:`Stop`, or text (a stop of kind ``requested``)."""
+        stop = reason if isinstance(reason, Stop) else Stop("requested", reason)
+        if self.stop is None:
+            self.stop, self.stop_reason = stop, stop.reason
+            self.log.info("stopping admission", reason=stop.reason, kind=stop.kind)
         if self._queue_send is not None:
             self._queue_send.close()
         for event in self._room:
@@ -557,7 +560,7 @@ class ClusterRuntime:
                             self.stats.skipped += 1
                             continue
                         if reason := self.exhausted():
-                            self.shutdown(reason, abandon=False)
+                            self.shutdown(Stop("budget", reason), abandon=False)
                         if self.stop_reason is not None:
                             return
                         self._pending += 1
@@ -654,7 +657,7 @@ class ClusterRuntime:
         self._returned(slot, len(pairs))
         if not self.live_workers():
             self._pending -= len(pairs)
-            self.shutdown(f"every rollout worker died (last: {type(exc).__name__})", abandon=True)
+            self.shutdown(Stop("failures", f"every rollout worker died (last: {type(exc).__name__})"), abandon=True)
             return
         if self.stop_reason is not None or self._queue_send is None:
             self._pending -= len(pairs)

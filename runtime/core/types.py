@@ -32,6 +32,8 @@ __all__ = [
     "Episode",
     "ErrorInfo",
     "Node",
+    "Stop",
+    "StopKind",
     "Task",
     "Usage",
     "episode_from_json",
@@ -59,6 +61,27 @@ class Task:
         if self.messages is not None:
             return self.messages
         return [{"role": "user", "content": self.prompt or ""}]
+
+
+StopKind = Literal["limit", "budget", "failures", "signal", "requested"]
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Why a run stopped admitting before its tasks ran out, as a value the caller can
+    branch on (never by matching text):
+
+    - ``limit``: a limit the config set on purpose (a learner's ``max_minutes`` or
+      ``max_versions``): the run did what it was asked;
+    - ``budget``: a spending budget ran out (the run's, an endpoint's);
+    - ``failures``: the failure policy (too many episodes in a row failed, every worker died);
+    - ``signal``: SIGINT or SIGTERM (``signal`` holds its number);
+    - ``requested``: the code asked (``shutdown()``, the consumer closed the stream).
+    """
+
+    kind: StopKind
+    reason: str
+    signal: int | None = None
 
 
 @dataclass(slots=True)

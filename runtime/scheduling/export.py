@@ -34,6 +34,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -151,14 +152,26 @@ class EpisodeExport:
             self._file.write((episode_to_json(episode) + "\n").encode("utf-8"))
             self._file.flush()
         except OSError as exc:
+            self._abandon()  # its buffer would fail again on close: the error is said once
             raise StoreError(f"cannot write export file {self.path}: {exc.strerror or exc}") from exc
         self._exported[(episode.task.id, episode.sample)] = episode.status == "ok"
         self.written += 1
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        f, self._file = self._file, None
+        if f is None:
+            return
+        try:
+            f.close()
+        except OSError as exc:
+            raise StoreError(f"cannot write export file {self.path}: {exc.strerror or exc}") from exc
+
+    def _abandon(self) -> None:
+        """Drop the file after a failed write (a torn last line is cut when it is reopened)."""
+        f, self._file = self._file, None
+        if f is not None:
+            with contextlib.suppress(OSError):
+                f.close()
 
     def statistics(self) -> dict[str, Any]:
         return {

@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runtime.core.concurrency import send_all
 from runtime.core.errors import EpisodeTimeout, SearchlearnError
 from runtime.core.secrets import mask_secrets, redact
-from runtime.core.types import Episode, ErrorInfo, Task
+from runtime.core.types import Episode, ErrorInfo, Stop, Task
 from runtime.policy.base import Policy
 from runtime.scheduling.loop import EventLoop, GcMode, TunedCollector
 from runtime.scheduling.store import STALE_AFTER, EpisodeStore
@@ -200,6 +200,8 @@ class Runtime:
         self.ledger = Ledger()
         self._spent_before = 0.0  # cost of the episodes a resumed run already stored
         self._limiters = spending_limiters(policy, self.verifiers)
+        self.stop: Stop | None = None
+        """Why admission stopped early (None: it did not)."""
         self.stop_reason: str | None = None
         self._strategy_config = strategy.config()
         self._slots = anyio.Semaphore(self.settings.concurrency)
@@ -268,11 +270,13 @@ class Runtime:
 
     # -- shutdown -----------------------------------------------------------------------
 
-    def shutdown(self, reason: str = "shutdown requested", abandon: bool | None = None) -> None:
-        """Stop admitting; finish (within ``drain_timeout``) or abandon in-flight work."""
-        if self.stop_reason is None:
-            self.stop_reason = reason
-            self.log.info("stopping admission", reason=reason)
+    def shutdown(self, reason: str | Stop = "shutdown requested", abandon: bool | None = None) -> None:
+        """Stop admitting; finish (within ``drain_timeout``) or abandon in-flight work.
+        ``reason``: a :class:`Stop`, or text (a stop of kind ``requested``)."""
+        stop = reason if isinstance(reason, Stop) else Stop("requested", reason)
+        if self.stop is None:
+            self.stop, self.stop_reason = stop, stop.reason
+            self.log.info("stopping admission", reason=stop.reason, kind=stop.kind)
         for scope in self._admissions:
             scope.cancel()
         if abandon is None:
@@ -404,7 +408,7 @@ class Runtime:
             # waited, and an episode admitted now would only fail with BudgetExhausted.
             if reason := self.exhausted():
                 self._slots.release()
-                self.shutdown(reason, abandon=False)
+                self.shutdown(Stop("budget", reason), abandon=False)
                 return
             self.stats.admitted += 1
             self._in_flight += 1
@@ -446,7 +450,7 @@ class Runtime:
         limit = self.settings.max_consecutive_failures
         if limit is not None and count >= limit and self.stop_reason is None:
             why = episode.errors[0].message[:200] if episode.errors else ""
-            self.shutdown(f"{count} episodes in a row failed with {kind}: {why}", abandon=False)
+            self.shutdown(Stop("failures", f"{count} episodes in a row failed with {kind}: {why}"), abandon=False)
 
     async def _run_one(self, episode: Episode) -> None:
         started = time.monotonic()
@@ -514,14 +518,15 @@ class Runtime:
             scope.cancel()
 
 
-async def watch_signals(shutdown: Callable[[str, bool | None], None]) -> None:
+async def watch_signals(shutdown: Callable[[Stop, bool | None], None]) -> None:
     """SIGINT / SIGTERM call ``shutdown``: the first drains (as ``on_shutdown`` says), a
     second abandons what is in flight."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         count = 0
         async for signum in signals:
             count += 1
-            shutdown(f"received {signal.Signals(signum).name}", True if count > 1 else None)
+            stop = Stop("signal", f"received {signal.Signals(signum).name}", int(signum))
+            shutdown(stop, True if count > 1 else None)
 
 
 # -- spending and size --------------------------------------------------------------------
