@@ -3,7 +3,9 @@
     python examples/embedded.py            # the bundled tiny policy, in process
     python examples/embedded.py --scripted # the scripted fake policy (instant)
 
-Streams finished episodes as they complete and prints each one's chosen path.
+Streams finished episodes as they complete and prints each one's chosen path. Each mode
+has its own run id in the store: a run id's stored episodes are skipped when it runs again,
+so a real run that shared the scripted run's id would skip every task and print nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import anyio
 from runtime import ExactMatch, Runtime, Sampling, ScriptedPolicy, TinyStepVerifier, Verifiers, tiny_tasks
 from runtime.rewards.base import AnswerExtractor
 from strategies import BestOfN
+
+#: One run id per mode (a run id that is already stored resumes: its tasks are skipped).
+RUN_IDS = {"scripted": "embedded-scripted", "bundled": "embedded-bundled"}
 
 
 async def main(scripted: bool) -> None:
@@ -34,7 +39,7 @@ async def main(scripted: bool) -> None:
             verifiers=verifiers,
             sampling=Sampling(temperature=0.8, max_tokens=160),
             store="runs/embedded.db",
-            run_id="embedded-demo",
+            run_id=RUN_IDS["scripted" if scripted else "bundled"],
         ) as rt,
     ):
         async for ep in rt.stream(tasks):

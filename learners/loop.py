@@ -58,13 +58,13 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import structlog
 
 from learners.base import ExampleSource, Learner
 from learners.evaluate import Evaluator
 from learners.examples import Example
 from learners.loop_settings import LoopSettings
 from runtime.core.errors import ConfigError
+from runtime.core.log import get_logger
 from runtime.core.types import Episode, Stop, Task
 from runtime.policy.base import WeightedPolicy
 from runtime.scheduling.scheduler import Runtime
@@ -72,7 +72,7 @@ from runtime.scheduling.tasks import iterate_tasks
 
 __all__ = ["LoopStats", "OnlineLoop"]
 
-log = structlog.get_logger("searchlearn.loop")
+log = get_logger("searchlearn.loop")
 
 
 @dataclass(slots=True)

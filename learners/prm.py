@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import structlog
 
 from runtime.core.concurrency import gather
+from runtime.core.log import get_logger
 from runtime.core.types import Task
 from runtime.policy.base import GenerationRequest, Policy
 from runtime.rewards.mc_value import MonteCarloValue
@@ -36,7 +36,7 @@ from runtime.tiny.tasks import tiny_tasks
 
 __all__ = ["PRMExample", "TrainReport", "build_tiny_prm", "main", "mc_examples", "train_prm", "value_head_model"]
 
-log = structlog.get_logger("searchlearn.prm")
+log = get_logger("searchlearn.prm")
 
 
 @dataclass(slots=True)

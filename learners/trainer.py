@@ -60,12 +60,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import anyio
-import structlog
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from learners.base import UpdateResult
 from runtime.core.errors import LearnerError, StoreError
+from runtime.core.log import get_logger
 from runtime.core.registry import with_overrides
 from runtime.core.threads import CoreShare
 from runtime.scheduling.files import written_whole
@@ -73,7 +73,7 @@ from runtime.scheduling.store_faults import one_line
 
 __all__ = ["NONFINITE_STEPS_IN_A_ROW", "LoraSettings", "TorchLearner", "TrainerSettings"]
 
-log = structlog.get_logger("searchlearn.learner")
+log = get_logger("searchlearn.learner")
 
 NONFINITE_STEPS_IN_A_ROW = 3
 """Steps in a row refused for a non-finite loss or gradient norm before the learner gives

@@ -3,9 +3,9 @@ or plot a stored run.
 
 Errors the user can fix (bad config, missing file, missing key, a damaged or busy
 store) print one message, with no traceback. Logs are structured (structlog), quiet by
-default (warnings only), ``--verbose`` for info (run start and end, retries, rate-limit
-waits, each failed episode), ``--log-json`` for the same as JSON lines on stderr;
-secrets are masked in every line.
+default (warnings only), ``--verbose`` for searchlearn's info (run start and end, retries,
+rate-limit waits, each failed episode; libraries such as transformers log no info),
+``--log-json`` for the same as JSON lines on stderr; secrets are masked in every line.
 
 Exit status: 0 the run finished, or stopped at a limit its config set (a learner's
 ``max_minutes`` / ``max_versions``); 1 every episode failed, or the failure policy
@@ -23,6 +23,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -50,6 +51,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: typer's rich panels print a ``<bool>`` type after every flag, which
+    # reads as if ``--log-json true`` were the way to turn one on.
+    rich_markup_mode=None,
 )
 console = Console(stderr=True)
 out = Console()
@@ -60,7 +64,12 @@ def configure_logging(verbose: bool, json_logs: bool) -> None:
     # transformers / huggingface_hub draw their own bars and chatter while loading
     # weights; the CLI has one progress bar (set before they are imported).
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
+    # --verbose is searchlearn's info, not every library's: transformers logs a model's
+    # whole config at info. Its variable (a user's own value wins) is read when
+    # transformers is imported; the logger's level covers one that already was.
+    libraries = logging.WARNING if verbose else logging.ERROR
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", logging.getLevelName(libraries).lower())
+    logging.getLogger("transformers").setLevel(libraries)
     renderer: Any = structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
@@ -144,6 +153,21 @@ def summary_table(title: str, stats: dict[str, Any]) -> Table:
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"searchlearn {metadata.version('searchlearn')}", highlight=False, markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True)
+    ] = False,
+) -> None:
+    """The options every command shares (only --version for now)."""
 
 
 @app.command()
@@ -437,11 +461,11 @@ def list_components(
         except Exception as exc:  # a broken plug-in: say which, list nothing of it
             _fail(f"{name}: a plug-in failed to load: {exc}")
         table = Table(title=name, title_justify="left", show_header=True)
-        table.add_column("name")
-        table.add_column("class")
-        table.add_column("what it is")
+        table.add_column("name", no_wrap=True)
+        table.add_column("class", overflow="fold")
+        table.add_column("what it is", overflow="fold")  # the whole docstring, wrapped at words
         for key, cls in found.items():
-            table.add_row(key, f"{cls.__module__}:{cls.__qualname__}", " ".join((cls.__doc__ or "").split())[:90])
+            table.add_row(key, f"{cls.__module__}:{cls.__qualname__}", escape(" ".join((cls.__doc__ or "").split())))
         out.print(table)
 
 

@@ -66,12 +66,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import structlog
 
 from runtime.app.config import ClusterConfig, RunConfig
 from runtime.app.parts import build_policy, build_strategy, build_verifiers, torch_consumers
 from runtime.core.concurrency import send_all
 from runtime.core.errors import ConfigError
+from runtime.core.log import get_logger
 from runtime.core.threads import available_cpus, thread_share
 from runtime.core.types import Episode, Stop, Task, episode_from_json, episode_to_json
 from runtime.policy.base import GenerationRequest, GenerationResult
@@ -84,7 +84,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ClusterPolicy", "ClusterRuntime", "RolloutWorker", "build_cluster_runtime"]
 
-log = structlog.get_logger("searchlearn.cluster")
+log = get_logger("searchlearn.cluster")
 
 _BATCH = 256  # episodes a worker sends back in one message, at most
 Pair = tuple[Task, int]

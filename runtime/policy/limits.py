@@ -21,13 +21,13 @@ import time
 from dataclasses import dataclass
 
 import anyio
-import structlog
 
 from runtime.core.errors import BudgetExhausted
+from runtime.core.log import get_logger
 
 __all__ = ["PRICES", "EndpointLimiter", "EndpointLimits", "Price", "limiter_for"]
 
-log = structlog.get_logger("searchlearn.limits")
+log = get_logger("searchlearn.limits")
 
 
 @dataclass(frozen=True, slots=True)

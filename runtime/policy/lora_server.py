@@ -39,8 +39,8 @@ from typing import Any
 
 import anyio
 import httpx2
-import structlog
 
+from runtime.core.log import get_logger
 from runtime.policy.adapters import LoraPublishing
 from runtime.policy.base import GenerationRequest, GenerationResult
 from runtime.policy.deferred import DeferredWeights
@@ -48,7 +48,7 @@ from runtime.policy.openai_compatible import OpenAIPolicy
 
 __all__ = ["LoraServerPolicy"]
 
-log = structlog.get_logger("searchlearn.lora_server")
+log = get_logger("searchlearn.lora_server")
 
 #: The model name (adapter or base) the request running in this context sends.
 _MODEL: contextvars.ContextVar[str | None] = contextvars.ContextVar("searchlearn_lora_model", default=None)

@@ -48,10 +48,10 @@ import anyio
 import httpx2
 import openai
 import sniffio
-import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from runtime.core.errors import ConfigError, PolicyRequestError, PolicyResponseError, PolicyUnavailable
+from runtime.core.log import get_logger
 from runtime.core.secrets import register_secret
 from runtime.policy.base import Completion, GenerationRequest, GenerationResult, Mode, Server
 from runtime.policy.limits import PRICES, EndpointLimits, Price, limiter_for
@@ -61,7 +61,7 @@ __all__ = ["Http", "OpenAIPolicy", "render_prompt"]
 Http = Literal["auto", "httpx", "aiohttp"]
 """Which HTTP transport carries the openai client's requests (see the module docstring)."""
 
-log = structlog.get_logger("searchlearn.openai")
+log = get_logger("searchlearn.openai")
 
 _CONTINUE_FINAL = {"vllm", "sglang"}
 _NO_N = {"transformers", "llamacpp"}

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
-
+from runtime.core.log import get_logger
 from runtime.policy.base import GenerationRequest
 
 __all__ = ["PromptEncoder"]
 
-log = structlog.get_logger("searchlearn.policy")
+log = get_logger("searchlearn.policy")
 
 
 class PromptEncoder:

@@ -50,10 +50,10 @@ from typing import Any, Literal
 
 import anyio
 import sniffio
-import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.core.errors import ConfigError, PolicyRequestError, PolicyResponseError, PolicyUnavailable
+from runtime.core.log import get_logger
 from runtime.policy.base import Completion, GenerationRequest, GenerationResult
 from runtime.policy.checkpoints import resolve_checkpoint
 from runtime.policy.deferred import DeferredWeights
@@ -61,7 +61,7 @@ from runtime.policy.prompts import PromptEncoder
 
 __all__ = ["VllmPolicy", "VllmSettings"]
 
-log = structlog.get_logger("searchlearn.vllm")
+log = get_logger("searchlearn.vllm")
 
 WORKER_EXTENSION = f"{__name__}._WeightLoader"
 _LOAD = "searchlearn_load_weights"

@@ -28,17 +28,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
-import structlog
 from pydantic import Field, PrivateAttr
 
 from runtime.core.errors import ConfigError, VerifierError
+from runtime.core.log import get_logger
 from runtime.core.types import Task
 from runtime.policy.checkpoints import resolve_checkpoint
 from runtime.rewards.base import Score, Verifier, VerifierEnv
 
 __all__ = ["ProcessRewardModel", "encode_steps", "pad_rows"]
 
-log = structlog.get_logger("searchlearn.prm")
+log = get_logger("searchlearn.prm")
 
 CACHE_SIZE = 4096
 

@@ -40,15 +40,14 @@ import os
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-import structlog
-
 from runtime.core.errors import StoreError
+from runtime.core.log import get_logger
 from runtime.core.types import Episode, episode_to_json
 from runtime.scheduling.store import EpisodeStore
 
 __all__ = ["EpisodeExport", "ExportFilter"]
 
-log = structlog.get_logger("searchlearn.export")
+log = get_logger("searchlearn.export")
 
 ExportFilter = Literal["all", "ok", "solved"]
 """Which episodes are exported: all, those that did not fail, those with reward >= 1."""

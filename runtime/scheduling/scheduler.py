@@ -47,12 +47,12 @@ from typing import Any, Literal
 
 import anyio
 import anyio.lowlevel
-import structlog
 from anyio.abc import TaskGroup
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.core.concurrency import send_all
 from runtime.core.errors import EpisodeTimeout, SearchlearnError
+from runtime.core.log import get_logger
 from runtime.core.secrets import mask_secrets, redact
 from runtime.core.types import Episode, ErrorInfo, Stop, Task
 from runtime.policy.base import Policy
@@ -64,7 +64,7 @@ from runtime.search.strategy import Strategy
 
 __all__ = ["RunStats", "Runtime", "SchedulerSettings", "watch_signals"]
 
-log = structlog.get_logger("searchlearn.scheduler")
+log = get_logger("searchlearn.scheduler")
 
 DEFAULT_EPISODE_TIMEOUT = 900.0  # an episode that runs 15 minutes is stuck, not thinking
 DEFAULT_MAX_CONSECUTIVE_FAILURES = 200

@@ -55,9 +55,9 @@ from typing import Any, BinaryIO
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
-import structlog
 
 from runtime.core.errors import TaskError
+from runtime.core.log import get_logger
 from runtime.core.types import Task
 
 __all__ = [
@@ -73,7 +73,7 @@ __all__ = [
     "task_count",
 ]
 
-log = structlog.get_logger("searchlearn.tasks")
+log = get_logger("searchlearn.tasks")
 
 DEFAULT_POLL_INTERVAL = 0.5  # seconds between two looks at a followed file's end
 _STDIN_BUFFER = 64  # lines read ahead of the consumer

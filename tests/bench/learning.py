@@ -131,7 +131,7 @@ def evaluator(tokenizer: Any, model: Any) -> Evaluator:
 def run_loop(name: str, minutes: float, store: Path) -> dict[str, Any]:
     """Row ``name``: a config's name, optionally with overrides (``grpo+learner.lr=5e-5``)."""
     base, *overrides = name.split("+")
-    slug = f"row{abs(hash(name)) % 10**8}"
+    slug = store.stem  # one per row of the invocation: a row run twice gets its own run id and checkpoint
     config = load_config(
         ROOT / "configs" / CONFIGS[base],
         [f"run_id=bench-{slug}", f"store.path={store}", f"learner.max_minutes={minutes}",

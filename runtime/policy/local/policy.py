@@ -19,9 +19,9 @@ from typing import Any
 
 import anyio
 import sniffio
-import structlog
 
 from runtime.core.errors import PolicyRequestError
+from runtime.core.log import get_logger
 from runtime.policy.base import Completion, GenerationRequest, GenerationResult
 from runtime.policy.checkpoints import resolve_checkpoint
 from runtime.policy.local.engine import EngineRequest, EngineResult, LocalEngine
@@ -29,7 +29,7 @@ from runtime.policy.prompts import PromptEncoder
 
 __all__ = ["LocalPolicy"]
 
-log = structlog.get_logger("searchlearn.local")
+log = get_logger("searchlearn.local")
 
 
 class LocalPolicy:
