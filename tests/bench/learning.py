@@ -362,15 +362,15 @@ def summarise(results: list[dict[str, Any]], minutes: float) -> list[dict[str, A
 
 
 def write_json(rows: list[dict[str, Any]], path: Path) -> None:
-    """Merge ``rows`` into ``path``: rows of another budget (another invocation) are kept,
-    rows of this budget replaced."""
+    """Merge ``rows`` into ``path``: a row of the same name and budget is replaced, every
+    other row (other budgets, other rows of this budget) is kept."""
     import json
 
     data: dict[str, Any] = {"rows": [], "smollm2": None}
     if path.exists():
         data = json.loads(path.read_text())
-    minutes = {r["minutes"] for r in rows}
-    data["rows"] = [r for r in data.get("rows", []) if r["minutes"] not in minutes] + rows
+    new = {(r["name"], r["minutes"]) for r in rows}
+    data["rows"] = [r for r in data.get("rows", []) if (r["name"], r["minutes"]) not in new] + rows
     data.setdefault("smollm2", None)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n")
