@@ -20,6 +20,11 @@ Design decisions:
   kept in the learner's checkpoint; it is never published (the engine serves the policy).
 - The rollouts are the tree's finished solutions (every leaf, no group baseline needed:
   the critic is the baseline), with their outcome and step scores.
+- ``mini_batches`` > 1 (PPO's several optimizer steps per batch): advantages and value
+  targets are computed once, from the weights at the start of the update (the proximal
+  policy and its critic); the batch is then split into that many shuffled parts, one
+  optimizer step each, so from the second part on the ratio moves off 1 and the clip
+  acts. With one part the ratio is 1 and the clip never binds.
 """
 
 from __future__ import annotations
@@ -130,11 +135,37 @@ class PPOLearner(PolicyGradientLearner):
         mean, std = float(flat.mean()), float(flat.std()) if flat.numel() > 1 else 1.0
         for e in encoded:
             e.advantages = [(a - mean) / (std + 1e-6) for a in e.advantages]
-        loss, tokens = self._loss_and_backward(encoded, None)
-        value_loss = self._value_loss(encoded, targets)
-        result = self.apply(started, loss + value_loss, len(encoded), tokens)
-        result.metrics.update(self._last, value_loss=value_loss)
-        return result
+        # The proximal policy: these weights, before the first mini-batch's step (one
+        # mini-batch: the graph's own detached log-probs, no pass of its own).
+        prox = self._logprobs(encoded) if self.settings.mini_batches > 1 else None
+        order = list(range(len(encoded)))
+        self._rng.shuffle(order)
+        parts = [p for i in range(self.settings.mini_batches) if (p := order[i :: self.settings.mini_batches])]
+        loss_total, value_total, tokens_total, ratio_sum = 0.0, 0.0, 0, 0.0
+        summed: dict[str, float] = {}  # counts over every mini-batch (clipped, truncated, refused steps)
+        result = None
+        for part in parts:
+            old = None if prox is None else [prox[i] for i in part]
+            loss, tokens = self._loss_and_backward([encoded[i] for i in part], old)
+            value_loss = self._value_loss([encoded[i] for i in part], [targets[i] for i in part])
+            result = self.apply(started, loss + value_loss, len(part), tokens)
+            loss_total, value_total, tokens_total = loss_total + loss, value_total + value_loss, tokens_total + tokens
+            ratio_sum += self._last["mean_ratio"] * tokens
+            for name, count in [*result.metrics.items(), *self._last.items()]:
+                if name.endswith(("_tokens", "_steps")):
+                    summed[name] = summed.get(name, 0.0) + count
+        assert result is not None
+        metrics = {
+            **self._last,
+            **summed,
+            "mean_ratio": ratio_sum / max(tokens_total, 1),
+            "value_loss": value_total / len(parts),
+            "mini_batches": float(len(parts)),
+        }
+        return UpdateResult(
+            result.step, (loss_total + value_total) / len(parts), len(encoded), tokens_total, result.seconds,
+            result.grad_norm, metrics=metrics,
+        )  # fmt: skip
 
     def _hidden(self, batch: list[_Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self._padded(batch)

@@ -65,6 +65,34 @@ async def test_the_critic_converter_keeps_every_solution_with_its_scores() -> No
     assert all(r.meta["reward"] == 1.0 and r.meta["step_scores"] == [1.0, 1.0] for r in rollouts)
 
 
+def test_mini_batches_take_that_many_steps_and_the_clip_acts_after_the_first(tokenizer: Any) -> None:
+    """configs/ppo.yaml's clip only acts when an update takes several optimizer steps
+    against one proximal policy: the first step moves the weights, so the later
+    mini-batches' ratios are off 1, and with a large rate some tokens are clipped."""
+    rollouts = [rollout(f"2+3={v}\nAnswer: {v}", 0.0, ends=True, meta={"reward": float(v == 5)}) for v in (5, 6, 4, 7)]
+    single = PPOLearner(tiny_model(tokenizer), tokenizer, lr=5e-2, mini_batches=1)
+    one = single.step(rollouts)
+    assert single.steps == 1 and one.metrics["mean_ratio"] == pytest.approx(1.0, abs=1e-6)
+    assert one.metrics["clipped_tokens"] == 0
+    learner = PPOLearner(tiny_model(tokenizer), tokenizer, lr=5e-2, mini_batches=2, clip_low=0.1, clip_high=0.1)
+    first_ratio: list[float] = []
+    original = learner._loss_and_backward
+
+    def recording(batch: Any, prox: Any) -> tuple[float, int]:
+        out = original(batch, prox)
+        first_ratio.append(learner._last["mean_ratio"])
+        return out
+
+    learner._loss_and_backward = recording  # type: ignore[method-assign]
+    result = learner.step(rollouts)
+    assert learner.steps == 2 and result.metrics["mini_batches"] == 2  # one optimizer step per mini-batch
+    assert first_ratio[0] == pytest.approx(1.0, abs=1e-5)  # nothing moved yet
+    assert abs(first_ratio[1] - 1.0) > 1e-3  # the second mini-batch sees the first one's step
+    assert result.metrics["clipped_tokens"] > 0
+    learner.step(rollouts)
+    assert learner.steps == 4
+
+
 def test_ppo_config_loads() -> None:
     from runtime.app.config import load_config
 
