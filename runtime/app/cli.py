@@ -1,5 +1,5 @@
-"""The ``searchlearn`` command: run a config (with or without a learner), show, export
-or plot a stored run.
+"""The ``searchlearn`` command: run a config (with or without a learner), show, export,
+plot or report on a stored run.
 
 Errors the user can fix (bad config, missing file, missing key, a damaged or busy
 store) print one message, with no traceback. Logs are structured (structlog), quiet by
@@ -411,20 +411,68 @@ def plot(
 def export(
     run_id: Annotated[str, typer.Argument(help="Run id.")],
     store: Annotated[Path, typer.Option(help="Episode store (SQLite file).")] = Path(DEFAULT_STORE),
-    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="JSONL file (default RUN.jsonl).")] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="episodes (full trees), or a training dataset: sft (verified paths as chat messages), "
+            "preference (solution and step pairs), prm (stepwise labels), rollouts (solutions with rewards).",
+        ),
+    ] = "episodes",
+    out_path: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="JSONL, or .parquet for a dataset (default RUN.jsonl, RUN-FORMAT.jsonl)."),
+    ] = None,
 ) -> None:
-    """Export a stored run's episodes (full trees) to JSONL, one episode per line (written
-    whole: a failed export leaves an earlier file at the path as it was)."""
+    """Export a stored run: its episodes (full trees, one JSON line each), or the training
+    data the learners compute from them, in the layouts TRL's trainers and `datasets`
+    load (JSONL or Parquet). Written whole: a failed export leaves an earlier file at the
+    path as it was."""
+    from runtime.app.dataset_export import FORMATS, export_dataset
     from runtime.scheduling.files import check_output
 
-    target = out_path or Path(f"{run_id}.jsonl")
+    if fmt != "episodes" and fmt not in FORMATS:
+        _fail(f"--format {fmt!r} is not one of episodes, {', '.join(FORMATS)}")
+    target = out_path or Path(f"{run_id}.jsonl" if fmt == "episodes" else f"{run_id}-{fmt}.jsonl")
+    if fmt == "episodes" and target.suffix.lower() == ".parquet":
+        _fail("--format episodes writes JSONL (full trees); Parquet is for the dataset formats")
     with _user_errors():
         check_output(target, "export")
     with _user_errors(), _open_store(store) as st:
         if not st.count(run_id):
             _fail(f"no episodes of run {run_id!r} in {store}")
-        n = st.export_jsonl(run_id, target)
-    console.print(f"wrote {n} episodes to {target}", highlight=False, markup=False, soft_wrap=True)
+        if fmt == "episodes":
+            n = st.export_jsonl(run_id, target)
+            what = "episodes"
+        else:
+            n = export_dataset(st, run_id, fmt, target)  # type: ignore[arg-type]
+            what = f"{fmt} rows"
+    console.print(f"wrote {n} {what} to {target}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def report(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    store: Annotated[Path, typer.Option(help="Episode store (SQLite file).")] = Path(DEFAULT_STORE),
+    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file (default RUN-report.html).")] = None,
+    max_episodes: Annotated[
+        int, typer.Option(min=0, help="Episodes whose trees the page shows (the statistics count every one).")
+    ] = 500,
+) -> None:
+    """Write one self-contained HTML page about a stored run (no network needed): its
+    summary, learning curve, per-strategy statistics and every episode's search tree."""
+    from runtime.app.report import write_report
+    from runtime.scheduling.files import check_output
+
+    target = out_path or Path(f"{run_id}-report.html")
+    with _user_errors():
+        check_output(target, "report")
+    with _user_errors(), _open_store(store) as st:
+        if not st.count(run_id):
+            _fail(f"no episodes of run {run_id!r} in {store} (runs there: {', '.join(st.runs()) or 'none'})")
+        shown = write_report(st, run_id, target, max_episodes=max_episodes, source=str(store))
+    console.print(f"wrote {target} ({shown} episode trees)", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
