@@ -48,7 +48,7 @@ def _wrong(line: str) -> str:
     return re.sub(r"(=|Answer: )(-?\d+)", lambda m: f"{m[1]}{int(m[2]) + 1}", line, count=1)
 
 
-def scripted_run(db: Path, *, tasks: int = 4, prompt_suffix: str = "") -> Path:
+def scripted_run(db: Path, *, tasks: int = 4, prompt_suffix: str = "", learner: dict[str, Any] | None = None) -> Path:
     """Store ``tasks`` tiny-domain episodes of a scripted policy under verify-and-backtrack:
     its first try at the first step and at the answer is wrong (rejected steps, a rejected
     solution), except on ``HARD``, which it never gets right."""
@@ -76,6 +76,7 @@ def scripted_run(db: Path, *, tasks: int = 4, prompt_suffix: str = "") -> Path:
             "strategy": {"name": "verify_backtrack", "step_retries": 2, "episode_retries": 3, "backtrack": False},
             "verifiers": {"outcome": "exact", "process": "tiny_rule", "answer_patterns": ["answer_line"]},
             "store": {"path": str(db)},
+            **({"learner": learner} if learner else {}),
         }
     )
 
@@ -188,6 +189,26 @@ def test_export_refuses_an_unknown_format_and_suffix(store_path: Path, tmp_path:
     assert episodes.exit_code == 0
     assert len((tmp_path / "e.jsonl").read_text().splitlines()) == 4
     assert "nodes" in json.loads((tmp_path / "e.jsonl").read_text().splitlines()[0])
+
+
+def test_the_run_learners_settings_shape_its_export(tmp_path: Path) -> None:
+    """A DPO run that trains on step pairs only exports step pairs only."""
+    db = scripted_run(tmp_path / "s.db", learner={"kind": "dpo", "levels": ["steps"], "max_pairs": 1})
+    rows = [json.loads(line) for line in export(db, "preference", tmp_path / "p.jsonl").read_text().splitlines()]
+    assert rows and {r["level"] for r in rows} == {"steps"}
+
+
+def test_an_empty_export_says_why(data_dir: Path, tmp_path: Path) -> None:
+    """A chain-of-thought run with no process verifier has no step labels to export."""
+    runner = CliRunner()
+    store = tmp_path / "s.db"
+    ran = runner.invoke(app, ["run", str(data_dir / "scripted.yaml"), "--set", f"store.path={store}"])
+    assert ran.exit_code == 0, ran.output
+    out = tmp_path / "prm.jsonl"
+    result = runner.invoke(app, ["export", "cli-test", "--store", str(store), "-f", "prm", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "wrote 0 prm rows" in result.output and "no step has a label" in result.output
+    assert out.read_text() == ""
 
 
 # -- one trainer step on each exported file ------------------------------------------------

@@ -429,7 +429,7 @@ def export(
     data the learners compute from them, in the layouts TRL's trainers and `datasets`
     load (JSONL or Parquet). Written whole: a failed export leaves an earlier file at the
     path as it was."""
-    from runtime.app.dataset_export import FORMATS, export_dataset
+    from runtime.app.dataset_export import EMPTY, FORMATS, export_dataset
     from runtime.scheduling.files import check_output
 
     if fmt != "episodes" and fmt not in FORMATS:
@@ -449,6 +449,8 @@ def export(
             n = export_dataset(st, run_id, fmt, target)  # type: ignore[arg-type]
             what = f"{fmt} rows"
     console.print(f"wrote {n} {what} to {target}", highlight=False, markup=False, soft_wrap=True)
+    if not n and fmt in EMPTY:
+        console.print(f"(none: {EMPTY[fmt]})", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

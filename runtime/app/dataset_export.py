@@ -60,7 +60,7 @@ from runtime.scheduling.files import written_whole
 from runtime.scheduling.store import EpisodeStore
 from runtime.search.context import Verifiers
 
-__all__ = ["FORMATS", "LABEL_THRESHOLD", "DatasetFormat", "dataset_rows", "export_dataset", "file_kind"]
+__all__ = ["EMPTY", "FORMATS", "LABEL_THRESHOLD", "DatasetFormat", "dataset_rows", "export_dataset", "file_kind"]
 
 log = get_logger("searchlearn.dataset_export")
 
@@ -68,6 +68,13 @@ DatasetFormat = Literal["sft", "preference", "prm", "rollouts"]
 FORMATS: tuple[str, ...] = get_args(DatasetFormat)
 LABEL_THRESHOLD = 0.5
 """A PRM step label at or above this is a good step (``labels``: true)."""
+EMPTY = {
+    "sft": "no episode has a verified path (an outcome reaching min_reward, every step accepted)",
+    "preference": "no task has an accepted and a rejected solution, and no node an accepted and a rejected child",
+    "prm": "no step has a label (the run has no process verifier scores, Monte-Carlo values or node values)",
+    "rollouts": "no finished solution has an outcome score",
+}
+"""Why a format can come out empty, for the one line the CLI prints then."""
 PARQUET_ROWS = 1024
 """Rows per Parquet row group."""
 
