@@ -280,3 +280,16 @@ def test_the_prm_export_trains_a_process_reward_model_step(store_path: Path, tmp
     ]
     report = train_prm(examples, tmp_path / "prm", steps=1, batch_size=4, threads=1)
     assert report.steps == 1 and math.isfinite(report.first_loss)
+
+
+def test_no_rescore_keeps_to_the_scores_the_run_stored(store_path: Path, tmp_path: Path) -> None:
+    """Verify-and-backtrack never judges a rejected answer step as a solution: rescoring
+    judges it (a solution pair), --no-rescore leaves it out; the step pairs, scored
+    during the run, are the same."""
+    rescored = load(export(store_path, "preference", tmp_path / "a.jsonl"))
+    runner = CliRunner()
+    args = ["export", RUN, "--store", str(store_path), "-f", "preference", "--no-rescore"]
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "b.jsonl")]).exit_code == 0
+    stored = load(tmp_path / "b.jsonl")
+    assert Counter(stored["level"])["steps"] == Counter(rescored["level"])["steps"] > 0
+    assert Counter(stored["level"])["solutions"] < Counter(rescored["level"])["solutions"]

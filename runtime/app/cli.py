@@ -424,6 +424,13 @@ def export(
         Path | None,
         typer.Option("--out", "-o", help="JSONL, or .parquet for a dataset (default RUN.jsonl, RUN-FORMAT.jsonl)."),
     ] = None,
+    rescore: Annotated[
+        bool,
+        typer.Option(
+            help="Score the steps and solutions the run left unscored with its verifiers, as the learners do "
+            "(--no-rescore: only the scores stored in the trees; no verifier runs)."
+        ),
+    ] = True,
 ) -> None:
     """Export a stored run: its episodes (full trees, one JSON line each), or the training
     data the learners compute from them, in the layouts TRL's trainers and `datasets`
@@ -446,7 +453,7 @@ def export(
             n = st.export_jsonl(run_id, target)
             what = "episodes"
         else:
-            n = export_dataset(st, run_id, fmt, target)  # type: ignore[arg-type]
+            n = export_dataset(st, run_id, fmt, target, rescore=rescore)  # type: ignore[arg-type]
             what = f"{fmt} rows"
     console.print(f"wrote {n} {what} to {target}", highlight=False, markup=False, soft_wrap=True)
     if not n and fmt in EMPTY:

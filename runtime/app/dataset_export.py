@@ -40,6 +40,8 @@ Design decisions:
   (a Monte-Carlo value or a judge that would need the run's policy counts as not
   scored), so an export costs no model calls of the run's policy; a config that cannot
   be rebuilt (a plug-in no longer installed) leaves only the scores the tree holds.
+  ``--no-rescore`` keeps to those everywhere (a judge with a hosted model of its own is
+  not called): the same verifiers by name, reading the scores stored under it.
 - Written whole (a temporary file renamed over the target) and streamed: one episode's
   rows at a time, Parquet in row groups under a fixed schema (so a column that is null
   in the first rows keeps its type).
@@ -48,14 +50,16 @@ Design decisions:
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from runtime.core.errors import ConfigError, PolicyError
+from runtime.core.errors import ConfigError, PolicyError, VerifierError
 from runtime.core.log import get_logger
-from runtime.core.types import Episode
+from runtime.core.types import Episode, Task
 from runtime.policy.base import GenerationRequest, GenerationResult
+from runtime.rewards.base import Score
 from runtime.scheduling.files import written_whole
 from runtime.scheduling.store import EpisodeStore
 from runtime.search.context import Verifiers
@@ -94,9 +98,34 @@ class _NoGeneration:
         return None
 
 
-def _run_parts(store: EpisodeStore, run_id: str) -> tuple[Any, Verifiers, str]:
-    """The run's learner section (or None), its verifiers, bound to no policy, and its
-    step delimiter."""
+class _StoredOnly:
+    """A verifier under a run verifier's name that scores nothing: the context finds a
+    score the tree holds under that name, and anything else counts as not scored."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def score(self, task: Task, answer: str | None, text: str) -> Score:
+        raise VerifierError(f"{self.name}: not scored during the run (export --no-rescore)")
+
+    async def score_step(self, task: Task, previous: Sequence[str], step: str) -> Score:
+        raise VerifierError(f"{self.name}: not scored during the run (export --no-rescore)")
+
+
+def _stored_only(verifiers: Verifiers) -> Verifiers:
+    """``verifiers`` under the same names, reading only the scores the trees hold."""
+    outcome, process = verifiers.outcome, verifiers.process
+    return replace(
+        verifiers,
+        outcome=None if outcome is None else _StoredOnly(outcome.name),
+        process=None if process is None else _StoredOnly(process.name),
+        shaping=None,
+    )
+
+
+def _run_parts(store: EpisodeStore, run_id: str, rescore: bool = True) -> tuple[Any, Verifiers, str]:
+    """The run's learner section (or None), its verifiers, bound to no policy (with
+    ``rescore`` false, reading only stored scores), and its step delimiter."""
     from runtime.app.config import RunConfig
     from runtime.app.parts import build_verifiers
 
@@ -110,7 +139,7 @@ def _run_parts(store: EpisodeStore, run_id: str) -> tuple[Any, Verifiers, str]:
         log.warning("run config not rebuilt: only the scores stored in the trees count", run_id=run_id, error=str(exc))
         delimiter = (stored.get("sampling") or {}).get("step_delimiter", "\n")
         return None, Verifiers(), delimiter
-    return config.learner, verifiers, config.sampling.step_delimiter
+    return config.learner, verifiers if rescore else _stored_only(verifiers), config.sampling.step_delimiter
 
 
 def _converter(fmt: DatasetFormat, learner: Any, verifiers: Verifiers, delimiter: str) -> Any:
@@ -275,9 +304,12 @@ class _Writer:
             self._parquet.close()
 
 
-def export_dataset(store: EpisodeStore, run_id: str, fmt: DatasetFormat, path: str | Path) -> int:
+def export_dataset(
+    store: EpisodeStore, run_id: str, fmt: DatasetFormat, path: str | Path, *, rescore: bool = True
+) -> int:
     """Write run ``run_id``'s ``fmt`` rows to ``path`` (.jsonl or .parquet, written whole);
-    returns how many. Blocking: it runs its own event loop for the converters."""
+    returns how many. ``rescore`` false: only the scores the trees hold count (no
+    verifier runs). Blocking: it runs its own event loop for the converters."""
     import anyio
 
     kind = file_kind(path)
@@ -286,7 +318,7 @@ def export_dataset(store: EpisodeStore, run_id: str, fmt: DatasetFormat, path: s
             import pyarrow  # noqa: F401
         except ImportError:
             raise ConfigError("writing Parquet needs pyarrow: pip install pyarrow (or write .jsonl)") from None
-    learner, verifiers, delimiter = _run_parts(store, run_id)
+    learner, verifiers, delimiter = _run_parts(store, run_id, rescore)
 
     async def write(target: Path) -> int:
         writer = _Writer(target, kind, fmt)
