@@ -8,7 +8,15 @@ Endpoints: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (valid Ope
 bodies: ``n`` choices, ``stop`` honoured, ``finish_reason`` "stop", usage counted in
 whitespace-separated words), ``GET /v1/models``, and ``GET /stats`` (requests served
 and the server's CPU seconds, so a benchmark can show the server was not the
-bottleneck).
+bottleneck). vLLM's extras, where a request asks for them: ``return_token_ids`` gives
+each choice ``token_ids`` (one id per character, ``ord``, then the end-of-sequence id 0
+where no stop string ended it, as vLLM keeps that token), ``include_stop_str_in_output``
+keeps the stop string in the text, and ``stop_reason`` names the string (null: it ended
+on the end-of-sequence token).
+
+For tests of what a client sends: ``--record`` keeps every completion request's JSON
+body, read back with ``GET /requests`` (:func:`recorded`); ``--served-model NAME``
+answers 404 "model does not exist" to requests for any other model, as vLLM does.
 
 Design decisions:
 - Raw ``asyncio.Protocol`` HTTP/1.1, no ASGI stack: uvicorn without ``httptools`` /
@@ -38,7 +46,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_TEXT", "FakeServer", "free_port", "loopback", "main", "serve", "stats"]
+__all__ = ["DEFAULT_TEXT", "FakeServer", "free_port", "loopback", "main", "recorded", "serve", "stats"]
 
 DEFAULT_TEXT = "Answer: 42"
 DEFAULT_MODEL = "fake"
@@ -49,10 +57,21 @@ _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method No
 class FakeServer:
     """What the server answers; shared by every connection."""
 
-    def __init__(self, *, latency: float = 0.0, text: str = DEFAULT_TEXT, model: str = DEFAULT_MODEL) -> None:
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        text: str = DEFAULT_TEXT,
+        model: str = DEFAULT_MODEL,
+        record: bool = False,
+        served_model: str | None = None,
+    ) -> None:
         self.latency = latency
         self.text = text
         self.model = model
+        self.record = record
+        self.served_model = served_model
+        self.bodies: list[Any] = []
         self.requests = 0
         self.started = time.time()
         self._ids = 0
@@ -68,12 +87,18 @@ class FakeServer:
                 payload = json.loads(body)
                 if not isinstance(payload, dict):
                     raise ValueError("the body is not a JSON object")
+                if self.record:
+                    self.bodies.append(payload)
+                if self.served_model is not None and payload.get("model") != self.served_model:
+                    return 404, _error(f"The model `{payload.get('model')}` does not exist.")
                 return 200, self._complete(payload, chat=path == b"/v1/chat/completions")
             except (ValueError, TypeError, KeyError) as exc:
                 return 400, _error(f"bad request: {exc}")
         if path == b"/v1/models" and method == b"GET":
             model = {"id": self.model, "object": "model", "created": int(self.started), "owned_by": "fakeserver"}
             return 200, json.dumps({"object": "list", "data": [model]}).encode()
+        if path == b"/requests" and method == b"GET":
+            return 200, json.dumps(self.bodies).encode()
         if path == b"/stats" and method == b"GET":
             return 200, json.dumps({"requests": self.requests, "cpu_seconds": time.process_time()}).encode()
         return 404, _error(f"no route {method.decode()} {path.decode()}")
@@ -85,9 +110,15 @@ class FakeServer:
         stop = payload.get("stop")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         text = self.text
-        cuts = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-        if cuts:
-            text = text[: min(cuts)]
+        found = sorted((i, s) for s in stops if s and (i := text.find(s)) >= 0)
+        stop_reason = found[0][1] if found else None
+        if found:
+            keep = payload.get("include_stop_str_in_output") is True
+            text = text[: found[0][0] + (len(stop_reason or "") if keep else 0)]
+        extra: dict[str, Any] = {}
+        if payload.get("return_token_ids") is True:  # vLLM's: one id per character here,
+            ids = [ord(ch) for ch in text] + ([] if found else [0])  # and the end-of-sequence id 0 kept
+            extra = {"token_ids": ids, "stop_reason": stop_reason}
         if chat:
             prompt_words = sum(len(str(m.get("content") or "").split()) for m in payload["messages"])
             choices: list[dict[str, Any]] = [
@@ -96,13 +127,14 @@ class FakeServer:
                     "message": {"role": "assistant", "content": text},
                     "logprobs": None,
                     "finish_reason": "stop",
+                    **extra,
                 }
                 for i in range(n)
             ]
         else:
             prompt = payload["prompt"]
             prompt_words = len((prompt if isinstance(prompt, str) else " ".join(map(str, prompt))).split())
-            choices = [{"index": i, "text": text, "logprobs": None, "finish_reason": "stop"} for i in range(n)]
+            choices = [{"index": i, "text": text, "logprobs": None, "finish_reason": "stop", **extra} for i in range(n)]
         self._ids += 1
         completion_words = len(text.split()) * n
         return json.dumps(
@@ -261,8 +293,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each completion is sent")
     parser.add_argument("--text", default=DEFAULT_TEXT, help="the text of every choice")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="the model id /v1/models lists")
+    parser.add_argument("--record", action="store_true", help="keep request bodies for GET /requests")
+    parser.add_argument("--served-model", default=None, help="answer 404 to requests for any other model")
     args = parser.parse_args(argv)
-    server = FakeServer(latency=args.latency, text=args.text, model=args.model)
+    server = FakeServer(
+        latency=args.latency, text=args.text, model=args.model, record=args.record, served_model=args.served_model
+    )
     try:
         import uvloop  # type: ignore[import-not-found, unused-ignore]
 
@@ -292,15 +328,20 @@ def serve(
     model: str = DEFAULT_MODEL,
     cpu: int | None = None,
     timeout: float = 15.0,
+    record: bool = False,
+    served_model: str | None = None,
 ) -> Iterator[str]:
     """Run the server in a subprocess; yields its base URL (``http://127.0.0.1:P/v1``).
 
-    ``port=0`` picks a free port. ``cpu`` pins the subprocess to that core. The
-    server is killed on exit.
+    ``port=0`` picks a free port. ``cpu`` pins the subprocess to that core. ``record``
+    keeps the request bodies (:func:`recorded`); ``served_model`` refuses other model
+    names. The server is killed on exit.
     """
     port = port or free_port()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--port", str(port), "--latency", str(latency)]
     cmd += ["--text", text, "--model", model]
+    cmd += ["--record"] if record else []
+    cmd += ["--served-model", served_model] if served_model is not None else []
 
     def pin() -> None:
         if cpu is not None:
@@ -333,6 +374,14 @@ def stats(base_url: str) -> dict[str, Any]:
     root = base_url.rsplit("/v1", 1)[0]
     with urllib.request.urlopen(root + "/stats", timeout=5.0) as r:
         data: dict[str, Any] = json.loads(r.read())
+    return data
+
+
+def recorded(base_url: str) -> list[dict[str, Any]]:
+    """The completion request bodies a ``record=True`` server received, in order."""
+    root = base_url.rsplit("/v1", 1)[0]
+    with urllib.request.urlopen(root + "/requests", timeout=5.0) as r:
+        data: list[dict[str, Any]] = json.loads(r.read())
     return data
 
 

@@ -234,11 +234,16 @@ async def test_logprobs_token_ids_and_server_quirks() -> None:
 
     server = Server(respond)
     p = policy(server, server="vllm")
-    result = await p.generate(GenerationRequest(messages=Q, logprobs=True, assistant_prefix="Step 1.\n"))
+    result = await p.generate(GenerationRequest(messages=Q, logprobs=True))
     c = result.completions[0]
     assert c.logprobs == [-0.1, -0.2] and c.token_ids == [19, 17]
     sent = server.requests[0]
     assert sent["logprobs"] is True and sent["return_token_ids"] is True
+    # a continuation in chat mode: the server re-encodes the prefix text, so ids are not the record
+    result = await p.generate(GenerationRequest(messages=Q, logprobs=True, assistant_prefix="Step 1.\n"))
+    c = result.completions[0]
+    assert c.logprobs == [-0.1, -0.2] and c.token_ids is None
+    sent = server.requests[1]
     assert sent["continue_final_message"] is True and sent["messages"][-1] == {
         "role": "assistant",
         "content": "Step 1.\n",
@@ -284,7 +289,7 @@ async def test_completion_mode_renders_prompt_and_reads_logprobs() -> None:
         )
 
     server = Server(respond)
-    p = policy(server, mode="completion")
+    p = policy(server, mode="completion", tokenizer="bundled")  # the bundled policy's own chat template
     result = await p.generate(GenerationRequest(messages=Q, assistant_prefix="6*7=", logprobs=True))
     assert result.completions[0].logprobs == [-0.5]
     assert server.requests[0]["prompt"] == "<|im_start|>user\nWhat is 6*7?<|im_end|>\n<|im_start|>assistant\n6*7="

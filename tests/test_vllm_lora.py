@@ -25,8 +25,8 @@ from learners.trainer import LoraSettings
 from runtime.app.config import apply_overrides, check_config
 from runtime.policy.adapters import AdapterWeights, LoraPublishing
 from runtime.policy.base import GenerationRequest, WeightedPolicy
+from runtime.policy.continuation import ChatTemplate
 from runtime.policy.lora_server import LoraServerPolicy
-from runtime.policy.openai_compatible import render_prompt
 from runtime.tiny.policy_format import BUNDLED_POLICY
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -59,7 +59,7 @@ def _learner(lr: float = 1e-2) -> SFTLearner:
 
 async def _target_logprob(url: str, model: str) -> float:
     """The server's log-probability of TARGET after the prompt, under ``model`` (echo)."""
-    prompt = render_prompt(MESSAGES, "chatml")
+    prompt = ChatTemplate.load(BUNDLED_POLICY).text(MESSAGES)
     body = {"model": model, "prompt": prompt + TARGET, "max_tokens": 1, "echo": True, "logprobs": 0}
     async with httpx2.AsyncClient(timeout=60) as client:
         data = (await client.post(f"{url}/completions", json=body)).raise_for_status().json()
@@ -93,7 +93,9 @@ async def test_each_version_is_loaded_and_moves_the_samples_toward_the_target(se
     learner = _learner()
     example = Example(messages=MESSAGES, completion=TARGET, key=("target", "t", 0))
     publishing = LoraPublishing(directory=str(tmp_path / "adapters"), keep=2)
-    async with LoraServerPolicy(NAME, base_url=server.url, mode="completion", lora=publishing) as policy:
+    async with LoraServerPolicy(
+        NAME, base_url=server.url, mode="completion", tokenizer=BUNDLED_POLICY, lora=publishing
+    ) as policy:
         assert isinstance(policy, WeightedPolicy)
         base = await policy.generate(_greedy())
         assert base.policy_version == 0 and not base.completions[0].text.startswith(TARGET)
@@ -125,7 +127,9 @@ async def test_each_version_is_loaded_and_moves_the_samples_toward_the_target(se
 async def test_a_failed_load_keeps_the_previous_version_serving(server: Server, tmp_path: Path) -> None:
     learner = _learner()
     publishing = LoraPublishing(directory=str(tmp_path / "adapters"), keep=2)
-    async with LoraServerPolicy(NAME, base_url=server.url, mode="completion", lora=publishing) as policy:
+    async with LoraServerPolicy(
+        NAME, base_url=server.url, mode="completion", tokenizer=BUNDLED_POLICY, lora=publishing
+    ) as policy:
         await policy.load_weights(learner.weights(), 1)
         assert policy.serving == f"{NAME}-v1" and policy.failed_loads == 0
         # merged weights only (the learner's lora.publish: merged): nothing to load

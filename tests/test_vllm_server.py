@@ -36,7 +36,9 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.mark.anyio
 async def test_n_logprobs_and_token_ids(vllm_server: str) -> None:
-    async with OpenAIPolicy(NAME, base_url=vllm_server, mode="completion", server="vllm") as p:
+    async with OpenAIPolicy(
+        NAME, base_url=vllm_server, mode="completion", server="vllm", tokenizer=BUNDLED_POLICY
+    ) as p:
         result = await p.generate(
             GenerationRequest(
                 messages=[{"role": "user", "content": "Evaluate: 3+4*5"}],
@@ -59,7 +61,9 @@ async def test_n_logprobs_and_token_ids(vllm_server: str) -> None:
 async def test_strategies_run_on_vllm(vllm_server: str, tmp_path: Path) -> None:
     tasks = list(tiny_tasks(12, steps=[1, 2], seed=5))
     verifiers = Verifiers(outcome=ExactMatch(), process=TinyStepVerifier(), extractor=AnswerExtractor(["answer_line"]))
-    async with OpenAIPolicy(NAME, base_url=vllm_server, mode="completion", server="vllm") as p:
+    async with OpenAIPolicy(
+        NAME, base_url=vllm_server, mode="completion", server="vllm", tokenizer=BUNDLED_POLICY
+    ) as p:
         for strategy in (ChainOfThought(), BestOfN(n=4, selection="process")):
             async with Runtime(
                 p,

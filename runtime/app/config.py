@@ -16,31 +16,25 @@ message names the field, the value and what is allowed.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
-    SecretStr,
     SerializeAsAny,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from learners.base import LearnerSpec
+from runtime.app.policy_config import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY  # the scheduler default too
+from runtime.app.policy_config import PolicyConfig, PriceConfig, _Section
 from runtime.core.errors import ConfigError
 from runtime.core.registry import ComponentField, register_builtins, validate_component
-from runtime.core.secrets import find_secrets, looks_like_secret, redact, register_secret
-from runtime.policy.adapters import LoraPublishing
-from runtime.policy.base import Mode, Server
-from runtime.policy.vllm_engine import VllmSettings
+from runtime.core.secrets import redact
 from runtime.rewards.base import OutcomeVerifier, ProcessVerifier, Verifier
 from runtime.rewards.outcome import ExactMatch
 from runtime.scheduling.export import ExportFilter
@@ -51,127 +45,16 @@ from runtime.search.strategy import BaseStrategy
 from runtime.tiny.tasks import TinyTasks
 from strategies.chain_of_thought import ChainOfThought
 
-__all__ = ["RunConfig", "apply_overrides", "format_validation_error", "load_config"]
+__all__ = ["PolicyConfig", "PriceConfig", "RunConfig", "apply_overrides", "format_validation_error", "load_config"]
 
 DEFAULT_STORE = "runs/searchlearn.db"
-DEFAULT_CONCURRENCY = 64
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
 
 # Where each family's built-in components live; plug-ins add theirs through entry points.
 register_builtins("strategies", "strategies")
 register_builtins("verifiers", "runtime.rewards", "runtime.tiny")
 register_builtins("tasks", "runtime.scheduling", "runtime.tiny")
 register_builtins("learners", "learners")
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-
-class PriceConfig(_Section):
-    """What a hosted model costs (``policy.price``)."""
-
-    input: float = Field(ge=0)
-    """USD per million prompt tokens."""
-    output: float = Field(ge=0)
-    """USD per million completion tokens."""
-
-
-class PolicyConfig(_Section):
-    """The model that samples (``policy:``): which backend, where, and its limits."""
-
-    kind: Literal["openai", "local", "vllm", "scripted"] = "openai"
-    """Backend: an OpenAI-compatible server, a local transformers checkpoint (local: the
-    transformers engine; vllm: vLLM's in-process engine, the searchlearn[vllm] extra), or
-    the scripted fake."""
-    model: str = "gpt-4o-mini"
-    """Model name sent to the server (openai) or used for the price table."""
-    base_url: str | None = None
-    """Server URL, e.g. http://127.0.0.1:8000/v1; None means OpenAI itself. A key in its
-    query string (``?api_key=...``, ``?key=...``) or its password is masked in the stored
-    config, in messages and in logs."""
-    api_key_env: str = "OPENAI_API_KEY"
-    """Name of the environment variable holding the API key (required when base_url is None)."""
-    api_key: SecretStr | None = None
-    """The key itself, instead of api_key_env (discouraged: a config file is easily
-    shared); masked in the stored config, in messages and in logs."""
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _env_name(cls, value: str) -> str:
-        if looks_like_secret(value) or not _ENV_NAME.fullmatch(value):
-            register_secret(value)
-            raise ValueError(
-                "must be the name of an environment variable (letters, digits, _), not a key; "
-                "put the key in that variable, or in policy.api_key"
-            )
-        return value
-
-    @field_validator("api_key")
-    @classmethod
-    def _remember(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
-            register_secret(value.get_secret_value())
-        return value
-
-    mode: Mode = "chat"
-    """Chat completions or plain completions."""
-    server: Server = "openai"
-    """Which server software, for its known quirks (n, sampling, continuation)."""
-    prompt_template: Literal["chatml", "plain"] = "chatml"
-    """How completion mode renders chat messages into a prompt."""
-    max_concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1)
-    """Most requests in flight to this endpoint at once."""
-    threads: int | None = Field(None, ge=1)
-    """torch threads of the local engine (kind local); None: the cores this process may
-    use, shared equally among the run's torch consumers (engine, learner, evaluator, PRM)."""
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    """Where the local engine runs (kind local): auto (the first GPU when torch sees one,
-    else the CPU), cpu, cuda or cuda:N. The learner and the evaluator stay on the CPU;
-    published weights are copied onto the engine's device."""
-    requests_per_minute: float | None = Field(None, gt=0)
-    """Request rate limit of the endpoint."""
-    tokens_per_minute: float | None = Field(None, gt=0)
-    """Token rate limit of the endpoint (prompt + completion)."""
-    budget_usd: float | None = Field(None, ge=0)
-    """Stop admitting episodes once this much has been spent."""
-    price: PriceConfig | None = None
-    """Price of the model; defaults to the built-in table."""
-    timeout: float = Field(60.0, gt=0)
-    """Seconds before one HTTP request times out."""
-    retry_attempts: int = Field(6, ge=1)
-    """Attempts per request on 429 / 5xx / timeouts / connection errors."""
-    retry_max_wait: float = Field(30.0, gt=0)
-    """Cap on one backoff wait, Retry-After included."""
-    http: Literal["auto", "httpx", "aiohttp"] = "auto"
-    """HTTP transport of the openai backend: 'aiohttp' (openai's aiohttp transport, about
-    half the client CPU per request; needs the searchlearn[http] extra and the asyncio
-    event loop), 'httpx' (httpx2's own), or 'auto': aiohttp when it is installed and the
-    loop is asyncio, else httpx."""
-    extra_body: dict[str, Any] = Field(default_factory=dict)
-    """Extra JSON fields sent with every request; a value under a key-like name (api_key,
-    token, secret, password, auth...) is masked in the stored config, messages and logs."""
-
-    @field_validator("base_url", "extra_body")
-    @classmethod
-    def _remember_placed(cls, value: Any, info: ValidationInfo) -> Any:
-        for secret in find_secrets({info.field_name: value}):
-            register_secret(secret)
-        return value
-
-    path: str = "bundled"
-    """Local checkpoint directory (kind local or vllm; with policy.lora, the checkpoint the
-    server serves, which the learner trains adapters on); 'bundled' is the shipped tiny policy."""
-    vllm: VllmSettings = Field(default_factory=VllmSettings)
-    """vLLM's in-process engine (kind vllm): memory, context, prefix caching, dtype,
-    logprobs mode; max_concurrency is its max_num_seqs."""
-    lora: LoraPublishing | None = None
-    """Publish a LoRA learner's versions to the server as runtime-loaded adapters (kind
-    openai, server vllm; the learner needs lora.publish: adapter); None: off."""
-    script: list[str] = Field(default_factory=lambda: ["Answer: 42"], min_length=1)
-    """Texts the scripted policy returns in turn (kind scripted)."""
-    latency: float = Field(0.0, ge=0)
-    """Seconds per call of the scripted policy."""
 
 
 def _none_or_component(value: Any) -> Any:
@@ -199,6 +82,19 @@ class WeightedVerifier(_Section):
     """The process verifier."""
     weight: float = Field(1.0, ge=0)
     """Its weight in the sum."""
+
+
+DEFAULT_VERIFIER_TIMEOUT = 30.0
+"""Seconds a verifier call that samples nothing may take (``verifiers.timeout`` unset)."""
+VERIFIER_TOKENS_PER_S = 4.0
+"""Tokens per second a sampling verifier's call is allowed for (``verifiers.timeout``
+unset): a CPU model's throughput shared by the calls in flight, with room to spare."""
+
+
+def _sampled_tokens(verifier: Any) -> int:
+    """Tokens a verifier may sample in one call (``tokens_per_call``; 0 for one that
+    samples nothing)."""
+    return int(getattr(verifier, "tokens_per_call", 0) or 0)
 
 
 OutcomeField = Annotated[SerializeAsAny[Verifier] | None, BeforeValidator(_none_or_component)]
@@ -250,8 +146,20 @@ class VerifiersConfig(_Section):
     """Tried on a whole solution whose steps wrote no answer (its path ended without one),
     e.g. [last_number] for a chat model that ends on "... = 12": answer_patterns are read
     per step, where last_number would end a path at its first number (None: no fallback)."""
-    timeout: float = Field(30.0, gt=0)
-    """Seconds one verifier call may take."""
+    timeout: float | None = Field(None, gt=0)
+    """Seconds one verifier call may take. None: scaled to the verifiers' work, 30 s plus
+    1 s per 4 tokens a verifier may sample in one call (mc_value: rollouts x max_tokens;
+    the default mc_value gets 286 s), since a verifier that rolls out on a CPU model
+    shares its tokens/s with every call in flight (SmolLM2-135M: ~37 tokens/s in all on
+    two cores) and a flat 30 s failed its step scores."""
+
+    def call_timeout(self) -> float:
+        """``timeout``, or its default scaled to the verifiers' work (see the field)."""
+        if self.timeout is not None:
+            return self.timeout
+        parts = [p.verifier for p in self.process] if isinstance(self.process, list) else [self.process]
+        tokens = max(_sampled_tokens(self.outcome), sum(_sampled_tokens(v) for v in parts))
+        return DEFAULT_VERIFIER_TIMEOUT + tokens / VERIFIER_TOKENS_PER_S
 
     @model_validator(mode="before")
     @classmethod
@@ -476,6 +384,19 @@ def check_config(config: RunConfig) -> None:
         raise ConfigError(
             f"policy.lora: adapters are published to a vLLM server: set policy.kind: openai and "
             f"policy.server: vllm (got kind {p.kind!r}, server {p.server!r})"
+        )
+    if p.kind == "openai" and p.mode == "completion" and p.tokenizer is None and p.lora is None:
+        if not Path(p.model).is_dir():
+            raise ConfigError(
+                "policy.tokenizer: completion mode renders the prompt with the model's own chat template; "
+                f"set it to the tokenizer directory of {p.model!r} or a checkpoint name (e.g. bundled), "
+                "or use policy.mode: chat"
+            )
+    deadline = config.scheduler.episode_timeout
+    if p.kind == "openai" and p.wait_ready > 0 and deadline is not None and p.wait_ready >= deadline:
+        raise ConfigError(
+            f"policy.wait_ready: the first episodes wait for the server inside their deadline, "
+            f"scheduler.episode_timeout ({deadline:g} s); set wait_ready below it (got {p.wait_ready:g})"
         )
     learner = config.learner
     if learner is not None and learner.trains_policy:

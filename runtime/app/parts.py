@@ -102,7 +102,9 @@ def _policy(p: PolicyConfig, threads: int | None = None) -> Policy:
         retry_attempts=p.retry_attempts,
         retry_max_wait=p.retry_max_wait,
         price=Price(p.price.input, p.price.output) if p.price else None,
-        prompt_template=p.prompt_template,
+        # with policy.lora the server serves policy.path: its tokenizer renders the prompts
+        tokenizer=p.tokenizer if p.tokenizer is not None or p.lora is None else p.path,
+        wait_ready=p.wait_ready,
         extra_body=p.extra_body,
         http=p.http,
         **extra,
@@ -170,7 +172,12 @@ def build_verifiers(config: RunConfig, policy: Policy | None = None) -> Verifier
         assert process is not None  # check_config
         shaping = PotentialShaping(process, gamma=v.shaping_gamma, scope=v.shaping_scope)
     return Verifiers(
-        outcome=outcome, process=process, extractor=extractor, timeout=v.timeout, shaping=shaping, final=final
+        outcome=outcome,
+        process=process,
+        extractor=extractor,
+        timeout=v.call_timeout(),
+        shaping=shaping,
+        final=final,
     )
 
 

@@ -9,6 +9,7 @@ from runtime.core.lazy import lazy_exports as _lazy_exports
 
 _EXPORTS = {
     "AdapterWeights": ".adapters",
+    "ChatTemplate": ".continuation",
     "Completion": ".base",
     "EndpointLimiter": ".limits",
     "EndpointLimits": ".limits",
@@ -33,13 +34,13 @@ _EXPORTS = {
     "WeightedPolicy": ".base",
     "limiter_for": ".limits",
     "named_checkpoints": ".checkpoints",
-    "render_prompt": ".openai_compatible",
     "resolve_checkpoint": ".checkpoints",
 }
 
 __all__ = [
     "PRICES",
     "AdapterWeights",
+    "ChatTemplate",
     "Completion",
     "EndpointLimiter",
     "EndpointLimits",
@@ -63,7 +64,6 @@ __all__ = [
     "WeightedPolicy",
     "limiter_for",
     "named_checkpoints",
-    "render_prompt",
     "resolve_checkpoint",
 ]
 

@@ -13,11 +13,23 @@ Design decisions:
 - ``n > 1``: one request with ``n``; a server that refuses ``n`` (400) or silently
   returns fewer choices (``transformers serve``, llama.cpp) is remembered and topped
   up with single calls, run concurrently.
-- Continuing an episode (``assistant_prefix``): completion mode appends it to the
-  prompt; chat mode sends it as a final assistant message, with
-  ``continue_final_message`` on servers that support it (vLLM, SGLang).
+- Continuing an episode (``assistant_prefix`` / ``assistant_parts``) follows the
+  model's own chat template, by one of three protocols (:mod:`runtime.policy.continuation`):
+  completion mode renders the template with the model's tokenizer (``tokenizer``) and
+  sends token ids where the server takes them (vLLM); chat mode sends the text so far
+  as a final assistant message where the server continues one (vLLM and SGLang with
+  ``continue_final_message``, llama.cpp); elsewhere (OpenAI, other hosted APIs,
+  ``transformers serve``) the accepted text is shown in the user message and the first
+  new step of the reply is taken. No extra user turn is ever invented.
 - ``server`` names known quirks: ``transformers`` samples only through a
-  ``generation_config`` extra body; ``vllm`` returns token ids on request.
+  ``generation_config`` extra body; ``vllm`` takes token-id prompts and returns token
+  ids (with the stop string, so a step's ids hold every token it sampled).
+- ``wait_ready``: before its first request the policy polls the server (``GET
+  /models``, then ``/health``) for up to that many seconds; a server still loading is
+  waited for once, and one that never answers fails every call with that one message
+  rather than with a connection error per episode.
+- ``n > 1`` fanned out as single calls fails with the first call's own error (a
+  refused connection, the server's 4xx text), never an ``ExceptionGroup``.
 - The HTTP connection pool is sized to the endpoint's configured concurrency.
 - ``http="auto"`` sends over openai's aiohttp transport (``openai[aiohttp]``, the
   ``searchlearn[http]`` extra) when it is installed, the event loop is asyncio and no
@@ -39,9 +51,10 @@ Design decisions:
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+import re
+import time
+from pathlib import Path
 from typing import Any, Literal
 
 import anyio
@@ -50,13 +63,17 @@ import openai
 import sniffio
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from runtime.core.concurrency import gather
 from runtime.core.errors import ConfigError, PolicyRequestError, PolicyResponseError, PolicyUnavailable
 from runtime.core.log import get_logger
 from runtime.core.secrets import register_secret
-from runtime.policy.base import Completion, GenerationRequest, GenerationResult, Mode, Server
+from runtime.policy.base import GenerationRequest, GenerationResult, Mode, Server
+from runtime.policy.continuation import ChatTemplate, show_solution_so_far
 from runtime.policy.limits import PRICES, EndpointLimits, Price, limiter_for
+from runtime.policy.openai_http import MAX_RESPONSE_BYTES, CappedTransport, aiohttp_transport, probe
+from runtime.policy.openai_reply import Malformed, Sent, excerpt, parse_reply
 
-__all__ = ["Http", "OpenAIPolicy", "render_prompt"]
+__all__ = ["Http", "OpenAIPolicy"]
 
 Http = Literal["auto", "httpx", "aiohttp"]
 """Which HTTP transport carries the openai client's requests (see the module docstring)."""
@@ -64,99 +81,25 @@ Http = Literal["auto", "httpx", "aiohttp"]
 log = get_logger("searchlearn.openai")
 
 _CONTINUE_FINAL = {"vllm", "sglang"}
+"""Chat servers that continue a final assistant message when the body asks them to."""
+_PREFILL = {"llamacpp"}
+"""Chat servers that continue a final assistant message by default (llama.cpp's prefill)."""
+_TOKEN_PROMPTS = {"vllm"}
+"""Servers whose completions endpoint takes a prompt of token ids and returns token ids."""
 _NO_N = {"transformers", "llamacpp"}
-
-
-class _Malformed(Exception):
-    """A 2xx response whose body is not a completion (retried, then PolicyResponseError)."""
+_N_PARAMETER = re.compile(r"(?<![A-Za-z0-9_])n(?![A-Za-z0-9_])")
+"""The request's ``n`` named in an error message ("n must be 1", "'n' is not supported"),
+not any word with the letter n in it ("model does not exist")."""
 
 
 class _Deadline(Exception):
     """One attempt ran past the request's total deadline (retried, then PolicyUnavailable)."""
 
 
-def render_prompt(messages: Sequence[dict[str, str]], template: str) -> str:
-    """Render chat messages to a raw prompt for completion mode.
-
-    ``chatml`` renders ``<|im_start|>role ... <|im_end|>`` turns and opens the assistant
-    turn (the bundled policy's format); ``plain`` joins the contents with blank lines.
-    """
-    if template == "chatml":
-        turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-        return turns + "<|im_start|>assistant\n"
-    return "\n\n".join(m["content"] for m in messages) + "\n\n"
-
-
-MAX_RESPONSE_BYTES = 32 << 20  # one response body; 256 in flight stay within a few GB
-
-
-def _untimed(exc: httpx2.ConnectTimeout) -> httpx2.TransportError:
-    """openai's aiohttp adapter maps every aiohttp connection error (a refused connect, a
-    server hanging up) to ``ConnectTimeout``, "Request timed out": the ones that are no
-    timeout become connection errors again, as httpx2's own transport reports them."""
-    cause = exc.__cause__
-    if cause is None or isinstance(cause, TimeoutError) or not type(cause).__module__.startswith("aiohttp"):
-        return exc
-    return (httpx2.ConnectError if isinstance(cause, OSError) else httpx2.RemoteProtocolError)(str(exc))
-
-
-class _CappedBody(httpx2.AsyncByteStream):
-    def __init__(self, inner: httpx2.AsyncByteStream, limit: int) -> None:
-        self.inner = inner
-        self.limit = limit
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        seen = 0
-        try:
-            async for chunk in self.inner:
-                seen += len(chunk)
-                if seen > self.limit:
-                    raise httpx2.ReadError(f"response body larger than {self.limit:,} bytes")
-                yield chunk
-        except httpx2.ConnectTimeout as exc:
-            raise _untimed(exc) from exc.__cause__
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-class _CappedTransport(httpx2.AsyncBaseTransport):
-    """Reads at most ``limit`` bytes of a response body: a server cannot make one
-    reply cost the process more memory than that (past it, the attempt fails and is
-    retried like a broken connection). Wraps either transport, httpx2's or aiohttp's."""
-
-    def __init__(self, inner: httpx2.AsyncBaseTransport, limit: int) -> None:
-        self.inner = inner
-        self.limit = limit
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        try:
-            response = await self.inner.handle_async_request(request)
-        except httpx2.ConnectTimeout as exc:
-            raise _untimed(exc) from exc.__cause__
-        stream = response.stream
-        assert isinstance(stream, httpx2.AsyncByteStream)
-        response.stream = _CappedBody(stream, self.limit)
-        return response
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-@functools.cache
-def _aiohttp_transport() -> Callable[..., httpx2.AsyncBaseTransport] | None:
-    """openai's aiohttp adapter (an httpx2 transport), or None without ``openai[aiohttp]``."""
-    try:
-        from openai._vendor.httpx_aiohttp import AiohttpTransport
-    except ImportError:
-        return None
-    return AiohttpTransport
-
-
 def _transient(exc: BaseException) -> bool:
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code == 429 or exc.status_code >= 500
-    return isinstance(exc, openai.APIConnectionError | _Malformed | _Deadline)
+    return isinstance(exc, openai.APIConnectionError | Malformed | _Deadline)
 
 
 class OpenAIPolicy:
@@ -176,19 +119,20 @@ class OpenAIPolicy:
         retry_initial: float = 0.5,
         retry_max_wait: float = 30.0,
         price: Price | None = None,
-        prompt_template: str = "chatml",
+        tokenizer: str | Path | Any | None = None,
         extra_body: dict[str, Any] | None = None,
         transport: httpx2.AsyncBaseTransport | None = None,
         version: int = 0,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         http: Http = "auto",
+        wait_ready: float = 0.0,
     ) -> None:
         if http not in ("auto", "httpx", "aiohttp"):
             raise ConfigError(f"policy.http: {http!r} is not one of 'auto', 'httpx', 'aiohttp'")
         if http == "aiohttp":
             if transport is not None:
                 raise ConfigError("policy.http: 'aiohttp' builds its own transport; pass http='httpx' with transport=")
-            if _aiohttp_transport() is None:
+            if aiohttp_transport() is None:
                 raise ConfigError("policy.http: 'aiohttp' needs the aiohttp extra: pip install 'searchlearn[http]'")
         register_secret(api_key)
         self.model = model
@@ -200,7 +144,7 @@ class OpenAIPolicy:
         self.retry_initial = retry_initial
         self.retry_max_wait = retry_max_wait
         self.price = price or PRICES.get(model)
-        self.prompt_template = prompt_template
+        self.template = _template(tokenizer, model if mode == "completion" else None)
         self.extra_body = dict(extra_body or {})
         # transformers serve replaces the model's generation config with the request's
         # (in its continuous-batching mode that drops eos_token_id): configured fields
@@ -219,6 +163,10 @@ class OpenAIPolicy:
         # One openai client per transport kind, built at first use on an event loop (an
         # aiohttp session belongs to the loop that opened it; trio cannot run one).
         self._clients: dict[str, openai.AsyncOpenAI] = {}
+        self.wait_ready = wait_ready
+        self._ready: anyio.Lock | None = None
+        self._not_ready: str | None = None
+        self._checked = wait_ready <= 0
 
     def transport_kind(self) -> Literal["httpx", "aiohttp"]:
         """The transport this policy sends over on the running event loop."""
@@ -229,7 +177,7 @@ class OpenAIPolicy:
             if not on_asyncio:
                 raise ConfigError("policy.http: 'aiohttp' runs on asyncio only; use 'auto' or 'httpx' under trio")
             return "aiohttp"
-        return "aiohttp" if on_asyncio and _aiohttp_transport() is not None else "httpx"
+        return "aiohttp" if on_asyncio and aiohttp_transport() is not None else "httpx"
 
     @property
     def client(self) -> openai.AsyncOpenAI:
@@ -247,12 +195,12 @@ class OpenAIPolicy:
         if self._transport is not None:
             inner = self._transport
         elif kind == "aiohttp":
-            aiohttp_transport = _aiohttp_transport()
-            assert aiohttp_transport is not None
-            inner = aiohttp_transport(limits=pool)  # its TCPConnector's limit is max_connections
+            make = aiohttp_transport()
+            assert make is not None
+            inner = make(limits=pool)  # its TCPConnector's limit is max_connections
         else:
             inner = httpx2.AsyncHTTPTransport(limits=pool)
-        capped = _CappedTransport(inner, self.max_response_bytes)
+        capped = CappedTransport(inner, self.max_response_bytes)
         http = httpx2.AsyncClient(limits=pool, timeout=httpx2.Timeout(self.timeout), transport=capped)
         return openai.AsyncOpenAI(
             api_key=self._api_key, base_url=self._base_url, max_retries=0, timeout=self.timeout, http_client=http
@@ -272,12 +220,16 @@ class OpenAIPolicy:
     # -- one call -------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
+        if not self._checked:
+            await self._until_ready()
+        if self._not_ready is not None:
+            raise PolicyUnavailable(self._not_ready)
         if self.supports_n is False and request.n > 1:
             return await self._fan_out(request, request.n)
         try:
             result = await self._with_retries(request, request.n)
         except PolicyRequestError as exc:
-            if request.n > 1 and "n" in str(exc).lower() and self.supports_n is None:
+            if request.n > 1 and self.supports_n is None and _N_PARAMETER.search(str(exc)):
                 self.supports_n = False
                 log.info("server refuses n > 1; falling back to single calls", model=self.model)
                 return await self._fan_out(request, request.n)
@@ -294,19 +246,39 @@ class OpenAIPolicy:
         return result
 
     async def _fan_out(self, request: GenerationRequest, count: int) -> GenerationResult:
-        results: list[GenerationResult | None] = [None] * count
-
-        async def one(i: int) -> None:
-            results[i] = await self._with_retries(request, 1, seed_offset=i)
-
-        async with anyio.create_task_group() as tg:
-            for i in range(count):
-                tg.start_soon(one, i)
+        """``count`` single calls at once; the first to fail fails the whole with its own
+        error (the others are cancelled), so an episode stores the real cause."""
+        results = await gather(self._with_retries(request, 1, seed_offset=i) for i in range(count))
         merged = GenerationResult(completions=[], model=self.model, policy_version=self.version)
         for r in results:
-            assert r is not None
             _merge(merged, r)
         return merged
+
+    async def _until_ready(self) -> None:
+        """Wait once, for at most ``wait_ready`` seconds, for the server to answer ``GET
+        /models`` (or ``/health``, which ``transformers serve`` answers even where its
+        ``/models`` fails); concurrent first calls wait for the same check."""
+        if self._ready is None:
+            self._ready = anyio.Lock()
+        async with self._ready:
+            if self._checked:
+                return
+            deadline = time.monotonic() + self.wait_ready
+            delay = 0.25
+            while problem := await probe(self.client, min(self.timeout, 10.0)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._not_ready = (
+                        f"server {self._base_url or 'api.openai.com'} not ready after waiting "
+                        f"{self.wait_ready:g} s (policy.wait_ready): {problem}"
+                    )
+                    log.warning("server not ready", model=self.model, waited_s=self.wait_ready, error=problem)
+                    break
+                if delay == 0.25:
+                    log.info("waiting for the server to be ready", model=self.model, error=problem)
+                await anyio.sleep(min(delay, left))
+                delay = min(delay * 2, 5.0)
+            self._checked = True
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -348,14 +320,14 @@ class OpenAIPolicy:
                         self.limiter.release(estimate, used, cost)
                     return result
         except openai.APIStatusError as exc:
-            body = _excerpt(exc.body)
+            body = excerpt(exc.body)
             if _transient(exc):
                 raise PolicyUnavailable(f"HTTP {exc.status_code} after {self.retry_attempts} attempts: {body}") from exc
             raise PolicyRequestError(f"HTTP {exc.status_code}: {body}") from exc
         except openai.APIConnectionError as exc:
             cause = f" ({exc.__cause__})" if exc.__cause__ is not None and str(exc.__cause__) else ""
             raise PolicyUnavailable(f"{type(exc).__name__} after {self.retry_attempts} attempts: {exc}{cause}") from exc
-        except _Malformed as exc:
+        except Malformed as exc:
             raise PolicyResponseError(f"unreadable response after {self.retry_attempts} attempts: {exc}") from exc
         except _Deadline as exc:
             raise PolicyUnavailable(f"{exc} after {self.retry_attempts} attempts") from exc
@@ -394,7 +366,7 @@ class OpenAIPolicy:
         return kwargs | extra
 
     async def _call(self, request: GenerationRequest, n: int, seed_offset: int) -> GenerationResult:
-        path, body = self._body(request, n, seed_offset)
+        path, body, sent = self._body(request, n, seed_offset)
         # openai's documented route for a raw call: its client still builds, authenticates
         # and sends the request and raises its status errors, but neither walks the
         # params' TypedDicts (``_transform``) nor builds pydantic models of the reply:
@@ -403,106 +375,93 @@ class OpenAIPolicy:
         try:
             data = json.loads(response.content)
         except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-            raise _Malformed(f"{type(exc).__name__}: {exc}: {_excerpt(response.text)}") from exc
-        return self._parse(data, request)
-
-    def _body(self, request: GenerationRequest, n: int, seed_offset: int) -> tuple[str, dict[str, Any]]:
-        body = self._sampling(request, n, seed_offset)
-        if self.mode == "completion":
-            prompt = request.prompt
-            if prompt is None:
-                prompt = render_prompt(request.messages or [], self.prompt_template)
-            if request.logprobs:
-                body["logprobs"] = 1
-            return "/completions", {"prompt": prompt + request.assistant_prefix} | body
-        messages = list(request.messages or [{"role": "user", "content": request.prompt or ""}])
-        if request.assistant_prefix:
-            messages.append({"role": "assistant", "content": request.assistant_prefix})
-            if self.server in _CONTINUE_FINAL:
-                body |= {"continue_final_message": True, "add_generation_prompt": False}
-            else:
-                messages.append({"role": "user", "content": "Continue."})
-        if request.logprobs:
-            body["logprobs"] = True
-        return "/chat/completions", {"messages": messages} | body
-
-    def _parse(self, data: Any, request: GenerationRequest) -> GenerationResult:
-        """A completion body as JSON gave it (dicts and lists, nothing validated yet)."""
-        choices = data.get("choices") if isinstance(data, dict) else None
-        if not isinstance(choices, list) or not choices:
-            raise _Malformed(f"no choices in {_excerpt(data)}")
-        completions = []
-        for choice in sorted(choices, key=_index):
-            if not isinstance(choice, dict):
-                raise _Malformed(f"choice without text: {_excerpt(choice)}")
-            lp = choice.get("logprobs")
-            logprobs: list[float] | None = None
-            if self.mode == "completion":
-                text = choice.get("text")
-                values = lp.get("token_logprobs") if isinstance(lp, dict) else None
-                logprobs = list(values) if isinstance(values, list) and values else None
-            else:
-                message = choice.get("message")
-                text = message.get("content") if isinstance(message, dict) else None
-                tokens = lp.get("content") if isinstance(lp, dict) else None
-                if isinstance(tokens, list) and tokens and all(isinstance(t, dict) for t in tokens):
-                    logprobs = [t.get("logprob") for t in tokens]
-            if not isinstance(text, str):
-                raise _Malformed(f"choice without text: {_excerpt(choice)}")
-            token_ids = choice.get("token_ids")
-            finish = choice.get("finish_reason")
-            text, cut = _cut_at_stop(text, request.stop)
-            if cut:  # the server ignored ``stop``: per-token data no longer lines up
-                token_ids, logprobs, finish = None, None, "stop"
-            completions.append(Completion(text=text, token_ids=token_ids, logprobs=logprobs, finish_reason=finish))
-        usage = data.get("usage")
-        if not isinstance(usage, dict):
-            usage = {}
-        prompt_tokens = _count(usage.get("prompt_tokens"), priced=self.price is not None)
-        completion_tokens = _count(usage.get("completion_tokens"), priced=self.price is not None)
-        if prompt_tokens is None or completion_tokens is None:
-            # Negative or absurd usage (or none, on a priced model) must not undercut the
-            # budget: estimate from the text (4 characters a token), as the limiter does.
-            log.warning(
-                "unusable usage in a response; estimating it from the text", model=self.model, usage=repr(usage)[:200]
-            )
-            prompt_tokens = len(request.prompt or "") // 4 + sum(len(m["content"]) for m in request.messages or []) // 4
-            prompt_tokens += len(request.assistant_prefix) // 4
-            completion_tokens = sum(len(c.text) for c in completions) // 4 + len(completions)
-        cost = self.price.cost(prompt_tokens, completion_tokens) if self.price else 0.0
-        return GenerationResult(
-            completions=completions,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            cost=cost,
-            policy_version=self.version,
-            model=str(data.get("model") or self.model),
+            raise Malformed(f"{type(exc).__name__}: {exc}: {excerpt(response.text)}") from exc
+        return parse_reply(
+            data, request, sent, mode=self.mode, model=self.model, price=self.price, version=self.version
         )
 
+    def _body(self, request: GenerationRequest, n: int, seed_offset: int) -> tuple[str, dict[str, Any], Sent]:
+        """The route, the JSON body and how it was sent (see runtime.policy.continuation)."""
+        body = self._sampling(request, n, seed_offset)
+        prefix = request.assistant_prefix
+        ids_server = self.server in _TOKEN_PROMPTS
+        if ids_server:
+            body.setdefault("return_tokens_as_token_ids", True)  # ids also from logprobs' tokens
+            if request.stop:
+                body.setdefault("include_stop_str_in_output", True)  # a step's ids end with its stop
+        stop_included = ids_server and bool(body.get("include_stop_str_in_output"))
+        if self.mode == "completion":
+            prompt, ids_kept = self._prompt(request)
+            if request.logprobs:
+                body["logprobs"] = 1
+            elif ids_server:
+                body["logprobs"] = 0  # the sampled token's only: its "token_id:N" names it
+            return (
+                "/completions",
+                {"prompt": prompt} | body,
+                Sent(ids_kept, stop_included=stop_included, end_token_kept=ids_server),
+            )
+        messages = list(request.messages or [{"role": "user", "content": request.prompt or ""}])
+        if request.logprobs:
+            body["logprobs"] = True
+        if not prefix:
+            return (
+                "/chat/completions",
+                {"messages": messages} | body,
+                Sent(True, stop_included=stop_included, end_token_kept=ids_server),
+            )
+        if self.server in _CONTINUE_FINAL or self.server in _PREFILL:
+            messages.append({"role": "assistant", "content": prefix})
+            if self.server in _CONTINUE_FINAL:
+                body |= {"continue_final_message": True, "add_generation_prompt": False}
+            return (
+                "/chat/completions",
+                {"messages": messages} | body,
+                Sent(False, stop_included=stop_included, end_token_kept=ids_server),
+            )
+        # A server that cannot continue an assistant message: the accepted text is shown in
+        # the user message, the whole rest asked for, its first new step taken (_parse).
+        body.pop("stop", None)
+        body.pop("include_stop_str_in_output", None)
+        messages = show_solution_so_far(messages, prefix)
+        return "/chat/completions", {"messages": messages} | body, Sent(False, shown_prefix=prefix)
 
-_MAX_USAGE = 100_000_000  # tokens one response may report; more is a broken server
+    def _prompt(self, request: GenerationRequest) -> tuple[str | list[int], bool]:
+        """Completion mode's prompt (token ids where the server takes them and a template
+        or raw prompt gives them) and whether the completions' ids stay the record."""
+        prefix = request.assistant_prefix
+        template = self.template
+        if not request.messages:  # a raw prompt is the caller's own format: sent as text
+            return (request.prompt or "") + prefix, not prefix
+        if template is None:
+            raise ConfigError(
+                f"policy.tokenizer: completion mode renders chat messages with the model's own chat template; "
+                f"name the tokenizer of {self.model!r} (a local directory or a checkpoint name such as 'bundled')"
+            )
+        if self.server in _TOKEN_PROMPTS:
+            parts = request.assistant_parts if request.assistant_parts is not None else [prefix]
+            return template.prompt_ids(request.messages, [p for p in parts if p]), True
+        return template.text(request.messages) + prefix, not prefix
 
 
-def _count(value: Any, priced: bool) -> int | None:
-    """A token count a server reported, or None if it is not a plausible one (or is
-    missing where it sets a price)."""
-    if value is None:
-        return None if priced else 0
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+def _template(tokenizer: str | Path | Any | None, model: str | None) -> ChatTemplate | None:
+    """Completion mode's chat template: ``tokenizer`` (a directory, a checkpoint name, a
+    loaded tokenizer or a ChatTemplate), else the model name where it is a local
+    directory (``transformers serve DIR`` serves its model under that name), else None."""
+    if model is None:
         return None
-    return int(value) if 0 <= value <= _MAX_USAGE else None
-
-
-def _index(choice: Any) -> int:
-    index = choice.get("index") if isinstance(choice, dict) else None
-    return index if isinstance(index, int) else 0
-
-
-def _cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
-    if not stop:
-        return text, False
-    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-    return (text[: min(cuts)], True) if cuts else (text, False)
+    if tokenizer is None:
+        if not Path(model).is_dir():
+            return None
+        try:
+            return ChatTemplate.load(model)
+        except ConfigError:
+            return None
+    if isinstance(tokenizer, ChatTemplate):
+        return tokenizer
+    if isinstance(tokenizer, str | Path):
+        return ChatTemplate.load(tokenizer)
+    return ChatTemplate(tokenizer)
 
 
 def _merge(into: GenerationResult, other: GenerationResult) -> None:
@@ -510,8 +469,3 @@ def _merge(into: GenerationResult, other: GenerationResult) -> None:
     into.prompt_tokens += other.prompt_tokens
     into.completion_tokens += other.completion_tokens
     into.cost += other.cost
-
-
-def _excerpt(value: object, limit: int = 300) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."

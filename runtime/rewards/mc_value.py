@@ -14,6 +14,9 @@ Design decisions:
   (``calls``/tokens) so the episode is charged for them.
 - Soft labels (the fraction), not Math-Shepherd's hard "any rollout correct" label;
   ``hard=True`` gives the latter.
+- One call samples up to ``rollouts`` x ``max_tokens`` tokens (``tokens_per_call``);
+  on a CPU model that takes minutes, so the run's verifier timeout, when not set,
+  scales with it (``verifiers.timeout`` in :mod:`runtime.app.config`).
 """
 
 from __future__ import annotations
@@ -68,6 +71,12 @@ class MonteCarloValue(Verifier):
         self._delimiter = delimiter
         self._outcome = outcome or ExactMatch()
         self._extractor = extractor or AnswerExtractor()
+
+    @property
+    def tokens_per_call(self) -> int:
+        """Most tokens one call samples (``rollouts`` x ``max_tokens``): the run's default
+        ``verifiers.timeout`` scales with it."""
+        return self.rollouts * self.max_tokens
 
     @property
     def policy(self) -> Policy | None:

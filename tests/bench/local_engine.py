@@ -364,9 +364,16 @@ def vllm_server(model_dir: Path, tmp: Path, max_model_len: int = 512) -> Server:
     )
 
 
-def vllm_client(url: str, limits: EndpointLimits) -> OpenAIPolicy:
+def vllm_client(url: str, limits: EndpointLimits, model_dir: Path) -> OpenAIPolicy:
     return OpenAIPolicy(
-        "tiny", base_url=url, mode="completion", server="vllm", limits=limits, timeout=600, retry_attempts=1
+        "tiny",
+        base_url=url,
+        mode="completion",
+        server="vllm",
+        tokenizer=model_dir,  # the served checkpoint's chat template renders the prompts
+        limits=limits,
+        timeout=600,
+        retry_attempts=1,
     )
 
 
@@ -606,7 +613,7 @@ async def peers(bench: Bench, policy: LocalPolicy, model_dir: Path, no_peers: bo
         (
             VLLM_NAME,
             lambda: vllm_server(model_dir, tmp),
-            lambda url: vllm_client(url, limits),
+            lambda url: vllm_client(url, limits, model_dir),
         )
     )
 
@@ -726,7 +733,7 @@ async def real_model(
             note = f"skipped: {str(exc)[:300]}"
         else:
             try:
-                async with vllm_client(server.base_url, EndpointLimits(max_concurrency=2 * c)) as p:
+                async with vllm_client(server.base_url, EndpointLimits(max_concurrency=2 * c), model_dir) as p:
                     vllm = await measure_sets(bench, p.generate, sets, c, max_tokens)
                 note = f"ready in {server.ready_seconds:.0f} s"
             except Exception as exc:
