@@ -111,3 +111,16 @@ def test_report_and_export_have_help() -> None:
     assert report.exit_code == 0 and "self-contained HTML page" in report.stdout
     export = runner.invoke(app, ["export", "--help"])
     assert export.exit_code == 0 and "preference" in export.stdout and "parquet" in export.stdout
+
+
+def test_a_tree_deeper_than_pythons_stack_renders_nested() -> None:
+    from runtime.app.report import episode_html
+    from runtime.core.types import Episode, Node, Task
+
+    depth = 3000
+    nodes = [Node(id=i, parent=i - 1 if i else None, depth=i, text=f"step {i}", children=[i + 1]) for i in range(depth)]
+    nodes.append(Node(id=depth, parent=depth - 1, depth=depth, text=INJECTED, terminal=True))
+    ep = Episode(run_id="r", task=Task("deep", prompt="q"), nodes=nodes, chosen_path=list(range(1, depth + 1)))
+    text = episode_html(ep, 0)
+    assert text.count('<details class="node') == depth == text.count("</div></details>") - 1
+    assert text.index("step 1<") < text.index("step 2<") and html_escaped(INJECTED) in text

@@ -196,7 +196,8 @@ def _score_list(node: Node) -> str:
     return '<ul class="scores">' + "".join(items) + "</ul>"
 
 
-def _node_html(ep: Episode, node: Node, chosen: set[int]) -> str:
+def _node_open(node: Node, chosen: set[int]) -> str:
+    """A node's ``<details>`` up to where its children go (closed by ``</div></details>``)."""
     flags = [f for f in _FLAGS if node.meta.get(f) not in (None, False)]
     classes = ["node", *flags]
     if node.id in chosen:
@@ -220,14 +221,35 @@ def _node_html(ep: Episode, node: Node, chosen: set[int]) -> str:
         facts.append(f"finish {node.finish_reason}")
     if node.policy_version is not None:
         facts.append(f"policy v{node.policy_version}")
-    children = "".join(_node_html(ep, ep.nodes[c], chosen) for c in node.children if c < len(ep.nodes))
     open_ = " open" if node.id in chosen else ""
     return (
         f'<details class="{" ".join(classes)}" data-node="{node.id}"{open_}><summary>{badges}{marks}'
         f'<span class="step">{_e(first)}</span></summary><div class="body">'
         f'<pre class="text">{_e(node.text)}</pre><div class="facts">{_e(" · ".join(facts))}</div>'
-        f"{_score_list(node)}{children}</div></details>"
+        f"{_score_list(node)}"
     )
+
+
+def _tree_html(ep: Episode) -> str:
+    """The tree under the root as nested ``<details>``, built without recursion (a tree
+    may be deeper than Python's stack); a child id always exceeds its parent's (nodes
+    are appended), which bounds the walk even over a damaged tree."""
+    if not ep.nodes:
+        return ""
+    chosen = set(ep.chosen_path)
+    n = len(ep.nodes)
+    out: list[str] = []
+    stack: list[int] = [c for c in reversed(ep.nodes[0].children) if 0 < c < n]
+    while stack:
+        item = stack.pop()
+        if item < 0:  # the end of node ~item
+            out.append("</div></details>")
+            continue
+        node = ep.nodes[item]
+        out.append(_node_open(node, chosen))
+        stack.append(~item)
+        stack.extend(c for c in reversed(node.children) if item < c < n)
+    return "".join(out)
 
 
 def episode_html(ep: Episode, index: int) -> str:
@@ -236,11 +258,9 @@ def episode_html(ep: Episode, index: int) -> str:
     solved = ep.reward is not None and ep.reward >= 1.0
     state = "failed" if ep.status != "ok" else "solved" if solved else "unsolved"
     reward = "-" if ep.reward is None else f"{ep.reward:.2f}"
-    chosen = set(ep.chosen_path)
     prompt = "\n\n".join(f"[{m.get('role', '')}] {m.get('content', '')}" for m in ep.task.as_messages())
     errors = "".join(f"<li>{_e(err.type)} ({_e(err.boundary)}): {_e(err.message)}</li>" for err in ep.errors)
-    root = ep.nodes[0] if ep.nodes else None
-    tree = "".join(_node_html(ep, ep.nodes[c], chosen) for c in (root.children if root else []) if c < len(ep.nodes))
+    tree = _tree_html(ep)
     u = ep.usage
     answer = "-" if ep.final_answer is None else ep.final_answer
     facts = (
