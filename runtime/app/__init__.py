@@ -7,7 +7,9 @@
   or on Ray rollout workers (:mod:`runtime.app.cluster`); :mod:`runtime.app.learning`
   builds the online loop of a config with a ``learner:`` section;
 - :mod:`runtime.app.cli`: the ``searchlearn`` command line interface (CLI: run, show,
-  export, plot, fetch, components), the package's only module that configures logging;
+  export, report, plot, fetch, components), the package's only module that configures logging;
+- :mod:`runtime.app.dataset_export` and :mod:`runtime.app.report`: a run's episodes as
+  training datasets in TRL's layouts (``export --format``), and as one HTML page;
 - :mod:`runtime.app.plot`, :mod:`runtime.app.models` and :mod:`runtime.app.reference`:
   a learning run's curve as a PNG, pretrained checkpoints for ``searchlearn fetch``, and
   the generated configuration reference (``docs/configuration.md``).
