@@ -5,12 +5,15 @@ verifier timeout of MC-value step scoring)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
+import httpx2
 import pytest
 from fakeserver import FakeServer, free_port, recorded, run, serve
 
@@ -277,3 +280,36 @@ def test_request_error_for_n_is_not_any_letter_n() -> None:
     assert _N_PARAMETER.search("HTTP 400: {'param': 'n', 'message': 'Unsupported value'}")
     assert not _N_PARAMETER.search("HTTP 404: {'message': 'The model `x` does not exist.'}")
     assert issubclass(PolicyRequestError, Exception)
+
+
+@pytest.mark.anyio
+async def test_a_step_that_stops_at_once_is_asked_again_past_the_blank_line(template: ChatTemplate) -> None:
+    prompts: list[Any] = []
+
+    def respond(request: httpx2.Request) -> httpx2.Response:
+        prompt = json.loads(request.content)["prompt"]
+        prompts.append(prompt)
+        # the model ended step one with a blank line: after a single newline it writes the other
+        text = "Step two." if isinstance(prompt, str) and prompt.endswith("\n\n") else ""
+        choice = {"index": 0, "text": text, "finish_reason": "stop"}
+        return httpx2.Response(200, json={"choices": [choice], "usage": {"prompt_tokens": 9, "completion_tokens": 2}})
+
+    request = GenerationRequest(messages=QUESTION, assistant_prefix="Step one.\n", stop=["\n"])
+    text_server = OpenAIPolicy(
+        "m", base_url="http://blank-line/v1", mode="completion", server="transformers", tokenizer="bundled",
+        transport=httpx2.MockTransport(respond),
+    )  # fmt: skip
+    async with text_server:
+        result = await text_server.generate(request)
+    assert result.completions[0].text == "Step two."
+    assert prompts == [template.text(QUESTION) + "Step one.\n", template.text(QUESTION) + "Step one.\n\n"]
+    assert (result.prompt_tokens, result.completion_tokens) == (18, 4)  # both calls counted
+
+    prompts.clear()  # sent as the sampled ids, the prompt ends where the model's tokens did: no retry
+    ids_server = OpenAIPolicy(
+        "m", base_url="http://blank-line/v1", mode="completion", server="vllm", tokenizer="bundled",
+        transport=httpx2.MockTransport(respond),
+    )  # fmt: skip
+    async with ids_server:
+        result = await ids_server.generate(request)
+    assert len(prompts) == 1 and isinstance(prompts[0], list) and result.completions[0].text == ""

@@ -29,25 +29,48 @@ Three protocols, chosen by ``mode`` and ``server`` (:class:`~runtime.policy.open
   cap. This replaces an earlier protocol that appended a "Continue." user turn after
   the assistant message, after which chat models restarted the solution and rarely
   answered (measured 5 % on SmolLM2-135M-Instruct's chain of thought).
+
+Where the prefix goes as text (completion mode on a text server, chat mode continuing
+the assistant message), the server re-encodes it: a step the model ended with a blank
+line ("...\n\n", often one token) comes back as "...\n", and the model's next token is
+the missing newline, so the next step stops at once, empty, which ends an episode (a
+likely cause of the empty next steps reported for SmolLM2-135M-Instruct in completion
+mode; not measured here). Such a completion is asked again with the delimiter accepted
+into the prefix (:func:`past_blank_lines`, at most twice). With ids the prompt ends on
+the very token the model sampled, so this does not arise there.
 """
 
 from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from runtime.core.errors import ConfigError
+from runtime.core.log import get_logger
+from runtime.policy.base import GenerationRequest, GenerationResult
 
-__all__ = ["SOLUTION_SO_FAR", "ChatTemplate", "first_new_step", "resolve_tokenizer", "show_solution_so_far"]
+__all__ = [
+    "SOLUTION_SO_FAR",
+    "ChatTemplate",
+    "first_new_step",
+    "past_blank_lines",
+    "resolve_tokenizer",
+    "show_solution_so_far",
+]
+
+log = get_logger("searchlearn.openai")
 
 SOLUTION_SO_FAR = "Your solution so far:\n\n{prefix}\n\nContinue from the next step. Do not repeat the steps above."
 """What a chat model that cannot continue an assistant message is shown after the
 question (the third protocol of the module docstring)."""
 
 _TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+BLANK_LINE_RETRIES = 2
+"""Times a step that stopped at once on its delimiter is asked again past it."""
 _CACHED_PROMPTS = 4096  # rendered templates kept per policy (one per task is the common case)
 
 
@@ -192,3 +215,31 @@ def _split(text: str, stops: Sequence[str]) -> list[str]:
         steps.append(text[: cut[0]])
         text = text[cut[0] + cut[1] :]
     return [*steps, text]
+
+
+async def past_blank_lines(
+    generate: Callable[[GenerationRequest], Awaitable[GenerationResult]],
+    request: GenerationRequest,
+    result: GenerationResult,
+) -> None:
+    """Completions of ``result`` that stopped at once on the request's one stop string
+    (nothing but whitespace before it) are replaced by a new sample from the prefix with
+    that text and the stop string accepted into it, at most :data:`BLANK_LINE_RETRIES`
+    times; their tokens and cost are added to ``result``'s usage."""
+    stop = (request.stop or [""])[0]
+    for _ in range(BLANK_LINE_RETRIES):
+        empty = [i for i, c in enumerate(result.completions) if not c.text.strip() and c.finish_reason == "stop"]
+        if not empty:
+            return
+        log.info("a step stopped at once on the delimiter; continuing past the blank line", n=len(empty))
+        groups: dict[str, list[int]] = {}
+        for i in empty:
+            groups.setdefault(request.assistant_prefix + result.completions[i].text + stop, []).append(i)
+        for prefix, indexes in groups.items():
+            again = replace(request, assistant_prefix=prefix, assistant_parts=None, n=len(indexes))
+            more = await generate(again)
+            for i, c in zip(indexes, more.completions, strict=False):
+                result.completions[i] = c
+            result.prompt_tokens += more.prompt_tokens
+            result.completion_tokens += more.completion_tokens
+            result.cost += more.cost

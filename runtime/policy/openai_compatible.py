@@ -68,7 +68,7 @@ from runtime.core.errors import ConfigError, PolicyRequestError, PolicyResponseE
 from runtime.core.log import get_logger
 from runtime.core.secrets import register_secret
 from runtime.policy.base import GenerationRequest, GenerationResult, Mode, Server
-from runtime.policy.continuation import ChatTemplate, show_solution_so_far
+from runtime.policy.continuation import ChatTemplate, past_blank_lines, show_solution_so_far
 from runtime.policy.limits import PRICES, EndpointLimits, Price, limiter_for
 from runtime.policy.openai_http import MAX_RESPONSE_BYTES, CappedTransport, aiohttp_transport, probe
 from runtime.policy.openai_reply import Malformed, Sent, excerpt, parse_reply
@@ -224,6 +224,21 @@ class OpenAIPolicy:
             await self._until_ready()
         if self._not_ready is not None:
             raise PolicyUnavailable(self._not_ready)
+        result = await self._generate(request)
+        if self._prefix_as_text(request):
+            await past_blank_lines(self._generate, request, result)
+        return result
+
+    def _prefix_as_text(self, request: GenerationRequest) -> bool:
+        """A step continued from the prefix's text (re-encoded by the server), cut at one
+        step delimiter: where an immediate stop means a blank line, not an empty step."""
+        if not request.assistant_prefix or not request.stop or len(request.stop) != 1:
+            return False
+        if self.mode == "completion":
+            return not (request.messages and self.template is not None and self.server in _TOKEN_PROMPTS)
+        return self.server in _CONTINUE_FINAL or self.server in _PREFILL
+
+    async def _generate(self, request: GenerationRequest) -> GenerationResult:
         if self.supports_n is False and request.n > 1:
             return await self._fan_out(request, request.n)
         try:
