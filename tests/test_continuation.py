@@ -236,8 +236,14 @@ async def test_a_rejected_model_name_is_stored_as_the_servers_message(tmp_path: 
                 assert ep.status == "failed" and ep.errors[0].type == "PolicyRequestError", ep.errors
                 assert "HTTP 404" in ep.errors[0].message and "does not exist" in ep.errors[0].message
                 assert "ExceptionGroup" not in ep.errors[0].message
-    with EpisodeStore(store) as st:  # what `searchlearn show` prints: failures by error class
+    with EpisodeStore(store) as st:
         assert st.summary("transformers")["failures"] == {"PolicyRequestError": 3}
+    from typer.testing import CliRunner
+
+    from runtime.app.cli import app
+
+    shown = CliRunner().invoke(app, ["show", "transformers", "--store", store])
+    assert shown.exit_code == 0 and "PolicyRequestError" in shown.output and "ExceptionGroup" not in shown.output
 
 
 @pytest.mark.anyio
@@ -313,3 +319,40 @@ async def test_a_step_that_stops_at_once_is_asked_again_past_the_blank_line(temp
     async with ids_server:
         result = await ids_server.generate(request)
     assert len(prompts) == 1 and isinstance(prompts[0], list) and result.completions[0].text == ""
+
+
+@pytest.mark.anyio
+async def test_mc_value_step_scores_finish_under_the_scaled_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's verifier timeout, end to end: rollouts that take longer than the flat
+    default fail their step scores under it, and fit the default scaled to their tokens
+    (the constants shrunk so the test takes a second, not minutes)."""
+    import runtime.app.config as config_module
+    from runtime.app.build import build_runtime
+
+    monkeypatch.setattr(config_module, "DEFAULT_VERIFIER_TIMEOUT", 0.05)
+    monkeypatch.setattr(config_module, "VERIFIER_TOKENS_PER_S", 100.0)  # 0.05 s + 2 x 16 / 100 = 0.37 s
+    tasks = [{"id": str(i), "prompt": "q", "answer": "42"} for i in range(2)]
+    outcomes = {}
+    for name, timeout in (("scaled", None), ("flat", 0.05)):
+        config = load_config(
+            None,
+            [
+                "policy.kind=scripted",
+                'policy.script=["Step one.\\nAnswer: 42"]',  # a YAML newline: two steps
+                "policy.latency=0.15",  # each rollout call: longer than the flat 0.05 s
+                "strategy={name: best_of_n, n: 2, selection: process}",
+                "verifiers.process={name: mc_value, rollouts: 2, max_tokens: 16}",
+                "verifiers.answer_patterns=[answer_line]",
+                f"verifiers.timeout={'null' if timeout is None else timeout}",
+                f"store.path={tmp_path / 's.db'}",
+                f"run_id={name}",
+            ],
+        )
+        async with build_runtime(config) as rt:
+            outcomes[name] = [ep async for ep in rt.stream(tasks)]
+    assert all(ep.status == "ok" and ep.reward == 1.0 for ep in outcomes["scaled"]), [
+        ep.errors for ep in outcomes["scaled"]
+    ]
+    assert all(any("timed out" in e.message for e in ep.errors) for ep in outcomes["flat"])
