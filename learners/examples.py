@@ -30,6 +30,11 @@ Design decisions:
   becomes an example that ends open (no end of turn is trained after it), so a task the
   policy fails at its last step still teaches the steps before it. Nothing of the
   verifier's (hints, reference steps) enters the text: only the policy's own steps.
+- Token ids are the record: an example whose path the policy sampled as ids carries
+  them (``parts``: each step's ids across every model call, stop tokens included), and
+  the learner trains on exactly those, never on the text encoded again. Text the path
+  holds without ids (a strategy's fork, a text-only backend's step) is encoded by the
+  learner; such examples are counted (``reencoded_paths``).
 - ``retry_weight`` weighs a step that was accepted only after a rejected sibling under
   the same prefix: the positions where the policy went wrong first are where it has the
   most to learn (in the tiny domain, two-digit sums; teacher-forced, ``bundled-weak``
@@ -47,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.core.errors import VerifierError
 from runtime.core.registry import with_overrides
-from runtime.core.types import Episode, Node
+from runtime.core.types import Episode, Node, path_pieces
 from runtime.search.context import Context, Verifiers
 
 __all__ = ["Example", "PathSettings", "VerifiedPaths", "oldest_version", "path_nodes", "path_text"]
@@ -72,6 +77,11 @@ class Example:
     ends: bool = True
     """Whether the completion is a whole answer (an end of turn is trained after it); a
     verified prefix of an unsolved episode is not."""
+    parts: list[tuple[str | list[int], float]] | None = None
+    """The completion as the policy sampled it, each piece with its loss weight: token
+    ids as sampled (used as they are), or text to encode (a step without ids); a prefix
+    that does not end the answer ends with its line break. None: encode ``segments`` or
+    ``completion``. A converter that rewrites the completion drops them."""
 
 
 def path_nodes(episode: Episode, leaf: Node) -> list[Node]:
@@ -134,6 +144,8 @@ class VerifiedPaths:
         self.settings = with_overrides(settings or PathSettings(), overrides)
         self.delimiter = delimiter
         self.rejected_by_process = 0
+        self.reencoded_paths = 0
+        """Examples with text the learner encodes (not all of it sampled ids): see module doc."""
         self._seen: set[bytes] = set()
 
     def _fresh(self, task_id: str, text: str) -> bool:
@@ -187,13 +199,17 @@ class VerifiedPaths:
 
     def _example(self, episode: Episode, leaf: Node, weight: float, *, ends: bool = True) -> list[Example]:
         """The example of the path to ``leaf`` (none if it is empty or already seen)."""
-        path = [n for n in path_nodes(episode, leaf) if n.text]
+        nodes = path_nodes(episode, leaf)
+        path = [n for n in nodes if n.text]
         text = self.delimiter.join(n.text for n in path)
         if not text or not self._fresh(episode.task.id, text if ends else text + self.delimiter):
             return []
         segments = None
         if self.settings.retry_weight != 1.0:
             segments = [(n.text, self.settings.retry_weight if _after_rejection(episode, n) else 1.0) for n in path]
+        parts = self._parts(episode, nodes, ends)
+        if parts is None or any(isinstance(piece, str) for piece, _ in parts):
+            self.reencoded_paths += 1
         reward = episode.reward if leaf.id == (episode.chosen_path or [-1])[-1] else 1.0
         return [
             Example(
@@ -205,7 +221,23 @@ class VerifiedPaths:
                 meta={"reward": reward if ends else 0.0, "leaf": leaf.id, **({} if ends else {"prefix": True})},
                 segments=segments,
                 ends=ends,
+                parts=parts,
             )
+        ]
+
+    def _parts(self, episode: Episode, path: list[Node], ends: bool) -> list[tuple[str | list[int], float]] | None:
+        """The path's pieces with their loss weights (``retry_weight`` where a step of the
+        piece came after a rejected sibling); None where no step has ids (text only)."""
+        pieces = path_pieces(path, self.delimiter, closed=not ends)
+        if all(p.ids is None for p in pieces):
+            return None
+        retry = self.settings.retry_weight
+        return [
+            (
+                p.ids if p.ids is not None else p.text,
+                retry if retry != 1.0 and any(_after_rejection(episode, n) for n in p.nodes) else 1.0,
+            )
+            for p in pieces
         ]
 
     async def _verified_prefix(self, ctx: Context | None, episode: Episode) -> Node | None:

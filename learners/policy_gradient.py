@@ -21,8 +21,14 @@ Design decisions:
   into that many optimizer steps against the same proximal policy (PPO's epochs), and
   the clip bounds how far a large-advantage token moves.
 - ``w`` corrects for staleness (the batch was sampled by an older version): it is
-  truncated at ``is_cap``, and truncated tokens are counted. A rollout without recorded
-  behaviour log-probs (a backend that gives none, a re-tokenised path) takes ``w = 1``.
+  truncated at ``is_cap``, and truncated tokens are counted. A token without a recorded
+  behaviour log-prob (a backend that gives none, text of the path the learner encodes)
+  takes ``w = 1``.
+- Token ids are the record: a rollout is trained on the ids its path's calls sampled,
+  after its prefix as the request that sampled it sent it (:func:`part_ids`), so the
+  learner scores the very sequence the policy saw and ``w = 1`` holds on every token of
+  a fresh multi-call path; tokens the learner had to encode from text are reported
+  (``reencoded_tokens``).
 - The end-of-turn token of a finished solution is trained too (the engine drops it from
   the ids it returns; its behaviour is taken to be the proximal policy's).
 - Loss normaliser (``loss_norm``): ``token`` (sum over the batch's tokens / their number,
@@ -46,7 +52,7 @@ from pydantic import Field
 
 from learners.base import UpdateResult
 from learners.rollouts import Rollout
-from learners.trainer import TorchLearner, TrainerSettings
+from learners.trainer import TorchLearner, TrainerSettings, part_ids
 from runtime.rewards.prm import pad_rows
 
 __all__ = ["PGSettings", "PolicyGradientLearner", "token_logprobs"]
@@ -103,6 +109,8 @@ class _Encoded:
     advantages: list[float]
     behaviour: list[float]
     weight: float
+    reencoded: int = 0
+    """Completion tokens encoded from text rather than taken as sampled."""
 
 
 class PolicyGradientLearner(TorchLearner):
@@ -136,24 +144,40 @@ class PolicyGradientLearner(TorchLearner):
     # -- rollouts to tensors -----------------------------------------------------------
 
     def encode(self, rollout: Rollout) -> _Encoded:
-        """Prompt (chat template + the rollout's prefix, tokenised as the engine did) and
-        completion ids, each completion token with its step's advantage and behaviour."""
+        """Prompt (chat template + the rollout's prefix, as the engine encoded it) and
+        completion ids (as sampled), each completion token with its step's advantage and
+        behaviour log-prob (NaN where unknown)."""
         tok = self.tokenizer
         prompt_text = tok.apply_chat_template(rollout.messages, tokenize=False, add_generation_prompt=True)
-        prompt: list[int] = tok(prompt_text + rollout.prefix, add_special_tokens=False)["input_ids"]
-        completion = (
-            list(rollout.token_ids)
-            if rollout.token_ids is not None
-            else tok(rollout.text, add_special_tokens=False)["input_ids"]
-        )
-        behaviour = list(rollout.behaviour) if rollout.behaviour is not None else [math.nan] * len(completion)
+        prompt: list[int]
+        if rollout.prefix_parts is not None:
+            prompt = [t for ids, _ in part_ids(tok, [prompt_text, *rollout.prefix_parts]) for t in ids]
+        else:
+            prompt = tok(prompt_text + rollout.prefix, add_special_tokens=False)["input_ids"]
+        if rollout.token_ids is not None:
+            parts: list[str | list[int]] = [list(rollout.token_ids)]
+        else:
+            parts = list(rollout.parts) if rollout.parts is not None else [rollout.text]
+        recorded = iter(rollout.behaviour or [])
+        completion: list[int] = []
+        behaviour: list[float] = []
+        reencoded = 0
+        for ids, sampled in part_ids(tok, parts):
+            completion += ids
+            if sampled and rollout.behaviour is not None:
+                behaviour += [next(recorded, math.nan) for _ in ids]
+            else:
+                behaviour += [math.nan] * len(ids)
+                reencoded += 0 if sampled else len(ids)
         if rollout.ends and tok.eos_token_id is not None:
             completion.append(tok.eos_token_id)
             behaviour.append(math.nan)
         steps = self._step_of_tokens(completion, len(rollout.step_advantages))
         advantages = [rollout.step_advantages[s] for s in steps]
         room = max(1, self.settings.max_length - len(prompt))
-        return _Encoded(prompt + completion[:room], len(prompt), advantages[:room], behaviour[:room], rollout.weight)
+        return _Encoded(
+            prompt + completion[:room], len(prompt), advantages[:room], behaviour[:room], rollout.weight, reencoded
+        )
 
     def _step_of_tokens(self, ids: list[int], steps: int) -> list[int]:
         """The step each token belongs to: a step ends with the delimiter that closes it."""
@@ -192,9 +216,10 @@ class PolicyGradientLearner(TorchLearner):
             for name, count in result.metrics.items():
                 refused[name] = refused.get(name, 0.0) + count
         assert result is not None
+        reencoded = {"reencoded_tokens": float(sum(e.reencoded for e in encoded))}
         return UpdateResult(
             result.step, loss_total / len(parts), len(encoded), tokens_total, result.seconds, result.grad_norm,
-            metrics={**self._last, **refused},
+            metrics={**self._last, **refused, **reencoded},
         )  # fmt: skip
 
     def _padded(self, batch: list[_Encoded]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -73,6 +73,7 @@ class ReflectionTraces(VerifiedPaths):
             if written and self._rng.random() < self.settings.reflection_share:
                 example.segments = segments
                 example.completion = self.delimiter.join(text for text, _ in segments)
+                example.parts = None  # the rewritten text is not what was sampled
                 example.meta["reflections"] = written
                 self.reflections += written
             out.append(example)

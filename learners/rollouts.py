@@ -30,10 +30,16 @@ Process rewards in the loss (``advantage``):
   pushes that step down.
 
 Design decisions:
-- A rollout keeps what was sampled: the token ids and the behaviour log-probs the
-  engine recorded (under the temperature and top-p it used), when the rollout was one
-  model call; a path assembled from several calls (a step-level search's final
-  answer) is re-tokenised, and its behaviour is taken to be the learner's policy.
+- A rollout keeps what was sampled, across every model call of its path: the token ids
+  of each step (:func:`~runtime.core.types.path_pieces`: a step-level search's path is
+  the concatenation of its calls' ids, stop tokens included) and the behaviour log-probs
+  the engine recorded under the temperature and top-p it used, where every step has
+  them. A sibling group's prefix is kept as the request that sampled it sent it
+  (``prefix_parts``), so the learner rebuilds the very sequence the policy saw. A path
+  with text the policy did not sample as ids (a strategy's fork, a text-only backend's
+  step, a delimiter after a step cut at its token cap) has that text encoded by the
+  learner, with the learner's policy as its behaviour; such rollouts are counted
+  (``reencoded_paths``).
 - Leaves and steps the strategy left unjudged or unscored are judged and scored here
   (through a scoring-only context: cached, bounded, errors kept out of the loss).
 - A group whose advantages are all zero teaches nothing: it is counted
@@ -50,7 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.core.errors import VerifierError
 from runtime.core.registry import with_overrides
-from runtime.core.types import Episode, Node
+from runtime.core.types import Episode, Node, path_parts, path_pieces
 from runtime.search.context import Context, Verifiers
 
 __all__ = ["Rollout", "RolloutSettings", "Rollouts", "group_advantages"]
@@ -111,14 +117,22 @@ class Rollout:
     step_advantages: list[float]
     key: tuple[str, str, int]
     token_ids: list[int] | None = None
-    """Token ids as sampled (None: re-tokenise ``text``)."""
+    """The continuation's token ids as sampled, across every call of its path (None:
+    encode ``parts``, or ``text``)."""
     behaviour: list[float] | None = None
-    """Behaviour log-prob of each sampled token (None: take the learner's own)."""
+    """Behaviour log-prob of each sampled token (of ``token_ids``, or of the id pieces of
+    ``parts``, in order); None: take the learner's own."""
     ends: bool = False
     """The continuation ends the answer: the end-of-turn token is trained too."""
     policy_version: int | None = None
     weight: float = 1.0
     meta: dict[str, Any] = field(default_factory=dict)
+    prefix_parts: list[str | list[int]] | None = None
+    """``prefix`` as the request that sampled the continuation sent it (its
+    ``assistant_parts``: earlier steps' ids as sampled); None: encode ``prefix``."""
+    parts: list[str | list[int]] | None = None
+    """The continuation as pieces where some of it has no sampled ids: ids as sampled,
+    text for the learner to encode (None: ``token_ids``, or ``text`` where neither)."""
 
 
 class Rollouts:
@@ -136,6 +150,8 @@ class Rollouts:
         self.rejected_by_process = 0  # the loop's counter: steps the process verifier rejected
         self.skipped_groups = 0
         self.groups = 0
+        self.reencoded_paths = 0
+        """Rollouts with text the learner encodes (not all of it sampled ids): see module doc."""
 
     def state(self) -> list[bytes]:
         return []  # nothing to dedupe: every sample is a draw of the policy
@@ -153,6 +169,7 @@ class Rollouts:
             out += await self._leaves(ctx)
         if self.settings.groups in ("siblings", "both") and verifiers.process is not None:
             out += await self._siblings(ctx)
+        self.reencoded_paths += sum(r.token_ids is None for r in out)
         return out
 
     # -- groups of solutions ---------------------------------------------------------
@@ -211,8 +228,10 @@ class Rollouts:
                 continue
             scores = [await self._step_score(ctx, c) for c in sampled]
             advantages = group_advantages(scores, self.settings.estimator)
+            prefix = ctx.path(parent)
+            parts = path_parts(path_pieces(prefix, self.delimiter))  # what the siblings' request sent
             group = [
-                self._rollout(ctx, [c], [a], {"reward": v, "group": "siblings"}, prefix=ctx.text(parent))
+                self._rollout(ctx, [c], [a], {"reward": v, "group": "siblings"}, ctx.text(parent), parts)
                 for c, a, v in zip(sampled, advantages, scores, strict=True)
             ]
             out += self._kept(group)
@@ -228,10 +247,18 @@ class Rollouts:
         return group
 
     def _rollout(
-        self, ctx: Context, path: list[Node], per_step: list[float], meta: dict[str, Any], prefix: str = ""
+        self,
+        ctx: Context,
+        path: list[Node],
+        per_step: list[float],
+        meta: dict[str, Any],
+        prefix: str = "",
+        prefix_parts: list[str | list[int]] | None = None,
     ) -> Rollout:
-        first = path[0]
-        one_call = first.token_ids is not None and first.meta.get("covers", 1) == len(path)
+        pieces = path_pieces(path, self.delimiter, closed=False)
+        sampled = [p for p in pieces if p.ids is not None]
+        exact = len(sampled) == len(pieces)
+        known = bool(sampled) and all(p.behaviour is not None and len(p.behaviour) == len(p.ids or []) for p in sampled)
         versions = [n.policy_version for n in path if n.policy_version is not None]
         return Rollout(
             messages=ctx.task.as_messages(),
@@ -239,11 +266,13 @@ class Rollouts:
             text=self.delimiter.join(n.text for n in path),
             step_advantages=per_step,
             key=ctx.episode.key,
-            token_ids=list(first.token_ids or []) if one_call else None,
-            behaviour=list(first.sample_logprobs) if one_call and first.sample_logprobs else None,
+            token_ids=[t for p in pieces for t in p.ids or []] if exact else None,
+            behaviour=[lp for p in sampled for lp in p.behaviour or []] if known else None,
             ends=path[-1].terminal and path[-1].finish_reason == "stop",
             policy_version=min(versions) if versions else None,
             meta=meta,
+            prefix_parts=prefix_parts,
+            parts=None if exact else path_parts(pieces),
         )
 
     async def _outcome(self, ctx: Context, leaf: Node) -> float | None:

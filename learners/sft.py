@@ -6,6 +6,10 @@ Design decisions:
 - Loss on the completion tokens only (and the end-of-turn token), each example
   weighted (stale examples may be down-weighted), normalised by the weighted token
   count of the whole batch; micro-batches sorted by length keep padding small.
+- Token ids are the record: an example that carries the ids its path was sampled as
+  (``Example.parts``) is trained on exactly those, after the prompt encoded as the
+  engine encoded it; only text without ids is encoded (counted per step as
+  ``reencoded_tokens``: an example of text alone counts all its completion tokens).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch
 
 from learners.base import UpdateResult
 from learners.examples import Example
-from learners.trainer import LoraSettings, TorchLearner, TrainerSettings
+from learners.trainer import LoraSettings, TorchLearner, TrainerSettings, part_ids
 
 __all__ = ["LoraSettings", "SFTLearner", "SFTSettings"]
 
@@ -44,22 +48,40 @@ class SFTLearner(TorchLearner):
         line's). A completion that does not end the answer (``example.ends`` false: a
         verified prefix) is followed by the line break the next step starts after, not
         by the end of turn."""
+        ids, labels, weights, _ = self._encode(example)
+        return ids, labels, weights
+
+    def _encode(self, example: Example) -> tuple[list[int], list[int], list[float], int]:
+        """:meth:`encode_weighted` and how many completion tokens were encoded from text."""
         tok = self.tokenizer
         prompt = tok.apply_chat_template(example.messages, tokenize=False, add_generation_prompt=True)
         prompt_ids: list[int] = tok(prompt, add_special_tokens=False)["input_ids"]
-        end = self._eos if example.ends else "\n"
-        segments = example.segments if example.segments is not None else [(example.completion, 1.0)]
         completion_ids: list[int] = []
         weights: list[float] = []
-        last = len(segments) - 1
-        for k, (text, weight) in enumerate(segments):  # lines tokenised one by one, each ending at a line break
-            ids_k = tok(text + ("\n" if k < last else end), add_special_tokens=False)["input_ids"]
-            completion_ids += ids_k
-            weights += [float(weight) * example.weight] * len(ids_k)
+        reencoded = 0
+        if example.parts is not None:  # as sampled: ids as they are, text encoded piece by piece
+            encoded = part_ids(tok, [piece for piece, _ in example.parts])
+            for (ids_k, sampled), (_, weight) in zip(encoded, example.parts, strict=True):
+                completion_ids += ids_k
+                weights += [float(weight) * example.weight] * len(ids_k)
+                reencoded += 0 if sampled else len(ids_k)
+            if example.ends and self._eos:  # the end of turn, at the last piece's weight
+                end_ids = tok(self._eos, add_special_tokens=False)["input_ids"]
+                completion_ids += end_ids
+                weights += [float(example.parts[-1][1] if example.parts else 1.0) * example.weight] * len(end_ids)
+        else:
+            end = self._eos if example.ends else "\n"
+            segments = example.segments if example.segments is not None else [(example.completion, 1.0)]
+            last = len(segments) - 1
+            for k, (text, weight) in enumerate(segments):  # lines tokenised one by one, each ending at a line break
+                ids_k = tok(text + ("\n" if k < last else end), add_special_tokens=False)["input_ids"]
+                completion_ids += ids_k
+                weights += [float(weight) * example.weight] * len(ids_k)
+            reencoded = len(completion_ids)
         ids = (prompt_ids + completion_ids)[: self.settings.max_length]
         weights = ([0.0] * len(prompt_ids) + weights)[: self.settings.max_length]
         labels = [t if w > 0 else -100 for t, w in zip(ids, weights, strict=True)]
-        return ids, labels, weights
+        return ids, labels, weights, reencoded
 
     # -- one optimizer step ------------------------------------------------------------
 
@@ -67,7 +89,8 @@ class SFTLearner(TorchLearner):
         if not examples:
             raise ValueError("a learner step needs at least one example")
         started = self.prepare()
-        encoded = sorted((self.encode_weighted(ex) for ex in examples if ex.weight > 0), key=lambda e: len(e[0]))
+        full = [self._encode(ex) for ex in examples if ex.weight > 0]
+        encoded = sorted(((ids, labels, w) for ids, labels, w, _ in full), key=lambda e: len(e[0]))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         total_weight = sum(sum(w[1:]) for _, _, w in encoded) or 1.0
         loss_sum = 0.0
@@ -96,6 +119,7 @@ class SFTLearner(TorchLearner):
             processed += int(mask.sum())
         result = self.apply(started, loss_sum, len(encoded), tokens)
         result.metrics["processed"] = float(processed)  # every input token, for the FLOP count
+        result.metrics["reencoded_tokens"] = float(sum(e[3] for e in full))
         return result
 
     @torch.no_grad()

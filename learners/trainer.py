@@ -39,6 +39,11 @@ Design decisions:
   naming the settings that likely caused it. ``weights()`` (what is published),
   ``save`` and ``export`` check every tensor first and raise the same error rather
   than hand on a NaN (one cheap pass over the weights).
+- Token ids are the record: an example or rollout made of a path's sampled ids trains
+  on those ids (:func:`part_ids`), never on its text encoded again, which a BPE may
+  tokenise otherwise than the policy sampled; text is encoded only where a path holds
+  some (a fork, a text-only backend's step), and each learner step reports those tokens
+  (``reencoded_tokens`` in its metrics, summed in the run's summary).
 - A step with no token to train on (every completion cut off by ``max_length``: a
   prompt as long as it) is refused the same way, counted (``empty_steps``) and warned
   about once per learner, naming ``learner.max_length``; an optimizer step on zero
@@ -71,7 +76,7 @@ from runtime.core.threads import CoreShare
 from runtime.scheduling.files import written_whole
 from runtime.scheduling.store_faults import one_line
 
-__all__ = ["NONFINITE_STEPS_IN_A_ROW", "LoraSettings", "TorchLearner", "TrainerSettings"]
+__all__ = ["NONFINITE_STEPS_IN_A_ROW", "LoraSettings", "TorchLearner", "TrainerSettings", "part_ids"]
 
 log = get_logger("searchlearn.learner")
 
@@ -122,6 +127,19 @@ def _rebuilt(value: Any, path: Path) -> Any:
     if isinstance(value, tuple):
         return tuple(_rebuilt(v, path) for v in value)
     return value
+
+
+def part_ids(tokenizer: Any, parts: Sequence[str | Sequence[int]]) -> list[tuple[list[int], bool]]:
+    """Each piece's token ids and whether the policy sampled them: an id piece as it is,
+    a text piece encoded on its own (as :func:`~runtime.policy.prompts.encode_parts`
+    does for the engine, so the learner's sequence is the one the policy saw)."""
+    out: list[tuple[list[int], bool]] = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append((tokenizer(part, add_special_tokens=False)["input_ids"] if part else [], False))
+        else:
+            out.append((list(part), True))
+    return out
 
 
 def _first_nonfinite(tensors: Mapping[str, Any]) -> str | None:

@@ -275,14 +275,20 @@ async def test_logprobs_match_a_forward_pass(
     assert torch.allclose(torch.tensor(c.logprobs), expected[:, 0], atol=1e-4)
 
 
-async def test_stop_sequences_cut_text_and_tokens(policy: LocalPolicy, tokenizer: Any) -> None:
+async def test_stop_sequences_cut_the_text_and_keep_the_tokens(policy: LocalPolicy, tokenizer: Any) -> None:
+    """The text ends before the stop string; the ids keep every sampled token, the stop
+    string's included (token ids are the record a continuation sends on)."""
     texts = prompts(6, seed=4)
-    free = await generate_all(policy, texts, max_tokens=30, temperature=0.0)
-    stop = tokenizer.decode(free[0].completions[0].token_ids[3:4])  # a string the model writes
-    cut = await generate_all(policy, texts[:1], max_tokens=30, temperature=0.0, stop=[stop])
+    free = await generate_all(policy, texts, max_tokens=30, temperature=0.0, logprobs=True)
+    ids = free[0].completions[0].token_ids
+    stop = tokenizer.decode(ids[3:4])  # a string the model writes
+    cut = await generate_all(policy, texts[:1], max_tokens=30, temperature=0.0, stop=[stop], logprobs=True)
     c = cut[0].completions[0]
-    assert stop not in c.text and c.finish_reason == "stop"
-    assert tokenizer.decode(c.token_ids) == c.text
+    assert stop not in c.text and c.finish_reason == "stop" and c.stop_reason == stop
+    assert c.token_ids == ids[: len(c.token_ids or [])] and stop in tokenizer.decode(c.token_ids)
+    assert tokenizer.decode(c.token_ids).startswith(c.text) and stop not in tokenizer.decode((c.token_ids or [])[:-1])
+    assert len(c.logprobs or []) == len(c.sample_logprobs or []) == len(c.token_ids or [])
+    assert free[0].completions[0].stop_reason is None
 
 
 async def test_weight_swap_under_load_loses_nothing(policy: LocalPolicy, model: Any, tokenizer: Any) -> None:

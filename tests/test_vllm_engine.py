@@ -88,8 +88,9 @@ def _fake(tokenizer: Any, mode: str = "processed") -> VllmPolicy:
     return VllmPolicy(object(), tokenizer, logprobs_mode=mode)  # type: ignore[arg-type]
 
 
-def _output(tokenizer: Any, text: str, *, stop_reason: Any = None, eos: bool = False) -> Any:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if eos else [])
+def _output(tokenizer: Any, text: str, *, stop_reason: Any = None, eos: bool = False, ids: Any = None) -> Any:
+    if ids is None:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if eos else [])
     logprobs = [{t: SimpleNamespace(logprob=-0.1 * (i + 1))} for i, t in enumerate(ids)]
     completion = SimpleNamespace(
         index=0, text=text, token_ids=ids, logprobs=logprobs, finish_reason="stop", stop_reason=stop_reason,
@@ -98,23 +99,31 @@ def _output(tokenizer: Any, text: str, *, stop_reason: Any = None, eos: bool = F
     return SimpleNamespace(outputs=[completion], prompt_token_ids=[1, 2, 3])
 
 
-def test_ids_logprobs_and_text_agree_and_the_version_is_vllms() -> None:
+def test_ids_keep_the_stop_string_and_the_version_is_vllms() -> None:
     from transformers import AutoTokenizer
 
     from runtime.tiny.policy_format import BUNDLED_POLICY
 
     tok = AutoTokenizer.from_pretrained(BUNDLED_POLICY)
     policy = _fake(tok)
-    # a stop string: vLLM's ids end with the token that spelled it; ours do not
-    out = _output(tok, "4*5=20\n", stop_reason="\n")
+    # a stop string: vLLM cuts the text, its ids end with the token that spelled it, and
+    # so do ours (token ids are the record a continuation sends on)
+    full = tok("4*5=20\n", add_special_tokens=False)["input_ids"]
+    out = _output(tok, "4*5=20", stop_reason="\n", ids=full)
     result = policy._result(GenerationRequest(prompt="x", temperature=1.0, logprobs=True), out)
     c = result.completions[0]
-    assert tok.decode(c.token_ids) == "4*5=20" and len(c.logprobs or []) == len(c.token_ids or [])
+    assert c.text == "4*5=20" and c.token_ids == full and c.stop_reason == "\n"
+    assert len(c.logprobs or []) == len(c.token_ids or [])
     assert c.logprobs == c.sample_logprobs and result.policy_version == 3 and result.prompt_tokens == 3
+    # tokens decoded past the stop string in one step (speculative decoding) are not the step's
+    out = _output(tok, "4*5=20", stop_reason="\n", ids=full + tok("7+1", add_special_tokens=False)["input_ids"])
+    c = policy._result(GenerationRequest(prompt="x", temperature=1.0, logprobs=True), out).completions[0]
+    assert c.token_ids == full and len(c.sample_logprobs or []) == len(full)
     # EOS is dropped too; greedy: behaviour log-probs are 0, the processed ones are raw
     out = _output(tok, "Answer: 23", eos=True)
     c = policy._result(GenerationRequest(prompt="x", temperature=0.0, logprobs=True), out).completions[0]
     assert tok.decode(c.token_ids) == "Answer: 23" and set(c.sample_logprobs or []) == {0.0}
+    assert c.stop_reason is None
     assert c.logprobs is not None and len(c.logprobs) == len(c.token_ids or [])
     # temperature 0.7: processed log-probs are the behaviour ones, the raw ones are unknown
     c = policy._result(GenerationRequest(prompt="x", temperature=0.7, logprobs=True), out).completions[0]

@@ -14,11 +14,18 @@ Design decisions:
   pydantic applies a dataclass's ``ser_json_inf_nan`` only to float-typed fields and
   writes an inferred (``Any``) infinity as ``null``, so :func:`episode_to_json`
   serializes the validated Python form with ``inf_nan_mode="constants"`` instead.
+- Token ids are the record: a node keeps the ids the policy sampled for its step (the
+  stop string's tokens included), and :func:`path_pieces` turns a path into what it
+  adds to the token sequence, so the next call of a step-level search and the learner
+  both send or train on the sampled ids instead of re-encoding the text (which a BPE
+  may tokenise otherwise). Text is encoded only where no ids exist: a strategy's fork,
+  a text-only backend's step, a delimiter the policy did not sample.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,12 +39,15 @@ __all__ = [
     "Episode",
     "ErrorInfo",
     "Node",
+    "Piece",
     "Stop",
     "StopKind",
     "Task",
     "Usage",
     "episode_from_json",
     "episode_to_json",
+    "path_parts",
+    "path_pieces",
 ]
 
 Status = Literal["ok", "failed"]
@@ -103,6 +113,10 @@ class Node:
     mid-step (partial rollouts); None: every token under ``policy_version`` (which is
     always the oldest, so a staleness bound on it bounds every token)."""
     finish_reason: str | None = None
+    stop_reason: str | None = None
+    """The stop string the step's sampling ended on, whose tokens end ``token_ids``;
+    None: its ids end otherwise (end of sequence, token cap), so a continuation puts the
+    step delimiter after them as text."""
     terminal: bool = False
     answer: str | None = None
     scores: dict[str, float] = field(default_factory=dict)
@@ -111,6 +125,68 @@ class Node:
     visits: int = 0
     children: list[int] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Piece:
+    """What one stretch of a path adds to the token sequence (:func:`path_pieces`)."""
+
+    text: str
+    """Its text: what is encoded where ``ids`` is None."""
+    ids: list[int] | None = None
+    """The token ids the policy sampled, used as they are; None: encode ``text``."""
+    behaviour: list[float] | None = None
+    """Behaviour log-prob of each of ``ids``, where the backend recorded them."""
+    nodes: list[Node] = field(default_factory=list)
+    """The nodes whose steps it holds (none: a delimiter the policy did not sample)."""
+
+
+def path_pieces(path: Sequence[Node], delimiter: str, *, closed: bool = True) -> list[Piece]:
+    """The pieces the steps of ``path`` (root excluded) add to the sequence, in order.
+
+    A node with sampled ids gives them (the first node of a ``complete()`` chain holds
+    the ids of all its ``meta['covers']`` lines: they are used once, when the whole chain
+    is on the path, else its lines are text); a step whose ids did not end on a stop
+    string is followed by ``delimiter`` as text. A node without ids gives its text and
+    the delimiter; adjacent text is one piece (encoded as one string, by the backend
+    and the learner alike). ``closed``: the last step is followed by its delimiter too
+    (what a next call continues after); open, the path ends with what its last step holds.
+    """
+    pieces: list[Piece] = []
+
+    def text(value: str, nodes: list[Node]) -> None:
+        if pieces and pieces[-1].ids is None:
+            pieces[-1].text += value
+            pieces[-1].nodes += nodes
+        else:
+            pieces.append(Piece(value, nodes=nodes))
+
+    i = 0
+    while i < len(path):
+        node = path[i]
+        covers = int(node.meta.get("covers", 1)) if node.token_ids is not None else 0
+        span = list(path[i : i + covers])
+        chain = covers >= 1 and len(span) == covers and all(n.id == node.id + k for k, n in enumerate(span))
+        if not chain:
+            span = [node]
+        i += len(span)
+        end = closed or i < len(path)
+        if chain:
+            pieces.append(Piece(delimiter.join(n.text for n in span), list(node.token_ids or []),
+                                node.sample_logprobs, span))  # fmt: skip
+            if node.stop_reason is None and end:
+                text(delimiter, [])
+        else:
+            text(node.text + delimiter if end else node.text, span)
+    return pieces
+
+
+def path_parts(pieces: Sequence[Piece]) -> list[str | list[int]] | None:
+    """``pieces`` as a request's ``assistant_parts``; None where none holds ids (a
+    text-only path is sent, and encoded by a learner, as one string with the prompt)."""
+    if all(p.ids is None for p in pieces):
+        return None
+    return [p.ids if p.ids is not None else p.text for p in pieces]
 
 
 @dataclass(slots=True)

@@ -38,6 +38,16 @@ class GenerationRequest:
     messages: list[dict[str, str]] | None = None
     prompt: str | None = None
     assistant_prefix: str = ""
+    assistant_parts: list[str | list[int]] | None = None
+    """``assistant_prefix`` as pieces, in order: token ids exactly as the policy sampled
+    them (a step's stop-string tokens included), or text (a strategy's fork, a step a
+    text-only backend returned, a delimiter after a step that ended otherwise). Token
+    ids are the record: a backend that takes ids sends ``encode(prompt) + parts``, each
+    text piece encoded on its own and each id piece as it is, so generated text is
+    never re-encoded and a learner rebuilds the very sequence the policy saw. The
+    pieces hold the same steps as ``assistant_prefix`` (not always the same characters:
+    a node's text is stripped, its ids are not); a text-only backend sends the prefix.
+    None: text only (``assistant_prefix``, encoded with the prompt as one string)."""
     n: int = 1
     max_tokens: int = 256
     temperature: float = 1.0
@@ -50,6 +60,17 @@ class GenerationRequest:
 
 @dataclass(slots=True)
 class Completion:
+    """One sampled continuation.
+
+    ``text`` is cut before the stop string it ended on (what verifiers and displays
+    read), but ``token_ids`` and the per-token lists keep every token the model
+    sampled, the tokens that spelled the stop string included: they are the record a
+    continuation sends on and a learner trains on. Decoded, they give ``text``, the stop
+    string, and whatever else the last token held (a token is never split).
+    An end-of-sequence token is not kept (a learner trains the end of turn itself after
+    a finished answer); ``stop_reason`` says which way a completion ended.
+    """
+
     text: str
     token_ids: list[int] | None = None
     logprobs: list[float] | None = None
@@ -61,6 +82,11 @@ class Completion:
     token_versions: list[int] | None = None
     """Per token, the policy version it was sampled under, where a weight swap landed
     mid-sequence (partial rollouts); None: every token under the result's version."""
+    stop_reason: str | None = None
+    """The stop string the completion ended on, whose tokens end ``token_ids`` (vLLM's
+    ``stop_reason``); None: it ended on the end-of-sequence token or its token cap (its
+    ids hold no stop string), or the backend gives no ids. A backend whose ids include a
+    stop string must say so here, or a continuation would repeat the delimiter."""
 
 
 @dataclass(slots=True)

@@ -8,9 +8,10 @@ as vLLM always does.
 
 Design decisions:
 - Prompts are rendered as the local engine renders them (the tokenizer's chat template,
-  the episode's ``assistant_prefix`` appended) and sent as token ids, so branches of an
-  episode share a token prefix that vLLM's prefix cache reuses. ``n > 1`` is one
-  request (vLLM samples the n children off one prefill).
+  then the episode's path as the ids its steps were sampled as, ``assistant_parts``:
+  :class:`~runtime.policy.prompts.PromptEncoder`) and sent as token ids, so branches of
+  an episode share a token prefix that vLLM's prefix cache reuses and generated text is
+  never re-encoded. ``n > 1`` is one request (vLLM samples the n children off one prefill).
 - Logprobs. vLLM returns one kind per engine (``logprobs_mode``): ``raw_logprobs``, the
   model's distribution before any processing, or ``processed_logprobs``, after
   temperature and top-p (the distribution each token was drawn from). ``logprobs_mode:
@@ -18,8 +19,12 @@ Design decisions:
   policy-gradient learners correct against (0 for greedy tokens, as the local engine);
   ``raw`` fills ``Completion.logprobs``. The other list is filled too where the two
   distributions are one (temperature 1 and top-p 1, or greedy for the raw list), else None.
-- Token ids, logprobs and text agree as in the local engine: the EOS token and the
-  tokens that spelled a stop string are dropped from the ids and logprobs.
+- Token ids are the record, as in the local engine: vLLM cuts the text before a stop
+  string (``include_stop_str_in_output`` stays false) but keeps every sampled token in
+  ``token_ids``; those tokens stay in the completion's ids and logprobs (up to the one
+  that completed the stop string: a step that decoded several tokens at once, e.g.
+  speculative decoding, may have run past it), and ``stop_reason`` names the string.
+  The EOS token is dropped, as the local engine never keeps it.
 - In-place weight updates. ``swap_weights(state_dict, version)`` (sync, from the learner)
   only records the weights; the next ``generate`` (or ``load_weights``) applies them,
   and requests arriving meanwhile wait for it: the engine is paused with vLLM's
@@ -249,6 +254,7 @@ class VllmPolicy:
                     logprobs=raw,
                     finish_reason=c.finish_reason,
                     sample_logprobs=behaviour,
+                    stop_reason=c.stop_reason if c.finish_reason == "stop" and isinstance(c.stop_reason, str) else None,
                 )
             )
             versions.extend(self._version_of(span.version) for span in getattr(c, "weight_versions", None) or [])
@@ -261,10 +267,11 @@ class VllmPolicy:
         )
 
     def _trim(self, ids: list[int], values: list[float] | None, reason: Any) -> tuple[list[int], list[float] | None]:
-        """Drop the EOS token, or the tokens that spelled the stop string, from ids and logprobs."""
+        """Ids and logprobs up to the token that completed the stop string ``reason``
+        (kept: the record), or without the EOS token the completion ended on."""
         keep = len(ids)
         if isinstance(reason, str) and reason:
-            while keep and reason in self.tokenizer.decode(ids[:keep], skip_special_tokens=True):
+            while keep > 1 and reason in self.tokenizer.decode(ids[: keep - 1], skip_special_tokens=True):
                 keep -= 1
         elif ids[-1] in self._eos or ids[-1] == reason:
             keep -= 1

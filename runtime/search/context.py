@@ -12,6 +12,10 @@ Design decisions:
 - Branches share their prefix: a request carries the task's messages plus the path's
   text as ``assistant_prefix``, identical for siblings, so a backend with a prefix
   cache (vLLM, SGLang, the local engine) reuses it.
+- Token ids are the record: the request also carries the path as ``assistant_parts``
+  (:func:`~runtime.core.types.path_pieces`: each step's sampled ids, text only where a
+  step has none), so a backend that takes ids continues the very tokens it sampled
+  and never re-encodes generated text; a text-only backend sends the text.
 - Budgets are enforced here, at the only place model calls are made: the episode's
   token budget is checked before every call and clamps ``max_tokens``.
 - Errors are attributed at the boundary: anything a policy raises that is not already
@@ -41,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runtime.core.concurrency import gather
 from runtime.core.errors import PolicyError, TokenBudgetExceeded, VerifierError
 from runtime.core.text import clean_text, cut_text
-from runtime.core.types import Episode, Node
+from runtime.core.types import Episode, Node, path_parts, path_pieces
 from runtime.policy.base import GenerationRequest, GenerationResult, Policy
 from runtime.rewards.base import AnswerExtractor, OutcomeVerifier, ProcessVerifier, Score
 from runtime.rewards.shaping import PotentialShaping
@@ -229,9 +233,12 @@ class Context:
             max_tokens = max(1, min(max_tokens, left // max(n, 1)))
         s = self.sampling
         task = self.task
+        path = self.path(node)
+        d = s.step_delimiter
         request = GenerationRequest(
             messages=task.as_messages(),
-            assistant_prefix=self.text(node),
+            assistant_prefix=d.join(n.text for n in path) + d if path else "",
+            assistant_parts=path_parts(path_pieces(path, d)),
             n=n,
             max_tokens=max_tokens,
             temperature=overrides.get("temperature", s.temperature) if overrides else s.temperature,
@@ -309,6 +316,7 @@ class Context:
                     token_versions=c.token_versions,
                     policy_version=result.policy_version,
                     finish_reason=c.finish_reason,
+                    stop_reason=c.stop_reason if c.token_ids is not None else None,
                     meta=dict(meta) if meta else {},
                 ),
             )

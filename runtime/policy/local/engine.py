@@ -24,6 +24,10 @@ Design decisions:
   ``bundled-weak``); the prefill's time stayed the same, so it is compute, not calls.
 - Sampling rows without a seed draw their tokens in one batched call per decode step;
   stop strings are looked for in a row's last tokens, not its whole decoded text.
+- A row that ends on a stop string keeps the tokens that spelled it (only its text is
+  cut before it): the ids are the record a step-level search continues and a learner
+  trains on, and dropping them made each next call re-encode the delimiter, which a
+  BPE may merge otherwise than the model sampled it. The EOS token is not kept.
 - Hot weight swap with partial rollouts (as AReaL's and verl's): ``swap_weights`` only
   enqueues; between two decode steps the worker loads the new weights in place and
   goes on. Rows in flight keep their KV and continue under the new weights, admission
@@ -90,6 +94,9 @@ class Sequence:
     token_versions: list[int] = field(default_factory=list)
     """The policy version each token was sampled under (non-decreasing: a swap may land
     mid-sequence)."""
+    stop_reason: str | None = None
+    """The stop string the row ended on (its tokens are the last of ``token_ids``; the
+    text is cut before it); None: it ended on EOS (not kept) or its token cap."""
 
 
 @dataclass(slots=True)
@@ -639,30 +646,24 @@ class LocalEngine:
             tail = self.tok.decode(row.tokens[-window:], skip_special_tokens=True)
             if any(s in tail for s in req.stop):
                 row.text = self.tok.decode(row.tokens, skip_special_tokens=True)
-                cut = min((i for i in (row.text.find(s) for s in req.stop) if i >= 0), default=-1)
-                if cut >= 0:
-                    self._finish(row, "stop", cut=row.text[:cut])
+                found = [(i, s) for s in req.stop if (i := row.text.find(s)) >= 0]
+                if found:
+                    cut, stop = min(found)
+                    self._finish(row, "stop", cut=row.text[:cut], stop=stop)
                     return
         if len(row.tokens) >= req.max_tokens or row.length + 1 >= self.context:
             self._finish(row, "length")
 
-    def _finish(self, row: _Row, reason: str, cut: str | None = None) -> None:
-        """Deliver ``row``; ``cut``: its text up to the stop string it ended on."""
+    def _finish(self, row: _Row, reason: str, cut: str | None = None, stop: str | None = None) -> None:
+        """Deliver ``row``; ``cut``: its text up to the stop string ``stop`` it ended on.
+        The tokens that spelled the stop string stay in its ids (token ids are the record:
+        a continuation sends them on, a learner trains on them); only the text is cut."""
         row.finished = reason
         req = row.req
-        if cut is not None:
-            # drop the tokens that spelled the stop string: ids, logprobs and text agree
-            row.text = cut
-            while row.tokens and any(s in self.tok.decode(row.tokens, skip_special_tokens=True) for s in req.stop):
-                row.tokens.pop()
-                row.logprobs.pop()
-                row.sample_logprobs.pop()
-                row.versions.pop()
-        else:
-            row.text = self.tok.decode(row.tokens, skip_special_tokens=True)
+        row.text = cut if cut is not None else self.tok.decode(row.tokens, skip_special_tokens=True)
         group = self._groups[id(req)]
         group.sequences[row.index] = Sequence(
-            row.tokens, row.logprobs, row.text, reason, row.sample_logprobs, row.versions
+            row.tokens, row.logprobs, row.text, reason, row.sample_logprobs, row.versions, stop
         )
         group.left -= 1
         if group.left == 0:

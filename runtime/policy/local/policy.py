@@ -1,9 +1,11 @@
 """LocalPolicy: the Policy protocol over :class:`~runtime.policy.local.engine.LocalEngine`.
 
 Any local transformers checkpoint directory (``path='bundled'`` is the shipped tiny
-policy). Prompts are rendered with the tokenizer's chat template and the episode's
-``assistant_prefix`` appended, so branches of one episode share a token prefix that the
-engine's prefix cache reuses. The async side waits on an event the engine thread sets
+policy). Prompts are rendered with the tokenizer's chat template and the episode's path
+appended as the ids its steps were sampled as (``assistant_parts``; text only where a
+step has no ids: :class:`~runtime.policy.prompts.PromptEncoder`), so branches of one
+episode share a token prefix that the engine's prefix cache reuses, and generated text
+is never re-encoded. The async side waits on an event the engine thread sets
 without blocking (asyncio's ``call_soon_threadsafe`` or trio's ``run_sync_soon``, so
 the policy works under either anyio backend); at most ``max_pending`` requests wait in the engine's queue, so
 memory stays bounded however many episodes call at once.
@@ -113,6 +115,7 @@ class LocalPolicy:
                     finish_reason=s.finish_reason,
                     sample_logprobs=s.sample_logprobs if request.logprobs else None,
                     token_versions=s.token_versions if len(set(s.token_versions)) > 1 else None,
+                    stop_reason=s.stop_reason,
                 )
                 for s in result.sequences
             ],
