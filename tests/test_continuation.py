@@ -162,6 +162,11 @@ def test_prompt_template_is_refused_naming_policy_tokenizer() -> None:
     with pytest.raises(ConfigError, match=r"policy\.prompt_template: .*was removed.*policy\.tokenizer") as info:
         load_config(ROOT / "configs" / "distill.yaml", ["policy.prompt_template=chatml"])
     assert "got 'chatml'" in str(info.value)
+    # a run stored before the removal holds the old default; read back (export, report) it is dropped
+    from runtime.app.config import RunConfig
+
+    stored = RunConfig.model_validate({"policy": {"kind": "scripted", "prompt_template": "chatml"}})
+    assert "prompt_template" not in stored.model_dump()["policy"]
 
 
 def test_completion_mode_needs_a_tokenizer_unless_the_model_is_a_directory() -> None:

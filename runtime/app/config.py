@@ -31,7 +31,7 @@ from pydantic import (
 
 from learners.base import LearnerSpec
 from runtime.app.policy_config import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY  # the scheduler default too
-from runtime.app.policy_config import PolicyConfig, PriceConfig, _Section
+from runtime.app.policy_config import USER_CONFIG, PolicyConfig, PriceConfig, _Section
 from runtime.core.errors import ConfigError
 from runtime.core.registry import ComponentField, register_builtins, validate_component
 from runtime.core.secrets import redact
@@ -357,7 +357,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"config file {p} must hold a mapping, not {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
     try:
-        config = RunConfig.model_validate(data)
+        config = RunConfig.model_validate(data, context=USER_CONFIG)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
     check_config(config)

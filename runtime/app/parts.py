@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from runtime.app.config import PolicyConfig, RunConfig, WeightedVerifier, format_validation_error
+from runtime.app.policy_config import USER_CONFIG
 from runtime.core.errors import ConfigError, TaskError
 from runtime.core.threads import thread_share
 from runtime.core.types import Task
@@ -120,7 +121,7 @@ def build_strategy(config: RunConfig) -> BaseStrategy:
 
 def _own_policy(section: dict[str, Any]) -> Policy:
     try:
-        return _policy(PolicyConfig.model_validate(section))
+        return _policy(PolicyConfig.model_validate(section, context=USER_CONFIG))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, "verifiers: a verifier's policy")) from None
 

@@ -17,10 +17,14 @@ from runtime.policy.adapters import LoraPublishing
 from runtime.policy.base import Mode, Server
 from runtime.policy.vllm_engine import VllmSettings
 
-__all__ = ["PolicyConfig", "PriceConfig"]
+__all__ = ["USER_CONFIG", "PolicyConfig", "PriceConfig"]
 
 DEFAULT_CONCURRENCY = 64
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+USER_CONFIG_KEY = "user_config"
+USER_CONFIG = {USER_CONFIG_KEY: True}
+"""Validation context of a config a user wrote (load_config, a judge's own policy
+section), as opposed to one read back from the store: removed keys are refused only here."""
 
 
 class _Section(BaseModel):
@@ -79,12 +83,15 @@ class PolicyConfig(_Section):
     """Which server software, for its known quirks (n, sampling, continuation)."""
     prompt_template: None = Field(None, exclude=True)
     """Removed: completion mode renders the prompt with the model's own chat template
-    (policy.tokenizer); a config that sets it is refused with that message."""
+    (policy.tokenizer); a config that sets it is refused with that message (a stored
+    run's config, read back, has it dropped)."""
 
     @field_validator("prompt_template", mode="before")
     @classmethod
-    def _removed(cls, value: Any) -> None:
-        if value is not None:
+    def _removed(cls, value: Any, info: ValidationInfo) -> None:
+        # A run stored before the removal holds its old default ("chatml"): re-read from
+        # the store (export, report), it is dropped; only a config a user wrote is refused.
+        if value is not None and (info.context or {}).get(USER_CONFIG_KEY):
             raise ValueError(
                 "was removed: completion mode renders the prompt with the model's own chat template; set "
                 "policy.tokenizer to the model's tokenizer directory or a checkpoint name (e.g. bundled)"
