@@ -4,7 +4,10 @@ Built on the official ``openai`` async client with its own retries switched off:
 retries are ours (tenacity), so they share the endpoint's rate limiter and budget.
 Requests go through ``client.post(path, cast_to=httpx2.Response, body=...)`` (openai's
 route for raw calls: its auth, headers and status errors, without its params transform
-and response models, a quarter of its CPU per request) and the JSON is read here.
+and response models, a quarter of its CPU per request) and the JSON is read by
+:mod:`runtime.policy.openai_reply`; the transports and the readiness probe are in
+:mod:`runtime.policy.openai_http`, the continuation protocols in
+:mod:`runtime.policy.continuation`.
 
 Design decisions:
 - Retry 429 (honouring ``Retry-After``, capped), 5xx, connection errors, timeouts and
@@ -20,7 +23,9 @@ Design decisions:
   as a final assistant message where the server continues one (vLLM and SGLang with
   ``continue_final_message``, llama.cpp); elsewhere (OpenAI, other hosted APIs,
   ``transformers serve``) the accepted text is shown in the user message and the first
-  new step of the reply is taken. No extra user turn is ever invented.
+  new step of the reply is taken. No extra user turn is ever invented. A step
+  continued from text that stops at once on its delimiter (a blank line the
+  re-encoded prefix lost) is asked again past it.
 - ``server`` names known quirks: ``transformers`` samples only through a
   ``generation_config`` extra body; ``vllm`` takes token-id prompts and returns token
   ids (with the stop string, so a step's ids hold every token it sampled).
