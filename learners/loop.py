@@ -43,6 +43,8 @@ Design decisions (after AReaL's asynchronous RL, Fu et al. 2025, on one machine)
 - Every ``eval_every`` versions the evaluator scores a snapshot of the weights in the
   background; the curve (version, episodes consumed, wall time, metrics) goes to the
   run's store.
+- ``report_to``: every step's and every curve point's metrics also go to experiment
+  trackers (TensorBoard, wandb), assembled in one place (:mod:`learners.trackers`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from learners.base import ExampleSource, Learner
 from learners.evaluate import Evaluator
 from learners.examples import Example
 from learners.loop_settings import LoopSettings
+from learners.trackers import Reporter, open_trackers, require_trackers
 from runtime.core.errors import ConfigError
 from runtime.core.log import get_logger
 from runtime.core.types import Episode, Stop, Task
@@ -152,7 +155,10 @@ class OnlineLoop:
         evaluator: Evaluator | None = None,
         checkpoint: str | Path | None = None,
         settings: LoopSettings | None = None,
+        logging_dir: str | Path | None = None,
     ) -> None:
+        """``logging_dir``: where ``settings.report_to``'s trackers write (default: the
+        settings' ``logging_dir``, else ``<run_id>/tb`` beside the store)."""
         self.runtime = runtime
         self.learner = learner
         self.source = source
@@ -160,6 +166,9 @@ class OnlineLoop:
         self.evaluator = evaluator
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.settings = settings or LoopSettings()
+        require_trackers(self.settings.report_to)  # a missing package is refused before the run
+        self.logging_dir = Path(logging_dir or self.settings.logging_dir or self._default_logging_dir())
+        self._reporter = Reporter([])
         # Episodes queued anywhere between the scheduler and the learner age by one
         # version per step: keep the scheduler's own buffer no deeper than the loop's.
         runtime.settings.buffer = min(runtime.settings.buffer, self.settings.buffer_episodes)
@@ -193,6 +202,10 @@ class OnlineLoop:
         finally:
             await self.aclose()
 
+    def _default_logging_dir(self) -> Path:
+        store = self.runtime.store
+        return (Path(store.path).parent if store is not None else Path("runs")) / self.runtime.run_id / "tb"
+
     async def aclose(self) -> None:
         await self.runtime.policy.aclose()
         if self.evaluator is not None:
@@ -223,6 +236,21 @@ class OnlineLoop:
                 "(it follows its input); use mode: online"
             )
         replay = self._restore()
+        if self.settings.report_to:
+            settings = self.settings.model_dump(mode="json")
+            trackers = open_trackers(self.settings.report_to, self.logging_dir, self.runtime.run_id, settings)
+            self._reporter = Reporter(trackers, self.stats.staleness)
+        try:
+            return await self._run(replay, tasks, on_episode)
+        finally:
+            self._reporter.close()
+
+    async def _run(
+        self,
+        replay: list[Episode],
+        tasks: Iterable[Task] | AsyncIterable[Task],
+        on_episode: Callable[[Episode], object] | None,
+    ) -> LoopStats:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             if self.evaluator is not None and self.learner.version not in self._evaluated:
@@ -355,6 +383,7 @@ class OnlineLoop:
 
     async def _take(self, episode: Episode) -> None:
         self.stats.episodes += 1
+        self._reporter.episode(episode.reward)
         self._count_generation(episode)
         if self.settings.retry_unsolved:
             self._queue_retry(episode)
@@ -420,6 +449,9 @@ class OnlineLoop:
         s.learner_seconds += result.seconds
         s.trained_tokens += int(result.metrics.get("processed", result.tokens))
         s.learner_counts.update({k: v for k, v in result.metrics.items() if k.endswith("_tokens")})
+        optimizer = getattr(self.learner, "optimizer", None)
+        lr = optimizer.param_groups[0]["lr"] if optimizer is not None else None
+        self._reporter.step(result, s, self.learner.steps, lr)
 
     def _count_generation(self, episode: Episode) -> None:
         """Tokens the policy computed: a local engine's own count (the prefill it really
@@ -501,12 +533,13 @@ class OnlineLoop:
 
     async def _evaluate(self, weights: dict[str, Any], version: int) -> None:
         assert self.evaluator is not None
-        episodes, wall = self.stats.episodes, self.stats.elapsed
+        episodes, wall, step = self.stats.episodes, self.stats.elapsed, self.learner.steps
         self._evaluated.add(version)
         async with self._eval_lock:
             metrics = await self.evaluator.evaluate(weights, version)
         point = {"version": version, "episodes": episodes, "wall_time": wall, **metrics}
         self.stats.curve.append(point)
+        self._reporter.curve_point(point, step)
         self.log.info("evaluated", **point)
         if self.runtime.store is not None:
             self.runtime.store.add_curve_point(self.runtime.run_id, version, episodes, wall, metrics)

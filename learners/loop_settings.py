@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from learners.trackers import tracker_names
 from runtime.core.registry import ComponentField
 from runtime.scheduling.tasks import TaskSource
 from runtime.tiny.tasks import TinyTasks
@@ -81,6 +82,25 @@ class LoopSettings(BaseModel):
     """Checkpoint every this many versions."""
     eval: EvalSettings | None = Field(default_factory=EvalSettings)
     """Held-out evaluation inside the loop (null: none)."""
+    report_to: list[str] = Field(default_factory=list)
+    """Experiment trackers the loop's metrics go to, as TRL names them: tensorboard
+    (needs the tensorboard package), wandb (offline unless WANDB_MODE says otherwise);
+    a name, a list, "all" or "none". Loss, KL, entropy, clip fraction, reward,
+    staleness, throughput after every learner update; the evaluation curve's points."""
+    logging_dir: str | None = None
+    """Folder the trackers write to; default runs/<run_id>/tb next to the store."""
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _trackers(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = {"all": tracker_names(), "none": []}.get(value, [value])
+        if isinstance(value, list):
+            unknown = [v for v in value if v not in tracker_names()]
+            if unknown:
+                raise ValueError(f"unknown tracker {unknown[0]!r}; allowed: {', '.join(tracker_names())}, all, none")
+            return list(dict.fromkeys(value))
+        return value
 
     @property
     def max_seconds(self) -> float | None:

@@ -246,9 +246,27 @@ async def test_sibling_steps_form_a_group_scored_by_the_process_verifier() -> No
     assert all(r.prefix == "" and r.token_ids == [1, 2, 3] and r.behaviour == [-1.0] * 3 for r in rollouts)
 
 
-def test_grpo_config_loads_and_builds(tmp_path: Path) -> None:
+async def test_grpo_config_loads_and_builds(tmp_path: Path) -> None:
+    """configs/grpo.yaml as the CLI builds it: the loop trains a policy-gradient learner
+    with the file's settings on the rollouts of the tree's groups, publishing into the
+    local engine that samples them, with a held-out evaluator."""
+    from learners.evaluate import Evaluator
+    from learners.loop import OnlineLoop
     from runtime.app.config import load_config
+    from runtime.app.learning import build_loop
 
-    config = load_config(Path(__file__).parents[1] / "configs" / "grpo.yaml")
+    config = load_config(Path(__file__).parents[1] / "configs" / "grpo.yaml", [f"store.path={tmp_path / 's.db'}"])
     assert config.learner is not None and config.learner.kind == "grpo"
     assert config.sampling.logprobs and config.sampling.temperature > 0
+    loop = build_loop(config)
+    try:
+        assert isinstance(loop, OnlineLoop) and isinstance(loop.learner, PolicyGradientLearner)
+        assert isinstance(loop.source, Rollouts) and isinstance(loop.evaluator, Evaluator)
+        assert isinstance(loop.runtime.policy, LocalPolicy) and loop.publish_to is loop.runtime.policy
+        s = loop.learner.settings
+        assert (s.mini_batches, s.clip_high, s.lr, s.temperature) == (2, 0.28, 3e-5, 0.7)
+        assert loop.settings.batch_examples == 128 and loop.checkpoint == tmp_path / "grpo" / "learner.pt"
+    finally:
+        await loop.aclose()
+        if loop.runtime.store is not None:
+            loop.runtime.store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -93,11 +94,31 @@ def test_mini_batches_take_that_many_steps_and_the_clip_acts_after_the_first(tok
     assert learner.steps == 4
 
 
-def test_ppo_config_loads() -> None:
-    from runtime.app.config import load_config
+async def test_ppo_config_builds_its_learner_and_takes_a_step(tmp_path: Path) -> None:
+    """configs/ppo.yaml as the CLI builds it: a PPO learner with a critic over the
+    bundled-weak policy, its settings from the file, and one update on the rollouts its
+    converter takes from a tree changes the policy and the value head."""
+    import torch
 
-    config = load_config(Path(__file__).parents[1] / "configs" / "ppo.yaml")
+    from runtime.app.build import build_verifiers
+    from runtime.app.config import load_config
+    from runtime.app.learning import build_learner
+
+    config = load_config(Path(__file__).parents[1] / "configs" / "ppo.yaml", [f"store.path={tmp_path / 's.db'}"])
     assert config.learner is not None and config.learner.kind == "ppo"
+    learner = build_learner(config)
+    assert isinstance(learner, PPOLearner)
+    s = learner.settings
+    assert (s.step_reward, s.clip_high, s.lr, s.temperature) == (0.5, 0.28, 3e-5, config.sampling.temperature)
+    source = config.learner.build_converter(config.sampling.step_delimiter)
+    tree = scripted_tree([["2+3=5", "Answer: 5"], ["2+3=6", "Answer: 6"]], answer="5", expression="2+3")
+    rollouts = await source.examples(tree, build_verifiers(config))
+    assert len(rollouts) == 2 and sorted(r.meta["reward"] for r in rollouts) == [0.0, 1.0]
+    before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    result = await learner.update(rollouts)
+    assert learner.steps == result.step == 1 and math.isfinite(result.loss) and result.metrics["value_loss"] > 0
+    assert any(not torch.equal(before[k], v) for k, v in learner.model.state_dict().items())
+    assert learner.value_head.bias.item() != 0.0
 
 
 def test_the_value_head_survives_a_checkpoint(tokenizer: Any, tmp_path: Path) -> None:
