@@ -135,3 +135,24 @@ def test_report_to_takes_names_all_or_none_and_refuses_an_unknown_tracker() -> N
     assert LoopSettings(report_to="none").report_to == []  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="unknown tracker 'mlflow'; allowed: tensorboard, wandb"):
         PPO(report_to=["mlflow"])
+
+
+def test_the_cli_refuses_a_missing_tracker_package_before_loading_a_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import learners.trackers as trackers
+    import runtime.app.learning as learning
+    from runtime.app.config import load_config
+
+    learner = ["learner.kind=grpo", "learner.report_to=[wandb]"]
+    config = load_config(None, ["policy.kind=local", *learner, f"store.path={tmp_path / 's.db'}"])
+    assert config.learner is not None and config.learner.report_to == ["wandb"]
+    real = trackers.importlib.util.find_spec
+    monkeypatch.setattr(trackers.importlib.util, "find_spec", lambda n: None if n == "wandb" else real(n))
+
+    def no_model(config: Any) -> Any:
+        raise AssertionError("a model was loaded before the tracker check")
+
+    monkeypatch.setattr(learning, "build_learner", no_model)
+    with pytest.raises(ConfigError, match=r"learner.report_to: wandb needs the 'wandb' package.*pip install wandb"):
+        learning.build_loop(config)

@@ -24,6 +24,7 @@ import torch
 from learners.base import Learner
 from learners.evaluate import Evaluator
 from learners.loop import OnlineLoop
+from learners.trackers import require_trackers
 from runtime.app.build import build_runtime, build_strategy, build_verifiers, torch_consumers
 from runtime.app.config import RunConfig
 from runtime.core.errors import ConfigError, TaskError
@@ -142,6 +143,7 @@ def build_loop(config: RunConfig, *, handle_signals: bool = False) -> OnlineLoop
         raise ConfigError("learner: this config has no learner section")
     check_output(checkpoint_path(config), "learner checkpoint")
     check_output(export_path(config), "policy export", folder=True)
+    require_trackers(spec.report_to)  # a tracker's missing package, before any model loads
     learner = build_learner(config)
     _check_max_length(config, learner)
     runtime = build_runtime(config, handle_signals=handle_signals)
