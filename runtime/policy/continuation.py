@@ -36,7 +36,7 @@ line ("...\n\n", often one token) comes back as "...\n", and the model's next to
 the missing newline, so the next step stops at once, empty, which ends an episode (a
 likely cause of the empty next steps reported for SmolLM2-135M-Instruct in completion
 mode; not measured here). Such a completion is asked again with the delimiter accepted
-into the prefix (:func:`past_blank_lines`, at most twice). With ids the prompt ends on
+into the prefix (:func:`past_blank_lines`, once). With ids the prompt ends on
 the very token the model sampled, so this does not arise there.
 """
 
@@ -69,8 +69,11 @@ SOLUTION_SO_FAR = "Your solution so far:\n\n{prefix}\n\nContinue from the next s
 question (the third protocol of the module docstring)."""
 
 _TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
-BLANK_LINE_RETRIES = 2
-"""Times a step that stopped at once on its delimiter is asked again past it."""
+BLANK_LINE_RETRIES = 1
+"""Times a step that stopped at once on its delimiter is asked again past it. Once: a
+text server does not say whether an empty completion stopped on the delimiter or on
+the end-of-sequence token (a model that is done), and the second costs a call per
+finished episode for nothing."""
 _CACHED_PROMPTS = 4096  # rendered templates kept per policy (one per task is the common case)
 
 
