@@ -95,6 +95,9 @@ def parse_reply(
         else:
             if sent.stop_included and finish == "stop":
                 text, stop_reason = _without_final_stop(text, request.stop)  # its ids stay: they were sampled
+                reported = choice.get("stop_reason")  # vLLM keeps a stop string's ids even in text without it
+                if stop_reason is None and isinstance(reported, str) and reported in (request.stop or []):
+                    stop_reason = reported
             elif sent.end_token_kept and finish == "stop" and token_ids and _ended_on_a_token(choice):
                 # ended on the end-of-sequence token (or a stop token id), which vLLM keeps
                 token_ids = token_ids[:-1]
