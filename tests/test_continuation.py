@@ -29,7 +29,7 @@ from runtime.rewards.outcome import ExactMatch
 from runtime.scheduling.scheduler import Runtime
 from runtime.scheduling.store import EpisodeStore
 from runtime.search.context import Sampling, Verifiers
-from strategies import BestOfN
+from strategies import BestOfN, ChainOfThought
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = [{"role": "user", "content": "Evaluate: 2+3*4"}]
@@ -361,3 +361,37 @@ async def test_mc_value_step_scores_finish_under_the_scaled_default(
         ep.errors for ep in outcomes["scaled"]
     ]
     assert all(any("timed out" in e.message for e in ep.errors) for ep in outcomes["flat"])
+
+
+@pytest.mark.anyio
+async def test_chain_of_thought_reaches_the_answer_with_a_model_that_restarts(tmp_path: Path) -> None:
+    """A hosted chat model asked to continue writes its whole solution again (what
+    SmolLM2 did after a "Continue." turn); shown the solution so far, each step call still
+    takes the next new step, and the episode reaches the answer."""
+    solution = "Step 1: 3*4=12\nStep 2: 2+12=14\nAnswer: 14"
+    seen: list[list[dict[str, str]]] = []
+
+    def respond(request: httpx2.Request) -> httpx2.Response:
+        messages = json.loads(request.content)["messages"]
+        seen.append(messages)
+        message = {"role": "assistant", "content": solution}  # always from the start; stop not honoured
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        return httpx2.Response(200, json={"choices": [choice], "usage": {"prompt_tokens": 9, "completion_tokens": 9}})
+
+    policy = OpenAIPolicy("m", base_url="http://restarts/v1", transport=httpx2.MockTransport(respond))
+    task = {"id": "t", "prompt": QUESTION[0]["content"], "answer": "14"}
+    async with (
+        policy,
+        Runtime(
+            policy,
+            ChainOfThought(),
+            verifiers=Verifiers(outcome=ExactMatch()),
+            sampling=Sampling(),
+            store=str(tmp_path / "s.db"),
+            run_id="restarts",
+        ) as rt,
+    ):
+        (episode,) = [ep async for ep in rt.stream([task])]
+    assert episode.steps == ["Step 1: 3*4=12", "Step 2: 2+12=14", "Answer: 14"]
+    assert episode.reward == 1.0 and episode.usage.calls == 3
+    assert all([m["role"] for m in messages] == ["user"] for messages in seen)
