@@ -141,6 +141,7 @@ class PPOLearner(PolicyGradientLearner):
         order = list(range(len(encoded)))
         self._rng.shuffle(order)
         parts = [p for i in range(self.settings.mini_batches) if (p := order[i :: self.settings.mini_batches])]
+        parts = parts or [[]]  # nothing weighted: one empty step, which apply refuses and counts
         loss_total, value_total, tokens_total, ratio_sum = 0.0, 0.0, 0, 0.0
         summed: dict[str, float] = {}  # counts over every mini-batch (clipped, truncated, refused steps)
         result = None
