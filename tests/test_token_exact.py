@@ -310,3 +310,32 @@ def test_path_pieces_use_a_complete_chain_once_and_fall_back_where_ids_are_missi
         _node(4, 3, "z", [7, 9], stop_reason="\n"),
     ]
     assert path_parts(path_pieces(steps, "\n")) == [[5, 9], [6], "\nfork\n", [7, 9]]
+
+
+def test_both_in_process_engines_send_the_template_then_the_parts(tokenizer: Any) -> None:
+    """The local engine and vLLM's build one prompt: the rendered template encoded, then
+    each text piece encoded on its own and each id piece as it is (no vLLM needed: the
+    prompt is built before the engine is called)."""
+    from runtime.policy.base import GenerationRequest
+    from runtime.policy.prompts import PromptEncoder
+    from runtime.policy.vllm_engine import VllmPolicy
+
+    messages = [{"role": "user", "content": "Evaluate: 2+3*4"}]
+    parts: list[str | list[int]] = [spelled(tokenizer, PLAN + "\n"), "check: 3*4=12\n", [21, 12, 22, 201]]
+    request = GenerationRequest(
+        messages=messages, assistant_prefix="ignored when parts are given", assistant_parts=parts
+    )
+    recording = RecordingTokenizer(tokenizer)
+    vllm = VllmPolicy(object(), recording, name="fake")
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    expected = (
+        tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        + spelled(tokenizer, PLAN + "\n")
+        + tokenizer("check: 3*4=12\n", add_special_tokens=False)["input_ids"]
+        + [21, 12, 22, 201]
+    )
+    assert vllm.encode(request) == PromptEncoder(tokenizer, "local")(request) == expected
+    assert recording.encoded == [rendered, "check: 3*4=12\n"]
+    # without parts (a text-only request), the prompt and prefix are one string, as before
+    text_only = GenerationRequest(messages=messages, assistant_prefix=PLAN + "\n")
+    assert vllm.encode(text_only) == tokenizer(rendered + PLAN + "\n", add_special_tokens=False)["input_ids"]
