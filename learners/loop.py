@@ -240,6 +240,7 @@ class OnlineLoop:
             settings = self.settings.model_dump(mode="json")
             trackers = open_trackers(self.settings.report_to, self.logging_dir, self.runtime.run_id, settings)
             self._reporter = Reporter(trackers, self.stats.staleness)
+            self.log.info("tracking", report_to=self.settings.report_to, logging_dir=str(self.logging_dir))
         try:
             return await self._run(replay, tasks, on_episode)
         finally:
