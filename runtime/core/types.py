@@ -105,6 +105,10 @@ class Node:
     depth: int
     text: str = ""
     token_ids: list[int] | None = None
+    """The ids the policy sampled for this step, the stop string's tokens included (the
+    text is stripped and cut before it); the first node of a ``complete()`` chain holds
+    the ids of its whole chain (``meta['covers']`` lines). None: no ids (a fork, a
+    text-only backend). The record continuations send and learners train on."""
     logprobs: list[float] | None = None
     policy_version: int | None = None
     sample_logprobs: list[float] | None = None
