@@ -91,7 +91,14 @@ def require_trackers(names: Sequence[str]) -> None:
 def open_trackers(names: Sequence[str], directory: Path, run_id: str, settings: Mapping[str, Any]) -> list[Tracker]:
     require_trackers(names)
     directory.mkdir(parents=True, exist_ok=True)
-    return [_TRACKERS[name][1](directory, run_id, settings) for name in names]
+    opened: list[Tracker] = []
+    try:
+        for name in names:
+            opened.append(_TRACKERS[name][1](directory, run_id, settings))
+    except BaseException:
+        Reporter(opened).close()  # the ones already open do not outlive the failure
+        raise
+    return opened
 
 
 # -- the built-in trackers --------------------------------------------------------------

@@ -156,3 +156,42 @@ def test_the_cli_refuses_a_missing_tracker_package_before_loading_a_model(
     monkeypatch.setattr(learning, "build_learner", no_model)
     with pytest.raises(ConfigError, match=r"learner.report_to: wandb needs the 'wandb' package.*pip install wandb"):
         learning.build_loop(config)
+
+
+def test_a_tracker_that_fails_mid_run_is_closed_and_the_run_goes_on() -> None:
+    from learners import UpdateResult
+    from learners.loop import LoopStats
+    from learners.trackers import Reporter
+
+    class Broken:
+        closed = False
+
+        def log(self, metrics: Any, step: int) -> None:
+            raise OSError("disk full")
+
+        def close(self) -> None:
+            self.closed = True
+
+    class Kept:
+        def __init__(self) -> None:
+            self.rows: list[tuple[int, dict[str, float]]] = []
+
+        def log(self, metrics: Any, step: int) -> None:
+            self.rows.append((step, dict(metrics)))
+
+        def close(self) -> None:
+            return None
+
+    broken, kept = Broken(), Kept()
+    reporter = Reporter([broken, kept])
+    stats = LoopStats(episodes=4, version=1)
+    stats.staleness.update({0: 3, 2: 1})
+    reporter.episode(1.0)
+    reporter.episode(0.0)
+    reporter.step(UpdateResult(1, 0.5, 4, 40, 0.1, 1.0, {"clipped_tokens": 10.0}), stats, step=1)
+    reporter.step(UpdateResult(2, 0.4, 4, 40, 0.1, 1.0), stats, step=2)
+    assert broken.closed and reporter.trackers == [kept]
+    (s1, first), (s2, second) = kept.rows
+    assert (s1, s2) == (1, 2) and first["learner/clip_fraction"] == 0.25
+    assert first["run/reward"] == 0.5 and first["run/solved"] == 0.5 and first["run/staleness"] == 0.5
+    assert "run/reward" not in second and "run/staleness" not in second  # nothing new since the first step
