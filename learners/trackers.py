@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from learners.loop_stats import LoopStats
 from runtime.core.errors import ConfigError
 from runtime.core.log import get_logger
 
@@ -154,7 +155,8 @@ def _open_wandb(directory: Path, run_id: str, settings: Mapping[str, Any]) -> Tr
 
 
 class _Step(Protocol):
-    """What one learner update reports (:class:`learners.base.UpdateResult`)."""
+    """What one learner update reports (:class:`learners.base.UpdateResult`, which this
+    module cannot import: the learner base's settings import the tracker names)."""
 
     loss: float
     examples: int
@@ -162,23 +164,6 @@ class _Step(Protocol):
     seconds: float
     grad_norm: float
     metrics: dict[str, float]
-
-
-class _Stats(Protocol):
-    """The loop's counters (:class:`learners.loop.LoopStats`)."""
-
-    episodes: int
-    version: int
-    dropped_stale: int
-    learner_seconds: float
-    parameters: int
-    staleness: Counter[int]
-
-    @property
-    def elapsed(self) -> float: ...
-
-    @property
-    def model_flops(self) -> float: ...
 
 
 class Reporter:
@@ -195,7 +180,7 @@ class Reporter:
         if reward is not None:
             self._rewards.append(float(reward))
 
-    def step(self, result: _Step, stats: _Stats, step: int, lr: float | None = None) -> None:
+    def step(self, result: _Step, stats: LoopStats, step: int, lr: float | None = None) -> None:
         self._stepped += result.examples
         metrics = {
             "learner/loss": result.loss,
