@@ -9,7 +9,8 @@ its own verifier while it searches.
   ``verifiers.process: {name: prm, path: runs/RUN/policy}``.
 - ``orm`` (:class:`OutcomeRMLearner`): a Bradley-Terry outcome reward model (Ouyang et al.
   2022) from solution pairs (a verified and a failed solution of one task):
-  ``-log sigmoid(r(chosen) - r(rejected))``, the reward read at the last token.
+  ``-log sigmoid(r(chosen) - r(rejected))``, the reward read at the last token. The
+  exported checkpoint is served by ``verifiers.outcome: {name: orm, path: ...}``.
 
 Design decisions:
 - Both train a separate model (``trains_policy`` is false: nothing is published to the
@@ -36,6 +37,7 @@ from learners.prm import value_head_model
 from learners.trainer import TorchLearner, TrainerSettings
 from runtime.core.errors import VerifierError
 from runtime.core.types import Episode
+from runtime.rewards.orm import encode_solution
 from runtime.rewards.prm import encode_steps, pad_rows
 from runtime.search.context import Context, Sampling, Verifiers
 
@@ -177,10 +179,8 @@ class OutcomeRMLearner(_HeadLearner):
         return logits[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])]
 
     def _ids(self, pair: Pair, text: str) -> list[int]:
-        tok = self.tokenizer
-        prompt = tok.apply_chat_template(pair.messages, tokenize=False, add_generation_prompt=True)
-        ids: list[int] = tok(prompt + pair.prefix + text + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]
-        return ids[: self.settings.max_length]
+        # The encoding the `orm` verifier scores with: one function, so they cannot drift.
+        return encode_solution(self.tokenizer, pair.messages, pair.prefix + text, self.settings.max_length)
 
     def step(self, pairs: Sequence[Pair]) -> UpdateResult:
         started = self.prepare()

@@ -1,6 +1,6 @@
 """Part 2, reward design: the verifier protocols and components, answer extraction,
 outcome checks, the LLM judge, sandboxed code execution, Monte-Carlo values, PRM
-scoring, composition (weighted sums, gates) and potential-based shaping."""
+and ORM scoring, composition (weighted sums, gates) and potential-based shaping."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ _EXPORTS = {
     "LLMJudge": ".judge",
     "MathVerify": ".outcome",
     "MonteCarloValue": ".mc_value",
+    "OutcomeRewardModel": ".orm",
     "OutcomeVerifier": ".base",
     "PotentialShaping": ".shaping",
     "ProcessRewardModel": ".prm",
@@ -29,6 +30,7 @@ _EXPORTS = {
     "Verifier": ".base",
     "VerifierEnv": ".base",
     "WeightedSum": ".composition",
+    "encode_solution": ".orm",
     "encode_steps": ".prm",
     "extract_code": ".code_exec",
     "load_template": ".judge",
@@ -62,6 +64,7 @@ __all__ = [
     "Limits",
     "MathVerify",
     "MonteCarloValue",
+    "OutcomeRewardModel",
     "OutcomeVerifier",
     "PotentialShaping",
     "ProcessRewardModel",
@@ -80,6 +83,7 @@ __all__ = [
     "WorkerStatistics",
     "available_tiers",
     "configure_workers",
+    "encode_solution",
     "encode_steps",
     "extract_code",
     "load_template",
