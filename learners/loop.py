@@ -474,7 +474,7 @@ class OnlineLoop:
         self._evaluated.add(version)
         async with self._eval_lock:
             metrics = await self.evaluator.evaluate(weights, version)
-        point = {"version": version, "episodes": episodes, "wall_time": wall, **metrics}
+        point = {"version": version, "steps": step, "episodes": episodes, "wall_time": wall, **metrics}
         self.stats.curve.append(point)
         self._reporter.curve_point(point, step)
         self.log.info("evaluated", **point)

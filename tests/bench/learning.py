@@ -156,7 +156,7 @@ def run_loop(name: str, minutes: float, store: Path) -> dict[str, Any]:
     return {
         "row": name,
         "final": final_accuracy(model, learner.tokenizer),
-        "curve": [point(p["wall_time"], p, p["version"] * per_version) for p in stats.curve],
+        "curve": [point(p["wall_time"], p, p.get("steps", p["version"] * per_version)) for p in stats.curve],
         "episodes": stats.episodes,
         "steps": stats.steps,
         "utilisation": s["learner utilisation"],
