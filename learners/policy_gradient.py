@@ -206,14 +206,15 @@ class PolicyGradientLearner(TorchLearner):
         parts = [p for p in parts if p]
         result = None
         loss_total, tokens_total = 0.0, 0
-        refused: dict[str, float] = {}  # steps apply refused (non-finite, nothing to train)
+        refused: dict[str, float] = {}  # steps apply refused (non-finite, nothing to train), tokens clipped
         for part in parts:
             old = None if prox is None else [prox[i] for i in part]
             loss, tokens = self._loss_and_backward([encoded[i] for i in part], old)
             loss_total += loss
             tokens_total += tokens
             result = self.apply(started, loss, len(part), tokens)
-            for name, count in result.metrics.items():
+            counted = [(k, v) for k, v in self._last.items() if k.endswith("_tokens")]  # every part's, not the last's
+            for name, count in [*result.metrics.items(), *counted]:
                 refused[name] = refused.get(name, 0.0) + count
         assert result is not None
         reencoded = {"reencoded_tokens": float(sum(e.reencoded for e in encoded))}

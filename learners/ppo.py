@@ -162,6 +162,7 @@ class PPOLearner(PolicyGradientLearner):
             "mean_ratio": ratio_sum / max(tokens_total, 1),
             "value_loss": value_total / len(parts),
             "mini_batches": float(len(parts)),
+            "reencoded_tokens": float(sum(e.reencoded for e in encoded)),
         }
         return UpdateResult(
             result.step, (loss_total + value_total) / len(parts), len(encoded), tokens_total, result.seconds,

@@ -120,6 +120,27 @@ def test_the_clip_stops_the_gradient_of_a_token_that_moved_too_far(tokenizer: An
     assert grad_norm([lp + math.log(1.5) for lp in now]) > 0  # ratio 0.67 with A > 0: not clipped (min)
 
 
+def test_an_updates_clipped_tokens_count_every_mini_batch(tokenizer: Any) -> None:
+    """With mini_batches the update reports the clipped tokens of all its optimizer steps
+    (the loop sums them per run and the trackers divide them by the update's tokens)."""
+    clip = {"clip_low": 0.02, "clip_high": 0.02}
+    learner = PolicyGradientLearner(tiny_model(tokenizer), tokenizer, lr=1e-1, mini_batches=3, **clip)
+    per_part: list[float] = []
+    original = learner._loss_and_backward
+
+    def recording(batch: Any, prox: Any) -> tuple[float, int]:
+        out = original(batch, prox)
+        per_part.append(learner._last["clipped_tokens"])
+        return out
+
+    learner._loss_and_backward = recording  # type: ignore[method-assign]
+    pairs = ((5, 1.0), (6, -1.0), (4, -1.0), (7, -1.0), (8, -1.0), (9, -1.0))
+    result = learner.step([rollout(f"2+3={v}\nAnswer: {v}", a) for v, a in pairs])
+    # the first step's ratio is 1; the second's and third's moved and were clipped
+    assert len(per_part) == 3 and per_part[0] == 0 and per_part[1] > 0 and per_part[2] > 0
+    assert result.metrics["clipped_tokens"] == sum(per_part)
+
+
 def test_a_stale_samples_weight_is_truncated_and_counted(tokenizer: Any) -> None:
     learner = PolicyGradientLearner(tiny_model(tokenizer), tokenizer, is_cap=2.0)
     ids = tokenizer("2+3=5", add_special_tokens=False)["input_ids"]
