@@ -237,6 +237,24 @@ async def test_a_sibling_group_is_trained_after_the_prefix_its_request_sent(
         assert float((ratio - 1).abs().max()) < 1e-4, ratio
 
 
+async def test_a_verified_prefix_is_trained_on_its_ids_with_the_delimiter_it_sampled(
+    policy: LocalPolicy, tokenizer: Any
+) -> None:
+    """An unsolved episode's verified prefix ends open: the line break the next step
+    starts after is the one its last step sampled, not a second one."""
+    ctx = context(policy, seed=5)
+    path = await steps(ctx, ctx.root, 2)
+    for node in path:
+        node.scores["cached"] = 1.0
+    assert path[-1].stop_reason == "\n" and not path[-1].terminal
+    paths = VerifiedPaths(prefixes=True)
+    (example,) = await paths.examples(ctx.episode, Verifiers(process=CachedScores()))  # type: ignore[arg-type]
+    assert not example.ends and example.meta.get("prefix") and paths.reencoded_paths == 0
+    ids, labels = SFTLearner(weak_model(), tokenizer).encode(example)
+    sampled = [t for n in path for t in n.token_ids or []]
+    assert ids == template_ids(tokenizer, ctx.task) + sampled and labels[-len(sampled) :] == sampled
+
+
 # -- (d) text the policy did not sample is encoded, and counted ---------------------------
 
 
