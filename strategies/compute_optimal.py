@@ -20,25 +20,66 @@ Design decisions:
   best-of-N draws ``budget`` solutions; beam search and DVTS expand ``budget``
   steps per level (width or subtrees = budget / 4, 4 expansions); verify-and-backtrack
   gets ``budget`` retries.
-- The global budget counts generated (completion) tokens of this strategy object's
-  episodes. An allocation is reserved before it runs and settled after, so
-  concurrent episodes cannot overspend it together.
+- The global budget is the run's, not this object's: it counts the generated
+  (completion) tokens of every episode of the run, in a :class:`TokenPool`. A
+  resumed run starts from what its store holds (the scheduler calls
+  :meth:`ComputeOptimal.resume_run` with the stored run's summary: its episodes'
+  completion tokens), and on Ray the driver owns the pool in an actor that every
+  rollout worker's copy of the strategy spends from (:meth:`ComputeOptimal.use_pool`,
+  :mod:`runtime.app.cluster`), so N workers share one budget instead of N.
+- An allocation is reserved from the pool before it runs and settled to what it used
+  after (shielded from cancellation: an abandoned episode still settles), so concurrent
+  episodes, in one process or on several workers, cannot overspend it together. The
+  pool's methods are async without a suspension point inside: atomic on one event
+  loop, and the same class serves as the Ray actor.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, Protocol
 
+import anyio
 from pydantic import Field, PrivateAttr, model_validator
 
 from runtime.core.types import Episode, Node
 from runtime.search.context import Context
 from runtime.search.strategy import BaseStrategy
 
-__all__ = ["ComputeOptimal"]
+__all__ = ["ComputeOptimal", "Pool", "TokenPool"]
 
 Choice = Literal["best_of_n", "beam_search", "dvts", "verify_backtrack"]
+
+
+class Pool(Protocol):
+    """What the strategy spends its global budget from: a :class:`TokenPool` here, or a
+    proxy of one that lives elsewhere (a Ray actor the driver owns)."""
+
+    async def reserve(self, most: int, unit: int) -> int: ...
+
+    async def spend(self, tokens: int) -> int: ...
+
+
+class TokenPool:
+    """A run's budget of generated tokens: ``limit`` in all, ``spent`` so far (reserved
+    allocations included)."""
+
+    def __init__(self, limit: int, spent: int = 0) -> None:
+        self.limit = limit
+        self.spent = spent
+
+    async def reserve(self, most: int, unit: int) -> int:
+        """Whole units of ``unit`` tokens, at most ``most``, that the budget still holds;
+        they count as spent until :meth:`spend` settles them."""
+        granted = max(0, min(most, (self.limit - self.spent) // max(1, unit)))
+        self.spent += granted * unit
+        return granted
+
+    async def spend(self, tokens: int) -> int:
+        """Count ``tokens`` more as spent (negative: give a reservation's rest back); the total."""
+        self.spent += tokens
+        return self.spent
 
 
 class ComputeOptimal(BaseStrategy):
@@ -60,8 +101,9 @@ class ComputeOptimal(BaseStrategy):
     hard_budget: int = Field(16, ge=1, le=1024)
     """Samples-equivalent for a hard task."""
     global_token_budget: int | None = Field(None, ge=1)
-    """Generated tokens all tasks of the run may spend together (None: no cap)."""
-    _spent: int = PrivateAttr(0)
+    """Generated tokens all tasks of the run may spend together, across resumes and
+    rollout workers (None: no cap)."""
+    _pool: Pool | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _tiers_ordered(self) -> ComputeOptimal:
@@ -75,11 +117,31 @@ class ComputeOptimal(BaseStrategy):
         step_level = sorted({self.medium_strategy, self.hard_strategy} - {"best_of_n"})
         return {"process": f"{', '.join(step_level)} for medium or hard tasks"} if step_level else {}
 
+    @property
+    def pool(self) -> Pool | None:
+        """The run's token pool this strategy spends from (None: no global budget)."""
+        if self._pool is None and self.global_token_budget is not None:
+            self._pool = TokenPool(self.global_token_budget)
+        return self._pool
+
+    def resume_run(self, summary: Mapping[str, Any]) -> None:
+        """Start the budget from what the run's store holds (``summary``: the stored run's
+        totals, its episodes' ``completion_tokens`` among them), not from zero."""
+        if self.global_token_budget is not None:
+            self._pool = TokenPool(self.global_token_budget, int(summary.get("completion_tokens") or 0))
+
+    def use_pool(self, pool: Pool) -> None:
+        """Spend from ``pool``, a budget shared with other processes of the run."""
+        self._pool = pool
+
     async def run(self, ctx: Context) -> Episode:
+        pool = self.pool
         before = ctx.episode.usage.completion_tokens
         probes = await ctx.complete(ctx.root, self.probes, meta={"probe": True})
-        per_sample = max(1, (ctx.episode.usage.completion_tokens - before) // max(1, len(probes)))
-        self._spent += ctx.episode.usage.completion_tokens - before
+        probed = ctx.episode.usage.completion_tokens - before
+        per_sample = max(1, probed // max(1, len(probes)))
+        if pool is not None:
+            await _settle(pool, probed)
         answers = Counter(a for leaf in probes if (a := ctx.answer(leaf)) is not None)
         agreement = answers.most_common(1)[0][1] / len(probes) if answers else 0.0
         if agreement >= self.easy_agreement:
@@ -88,20 +150,22 @@ class ComputeOptimal(BaseStrategy):
             tier, choice, budget = "medium", self.medium_strategy, self.medium_budget
         else:
             tier, choice, budget = "hard", self.hard_strategy, self.hard_budget
-        if self.global_token_budget is not None:
-            budget = min(budget, max(0, self.global_token_budget - self._spent) // per_sample)
+        if pool is not None and budget:
+            budget = await pool.reserve(budget, per_sample)
         ctx.root.meta["allocation"] = {"difficulty": 1 - agreement, "tier": tier, "strategy": choice, "budget": budget}
         if choice is None or budget < 2:
             ctx.root.meta["allocation"]["strategy"] = None
+            if pool is not None and budget:
+                await _settle(pool, -budget * per_sample)
             return await ctx.finish(self._majority(ctx, probes, answers))
         reserved = budget * per_sample
-        self._spent += reserved
         start = ctx.episode.usage.completion_tokens
         try:
             episode: Episode = await _strategy(choice, budget, ctx.verifiers.process is not None).run(ctx)
             return episode
         finally:
-            self._spent += ctx.episode.usage.completion_tokens - start - reserved
+            if pool is not None:
+                await _settle(pool, ctx.episode.usage.completion_tokens - start - reserved)
 
     @staticmethod
     def _majority(ctx: Context, probes: list[Node], answers: Counter[str]) -> Node:
@@ -109,6 +173,13 @@ class ComputeOptimal(BaseStrategy):
             return probes[0]
         top = answers.most_common(1)[0][0]
         return next(leaf for leaf in probes if ctx.answer(leaf) == top)
+
+
+async def _settle(pool: Pool, tokens: int) -> None:
+    """Count ``tokens`` in the pool even while the episode is being cancelled."""
+    if tokens:
+        with anyio.CancelScope(shield=True):
+            await pool.spend(tokens)
 
 
 def _strategy(choice: Choice, budget: int, has_process: bool) -> Any:

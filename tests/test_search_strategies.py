@@ -515,7 +515,7 @@ async def test_compute_optimal_hard_task_gets_beam_search_within_the_global_budg
     alloc = ep.nodes[0].meta["allocation"]
     assert alloc["tier"] == "hard" and alloc["strategy"] == "beam_search" and alloc["budget"] == 8
     assert any(n.meta.get("beam") for n in ep.nodes) and ep.final_answer == "42"
-    assert strategy._spent == ep.usage.completion_tokens  # reservations settled to what was used
+    assert strategy.pool.spent == ep.usage.completion_tokens  # reservations settled to what was used
 
     poor = ComputeOptimal(probes=4, hard_budget=8, global_token_budget=10)  # spent by the probes alone
     ep = await poor.run(context(ScriptedPolicy(script), process=StepScores(pseudo)))

@@ -29,6 +29,16 @@ Design decisions:
 - A new policy version is put into the object store once and every worker gets the
   reference; each episode still carries the versions it saw, so the loop's staleness
   bound applies as in one process.
+- Run-level budgets are the run's, not each worker's. When the run has one
+  (``scheduler.budget_usd``, or a strategy's own ``pool`` such as compute_optimal's
+  ``global_token_budget``), the driver starts one account actor
+  (:mod:`runtime.app.cluster_account`), seeded with what the store holds of the run.
+  Each worker's runtime reports its ledger to it (in flight included) and reads the
+  rest of the run's spend before every admission
+  (:class:`~runtime.scheduling.scheduler.SharedSpend`); the driver reads the total
+  before it hands out each chunk, and stops there. A strategy's pool lives in the same
+  actor and every worker's copy of the strategy reserves from it (``use_pool``). The
+  actor reserves no CPU (it must be placed even when the workers hold every CPU).
 - Ray is imported here only, and this module only when a config has ``cluster:``.
 - A local cluster that cannot hold its workers is refused before Ray starts, in one
   line naming ``cluster.workers`` / ``cluster.cpus_per_worker`` and the CPUs there are:
@@ -59,6 +69,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
@@ -67,6 +78,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from runtime.app.cluster_account import SharedPoolProxy, SharedSpendProxy, account_actor
 from runtime.app.config import ClusterConfig, RunConfig
 from runtime.app.parts import build_policy, build_strategy, build_verifiers, torch_consumers
 from runtime.core.concurrency import send_all
@@ -152,7 +164,15 @@ class RolloutWorker:
     Made a Ray actor by :func:`_actor_class`; plain Python otherwise (the tests of the
     episode path run it in process)."""
 
-    def __init__(self, config: RunConfig, index: int, threads: int, weights: tuple[Any, int] | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        index: int,
+        threads: int,
+        weights: tuple[Any, int] | None = None,
+        account: Any | None = None,
+        shared_pool: bool = False,
+    ) -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         cluster = config.cluster
         assert cluster is not None
@@ -162,15 +182,20 @@ class RolloutWorker:
         self.policy = build_policy(config)
         concurrency = cluster.concurrency or config.scheduler.concurrency
         settings = config.scheduler.model_copy(update={"concurrency": concurrency})
+        strategy = build_strategy(config)
+        if account is not None and shared_pool:
+            strategy.use_pool(SharedPoolProxy(account))  # type: ignore[attr-defined]
         self.runtime = Runtime(
             self.policy,
-            build_strategy(config),
+            strategy,
             verifiers=build_verifiers(config, self.policy),
             sampling=config.sampling,
             settings=settings,
             store=None,
             run_id=config.run_id,
         )
+        if account is not None and settings.budget_usd is not None:
+            self.runtime.shared_spend = SharedSpendProxy(account, f"{index}-{uuid.uuid4().hex[:12]}")
         self._pending_weights = weights
         self._batch_wait = cluster.batch_wait
         self._stop: Any = None  # set by ready(): ends the task the runtime lives in
@@ -333,8 +358,11 @@ class ClusterRuntime:
         self._pending = 0
         self._settled = anyio.Event()
         self._stored: set[tuple[str, int]] = set()
-        self._cost = 0.0
-        self._spent_before = 0.0
+        self._cost = 0.0  # of the episodes stored in this session
+        self._spent_before = 0.0  # of the episodes the store held when the run started
+        self._run_total = 0.0  # the account's total as last read: in-flight spend included
+        self._account: Any = None
+        self._shared_pool = False
         self._started_ray = False
         self._stack = AsyncExitStack()
         self._tg: anyio.abc.TaskGroup | None = None
@@ -348,8 +376,10 @@ class ClusterRuntime:
         await anyio.to_thread.run_sync(self.store.acquire_run, self.run_id)
         try:
             self.store.register_run(self.run_id, redact_config(self.config.model_dump(mode="json")))
-            self._spent_before = float(self.store.summary(self.run_id)["cost"] or 0.0)
+            summary = self.store.summary(self.run_id)
+            self._spent_before = float(summary["cost"] or 0.0)
             self._start_ray()
+            self._open_account(summary)
             self._workers = [self._new_worker(i) for i in range(self.cluster.workers)]
             self._outstanding = [0] * len(self._workers)
             self._room = [anyio.Event() for _ in self._workers]
@@ -421,6 +451,19 @@ class ClusterRuntime:
                 )
         self._started_ray = True
 
+    def _open_account(self, summary: Any) -> None:
+        """Start the run's account (:mod:`runtime.app.cluster_account`) where the run has
+        a run-level budget: the scheduler's ``budget_usd``, or a strategy's token pool
+        (resumed from ``summary``, the stored run's totals)."""
+        strategy = build_strategy(self.config)
+        resume_run = getattr(strategy, "resume_run", None)
+        if resume_run is not None:
+            resume_run(summary)
+        pool = getattr(strategy, "pool", None)
+        self._shared_pool = pool is not None and hasattr(strategy, "use_pool")
+        if self._shared_pool or self.settings.budget_usd is not None:
+            self._account = account_actor(_ray()).remote(self._spent_before, pool if self._shared_pool else None)
+
     def _threads(self) -> int:
         """Torch threads of each worker's engine: a share of this machine's cores beside
         the driver's own consumers when the cluster is local, else the worker's CPUs."""
@@ -434,7 +477,7 @@ class ClusterRuntime:
             name=None,
             runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
         )
-        return actor.remote(self.config, index, self._threads(), self.policy.latest)
+        return actor.remote(self.config, index, self._threads(), self.policy.latest, self._account, self._shared_pool)
 
     def live_workers(self) -> list[Any]:
         return [w for w in self._workers if w is not None]
@@ -448,6 +491,9 @@ class ClusterRuntime:
                 await anyio.to_thread.run_sync(lambda: ray.wait(refs, num_returns=len(refs), timeout=10))
             for w in workers:
                 ray.kill(w)
+        if self._account is not None:
+            ray.kill(self._account)
+            self._account = None
         if self._started_ray:
             self._started_ray = False
             await anyio.to_thread.run_sync(ray.shutdown)
@@ -506,10 +552,23 @@ class ClusterRuntime:
             self._settled.set()
 
     def exhausted(self) -> str | None:
+        """Why no more work may be handed out for spending: the run's budget, counting the
+        stored episodes and what the workers have spent, in flight included (as the
+        account last said; never less than what this session stored)."""
         budget = self.settings.budget_usd
-        if budget is not None and (spent := self._spent_before + self._cost) >= budget:
+        spent = max(self._spent_before + self._cost, self._run_total)
+        if budget is not None and spent >= budget:
             return f"run budget spent: ${spent:.4f} of ${budget:.4f}"
         return None
+
+    async def _read_account(self) -> None:
+        """The run's spend, in flight included, from the account (when it counts a budget)."""
+        if self._account is None or self.settings.budget_usd is None:
+            return
+        try:
+            self._run_total = float(await self._account.total.remote())
+        except _ray().exceptions.RayError as exc:  # the committed spend still counts
+            self.log.warning("the run's account did not answer", error=_cause(exc))
 
     # -- running ------------------------------------------------------------------------
 
@@ -604,6 +663,9 @@ class ClusterRuntime:
                         batch.append(queue.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                         break
+                await self._read_account()
+                if self.stop_reason is None and (reason := self.exhausted()):
+                    self.shutdown(Stop("budget", reason), abandon=False)
                 if self.stop_reason is not None:
                     return  # taken, not handed out: not stored, runs again on resume
                 self._outstanding[slot] += len(batch)

@@ -22,6 +22,14 @@ Design decisions:
   and so run again on resume. A second signal abandons.
 - Admission also stops when the policy's endpoint budget is spent; the reason is
   kept in ``stop_reason``.
+- Run-level budgets are the run's, not the process's. ``budget_usd`` counts the
+  episodes a resumed run already stored, and on Ray the spend of every rollout worker:
+  a worker's runtime has a :class:`SharedSpend` (``shared_spend``) through which it
+  reports its ledger and reads the rest of the run's spend before each admission (and
+  reports again as each episode ends), so N workers stop together at one budget,
+  in-flight spend included. A strategy that keeps a run-level budget of its own
+  (compute_optimal's token budget) gets ``resume_run(summary)`` with the stored run's
+  totals when the runtime opens its store, so it continues from them.
 - Cheap per episode, because at 10,000 episodes the scheduler's own work competes
   with every step (``tests/bench/scheduler.py``): the in-flight episodes of a stream
   share one cancel scope (their task group's, which abandoning cancels) instead of one
@@ -43,7 +51,7 @@ from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -62,7 +70,7 @@ from runtime.scheduling.tasks import iterate_tasks
 from runtime.search.context import Context, Ledger, Sampling, Verifiers
 from runtime.search.strategy import Strategy
 
-__all__ = ["RunStats", "Runtime", "SchedulerSettings", "watch_signals"]
+__all__ = ["RunStats", "Runtime", "SchedulerSettings", "SharedSpend", "watch_signals"]
 
 log = get_logger("searchlearn.scheduler")
 
@@ -97,7 +105,8 @@ class SchedulerSettings(BaseModel):
     """Finished episodes the store writer commits in one transaction, at most."""
     budget_usd: float | None = Field(None, ge=0)
     """Stop admitting once the run has spent this much (policy, verifiers and judges,
-    in-flight episodes and, on resume, the stored ones included)."""
+    in-flight episodes, on Ray every rollout worker's, and, on resume, the stored ones
+    included)."""
     max_consecutive_failures: int | None = Field(DEFAULT_MAX_CONSECUTIVE_FAILURES, ge=1)
     """Stop admitting after this many episodes in a row failed with the same error class
     (a dead server, a broken verifier); None: never."""
@@ -113,6 +122,19 @@ class SchedulerSettings(BaseModel):
     """Event loop of `searchlearn run`: asyncio's, or 'uvloop' (pip install
     "searchlearn[fast]"; less CPU per step). A program that drives the Runtime itself
     picks its loop with runtime.scheduling.loop.run_async."""
+
+
+class SharedSpend(Protocol):
+    """The run's spend kept outside this process (a Ray driver's account of its workers)."""
+
+    async def sync(self, own: float) -> float:
+        """Report ``own`` (this runtime's ledger: everything it has spent, in flight
+        included); return the run's spend outside it (stored episodes, other workers)."""
+        ...
+
+    def report(self, own: float) -> None:
+        """Report ``own`` without waiting for an answer."""
+        ...
 
 
 @dataclass(slots=True)
@@ -198,7 +220,9 @@ class Runtime:
         self.handle_signals = handle_signals
         self.stats = RunStats()
         self.ledger = Ledger()
-        self._spent_before = 0.0  # cost of the episodes a resumed run already stored
+        self.shared_spend: SharedSpend | None = None
+        """Where the rest of the run's spend is kept (set on a rollout worker; see the module doc)."""
+        self._spent_before = 0.0  # the run's spend outside self.ledger: stored episodes, other workers
         self._limiters = spending_limiters(policy, self.verifiers)
         self.stop: Stop | None = None
         """Why admission stopped early (None: it did not)."""
@@ -221,7 +245,11 @@ class Runtime:
             await anyio.to_thread.run_sync(store.acquire_run, self.run_id)
             try:
                 store.register_run(self.run_id, redact_config(self.config))
-                self._spent_before = float(store.summary(self.run_id)["cost"] or 0.0)
+                summary = store.summary(self.run_id)
+                self._spent_before = float(summary["cost"] or 0.0)
+                resume_run = getattr(self.strategy, "resume_run", None)
+                if resume_run is not None:  # a strategy's own run-level budget continues too
+                    resume_run(summary)
             except BaseException:
                 store.release_run(self.run_id)
                 raise
@@ -406,6 +434,12 @@ class Runtime:
                 await anyio.lowlevel.checkpoint()
             # Checked once the slot is ours: the budget may have run out while we
             # waited, and an episode admitted now would only fail with BudgetExhausted.
+            if self.shared_spend is not None and self.settings.budget_usd is not None:
+                try:
+                    self._spent_before = await self.shared_spend.sync(self.ledger.cost)
+                except BaseException:
+                    self._slots.release()
+                    raise
             if reason := self.exhausted():
                 self._slots.release()
                 self.shutdown(Stop("budget", reason), abandon=False)
@@ -437,6 +471,8 @@ class Runtime:
         finally:
             self._in_flight -= 1
             self._slots.release()
+            if self.shared_spend is not None:
+                self.shared_spend.report(self.ledger.cost)
 
     def _failure_policy(self, episode: Episode) -> None:
         """Stop admitting after ``max_consecutive_failures`` episodes in a row failed
