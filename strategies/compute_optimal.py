@@ -26,12 +26,12 @@ Design decisions:
   :meth:`ComputeOptimal.resume_run` with the stored run's summary: its episodes'
   completion tokens), and on Ray the driver owns the pool in an actor that every
   rollout worker's copy of the strategy spends from (:meth:`ComputeOptimal.use_pool`,
-  :mod:`runtime.app.cluster`), so N workers share one budget instead of N.
+  :mod:`runtime.app.cluster_account`), so N workers share one budget instead of N.
 - An allocation is reserved from the pool before it runs and settled to what it used
   after (shielded from cancellation: an abandoned episode still settles), so concurrent
   episodes, in one process or on several workers, cannot overspend it together. The
   pool's methods are async without a suspension point inside: atomic on one event
-  loop, and the same class serves as the Ray actor.
+  loop, and so inside the driver's actor, which holds the pool as it is.
 """
 
 from __future__ import annotations

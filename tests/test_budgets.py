@@ -95,7 +95,6 @@ async def run_all(config: RunConfig) -> tuple[list[Any], Any]:
     return episodes, rt
 
 
-@pytest.mark.slow
 def test_two_workers_share_one_global_token_budget_and_a_resume_continues_it(local_ray: Any, tmp_path: Path) -> None:
     """Every episode asks for 16 samples (32 tokens) after 8 tokens of probes; the run
     may generate 200. Two workers each holding the whole budget allocated ~320."""
@@ -121,7 +120,6 @@ def test_two_workers_share_one_global_token_budget_and_a_resume_continues_it(loc
     assert allocations(rest) == [0] * 8, "the resumed run's budget started from zero"
 
 
-@pytest.mark.slow
 def test_the_drivers_run_budget_counts_spend_in_flight_on_the_workers(local_ray: Any, tmp_path: Path) -> None:
     """$1 per episode (one priced call of 0.1 s), a $20 run budget, two workers running
     two episodes each with chunks of 8 handed out: counting only the episodes that came

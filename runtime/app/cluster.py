@@ -162,7 +162,9 @@ class RolloutWorker:
     """One rollout worker: a Runtime over its own copy of the run's policy, no store.
 
     Made a Ray actor by :func:`_actor_class`; plain Python otherwise (the tests of the
-    episode path run it in process)."""
+    episode path run it in process). ``account``: the run's account actor
+    (:mod:`runtime.app.cluster_account`), through which the runtime shares the run's
+    ``budget_usd`` and, with ``shared_pool``, the strategy reserves from the run's pool."""
 
     def __init__(
         self,
