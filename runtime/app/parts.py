@@ -35,7 +35,7 @@ __all__ = ["build_policy", "build_strategy", "build_tasks", "build_verifiers", "
 def torch_consumers(config: RunConfig) -> int:
     """Torch consumers of a run that compute at the same time: the local engine, the
     learner (not beside this process's engine in ``learner.mode: sync``: they take
-    turns), the evaluator's engine, a process reward model."""
+    turns), the evaluator's engine, a process reward model, an outcome reward model."""
     learner = config.learner
     engines = 1
     if config.cluster is not None:  # the workers' engines share this machine only on a local cluster
@@ -47,6 +47,7 @@ def torch_consumers(config: RunConfig) -> int:
     v = config.verifiers
     parts = [p.verifier for p in v.process] if isinstance(v.process, list) else [v.process]
     count += sum(getattr(part, "name", None) == "prm" for part in parts)
+    count += int(getattr(v.outcome, "name", None) == "orm")
     return max(1, count)
 
 
