@@ -9,7 +9,12 @@ tasks, :mod:`learners.prm` trains process reward models. Policy gradient:
 :class:`PolicyGradientLearner` takes PPO-clip steps on them. Learner configs
 (:class:`ExpertIteration`, :class:`Distill`, :class:`OnPolicyDistill`, :class:`GRPO`,
 :class:`PPO`, :class:`DPO`, and the reward models :class:`PRM` and :class:`ORM`) register
-under their ``kind``. Names are imported on first use (torch loads with the first learner).
+under their ``kind``. Advantage estimators, step credits, policy losses, loss normalisers
+and KL estimators are registries of functions (:mod:`learners.algorithms`): a new one is
+a function decorated with :func:`register_advantage`, :func:`register_credit`,
+:func:`register_policy_loss`, :func:`register_loss_norm` or :func:`register_kl_estimator`,
+named in the learner's config. Names are imported on first use (torch loads with the
+first learner).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ _EXPORTS = {
     "ExpertIteration": ".expert_iteration",
     "GRPO": ".grpo",
     "LabelledPath": ".reward_models",
+    "LeafCredit": ".advantages",
     "Learner": ".base",
     "LearnerSpec": ".base",
     "LoopSettings": ".loop_settings",
@@ -66,11 +72,16 @@ _EXPORTS = {
     "VerifiedPaths": ".examples",
     "build_tiny_prm": ".prm",
     "gae": ".ppo",
-    "group_advantages": ".rollouts",
+    "group_advantages": ".advantages",
     "mc_examples": ".prm",
     "oldest_version": ".examples",
     "path_nodes": ".examples",
     "path_text": ".examples",
+    "register_advantage": ".algorithms",
+    "register_credit": ".algorithms",
+    "register_kl_estimator": ".algorithms",
+    "register_loss_norm": ".algorithms",
+    "register_policy_loss": ".algorithms",
     "token_logprobs": ".policy_gradient",
     "train_prm": ".prm",
     "value_head_model": ".reward_models",
@@ -91,6 +102,7 @@ __all__ = [
     "ExampleSource",
     "ExpertIteration",
     "LabelledPath",
+    "LeafCredit",
     "Learner",
     "LearnerSpec",
     "LoopSettings",
@@ -131,6 +143,11 @@ __all__ = [
     "oldest_version",
     "path_nodes",
     "path_text",
+    "register_advantage",
+    "register_credit",
+    "register_kl_estimator",
+    "register_loss_norm",
+    "register_policy_loss",
     "token_logprobs",
     "train_prm",
     "value_head_model",

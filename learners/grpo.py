@@ -7,7 +7,10 @@ publishes every new version back into the engine.
 
 The config combines, by inheritance, the loop's settings (every learner config's
 base), the optimizer's and the PPO loss's (:class:`PGSettings`) and the groups' and
-advantages' (:class:`RolloutSettings`).
+advantages' (:class:`RolloutSettings`). Its algorithms are names in registries
+(:mod:`learners.algorithms`): ``estimator``, ``advantage``, ``policy_loss``,
+``loss_norm`` and ``kl_estimator`` each name a registered function, so a new estimator
+or loss is one function, never a new branch here.
 """
 
 from __future__ import annotations

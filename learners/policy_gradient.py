@@ -10,6 +10,12 @@ Per completion token t with advantage A (its step's, see :mod:`learners.rollouts
     loss = -w_t * min(r_t * A, clip(r_t, 1 - clip_low, 1 + clip_high) * A)
            + kl_coef * KL_k3(pi_theta || pi_ref) - entropy_coef * H(pi_theta)
 
+The clipped surrogate, the KL estimator and the normaliser below are the defaults of three
+registries (``policy_loss: ppo_clip``, ``kl_estimator: k3``, ``loss_norm``; built-ins in
+:mod:`learners.losses`): a config names another registered function, and this learner
+keeps what they share (the proximal and behaviour log-probs, the importance weight, the
+entropy, the mini-batches).
+
 Design decisions:
 - Log-probs are of the distribution that was sampled: ``logits / temperature``, and with
   ``top_p < 1`` the renormalised nucleus, the same as the engine's ``sample_logprobs``;
@@ -31,11 +37,12 @@ Design decisions:
   (``reencoded_tokens``).
 - The end-of-turn token of a finished solution is trained too (the engine drops it from
   the ids it returns; its behaviour is taken to be the proximal policy's).
-- Loss normaliser (``loss_norm``): ``token`` (sum over the batch's tokens / their number,
-  DAPO), ``sequence`` (mean per rollout, then over rollouts, GRPO), ``constant`` (sum /
-  (rollouts x ``constant_tokens``), Dr. GRPO's length-unbiased form).
+- Loss normaliser (``loss_norm``, a registry): ``token`` (sum over the batch's tokens / their
+  number, DAPO), ``sequence`` (mean per rollout, then over rollouts, GRPO), ``constant``
+  (sum / (rollouts x ``constant_tokens``), Dr. GRPO's length-unbiased form).
 - KL to the initial policy (``kl_coef`` > 0) keeps a frozen copy of the starting weights
-  and uses the k3 estimator (Schulman 2020); the entropy bonus is exact over the vocabulary.
+  and uses the registered ``kl_estimator`` (k3, Schulman 2020); the entropy bonus is
+  exact over the vocabulary.
 """
 
 from __future__ import annotations
@@ -45,11 +52,12 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import Field
 
+from learners.algorithms import KL_ESTIMATORS, LOSS_NORMS, POLICY_LOSSES, KLEstimatorName, LossNormName, PolicyLossName
 from learners.base import UpdateResult
 from learners.rollouts import Rollout
 from learners.trainer import TorchLearner, TrainerSettings, part_ids
@@ -61,6 +69,10 @@ __all__ = ["PGSettings", "PolicyGradientLearner", "token_logprobs"]
 class PGSettings(TrainerSettings):
     """How the policy-gradient learner steps (part of a learner config section)."""
 
+    policy_loss: PolicyLossName = "ppo_clip"
+    """The per-token policy loss, a registered one: ppo_clip (PPO's clipped surrogate,
+    clipped at clip_low and clip_high), or one registered with
+    ``learners.algorithms.register_policy_loss``."""
     clip_low: float = Field(0.2, ge=0, le=1)
     """PPO clip below 1: the ratio is clipped at 1 - clip_low."""
     clip_high: float = Field(0.2, ge=0, le=10)
@@ -69,11 +81,15 @@ class PGSettings(TrainerSettings):
     """Truncation of the behaviour-to-proximal importance weight (decoupled PPO)."""
     kl_coef: float = Field(0.0, ge=0, le=100)
     """Weight of the KL penalty to the initial policy (0: none, and no reference copy kept)."""
+    kl_estimator: KLEstimatorName = "k3"
+    """How the KL penalty is estimated per token, a registered KL estimator: k3
+    (exp(d) - d - 1, d = log pi_ref - log pi_theta)."""
     entropy_coef: float = Field(0.0, ge=0, le=100)
     """Weight of the entropy bonus."""
-    loss_norm: Literal["token", "sequence", "constant"] = "token"
-    """token: over the batch's tokens; sequence: per rollout then over rollouts; constant:
-    over rollouts x constant_tokens."""
+    loss_norm: LossNormName = "token"
+    """How the per-token losses become the batch's loss, a registered loss normaliser:
+    token (over the batch's tokens), sequence (per rollout then over rollouts), constant
+    (over rollouts x constant_tokens)."""
     constant_tokens: int = Field(256, ge=1, le=1_048_576)
     """The constant normaliser's tokens per rollout (loss_norm constant)."""
     mini_batches: int = Field(1, ge=1, le=64)
@@ -256,6 +272,8 @@ class PolicyGradientLearner(TorchLearner):
     def _loss_and_backward(self, batch: list[_Encoded], prox: list[list[float]] | None) -> tuple[float, int]:
         s = self.settings
         t, p = self._temperature()
+        policy_loss, normalise = POLICY_LOSSES.get(s.policy_loss), LOSS_NORMS.get(s.loss_norm)
+        kl_estimate = KL_ESTIMATORS.get(s.kl_estimator)
         total_tokens = sum(len(e.advantages) for e in batch) or 1
         loss_sum, tokens = 0.0, 0
         stats = {"ratio_sum": 0.0, "clipped": 0.0, "truncated": 0.0, "dev": 0.0, "kl": 0.0, "entropy": 0.0}
@@ -282,15 +300,12 @@ class PolicyGradientLearner(TorchLearner):
                 truncated = w > s.is_cap
                 stats["truncated"] += float(truncated.sum())
                 w = w.clamp(max=s.is_cap)
-                ratio = (lp - old).exp()
-                clipped = ratio.clamp(1 - s.clip_low, 1 + s.clip_high)
-                surrogate = torch.minimum(ratio * adv, clipped * adv)
-                stats["clipped"] += float((surrogate != ratio * adv).sum())
-                stats["ratio_sum"] += float(ratio.detach().sum())
-                per_token = -w * surrogate
+                loss, clipped = policy_loss(lp, old, adv, s)
+                stats["clipped"] += float(clipped)
+                stats["ratio_sum"] += float((lp - old).detach().exp().sum())
+                per_token = w * loss
                 if ref_logp is not None:
-                    d = ref_logp[i][completion[i]] - lp
-                    kl = d.exp() - d - 1
+                    kl = kl_estimate(lp, ref_logp[i][completion[i]])
                     per_token = per_token + s.kl_coef * kl
                     stats["kl"] += float(kl.detach().sum())
                 if s.entropy_coef > 0:
@@ -298,12 +313,7 @@ class PolicyGradientLearner(TorchLearner):
                     ent = -(torch.softmax(probs_logits, -1) * torch.log_softmax(probs_logits, -1)).sum(-1)
                     per_token = per_token - s.entropy_coef * ent
                     stats["entropy"] += float(ent.detach().sum())
-                if s.loss_norm == "sequence":
-                    term = per_token.mean() / len(batch)
-                elif s.loss_norm == "constant":
-                    term = per_token.sum() / (len(batch) * s.constant_tokens)
-                else:
-                    term = per_token.sum() / total_tokens
+                term = normalise(per_token, len(batch), total_tokens, s)
                 micro_loss = micro_loss + e.weight * term
                 tokens += n
             micro_loss.backward()  # type: ignore[no-untyped-call]

@@ -11,23 +11,13 @@ Two kinds of group, both read from the tree a search produced:
   of actions from one state, whose advantages come from their process scores relative
   to the group (step-level GRPO: the search's negatives become gradient).
 
-Advantage estimators over a group's rewards ``r_1 .. r_G``:
-
-- ``grpo``: ``(r_i - mean) / (std + eps)`` (Shao et al. 2024, DeepSeekMath);
-- ``dr_grpo``: ``r_i - mean`` (Liu et al. 2025, Dr. GRPO: no std, which favours groups
-  of low variance; pair it with the constant loss normaliser of the learner);
-- ``rloo``: ``r_i - mean of the others`` (Ahmadian et al. 2024).
-
-Process rewards in the loss (``advantage``):
-
-- ``outcome``: every token of a solution carries the solution's outcome advantage;
-- ``process``: the tokens of each step carry that step's process score, normalised over
-  all steps of the group by the same estimator;
-- ``outcome_process``: ``outcome_weight * outcome + process_weight * process``, and the
-  outcome's credit never flows through a step the process verifier rejects (a score below
-  ``reject_below``): such a step gets only its process advantage, negative whenever the
-  group's other steps score higher, so a right answer reached through a wrong step
-  pushes that step down.
+Advantages come from two registries (:mod:`learners.algorithms`, built-ins in
+:mod:`learners.advantages`): the advantage estimator (``estimator``: grpo, dr_grpo,
+rloo) turns a group's rewards into advantages relative to the group, and the step credit
+(``advantage``: outcome, process, outcome_process, first_error) places a leaf's outcome
+advantage and its steps' process scores on its steps. A sibling group's advantages are
+its steps' process scores under the estimator. A new estimator or credit is one
+registered function; the config names it.
 
 Design decisions:
 - A rollout keeps what was sampled, across every model call of its path: the token ids
@@ -54,30 +44,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from learners.advantages import EPS, LeafCredit, group_advantages
+from learners.algorithms import STEP_CREDITS, CreditName, EstimatorName
 from runtime.core.errors import VerifierError
 from runtime.core.registry import with_overrides
 from runtime.core.types import Episode, Node, path_parts, path_pieces
 from runtime.search.context import Context, Verifiers
 
 __all__ = ["Rollout", "RolloutSettings", "Rollouts", "group_advantages"]
-
-Estimator = Literal["grpo", "dr_grpo", "rloo"]
-EPS = 1e-6
-
-
-def group_advantages(rewards: Sequence[float], estimator: Estimator) -> list[float]:
-    """Each reward's advantage relative to its group (see module doc)."""
-    n = len(rewards)
-    if n < 2:
-        return [0.0] * n
-    mean = sum(rewards) / n
-    if estimator == "rloo":
-        return [r - (sum(rewards) - r) / (n - 1) for r in rewards]
-    centred = [r - mean for r in rewards]
-    if estimator == "dr_grpo":
-        return centred
-    std = (sum(c * c for c in centred) / (n - 1)) ** 0.5
-    return [c / (std + EPS) if std > EPS else 0.0 for c in centred]
 
 
 class RolloutSettings(BaseModel):
@@ -89,11 +63,14 @@ class RolloutSettings(BaseModel):
     groups: Literal["leaves", "siblings", "both"] = "leaves"
     """leaves: an episode's finished solutions form a group; siblings: the steps sampled
     under one parent form a group (scored by the process verifier); both."""
-    estimator: Estimator = "grpo"
-    """Group baseline: grpo (mean and std), dr_grpo (mean only), rloo (mean of the others)."""
-    advantage: Literal["outcome", "process", "outcome_process", "first_error"] = "outcome"
-    """What a leaf's tokens are credited with: its outcome, its steps' process scores, or
-    both; first_error: the outcome, placed where the process verifier says it belongs (a
+    estimator: EstimatorName = "grpo"
+    """Group baseline, a registered advantage estimator: grpo (mean and std), dr_grpo
+    (mean only), rloo (mean of the others), or one registered with
+    ``learners.algorithms.register_advantage``."""
+    advantage: CreditName = "outcome"
+    """What a leaf's tokens are credited with, a registered step credit: outcome (its
+    outcome), process (its steps' process scores), outcome_process (both);
+    first_error: the outcome, placed where the process verifier says it belongs (a
     wrong solution's negative advantage goes on its first rejected step only, the correct
     steps before it and the steps after it get none; a right solution credits its
     accepted steps and gives its rejected steps the negative of its advantage)."""
@@ -183,16 +160,17 @@ class Rollouts:
             out = []
             for leaf, reward in scored:
                 path = ctx.path(leaf)
-                steps = [await self._step_score(ctx, n) for n in path] if ctx.verifiers.process is not None else []
-                meta = {"reward": reward, "step_scores": steps, "group": "leaves"}
+                scores = [await self._step_score(ctx, n) for n in path] if ctx.verifiers.process is not None else []
+                meta = {"reward": reward, "step_scores": scores, "group": "leaves"}
                 out.append(self._rollout(ctx, path, [0.0] * len(path), meta))
             return out
         if len(scored) < 2:
             return []
         outcome = group_advantages([r for _, r in scored], s.estimator)
         paths = [ctx.path(leaf) for leaf, _ in scored]
+        credit = STEP_CREDITS.entry(s.advantage)
         steps: list[list[float]] = [[] for _ in paths]
-        if s.advantage != "outcome" and ctx.verifiers.process is not None:
+        if credit.traits.get("process", True) and ctx.verifiers.process is not None:
             for i, path in enumerate(paths):
                 steps[i] = [await self._step_score(ctx, n) for n in path]
         flat = group_advantages([v for row in steps for v in row], s.estimator)
@@ -202,17 +180,12 @@ class Rollouts:
             k += len(row)
         rollouts = []
         for (_, reward), path, a_out, a_proc, scores in zip(scored, paths, outcome, process, steps, strict=True):
-            per_step = []
-            for j in range(len(path)):
-                if s.advantage == "outcome" or not scores:
-                    per_step.append(a_out)
-                elif s.advantage == "process":
-                    per_step.append(a_proc[j])
-                elif s.advantage == "first_error":
-                    per_step.append(_first_error_credit(a_out, scores, j, s.reject_below))
-                else:
-                    accepted = scores[j] >= s.reject_below
-                    per_step.append(s.outcome_weight * a_out * accepted + s.process_weight * a_proc[j])
+            if scores or not credit.traits.get("process", True):
+                per_step = credit.fn(LeafCredit(a_out, reward, len(path), scores, a_proc), s)
+            else:  # a credit that reads step scores, on a solution nobody scored: its outcome
+                per_step = [a_out] * len(path)
+            if len(per_step) != len(path):
+                raise ValueError(f"step credit {s.advantage!r} gave {len(per_step)} advantages for {len(path)} steps")
             self.rejected_by_process += sum(v < s.reject_below for v in scores)
             rollouts.append(self._rollout(ctx, path, per_step, {"reward": reward, "group": "leaves"}))
         return self._kept(rollouts)
@@ -299,17 +272,3 @@ def _sampled_step(node: Node) -> bool:
     if not node.text or node.token_ids is None or node.meta.get("covers", 1) != 1:
         return False
     return not node.sample_logprobs or any(lp != 0.0 for lp in node.sample_logprobs)
-
-
-def _first_error_credit(advantage: float, scores: Sequence[float], j: int, reject_below: float) -> float:
-    """Step ``j``'s share of a solution's outcome ``advantage`` under first-error credit.
-
-    A solution with a non-positive advantage is blamed at its first rejected step only
-    (none rejected: every step, as outcome credit would); one with a positive advantage
-    credits its accepted steps and charges its rejected ones the same amount."""
-    rejected = [v < reject_below for v in scores]
-    if advantage <= 0:
-        if not any(rejected):
-            return advantage
-        return advantage if j == rejected.index(True) else 0.0
-    return -advantage if rejected[j] else advantage

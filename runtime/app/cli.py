@@ -35,6 +35,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from learners.algorithms import REGISTRIES
 from runtime.app.config import DEFAULT_STORE, load_config
 from runtime.core.errors import ConfigError, LearnerError, SearchlearnError, StoreError, TaskError
 from runtime.core.secrets import redact
@@ -501,20 +502,21 @@ def fetch(
 
 
 FAMILIES = ("strategies", "verifiers", "tasks", "learners")
+LISTED = FAMILIES + tuple(REGISTRIES)  # and the registries of functions (learners.algorithms): estimators, losses
 
 
 @app.command(name="components")
 def list_components(
-    family: Annotated[str | None, typer.Argument(help=f"One of {', '.join(FAMILIES)} (default: all).")] = None,
+    family: Annotated[str | None, typer.Argument(help=f"One of {', '.join(LISTED)} (default: all).")] = None,
 ) -> None:
     """List the components a config can name (built-in and from installed plug-ins)."""
     from runtime.core.registry import components
 
-    if family is not None and family not in FAMILIES:
-        _fail(f"unknown component family {family!r} (allowed: {', '.join(FAMILIES)})")
-    for name in [family] if family else FAMILIES:
+    if family is not None and family not in LISTED:
+        _fail(f"unknown component family {family!r} (allowed: {', '.join(LISTED)})")
+    for name in [family] if family else LISTED:
         try:
-            found = components(name)
+            found = components(name) if name in FAMILIES else REGISTRIES[name].functions()
         except Exception as exc:  # a broken plug-in: say which, list nothing of it
             _fail(f"{name}: a plug-in failed to load: {exc}")
         table = Table(title=name, title_justify="left", show_header=True)

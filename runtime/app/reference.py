@@ -61,6 +61,8 @@ def _range(field: FieldInfo) -> str:
                 parts.append(f"{sign} {getattr(m, attr)}")
         if isinstance(m, annotated_types.MinLen) and m.min_length:
             parts.append(f"at least {m.min_length} long")
+        if callable(getattr(m, "builtin_names", None)):  # a name checked against a registry (learners.algorithms)
+            parts.append(", ".join(f"`{n}`" for n in m.builtin_names()) + " or another registered name")
     return ", ".join(parts)
 
 
