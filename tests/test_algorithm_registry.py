@@ -6,6 +6,7 @@ value and the registered names; `searchlearn components` lists the registries.""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from test_policy_gradient import rollout, scripted_tree, tiny_model
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
+from learners import algorithms
 from learners.advantages import LeafCredit, group_advantages
 from learners.algorithms import (
     ADVANTAGE_ESTIMATORS,
@@ -118,6 +120,28 @@ async def test_a_name_may_be_module_colon_function() -> None:
     assert [r.step_advantages[0] for r in rollouts] == [0.0, -1.0, 0.0]
     with pytest.raises(ValueError, match="is not a registered advantage estimator"):
         RolloutSettings(estimator=f"{__name__}:three_solutions")
+
+
+def test_an_installed_package_adds_an_estimator_through_an_entry_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name the registry does not hold is looked up in the entry point group
+    ``searchlearn.advantage_estimators``; loading it imports the package's module, whose
+    decorator registers the function."""
+    (tmp_path / "plugin_estimators.py").write_text(
+        "from learners.algorithms import register_advantage\n\n\n"
+        "@register_advantage('test_plugin_zero', paper='none')\n"
+        "def zero(rewards):\n"
+        "    return [0.0 for _ in rewards]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    point = EntryPoint("test_plugin_zero", "plugin_estimators:zero", "searchlearn.advantage_estimators")
+    monkeypatch.setattr(algorithms, "entry_points", lambda group: [point] if group == point.group else [])
+    try:
+        assert RolloutSettings(estimator="test_plugin_zero").estimator == "test_plugin_zero"
+        assert group_advantages([1.0, 0.0], "test_plugin_zero") == [0.0, 0.0]
+    finally:
+        ADVANTAGE_ESTIMATORS.unregister("test_plugin_zero")
 
 
 # -- a registered policy loss, named in the learner's settings, is the loss it steps -------
