@@ -110,13 +110,14 @@ async def test_ppo_config_builds_its_learner_and_takes_a_step(tmp_path: Path) ->
     assert isinstance(learner, PPOLearner)
     s = learner.settings
     assert (s.step_reward, s.clip_high, s.lr, s.temperature) == (0.5, 0.28, 3e-5, config.sampling.temperature)
+    assert s.mini_batches == 2  # the config's clip acts only from a batch's second optimizer step
     source = config.learner.build_converter(config.sampling.step_delimiter)
     tree = scripted_tree([["2+3=5", "Answer: 5"], ["2+3=6", "Answer: 6"]], answer="5", expression="2+3")
     rollouts = await source.examples(tree, build_verifiers(config))
     assert len(rollouts) == 2 and sorted(r.meta["reward"] for r in rollouts) == [0.0, 1.0]
     before = {k: v.clone() for k, v in learner.model.state_dict().items()}
     result = await learner.update(rollouts)
-    assert learner.steps == result.step == 1 and math.isfinite(result.loss) and result.metrics["value_loss"] > 0
+    assert learner.steps == result.step == 2 and math.isfinite(result.loss) and result.metrics["value_loss"] > 0
     assert any(not torch.equal(before[k], v) for k, v in learner.model.state_dict().items())
     assert learner.value_head.bias.item() != 0.0
 
