@@ -20,6 +20,11 @@ Design decisions:
   both send or train on the sampled ids instead of re-encoding the text (which a BPE
   may tokenise otherwise). Text is encoded only where no ids exist: a strategy's fork,
   a text-only backend's step, a delimiter the policy did not sample.
+- Agentic episodes add two node kinds beside the model's ``step``: a ``call`` (a step
+  the tool-call format parsed as a tool call) and an ``observation`` (what the
+  environment answered, as text). An observation is always its own text piece, encoded
+  on its own exactly as the engine was fed it, and is context only: learners never put
+  its tokens in a loss. ``kind`` defaults to ``step``, so stored runs read unchanged.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ __all__ = [
     "Episode",
     "ErrorInfo",
     "Node",
+    "NodeKind",
     "Piece",
     "Stop",
     "StopKind",
@@ -51,6 +57,7 @@ __all__ = [
 ]
 
 Status = Literal["ok", "failed"]
+NodeKind = Literal["step", "call", "observation"]
 MAX_ERROR_CHARS = 2000  # an error message is a diagnosis, not a dump of a server's body
 _JSON = ConfigDict(ser_json_inf_nan="constants")  # scores may be inf/nan; keep them
 
@@ -129,6 +136,15 @@ class Node:
     visits: int = 0
     children: list[int] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    kind: NodeKind = "step"
+    """``step``: the model wrote it; ``call``: a step that is a tool call (its parsed call
+    in ``meta['call']``); ``observation``: the environment's answer to the call above
+    it, never sampled and never trained on (see :attr:`trained`)."""
+
+    @property
+    def trained(self) -> bool:
+        """Whether a loss may train on this node's tokens (not an observation's)."""
+        return self.kind != "observation"
 
 
 @dataclass(slots=True)
@@ -153,15 +169,19 @@ def path_pieces(path: Sequence[Node], delimiter: str, *, closed: bool = True) ->
     is on the path, else its lines are text); a step whose ids did not end on a stop
     string is followed by ``delimiter`` as text. A node without ids gives its text and
     the delimiter; adjacent text is one piece (encoded as one string, by the backend
-    and the learner alike). ``closed``: the last step is followed by its delimiter too
-    (what a next call continues after); open, the path ends with what its last step holds.
+    and the learner alike), except an observation's text and delimiter, which are a
+    piece of their own (the environment's tokens, kept apart from what was sampled).
+    ``closed``: the last step is followed by its delimiter too (what a next call
+    continues after); open, the path ends with what its last step holds.
     """
     pieces: list[Piece] = []
 
     def text(value: str, nodes: list[Node]) -> None:
-        if pieces and pieces[-1].ids is None:
-            pieces[-1].text += value
-            pieces[-1].nodes += nodes
+        last = pieces[-1] if pieces else None
+        apart = any(n.kind == "observation" for n in nodes + (last.nodes if last else []))
+        if last is not None and last.ids is None and not apart:
+            last.text += value
+            last.nodes += nodes
         else:
             pieces.append(Piece(value, nodes=nodes))
 

@@ -1,0 +1,132 @@
+"""What the search layer knows of tools and environments: a parsed call, a tool's
+output, an environment turn, and the :class:`Environment` protocol.
+
+An environment answers a model's actions: ``reset(task)`` gives the episode's first
+state, ``step(state, call)`` runs one parsed tool call and returns a :class:`Turn`
+(new state, the observation text, chat messages to append, an optional per-turn
+reward, done). Search runs on the tree of steps, so an environment also declares how
+its state forks (``fork``) and what a call costs before it runs (``check``).
+
+Design decisions:
+- This module imports no heavy library: the episode context (the search layer, which
+  must stay cheap to import) depends on it alone. Tool schemas come from transformers
+  in :mod:`runtime.tools.spec`, which the search layer never imports.
+- Fork modes, after the three ways agent frameworks branch a stateful world:
+  ``copy`` deep-copies the state before each step (each branch its own world);
+  ``replay`` keeps one live state and rebuilds another branch's state by replaying the
+  path's earlier calls from ``reset`` (only deterministic tools can be replayed: a
+  non-deterministic one is refused, naming it); ``none`` refuses any branching, naming
+  the tool whose call would have branched.
+- A tool that fails (raises, hangs past its timeout, writes too much, returns text
+  that cannot be stored) is an observation, not an exception: the model sees the
+  error, the episode goes on. Only a broken contract of the environment itself (a
+  refused fork) raises :class:`ToolEnvironmentError`, which fails that episode alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from runtime.core.errors import SearchlearnError
+from runtime.core.types import Task
+
+__all__ = ["Environment", "ForkMode", "ToolCall", "ToolEnvironmentError", "ToolOutput", "Turn"]
+
+ForkMode = Literal["copy", "replay", "none"]
+
+
+class ToolEnvironmentError(SearchlearnError):
+    """The environment cannot do what the search asked (a fork it refuses); fails the
+    episode, attributed to the environment."""
+
+    boundary = "environment"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A tool call parsed from a model's step."""
+
+    name: str
+    """The tool the step calls ('' when the call is too malformed to name one)."""
+    arguments: dict[str, Any] | None
+    """Its arguments by name; None where the format could not read them."""
+    text: str
+    """The step it was parsed from."""
+    error: str | None = None
+    """Why the call is malformed (None: well-formed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutput:
+    """What one tool execution returned, made storable."""
+
+    text: str
+    """The result as text (cleaned, cut to the tool's output cap); '' on error."""
+    error: str | None = None
+    """What went wrong (raised, timed out, bad arguments); None: it ran."""
+    capped: bool = False
+    """The output was cut at the tool's cap."""
+    seconds: float = 0.0
+    """Wall time of the execution."""
+
+
+@dataclass(slots=True)
+class Turn:
+    """The environment's answer to one action (``Environment.step``)."""
+
+    state: Any
+    """The state after the action."""
+    observation: str
+    """The text appended to the episode as an observation node (the call format's
+    rendering of the result or the error)."""
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    """The same answer as chat messages (a ``tool`` message), for chat-format policies."""
+    reward: float | None = None
+    """A per-turn reward, where the environment gives one."""
+    done: bool = False
+    """The environment ended the episode: the observation is a terminal node."""
+    output: ToolOutput | None = None
+    """The tool's raw output, where a tool ran."""
+
+
+@runtime_checkable
+class Environment(Protocol):
+    """What the episode context needs of an environment (the built-ins are components of
+    the ``environments`` registry, :class:`runtime.tools.environment.BaseEnvironment`)."""
+
+    name: str
+    fork: ForkMode
+    max_turns: int
+    max_calls: int
+
+    def parse(self, text: str) -> ToolCall | None:
+        """The tool call ``text`` (one model step) makes, or None for a plain step."""
+        ...
+
+    def check(self, call: ToolCall) -> str | None:
+        """Why ``call`` cannot run (malformed, unknown tool, arguments the schema
+        refuses), or None: what a verifier checks before the call costs anything."""
+        ...
+
+    def replayable(self, call: ToolCall) -> bool:
+        """Whether running ``call`` again gives the same result and state (its tool is
+        deterministic)."""
+        ...
+
+    def shareable(self, call: ToolCall) -> bool:
+        """Whether two identical calls from one state may share one execution (the tool
+        is deterministic and side-effect free)."""
+        ...
+
+    def reset(self, task: Task) -> Any:
+        """The state an episode of ``task`` starts in."""
+        ...
+
+    async def step(self, state: Any, call: ToolCall) -> Turn:
+        """Run ``call`` in ``state``; never raises for a tool's failure (an error turn)."""
+        ...
+
+    def error_turn(self, state: Any, message: str, *, done: bool = False) -> Turn:
+        """A turn that only reports ``message`` (a limit reached, a call refused)."""
+        ...
