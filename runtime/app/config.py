@@ -43,6 +43,7 @@ from runtime.scheduling.tasks import TaskSource
 from runtime.search.context import Sampling
 from runtime.search.strategy import BaseStrategy
 from runtime.tiny.tasks import TinyTasks
+from runtime.tools.environment import BaseEnvironment
 from strategies.chain_of_thought import ChainOfThought
 
 __all__ = ["PolicyConfig", "PriceConfig", "RunConfig", "apply_overrides", "format_validation_error", "load_config"]
@@ -55,6 +56,9 @@ register_builtins("strategies", "strategies")
 register_builtins("verifiers", "runtime.rewards", "runtime.tiny")
 register_builtins("tasks", "runtime.scheduling", "runtime.tiny")
 register_builtins("learners", "learners")
+register_builtins("environments", "runtime.tools")
+register_builtins("tools", "runtime.tools")
+register_builtins("tool_formats", "runtime.tools")
 
 
 def _none_or_component(value: Any) -> Any:
@@ -288,6 +292,13 @@ class RunConfig(_Section):
     """How the strategy samples."""
     verifiers: VerifiersConfig = Field(default_factory=VerifiersConfig)
     """Outcome and process verifiers, answer extraction, gate and shaping."""
+    environment: Annotated[
+        SerializeAsAny[BaseEnvironment] | None,
+        BeforeValidator(lambda v: None if v in (None, "none") else validate_component("environments", v)),
+    ] = None
+    """Tools the policy may call inside its episodes: ``name`` (calculator, tools, or a
+    plug-in's) and its settings (tools, format, fork, max_turns, max_calls); a step
+    that is a tool call runs when the search expands it. null: no tools."""
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     """How many episodes run at once, their budgets and timeouts, shutdown."""
     store: StoreConfig = Field(default_factory=StoreConfig)

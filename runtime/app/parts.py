@@ -146,6 +146,7 @@ def build_verifiers(config: RunConfig, policy: Policy | None = None) -> Verifier
         extractor=extractor,
         make_policy=_own_policy,
         threads=thread_share(torch_consumers(config)),
+        environment=config.environment,
     )
     built: dict[str, Any] = {}
 
@@ -180,6 +181,7 @@ def build_verifiers(config: RunConfig, policy: Policy | None = None) -> Verifier
         timeout=v.call_timeout(),
         shaping=shaping,
         final=final,
+        environment=config.environment,
     )
 
 

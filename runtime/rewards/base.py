@@ -118,6 +118,9 @@ class VerifierEnv:
     """Where the verifier sits in the run config, for error messages (verifiers.process)."""
     threads: int | None = None
     """torch threads a verifier that runs a model gets unless it sets its own."""
+    environment: Any = None
+    """The run's environment (:class:`runtime.tools.base.Environment`), for a verifier
+    that checks tool calls; None when the run has none."""
 
 
 class Verifier(Component):

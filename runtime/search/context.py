@@ -30,6 +30,11 @@ Design decisions:
   and they are added to the episode's usage and the run's :class:`Ledger`.
 - What a model writes is made storable before it enters the tree: lone surrogates are
   replaced and a completion past ``sampling.max_completion_chars`` is cut and counted.
+- Agentic episodes (``verifiers.environment`` set): a step the environment's format
+  reads as a tool call becomes a ``call`` node; expanding or completing a call node
+  first runs the call once and samples after its observation
+  (:mod:`runtime.search.turns`), so strategies need no change to search agent episodes.
+  ``complete`` then goes one step per call, so every call runs where it is written.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ from runtime.core.types import Episode, Node, path_parts, path_pieces
 from runtime.policy.base import GenerationRequest, GenerationResult, Policy
 from runtime.rewards.base import AnswerExtractor, OutcomeVerifier, ProcessVerifier, Score
 from runtime.rewards.shaping import PotentialShaping
+from runtime.search.turns import Turns
+from runtime.tools.base import Environment
 
 __all__ = ["Aggregate", "Context", "Ledger", "Sampling", "Verifiers", "aggregate_scores", "gather"]
 
@@ -117,6 +124,9 @@ class Verifiers:
     shaping: PotentialShaping | None = None
     final: AnswerExtractor | None = None
     """Read from the whole text of a finished path none of whose steps wrote an answer."""
+    environment: Environment | None = None
+    """Where the episode's tool calls run (None: no tools). It travels with the
+    verifiers: both are the world's side of an episode, built once per run."""
 
 
 class _NoGeneration:
@@ -157,6 +167,9 @@ class Context:
         self.token_budget = token_budget
         if not episode.nodes:
             episode.nodes.append(Node(id=0, parent=None, depth=0))
+        env = verifiers.environment
+        self.turns = None if env is None else Turns(episode, env, sampling.max_steps)
+        """The episode's tool executions and environment states (None: no environment)."""
 
     @property
     def root(self) -> Node:
@@ -198,6 +211,8 @@ class Context:
         """``node`` (a new child of ``parent``) into the tree: its answer, whether it ends a path."""
         self.episode.nodes.append(node)
         parent.children.append(node.id)
+        if self.turns is not None:
+            self.turns.mark(node)
         text = node.text
         answer = node.answer = self.verifiers.extractor(text) if text else None
         node.terminal = node.terminal or answer is not None or not text.strip() or node.depth >= self.sampling.max_steps
@@ -283,7 +298,12 @@ class Context:
                 self.episode.usage.capped += 1
 
     async def expand(self, node: Node, n: int = 1, *, meta: Meta = None, **overrides: Any) -> list[Node]:
-        """Sample ``n`` next steps of ``node``; each becomes a child (tagged with ``meta``)."""
+        """Sample ``n`` next steps of ``node``; each becomes a child (tagged with ``meta``).
+        A call node's steps are children of its observation (the call runs first); a
+        call whose observation ends the path gives that observation instead."""
+        if self.turns is not None:
+            (children,) = await self.expand_all([node], n, meta=meta, **overrides)
+            return children
         s = self.sampling
         result = await self._generate(node, n, s.step_max_tokens, [s.step_delimiter], **overrides)
         return self._add_steps(node, result, meta)
@@ -292,12 +312,23 @@ class Context:
         self, nodes: Sequence[Node], n: int = 1, *, meta: Meta = None, **overrides: Any
     ) -> list[list[Node]]:
         """``expand`` every node of ``nodes`` concurrently; children are added in the
-        order of ``nodes`` whatever order the calls finish in."""
+        order of ``nodes`` whatever order the calls finish in (tool calls among them run
+        first, one after another, so observation ids are as deterministic)."""
         s = self.sampling
-        results = await gather(
-            self._generate(node, n, s.step_max_tokens, [s.step_delimiter], **overrides) for node in nodes
+        if self.turns is not None:
+            nodes = [await self.turns.observe(node) if node.kind == "call" else node for node in nodes]
+        ended = [node.kind == "observation" and node.terminal for node in nodes]
+        results = iter(
+            await gather(
+                self._generate(node, n, s.step_max_tokens, [s.step_delimiter], **overrides)
+                for node, end in zip(nodes, ended, strict=True)
+                if not end
+            )
         )
-        return [self._add_steps(node, result, meta) for node, result in zip(nodes, results, strict=True)]
+        return [
+            [node] if end else self._add_steps(node, next(results), meta)
+            for node, end in zip(nodes, ended, strict=True)
+        ]
 
     def _add_steps(self, node: Node, result: GenerationResult, meta: Meta) -> list[Node]:
         # Once per model call: the Node is built here, not through _add's **fields.
@@ -329,8 +360,12 @@ class Context:
         Each continuation is split at the step delimiter into a chain of step nodes,
         so process verifiers and learners see steps either way; the continuation's
         token ids and logprobs are kept on its first node (``meta['covers']`` steps).
-        Every node created carries ``meta``.
+        Every node created carries ``meta``. With an environment, one step per call.
         """
+        if self.turns is not None:
+            return await gather(
+                self._run_out(first, meta, overrides) for first in await self.expand(node, n, meta=meta, **overrides)
+            )
         s = self.sampling
         result = await self._generate(node, n, s.max_tokens, None, **overrides)
         leaves = []
@@ -352,6 +387,12 @@ class Context:
             parent.terminal = True
             leaves.append(parent)
         return leaves
+
+    async def _run_out(self, node: Node, meta: Meta, overrides: dict[str, Any]) -> Node:
+        """Expand ``node`` one step at a time (running the calls on the way) to the end."""
+        while not node.terminal:
+            (node,) = await self.expand(node, 1, meta=meta, **overrides)
+        return node
 
     # -- scoring ------------------------------------------------------------------------
 
