@@ -8,8 +8,10 @@ engine on ``bundled-weak``.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -350,3 +352,21 @@ def test_searchlearn_run_with_the_calculator(
         assert ep.nodes[ep.chosen_path[1]].text == "= 42"
         ran = [n for n in ep.nodes if n.kind == "observation" and "execution" in n.meta]
         assert len(ran) == 1 == sum(1 for n in ep.nodes if n.kind == "call" and not n.meta.get("rejected"))
+
+
+# -- the walkthrough in docs/extending.md ------------------------------------------------
+
+
+async def test_the_memory_calculator_of_the_extending_guide_runs() -> None:
+    text = (Path(__file__).parents[1] / "docs" / "extending.md").read_text(encoding="utf-8")
+    section = text.split("## An environment and a tool", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    module = types.ModuleType("memory_walkthrough")
+    sys.modules[module.__name__] = module  # pydantic resolves the annotations there
+    exec(compile(code, "extending.md", "exec"), module.__dict__)  # the guide's code, as written
+    from runtime.tools import Calc
+
+    env = module.MemoryCalculator(tools=[Calc(), module.Store()])
+    script = ['call: store({"name": "total", "value": "12*7"})', "call: calc(total+1)", "Answer: 85"]
+    ep = await ChainOfThought().run(context(script, env))
+    assert [o.text for o in observations(ep)] == ["= 84", "= 85"] and ep.final_answer == "85"

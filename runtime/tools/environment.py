@@ -42,7 +42,7 @@ class BaseEnvironment(Component):
     tools: list[ComponentField("tools", BaseTool)] = Field(default_factory=list)  # type: ignore[valid-type]
     """The tools a model may call: names (calc, or a plug-in's) or mappings with ``name``
     and the tool's settings (timeout, max_output_chars)."""
-    format: ComponentField("tool_formats", CallFormat) = Field(default_factory=CompactFormat)  # type: ignore[valid-type]
+    format: ComponentField("tool_formats", CallFormat) = Field(default_factory=CompactFormat)  # type: ignore[valid-type,arg-type]
     """How a step is read as a tool call and an observation written (compact, or a plug-in's)."""
     fork: ForkMode = "copy"
     """How a branch of the search gets its own state: copy (deep copy before each
@@ -67,7 +67,8 @@ class BaseEnvironment(Component):
         return self._specs
 
     def parse(self, text: str) -> ToolCall | None:
-        return self.format.parse(text, {name: spec.parameters for name, spec in self.specs().items()})
+        fmt: CallFormat = self.format
+        return fmt.parse(text, {name: spec.parameters for name, spec in self.specs().items()})
 
     def check(self, call: ToolCall) -> str | None:
         if call.error is not None:

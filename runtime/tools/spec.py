@@ -85,7 +85,7 @@ class ToolSpec:
     ) -> ToolSpec:
         """A spec of ``function`` (typed, with a Google-style docstring describing each
         argument, as transformers requires); ``name`` defaults to the function's."""
-        from transformers.utils import get_json_schema
+        from transformers.utils.chat_template_utils import get_json_schema
 
         schema = get_json_schema(function)
         if name is not None:
