@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import anyio
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -27,6 +28,7 @@ from runtime.core.types import Episode, Node, Task, episode_from_json, episode_t
 from runtime.policy.base import GenerationRequest
 from runtime.policy.scripted import ScriptedPolicy
 from runtime.rewards.base import VerifierEnv
+from runtime.rewards.outcome import ExactMatch
 from runtime.rewards.tool_call import ToolCallVerifier
 from runtime.scheduling.store import EpisodeStore
 from runtime.search.context import Context, Sampling, Verifiers
@@ -370,3 +372,34 @@ async def test_the_memory_calculator_of_the_extending_guide_runs() -> None:
     script = ['call: store({"name": "total", "value": "12*7"})', "call: calc(total+1)", "Answer: 85"]
     ep = await ChainOfThought().run(context(script, env))
     assert [o.text for o in observations(ep)] == ["= 84", "= 85"] and ep.final_answer == "85"
+
+
+# -- every strategy, unchanged ------------------------------------------------------------
+
+
+def _strategies() -> list[str]:
+    import runtime.app.config  # noqa: F401  (registers the built-in packages)
+
+    return list(components("strategies"))
+
+
+@pytest.mark.parametrize("name", _strategies())
+async def test_every_strategy_runs_on_the_calculator(name: str) -> None:
+    def script(request: GenerationRequest, i: int) -> str:
+        if request.assistant_prefix:
+            return "Answer: 42"
+        return "call: calc(6*7)" if request.stop else "call: calc(6*7)\nAnswer: 42"
+
+    env = CalculatorEnvironment()
+    verifiers = Verifiers(
+        outcome=ExactMatch(), process=ToolCallVerifier().build(VerifierEnv(environment=env)), environment=env
+    )
+    episode = Episode(run_id="r", task=TASK)
+    ctx = Context(episode, ScriptedPolicy(script), verifiers, Sampling(max_steps=8), token_budget=4000)
+    strategy = components("strategies")[name]()
+    with anyio.fail_after(30):
+        ep = await strategy.run(ctx)
+    assert ep.final_answer == "42" and ep.reward == 1.0
+    if name != "least_to_most":  # its path starts with sub-questions it writes itself
+        assert [ep.nodes[i].kind for i in ep.chosen_path] == ["call", "observation", "step"]
+        assert ctx.turns is not None and ctx.turns.executions == 1  # however many identical calls it sampled
