@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -27,7 +27,7 @@ from runtime.core.registry import components
 from runtime.core.types import Episode, Node, Task, episode_from_json, episode_to_json
 from runtime.policy.base import GenerationRequest
 from runtime.policy.scripted import ScriptedPolicy
-from runtime.rewards.base import VerifierEnv
+from runtime.rewards.base import Score, VerifierEnv
 from runtime.rewards.outcome import ExactMatch
 from runtime.rewards.tool_call import ToolCallVerifier
 from runtime.scheduling.store import EpisodeStore
@@ -146,6 +146,25 @@ async def test_verify_backtrack_rejects_a_malformed_call_before_it_runs() -> Non
     assert ctx.turns is not None and ctx.turns.executions == 1 == sum(c.meta.get("accepted", False) for c in calls)
     assert all(not c.children for c in calls[:2])  # rejected calls never ran
     assert ep.final_answer == "42"
+
+
+class NoEquals:
+    """A domain verifier that would fail an observation's text if it scored it."""
+
+    name = "no_equals"
+
+    async def score_step(self, task: Task, previous: Sequence[str], step: str) -> Score:
+        return Score(0.0 if step.startswith("=") else 1.0)
+
+
+async def test_an_observation_is_not_scored_as_a_step() -> None:
+    ctx = context(after({"": "call: calc(6*7)"}), CalculatorEnvironment(), process=NoEquals())
+    (call,) = await ctx.expand(ctx.root)
+    (answer,) = await ctx.expand(call)
+    obs = ctx.node(answer.parent or 0)
+    assert obs.kind == "observation"
+    assert await ctx.score_path(answer) == 1.0 and await ctx.score(obs) == await ctx.score(call) == 1.0
+    assert "no_equals" not in obs.scores
 
 
 # -- fork modes, with a mutating tool ----------------------------------------------------

@@ -398,10 +398,13 @@ class Context:
 
     async def score(self, node: Node, verifier: ProcessVerifier | None = None) -> float:
         """Process-verifier score of ``node``'s step given its prefix (cached per
-        verifier name). ``verifier`` defaults to the configured process verifier."""
+        verifier name). ``verifier`` defaults to the configured process verifier. An
+        observation is not the policy's step: it has the score of the call it answers."""
         verifier = verifier or self.verifiers.process
         if verifier is None:
             raise VerifierError("this strategy needs a process verifier and none is configured")
+        if node.kind == "observation" and node.parent is not None:
+            return await self.score(self.node(node.parent), verifier)
         if verifier.name in node.scores:
             return node.scores[verifier.name]
         previous = [n.text for n in self.path(node)[:-1]]
@@ -414,8 +417,10 @@ class Context:
     async def score_path(
         self, node: Node, aggregate: Aggregate = "min", verifier: ProcessVerifier | None = None
     ) -> float:
-        """Aggregate of the process scores of every step from the root to ``node``."""
-        return aggregate_scores([await self.score(n, verifier) for n in self.path(node)], aggregate)
+        """Aggregate of the process scores of every step from the root to ``node``
+        (observations are the environment's, not steps: not counted)."""
+        path = [n for n in self.path(node) if n.kind != "observation"]
+        return aggregate_scores([await self.score(n, verifier) for n in path], aggregate)
 
     async def score_all(self, nodes: Sequence[Node], aggregate: Aggregate = "min") -> list[float]:
         """``score_path`` of every node, concurrently (a batching verifier serves them together)."""
