@@ -31,7 +31,7 @@ from runtime.rewards.base import Score, VerifierEnv
 from runtime.rewards.outcome import ExactMatch
 from runtime.rewards.tool_call import ToolCallVerifier
 from runtime.scheduling.store import EpisodeStore
-from runtime.search.context import Context, Sampling, Verifiers
+from runtime.search.context import Context, Sampling, Verifiers, gather
 from runtime.tools import BaseEnvironment, BaseTool, CalculatorEnvironment, ToolEnvironmentError, ToolsEnvironment
 from runtime.tools.base import ToolCall, ToolOutput, Turn
 from runtime.tools.calculator import calculate
@@ -132,6 +132,22 @@ async def test_siblings_under_one_call_node_share_one_execution() -> None:
     await ctx.expand_all(calls)
     assert ctx.turns is not None and ctx.turns.executions == 1
     assert [o.meta.get("shared_from") for o in observations(ctx.episode)] == [None, 4, 4]
+    # and when their expansions run concurrently, through a tool that takes its time
+    ctx = context(after({"": "call: test_slow(6*7)"}), ToolsEnvironment(tools=[SLOW()]))
+    calls = await ctx.expand(ctx.root, 3)
+    await gather(ctx.expand(c) for c in calls)
+    assert ctx.turns is not None and ctx.turns.executions == 1
+    assert {o.text for o in observations(ctx.episode)} == {"= 6*7"}
+
+
+async def slow(x: str) -> str:
+    """Answers after a while.
+
+    Args:
+        x: Said back.
+    """
+    await anyio.sleep(0.05)
+    return x
 
 
 async def test_verify_backtrack_rejects_a_malformed_call_before_it_runs() -> None:
@@ -296,7 +312,7 @@ def _tool(fn: Callable[..., Any]) -> type[BaseTool]:
                                                   "function": lambda self: fn})  # fmt: skip
 
 
-HANG, BOOM, FLOOD, SURROGATES = (_tool(f) for f in (hang, boom, flood, surrogates))
+HANG, BOOM, FLOOD, SURROGATES, SLOW = (_tool(f) for f in (hang, boom, flood, surrogates, slow))
 
 
 @pytest.mark.parametrize(

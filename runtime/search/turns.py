@@ -57,6 +57,8 @@ class Turns:
         self._alias: dict[int, int] = {}  # an observation whose turn ran nothing -> its source
         self._shared: dict[tuple[int, str], Node] = {}
         self._locks: dict[int, anyio.Lock] = {}
+        self._live_lock = anyio.Lock()
+        self._key_locks: dict[tuple[int, str], anyio.Lock] = {}
 
     def mark(self, node: Node) -> None:
         """Make ``node`` a ``call`` node if its text is a tool call (``meta['call']``)."""
@@ -81,35 +83,47 @@ class Turns:
         env = self.environment
         call = env.parse(node.text) or ToolCall("", None, node.text, "not a tool call")
         source = self._source(node)
+        if not env.shareable(call):
+            return await self._turn(node, call, source)
         key = (source, call.text)
-        shared = self._shared.get(key) if env.shareable(call) else None
-        if shared is not None:
-            obs = self._add(node, Turn(None, shared.text, done=shared.terminal), meta={"shared_from": shared.id})
-            self._alias[obs.id] = self._alias.get(shared.id, shared.id)
-            if shared.id in self._states:
-                self._states[obs.id] = self._states[shared.id]
-            return obs
+        async with self._key_locks.setdefault(key, anyio.Lock()):  # identical calls in flight wait for the first
+            shared = self._shared.get(key)
+            if shared is None:
+                obs = self._shared[key] = await self._turn(node, call, source)
+                return obs
+        obs = self._add(node, Turn(None, shared.text, done=shared.terminal), meta={"shared_from": shared.id})
+        self._alias[obs.id] = self._alias.get(shared.id, shared.id)
+        if shared.id in self._states:
+            self._states[obs.id] = self._states[shared.id]
+        return obs
+
+    async def _turn(self, node: Node, call: ToolCall, source: int) -> Node:
+        """The observation of ``call`` at ``node``: an error turn (a limit, a refused
+        call; the state stays ``source``'s), or one execution."""
+        env = self.environment
         turns = sum(1 for n in self._path(node) if n.kind == "observation")
         refused = env.check(call)
         if turns >= env.max_turns:
-            turn, ran = env.error_turn(None, f"turn limit ({env.max_turns}) reached", done=True), False
+            turn = env.error_turn(None, f"turn limit ({env.max_turns}) reached", done=True)
         elif refused is None and self.executions >= env.max_calls:
-            turn, ran = env.error_turn(None, f"call budget ({env.max_calls} calls) spent"), False
+            turn = env.error_turn(None, f"call budget ({env.max_calls} calls) spent")
         elif refused is not None:
-            turn, ran = env.error_turn(None, refused), False
+            turn = env.error_turn(None, refused)
         else:
             self.executions += 1
-            turn, ran = await env.step(await self._state_at(source, call), call), True
-        obs = self._add(node, turn, meta={"execution": self.executions} if ran else {})
-        if ran:
-            if env.fork == "copy":
+            number = {"execution": self.executions}
+            if env.fork == "copy":  # the copy is taken before any await: branches never share a state
+                turn = await env.step(await self._state_at(source, call), call)
+                obs = self._add(node, turn, meta=number)
                 self._states[obs.id] = turn.state
-            else:
+                return obs
+            async with self._live_lock:  # one live state: one step at a time
+                turn = await env.step(await self._state_at(source, call), call)
+                obs = self._add(node, turn, meta=number)
                 self._live = (obs.id, turn.state)
-            if env.shareable(call):
-                self._shared[key] = obs
-        else:
-            self._alias[obs.id] = source
+            return obs
+        obs = self._add(node, turn, meta={})
+        self._alias[obs.id] = source
         return obs
 
     def _add(self, call: Node, turn: Turn, meta: dict[str, Any]) -> Node:
@@ -167,7 +181,8 @@ class Turns:
             )
         state = env.reset(self.episode.task)
         for obs in [n for n in self._path(self.episode.nodes[source]) if n.kind == "observation"]:
-            if "execution" not in obs.meta and "shared_from" not in obs.meta:
+            ran = obs if "shared_from" not in obs.meta else self.episode.nodes[obs.meta["shared_from"]]
+            if "execution" not in ran.meta:
                 continue  # a turn that ran nothing
             earlier = env.parse(self.episode.nodes[obs.parent or 0].text)
             if earlier is None:
