@@ -14,6 +14,12 @@ Design decisions:
   writing it); a solution pair's with the end-of-turn token.
 - ``sft_coef`` > 0 adds the chosen continuation's token NLL (RPO, Pang et al. 2024),
   which keeps the chosen likelihood from falling while the margin grows.
+- Token ids are the record: a side the pair carries as pieces (:class:`~learners.pairs.
+  Continuation`) is scored on its ids as sampled, after the prefix as the request sent
+  it; an observation's tokens (mask 0) are fed but are not in the side's
+  log-probability, so they cancel nowhere and train nothing (``masked_tokens``). A pair
+  either of whose sides' ids are not what the engine was fed is dropped and counted
+  (:func:`~learners.examples.fed_mismatch`).
 - The step reports the share of pairs the policy already ranks right (``pair_accuracy``)
   and the mean margin.
 """
@@ -28,12 +34,17 @@ import torch
 from pydantic import Field
 
 from learners.base import LearnerSpec, UpdateResult
-from learners.pairs import Pair, Pairs, PairSettings
-from learners.trainer import TorchLearner, TrainerSettings
+from learners.examples import fed_mismatch
+from learners.pairs import Continuation, Pair, Pairs, PairSettings
+from learners.trainer import TorchLearner, TrainerSettings, part_ids
 from runtime.rewards.prm import pad_rows
 from runtime.search.context import Sampling
 
 __all__ = ["DPO", "DPOLearner", "DPOSettings"]
+
+_Row = tuple[list[int], int, list[int]]
+"""A side as the learner scores it: prompt + completion ids, the prompt's length, and a
+mask per completion token (1: in the log-probability)."""
 
 
 class DPOSettings(TrainerSettings):
@@ -69,20 +80,49 @@ class DPOLearner(TorchLearner):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.reference.load_state_dict(state["reference"])
 
-    def _sequences(self, pair: Pair) -> tuple[list[int], list[int], int]:
+    def _sequences(self, pair: Pair) -> tuple[_Row, _Row, str | None]:
+        """The chosen and rejected rows (ids, prompt length, per-completion-token mask),
+        and why the pair's ids are not what the engine was fed (None: they are)."""
         tok = self.tokenizer
         prompt_text = tok.apply_chat_template(pair.messages, tokenize=False, add_generation_prompt=True)
-        prompt: list[int] = tok(prompt_text + pair.prefix, add_special_tokens=False)["input_ids"]
+        prompt: list[int]
+        if pair.prefix_parts is not None:
+            prompt = [t for ids, _ in part_ids(tok, [prompt_text, *pair.prefix_parts]) for t in ids]
+        else:
+            prompt = tok(prompt_text + pair.prefix, add_special_tokens=False)["input_ids"]
         end = self.delimiter if pair.level == "steps" else (tok.eos_token or "")
-        ids = [prompt + tok(text + end, add_special_tokens=False)["input_ids"] for text in (pair.chosen, pair.rejected)]
-        return ids[0][: self.settings.max_length], ids[1][: self.settings.max_length], len(prompt)
+        rows: list[_Row] = []
+        problem = None
+        for text, side in ((pair.chosen, pair.chosen_parts), (pair.rejected, pair.rejected_parts)):
+            if side is None:
+                completion: list[int] = tok(text + end, add_special_tokens=False)["input_ids"]
+                mask = [1] * len(completion)
+            else:
+                completion, mask = self._side(side, pair.level == "solutions")
+                problem = problem or fed_mismatch(tok, side.parts, side.texts)
+            ids = (prompt + completion)[: self.settings.max_length]
+            rows.append((ids, len(prompt), mask[: max(0, len(ids) - len(prompt))]))
+        return rows[0], rows[1], problem
 
-    def _logps(self, model: Any, rows: list[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed completion log-prob of each row, and its completion token count."""
-        ids, mask = pad_rows([row for row, _ in rows], self.tokenizer.pad_token_id or 0)
+    def _side(self, side: Continuation, ends: bool) -> tuple[list[int], list[int]]:
+        """A side's completion ids as sampled (an end of turn after a whole solution) and mask."""
+        completion: list[int] = []
+        mask: list[int] = []
+        for (ids, _), m in zip(part_ids(self.tokenizer, side.parts), side.mask, strict=True):
+            completion += ids
+            mask += [m] * len(ids)
+        if ends and self._eos:
+            end_ids = self.tokenizer(self._eos, add_special_tokens=False)["input_ids"]
+            completion += end_ids
+            mask += [1] * len(end_ids)
+        return completion, mask
+
+    def _logps(self, model: Any, rows: list[_Row]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-prob of each row's trained completion tokens, and their count."""
+        ids, mask = pad_rows([row for row, _, _ in rows], self.tokenizer.pad_token_id or 0)
         completion = torch.zeros((len(rows), ids.shape[1] - 1), dtype=torch.bool)
-        for i, (row, prompt) in enumerate(rows):
-            completion[i, prompt - 1 : len(row) - 1] = True
+        for i, (row, prompt, trained) in enumerate(rows):
+            completion[i, prompt - 1 : len(row) - 1] = torch.tensor(trained, dtype=torch.bool)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         return (logp * completion).sum(-1), completion.sum(-1)
@@ -92,15 +132,23 @@ class DPOLearner(TorchLearner):
             raise ValueError("a learner step needs at least one pair")
         s = self.settings
         started = self.prepare()
-        kept = [p for p in pairs if p.weight > 0]
+        kept, rows_of, masked, dropped = [], [], 0, 0
+        for p in pairs:
+            if p.weight <= 0:
+                continue
+            chosen, rejected, problem = self._sequences(p)
+            if problem is not None:  # not what the engine was fed: never trained
+                dropped += 1
+                continue
+            kept.append(p)
+            rows_of.append([chosen, rejected])
+            masked += sum(len(m) - sum(m) for _, _, m in (chosen, rejected))
+        self.mismatched_samples += dropped
         total_weight = sum(p.weight for p in kept) or 1.0
         loss_sum, tokens, right, margins = 0.0, 0, 0, 0.0
         for start in range(0, len(kept), max(1, s.micro_batch // 2)):
             micro = kept[start : start + max(1, s.micro_batch // 2)]
-            rows: list[tuple[list[int], int]] = []
-            for p in micro:
-                chosen, rejected, prompt = self._sequences(p)
-                rows += [(chosen, prompt), (rejected, prompt)]
+            rows = [row for pair_rows in rows_of[start : start + len(micro)] for row in pair_rows]
             policy, counts = self._logps(self.model, rows)
             with torch.no_grad():
                 reference, _ = self._logps(self.reference, rows)
@@ -119,6 +167,9 @@ class DPOLearner(TorchLearner):
             margins += float(margin.detach().sum())
         result = self.apply(started, loss_sum, len(kept), tokens)
         result.metrics.update(pair_accuracy=right / max(len(kept), 1), mean_margin=margins / max(len(kept), 1))
+        result.metrics["masked_tokens"] = float(masked)
+        if dropped:
+            result.metrics["mismatched_samples"] = float(dropped)
         return result
 
 

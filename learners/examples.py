@@ -35,6 +35,14 @@ Design decisions:
   the learner trains on exactly those, never on the text encoded again. Text the path
   holds without ids (a strategy's fork, a text-only backend's step) is encoded by the
   learner; such examples are counted (``reencoded_paths``).
+- Agent episodes: an observation (the environment's answer to a tool call) is context,
+  never trained. It is a piece of its own (:func:`~runtime.core.types.path_pieces`)
+  and the example's ``mask`` gives it 0 (every piece the policy wrote: 1), so the
+  learner feeds its tokens and puts none of them in the loss; a path with an
+  observation always carries ``parts``, ids or not, so its text is never trained as one
+  assistant string. ``texts`` keeps each piece's text: the learner checks a piece's
+  sampled ids against it (:func:`fed_mismatch`), and an export writes
+  observations as ``tool`` messages.
 - ``retry_weight`` weighs a step that was accepted only after a rejected sibling under
   the same prefix: the positions where the policy went wrong first are where it has the
   most to learn (in the tiny domain, two-digit sums; teacher-forced, ``bundled-weak``
@@ -52,10 +60,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.core.errors import VerifierError
 from runtime.core.registry import with_overrides
-from runtime.core.types import Episode, Node, path_pieces
+from runtime.core.types import Episode, Node, Piece, path_pieces
 from runtime.search.context import Context, Verifiers
 
-__all__ = ["Example", "PathSettings", "VerifiedPaths", "oldest_version", "path_nodes", "path_text"]
+__all__ = [
+    "Example",
+    "PathSettings",
+    "VerifiedPaths",
+    "fed_mismatch",
+    "masked_parts",
+    "oldest_version",
+    "path_nodes",
+    "path_text",
+]
 
 Keep = Literal["chosen", "all_correct"]
 Weighting = Literal["uniform", "pass_rate"]
@@ -82,6 +99,51 @@ class Example:
     ids as sampled (used as they are), or text to encode (a step without ids); a prefix
     that does not end the answer ends with its line break. None: encode ``segments`` or
     ``completion``. A converter that rewrites the completion drops them."""
+    mask: list[int] | None = None
+    """Per piece of ``parts``: 1 the policy wrote it (trained at its weight), 0 the
+    environment's (an observation: fed, never trained). None: every piece is 1."""
+    texts: list[str] | None = None
+    """Per piece of ``parts``, the text the tree holds for it (what sampled ids are
+    checked against, and what an export writes)."""
+
+
+def masked_parts(pieces: Sequence[Piece]) -> tuple[list[str | list[int]], list[int], list[str]]:
+    """``pieces`` as parts (ids as sampled, else text), their loss mask (0 for an
+    observation's piece, 1 otherwise) and their texts."""
+    parts: list[str | list[int]] = [p.ids if p.ids is not None else p.text for p in pieces]
+    mask = [0 if any(not n.trained for n in p.nodes) else 1 for p in pieces]
+    return parts, mask, [p.text for p in pieces]
+
+
+def fed_mismatch(
+    tokenizer: Any,
+    parts: Sequence[str | Sequence[int]] | None,
+    texts: Sequence[str] | None = None,
+    behaviour: Sequence[float] | None = None,
+) -> str | None:
+    """Why ``parts``' sampled ids are not what the engine was fed and sampled for this
+    sample, or None. The learner rebuilds the engine's sequence by the engine's own rule
+    (:func:`~learners.trainer.part_ids`), so it differs only where the record does: an id outside this
+    tokenizer's vocabulary (another tokenizer sampled it), a piece whose ids do not
+    decode to the text the tree holds for it (``texts``; whitespace aside, as a step's
+    text is stripped), or behaviour log-probs that are not one per sampled id."""
+    if parts is None:
+        return None
+    vocab = len(tokenizer)
+    sampled = 0
+    for k, part in enumerate(parts):
+        if isinstance(part, str):
+            continue
+        sampled += len(part)
+        if any(not 0 <= int(t) < vocab for t in part):
+            return f"piece {k}: a token id outside the vocabulary ({vocab})"
+        if texts is not None and k < len(texts):
+            decoded = "".join(tokenizer.decode(list(part), skip_special_tokens=True).split())
+            if "".join(texts[k].split()) not in decoded:
+                return f"piece {k}: its ids do not decode to its step's text"
+    if behaviour is not None and len(behaviour) != sampled:
+        return f"{len(behaviour)} behaviour log-probs for {sampled} sampled ids"
+    return None
 
 
 def path_nodes(episode: Episode, leaf: Node) -> list[Node]:
@@ -105,6 +167,12 @@ def _after_rejection(episode: Episode, node: Node) -> bool:
         return False
     siblings = episode.nodes[node.parent].children
     return any(episode.nodes[c].meta.get("rejected") for c in siblings if c != node.id)
+
+
+def _tool_name(episode: Episode, observation: Node) -> str:
+    """The name of the tool whose call ``observation`` answers ("" if none parsed)."""
+    call = episode.nodes[observation.parent].meta.get("call") if observation.parent is not None else None
+    return str(call.get("name", "")) if isinstance(call, dict) else ""
 
 
 def oldest_version(path: Sequence[Node]) -> int | None:
@@ -207,10 +275,14 @@ class VerifiedPaths:
         segments = None
         if self.settings.retry_weight != 1.0:
             segments = [(n.text, self.settings.retry_weight if _after_rejection(episode, n) else 1.0) for n in path]
-        parts = self._parts(episode, nodes, ends)
-        if parts is None or any(isinstance(piece, str) for piece, _ in parts):
+        parts, mask, texts = self._parts(episode, nodes, ends)
+        sampled_only = parts is not None and all(
+            not isinstance(piece, str) for (piece, _), m in zip(parts, mask or [], strict=True) if m
+        )
+        if not sampled_only:
             self.reencoded_paths += 1
         reward = episode.reward if leaf.id == (episode.chosen_path or [-1])[-1] else 1.0
+        tools = [_tool_name(episode, n) for n in nodes if not n.trained]  # what each observation answers
         return [
             Example(
                 messages=episode.task.as_messages(),
@@ -218,27 +290,36 @@ class VerifiedPaths:
                 key=episode.key,
                 policy_version=oldest_version(path),
                 weight=weight,
-                meta={"reward": reward if ends else 0.0, "leaf": leaf.id, **({} if ends else {"prefix": True})},
+                meta={
+                    "reward": reward if ends else 0.0,
+                    "leaf": leaf.id,
+                    **({} if ends else {"prefix": True}),
+                    **({"tools": tools} if tools else {}),
+                },
                 segments=segments,
                 ends=ends,
                 parts=parts,
+                mask=mask,
+                texts=texts,
             )
         ]
 
-    def _parts(self, episode: Episode, path: list[Node], ends: bool) -> list[tuple[str | list[int], float]] | None:
+    def _parts(
+        self, episode: Episode, path: list[Node], ends: bool
+    ) -> tuple[list[tuple[str | list[int], float]] | None, list[int] | None, list[str] | None]:
         """The path's pieces with their loss weights (``retry_weight`` where a step of the
-        piece came after a rejected sibling); None where no step has ids (text only)."""
+        piece came after a rejected sibling), mask and texts; None where no step has ids
+        and no observation is on the path (text only, trained as one string)."""
         pieces = path_pieces(path, self.delimiter, closed=not ends)
-        if all(p.ids is None for p in pieces):
-            return None
+        if all(p.ids is None for p in pieces) and all(n.trained for n in path):
+            return None, None, None
         retry = self.settings.retry_weight
-        return [
-            (
-                p.ids if p.ids is not None else p.text,
-                retry if retry != 1.0 and any(_after_rejection(episode, n) for n in p.nodes) else 1.0,
-            )
-            for p in pieces
+        parts, mask, texts = masked_parts(pieces)
+        weighted: list[tuple[str | list[int], float]] = [
+            (piece, retry if retry != 1.0 and any(_after_rejection(episode, n) for n in p.nodes) else 1.0)
+            for piece, p in zip(parts, pieces, strict=True)
         ]
+        return weighted, mask, texts
 
     async def _verified_prefix(self, ctx: Context | None, episode: Episode) -> Node | None:
         """The deepest non-terminal node whose every step passes the process verifier."""

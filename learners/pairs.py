@@ -17,6 +17,13 @@ Design decisions:
 - At most ``max_pairs`` pairs per group (every accepted with every rejected would grow
   quadratically); pairs are taken in tree order, so a run is reproducible.
 - Identical texts never pair (a duplicate sibling is not a preference).
+- Token ids are the record, and agent episodes train as they ran: where a side's path
+  holds sampled ids or an observation, the pair carries each side as pieces
+  (:class:`Continuation`: ids as sampled, text to encode, a loss mask that gives an
+  observation's tokens 0, and each piece's text) and the prefix as the request sent it
+  (``prefix_parts``), so DPO's log-probabilities are of the policy's own tokens only.
+  Sibling turns (the call nodes under one parent, the steps after one observation)
+  pair as steps from one identical state; an observation is never a side.
 """
 
 from __future__ import annotations
@@ -27,12 +34,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from learners.examples import masked_parts
 from runtime.core.errors import VerifierError
 from runtime.core.registry import with_overrides
-from runtime.core.types import Episode, Node
+from runtime.core.types import Episode, Node, path_parts, path_pieces
 from runtime.search.context import Context, Verifiers
 
-__all__ = ["Pair", "PairSettings", "Pairs"]
+__all__ = ["Continuation", "Pair", "PairSettings", "Pairs"]
 
 
 class PairSettings(BaseModel):
@@ -54,6 +62,18 @@ class PairSettings(BaseModel):
 
 
 @dataclass(slots=True)
+class Continuation:
+    """One side of a pair as the policy sampled it (see module doc)."""
+
+    parts: list[str | list[int]]
+    """Ids as sampled, or text the learner encodes (an observation's, a fork's)."""
+    mask: list[int]
+    """Per piece: 1 the policy's tokens (in the log-probability), 0 an observation's (fed only)."""
+    texts: list[str]
+    """Per piece, the text the tree holds (sampled ids are checked against it)."""
+
+
+@dataclass(slots=True)
 class Pair:
     """A preferred and a dispreferred continuation of the same prompt and prefix."""
 
@@ -66,6 +86,12 @@ class Pair:
     policy_version: int | None = None
     weight: float = 1.0
     meta: dict[str, Any] = field(default_factory=dict)
+    prefix_parts: list[str | list[int]] | None = None
+    """``prefix`` as the request that sampled the sides sent it (None: encode ``prefix``)."""
+    chosen_parts: Continuation | None = None
+    """``chosen`` as sampled (None: encode its text)."""
+    rejected_parts: Continuation | None = None
+    """``rejected`` as sampled (None: encode its text)."""
 
 
 class Pairs:
@@ -106,14 +132,14 @@ class Pairs:
         text = {leaf.id: self.delimiter.join(n.text for n in ctx.path(leaf)) for leaf in good + bad}
         pairs = [(g, b) for g in good for b in bad if text[g.id] != text[b.id]][: self.settings.max_pairs]
         return [
-            self._pair(ctx, "", text[g.id], text[b.id], "solutions", [*ctx.path(g), *ctx.path(b)]) for g, b in pairs
+            self._pair(ctx, "", text[g.id], text[b.id], "solutions", ctx.path(g), ctx.path(b), None) for g, b in pairs
         ]
 
     async def _step_pairs(self, ctx: Context) -> list[Pair]:
         s = self.settings
         out: list[Pair] = []
         for parent in ctx.episode.nodes:
-            children = [ctx.node(c) for c in parent.children if ctx.node(c).text]
+            children = [ctx.node(c) for c in parent.children if ctx.node(c).text and ctx.node(c).trained]
             if len(children) < 2:
                 continue
             found: list[tuple[Node, Node]] = []
@@ -127,11 +153,16 @@ class Pairs:
                 found += [(a, b) for a in valued for b in valued if a.value - b.value > s.value_margin]  # type: ignore[operator]
             found = [(g, b) for g, b in found if g.text != b.text][: s.max_pairs]
             prefix = ctx.text(parent)
-            out += [self._pair(ctx, prefix, g.text, b.text, "steps", [g, b]) for g, b in found]
+            sent = path_parts(path_pieces(ctx.path(parent), self.delimiter))  # what the siblings' request sent
+            out += [self._pair(ctx, prefix, g.text, b.text, "steps", [g], [b], sent) for g, b in found]
         return out
 
-    def _pair(self, ctx: Context, prefix: str, chosen: str, rejected: str, level: str, nodes: list[Node]) -> Pair:
-        versions = [n.policy_version for n in nodes if n.policy_version is not None]
+    def _pair(
+        self, ctx: Context, prefix: str, chosen: str, rejected: str, level: str, good: list[Node], bad: list[Node],
+        prefix_parts: list[str | list[int]] | None,
+    ) -> Pair:  # fmt: skip
+        versions = [n.policy_version for n in good + bad if n.policy_version is not None]
+        sides = [self._continuation(path, closed=level == "steps") for path in (good, bad)]
         return Pair(
             messages=ctx.task.as_messages(),
             prefix=prefix,
@@ -140,7 +171,19 @@ class Pairs:
             key=ctx.episode.key,
             level=level,
             policy_version=min(versions) if versions else None,
+            prefix_parts=prefix_parts,
+            chosen_parts=sides[0],
+            rejected_parts=sides[1],
         )
+
+    def _continuation(self, path: list[Node], closed: bool) -> Continuation | None:
+        """``path`` as pieces (a step ends with its delimiter, ``closed``); None where it
+        holds neither sampled ids nor an observation (its text is encoded whole)."""
+        pieces = path_pieces(path, self.delimiter, closed=closed)
+        if all(p.ids is None for p in pieces) and all(n.trained for n in path):
+            return None
+        parts, mask, texts = masked_parts(pieces)
+        return Continuation(parts, mask, texts)
 
     async def _accepted(self, ctx: Context, leaf: Node) -> bool | None:
         """Whether a finished solution is accepted (None: it cannot be judged)."""

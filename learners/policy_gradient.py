@@ -35,6 +35,13 @@ Design decisions:
   learner scores the very sequence the policy saw and ``w = 1`` holds on every token of
   a fresh multi-call path; tokens the learner had to encode from text are reported
   (``reencoded_tokens``).
+- Agent episodes: a rollout's ``mask`` gives an observation's tokens 0: they are fed (as
+  the engine was fed them) and put nothing in the loss (no surrogate, KL or entropy
+  term, and no count in the normaliser), and each step counts them
+  (``masked_tokens``). A rollout's advantages are placed by piece (``part_steps``), so
+  an observation of several lines moves no later step's advantage. A rollout whose
+  ids are not what the engine was fed is dropped and counted
+  (:func:`~learners.examples.fed_mismatch`).
 - The end-of-turn token of a finished solution is trained too (the engine drops it from
   the ids it returns; its behaviour is taken to be the proximal policy's).
 - Loss normaliser (``loss_norm``, a registry): ``token`` (sum over the batch's tokens / their
@@ -59,6 +66,7 @@ from pydantic import Field
 
 from learners.algorithms import KL_ESTIMATORS, LOSS_NORMS, POLICY_LOSSES, KLEstimatorName, LossNormName, PolicyLossName
 from learners.base import UpdateResult
+from learners.examples import fed_mismatch
 from learners.rollouts import Rollout
 from learners.trainer import TorchLearner, TrainerSettings, part_ids
 from runtime.rewards.prm import pad_rows
@@ -127,6 +135,20 @@ class _Encoded:
     weight: float
     reencoded: int = 0
     """Completion tokens encoded from text rather than taken as sampled."""
+    mask: list[int] | None = None
+    """Per completion token: 1 trained, 0 fed only (an observation's). None: all trained."""
+    mismatch: str | None = None
+    """Why the rollout's ids are not what the engine was fed (None: they are)."""
+
+    def trained(self, n: int) -> torch.Tensor:
+        """Which of the first ``n`` completion tokens a loss trains on."""
+        if self.mask is None:
+            return torch.ones(n, dtype=torch.bool)
+        return torch.tensor(self.mask[:n], dtype=torch.bool)
+
+    @property
+    def masked(self) -> int:
+        return 0 if self.mask is None else len(self.mask) - sum(self.mask)
 
 
 class PolicyGradientLearner(TorchLearner):
@@ -170,30 +192,60 @@ class PolicyGradientLearner(TorchLearner):
             prompt = [t for ids, _ in part_ids(tok, [prompt_text, *rollout.prefix_parts]) for t in ids]
         else:
             prompt = tok(prompt_text + rollout.prefix, add_special_tokens=False)["input_ids"]
-        if rollout.token_ids is not None:
-            parts: list[str | list[int]] = [list(rollout.token_ids)]
+        parts: list[str | list[int]]
+        mask: list[int] | None = None
+        if rollout.parts is not None:
+            parts = list(rollout.parts)
+            mask = list(rollout.mask) if rollout.mask is not None else None
+        elif rollout.token_ids is not None:
+            parts = [list(rollout.token_ids)]
         else:
-            parts = list(rollout.parts) if rollout.parts is not None else [rollout.text]
+            parts = [rollout.text]
+        mismatch = fed_mismatch(tok, parts, rollout.texts if rollout.parts is not None else None, rollout.behaviour)
         recorded = iter(rollout.behaviour or [])
         completion: list[int] = []
         behaviour: list[float] = []
+        token_mask: list[int] = []
         reencoded = 0
-        for ids, sampled in part_ids(tok, parts):
+        for k, (ids, sampled) in enumerate(part_ids(tok, parts)):
             completion += ids
+            m = 1 if mask is None else mask[k]
+            token_mask += [m] * len(ids)
             if sampled and rollout.behaviour is not None:
                 behaviour += [next(recorded, math.nan) for _ in ids]
             else:
                 behaviour += [math.nan] * len(ids)
-                reencoded += 0 if sampled else len(ids)
+                reencoded += 0 if sampled or not m else len(ids)
+        steps = self._steps(rollout, completion, parts)
         if rollout.ends and tok.eos_token_id is not None:
             completion.append(tok.eos_token_id)
             behaviour.append(math.nan)
-        steps = self._step_of_tokens(completion, len(rollout.step_advantages))
+            token_mask.append(1)
+            steps.append(steps[-1] if steps else 0)
         advantages = [rollout.step_advantages[s] for s in steps]
         room = max(1, self.settings.max_length - len(prompt))
         return _Encoded(
-            prompt + completion[:room], len(prompt), advantages[:room], behaviour[:room], rollout.weight, reencoded
-        )
+            prompt + completion[:room], len(prompt), advantages[:room], behaviour[:room], rollout.weight, reencoded,
+            token_mask[:room] if mask is not None else None, mismatch,
+        )  # fmt: skip
+
+    def _steps(self, rollout: Rollout, completion: list[int], parts: list[str | list[int]]) -> list[int]:
+        """The step (index into ``step_advantages``) of each completion token: by piece
+        where the rollout says which steps each piece holds, else by counting the lines
+        of the whole completion."""
+        last = len(rollout.step_advantages) - 1
+        if rollout.part_steps is None or rollout.parts is None:
+            return self._step_of_tokens(completion, last + 1)
+        out: list[int] = []
+        current = 0
+        for (ids, _), held in zip(part_ids(self.tokenizer, parts), rollout.part_steps, strict=True):
+            if not held:  # a delimiter: the step before it
+                out += [current] * len(ids)
+                continue
+            local = self._step_of_tokens(ids, len(held))
+            out += [min(held[i], last) for i in local]
+            current = min(held[-1], last)
+        return out
 
     def _step_of_tokens(self, ids: list[int], steps: int) -> list[int]:
         """The step each token belongs to: a step ends with the delimiter that closes it."""
@@ -212,7 +264,7 @@ class PolicyGradientLearner(TorchLearner):
         if not rollouts:
             raise ValueError("a learner step needs at least one rollout")
         started = self.prepare()
-        encoded = [self.encode(r) for r in rollouts if r.weight > 0]
+        encoded, dropped = self.fed_as_sampled([self.encode(r) for r in rollouts if r.weight > 0])
         # The proximal policy: these weights, before any step of this update (with one
         # step it is the graph's own detached log-probs, and needs no pass of its own).
         prox = self._logprobs(encoded) if self.settings.mini_batches > 1 else None
@@ -233,11 +285,23 @@ class PolicyGradientLearner(TorchLearner):
             for name, count in [*result.metrics.items(), *counted]:
                 refused[name] = refused.get(name, 0.0) + count
         assert result is not None
-        reencoded = {"reencoded_tokens": float(sum(e.reencoded for e in encoded))}
+        reencoded = {"reencoded_tokens": float(sum(e.reencoded for e in encoded)), **dropped}
         return UpdateResult(
             result.step, loss_total / len(parts), len(encoded), tokens_total, result.seconds, result.grad_norm,
             metrics={**self._last, **refused, **reencoded},
         )  # fmt: skip
+
+    def fed_as_sampled(self, encoded: list[_Encoded]) -> tuple[list[_Encoded], dict[str, float]]:
+        """The rollouts whose ids are what the engine was fed, and the counts of those
+        dropped (``mismatched_samples``, ``mismatched_tokens``) and of masked tokens."""
+        kept = [e for e in encoded if e.mismatch is None]
+        dropped = [e for e in encoded if e.mismatch is not None]
+        self.mismatched_samples += len(dropped)
+        counts = {"masked_tokens": float(sum(e.masked for e in kept))}
+        if dropped:
+            counts["mismatched_samples"] = float(len(dropped))
+            counts["mismatched_tokens"] = float(sum(len(e.ids) - e.prompt for e in dropped))
+        return kept, counts
 
     def _padded(self, batch: list[_Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = pad_rows([e.ids for e in batch], self.tokenizer.pad_token_id or 0)
@@ -274,7 +338,7 @@ class PolicyGradientLearner(TorchLearner):
         t, p = self._temperature()
         policy_loss, normalise = POLICY_LOSSES.get(s.policy_loss), LOSS_NORMS.get(s.loss_norm)
         kl_estimate = KL_ESTIMATORS.get(s.kl_estimator)
-        total_tokens = sum(len(e.advantages) for e in batch) or 1
+        total_tokens = sum(int(e.trained(len(e.advantages)).sum()) for e in batch) or 1
         loss_sum, tokens = 0.0, 0
         stats = {"ratio_sum": 0.0, "clipped": 0.0, "truncated": 0.0, "dev": 0.0, "kl": 0.0, "entropy": 0.0}
         for start in range(0, len(batch), s.micro_batch):
@@ -288,11 +352,16 @@ class PolicyGradientLearner(TorchLearner):
                     ref_logp = token_logprobs(ref_logits, targets, t, p)
             micro_loss = torch.zeros(())
             for i, e in enumerate(micro):
-                lp = logp[i][completion[i]]
-                n = lp.shape[0]
-                adv = torch.tensor(e.advantages[:n])
-                old = torch.tensor(prox[start + i][:n]) if prox is not None else lp.detach()
-                behaviour = torch.tensor(e.behaviour[:n])
+                at = completion[i].nonzero().squeeze(-1)  # the completion's positions
+                n = at.shape[0]
+                trained = e.trained(n)
+                at = at[trained]  # an observation's tokens: no term at all
+                if at.numel() == 0:
+                    continue
+                lp = logp[i][at]
+                adv = torch.tensor(e.advantages[:n])[trained]
+                old = torch.tensor(prox[start + i][:n])[trained] if prox is not None else lp.detach()
+                behaviour = torch.tensor(e.behaviour[:n])[trained]
                 known = ~torch.isnan(behaviour)
                 log_w = torch.where(known, old - torch.nan_to_num(behaviour), torch.zeros_like(old))
                 w = log_w.exp()
@@ -305,17 +374,17 @@ class PolicyGradientLearner(TorchLearner):
                 stats["ratio_sum"] += float((lp - old).detach().exp().sum())
                 per_token = w * loss
                 if ref_logp is not None:
-                    kl = kl_estimate(lp, ref_logp[i][completion[i]])
+                    kl = kl_estimate(lp, ref_logp[i][at])
                     per_token = per_token + s.kl_coef * kl
                     stats["kl"] += float(kl.detach().sum())
                 if s.entropy_coef > 0:
-                    probs_logits = logits[i][completion[i]] / t
+                    probs_logits = logits[i][at] / t
                     ent = -(torch.softmax(probs_logits, -1) * torch.log_softmax(probs_logits, -1)).sum(-1)
                     per_token = per_token - s.entropy_coef * ent
                     stats["entropy"] += float(ent.detach().sum())
                 term = normalise(per_token, len(batch), total_tokens, s)
                 micro_loss = micro_loss + e.weight * term
-                tokens += n
+                tokens += int(at.shape[0])
             micro_loss.backward()  # type: ignore[no-untyped-call]
             loss_sum += float(micro_loss.detach())
         self.metrics["truncated_tokens"] += stats["truncated"]

@@ -20,6 +20,12 @@ Design decisions:
   kept in the learner's checkpoint; it is never published (the engine serves the policy).
 - The rollouts are the tree's finished solutions (every leaf, no group baseline needed:
   the critic is the baseline), with their outcome and step scores.
+- Agent episodes: GAE runs over the policy's tokens only. An observation's tokens
+  (the rollout's mask 0) are fed but are no actions: they get no reward, no advantage,
+  no value target and no term in either loss, and the return flows across them from
+  the call after the observation to the call before it (as verl's multi-turn response
+  mask). The outcome reward sits on the last trained token. A rollout whose ids are
+  not what the engine was fed is dropped and counted.
 - ``mini_batches`` > 1 (PPO's several optimizer steps per batch): advantages and value
   targets are computed once, from the weights at the start of the update (the proximal
   policy and its critic); the batch is then split into that many shuffled parts, one
@@ -29,6 +35,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -103,36 +110,48 @@ class PPOLearner(PolicyGradientLearner):
         self.value_head.load_state_dict(state["value_head"])
 
     def token_rewards(self, rollout: Rollout, encoded: _Encoded) -> list[float]:
-        """The reward on each completion token: step scores at step ends, the outcome last."""
+        """The reward on each completion token: step scores at step ends, the outcome on
+        the last trained token (an observation's tokens get none)."""
         n = len(encoded.advantages)
         rewards = [0.0] * n
+        trained = encoded.mask[:n] if encoded.mask is not None else [1] * n
         steps = rollout.meta.get("step_scores") or []
         if self.settings.step_reward > 0 and steps:
-            ends = self._step_ends(encoded, len(steps))
+            ends = self._step_ends(rollout, encoded, len(steps))
             for step, index in ends.items():
                 rewards[index] += self.settings.step_reward * (steps[step] - self.settings.step_reward_center)
-        rewards[-1] += float(rollout.meta.get("reward", 0.0))
+        last = max((i for i in range(n) if trained[i]), default=n - 1)
+        rewards[last] += float(rollout.meta.get("reward", 0.0))
         return rewards
 
-    def _step_ends(self, encoded: _Encoded, steps: int) -> dict[int, int]:
-        completion = encoded.ids[encoded.prompt :]
-        of = self._step_of_tokens(completion, steps)
-        return {step: i for i, step in enumerate(of)}  # the last token of each step
+    def _step_ends(self, rollout: Rollout, encoded: _Encoded, steps: int) -> dict[int, int]:
+        """The last trained token of each step of the path (by piece where the rollout
+        says which steps each piece holds)."""
+        n = len(encoded.advantages)
+        trained = encoded.mask[:n] if encoded.mask is not None else [1] * n
+        if rollout.part_steps is not None and rollout.parts is not None:
+            of = self._steps(rollout, encoded.ids[encoded.prompt :], list(rollout.parts))
+        else:
+            of = self._step_of_tokens(encoded.ids[encoded.prompt :], steps)
+        return {step: i for i, step in enumerate(of[:n]) if trained[i] and step < steps}
 
     def step(self, rollouts: Sequence[Rollout]) -> UpdateResult:
         if not rollouts:
             raise ValueError("a learner step needs at least one rollout")
         started = self.prepare()
-        kept = [r for r in rollouts if r.weight > 0]
-        encoded = [self.encode(r) for r in kept]
+        weighted = [r for r in rollouts if r.weight > 0]
+        every = [self.encode(r) for r in weighted]
+        encoded, counts = self.fed_as_sampled(every)
+        kept = [r for r, e in zip(weighted, every, strict=True) if e.mismatch is None]
         values = self._values(encoded)
         targets: list[list[float]] = []
         for r, e, v in zip(kept, encoded, values, strict=True):
-            advantages, returns = gae(self.token_rewards(r, e), v, self.settings.gamma, self.settings.lam)
-            e.advantages = advantages
+            e.advantages, returns = self._gae(r, e, v)
             targets.append(returns)
-        flat = torch.tensor([a for e in encoded for a in e.advantages])
+        flat = torch.tensor([a for e in encoded for a, m in zip(e.advantages, e.trained(len(e.advantages)), strict=True)
+                             if m])  # fmt: skip
         mean, std = float(flat.mean()), float(flat.std()) if flat.numel() > 1 else 1.0
+        mean = 0.0 if math.isnan(mean) else mean  # nothing to whiten (every rollout dropped)
         for e in encoded:
             e.advantages = [(a - mean) / (std + 1e-6) for a in e.advantages]
         # The proximal policy: these weights, before the first mini-batch's step (one
@@ -163,11 +182,24 @@ class PPOLearner(PolicyGradientLearner):
             "value_loss": value_total / len(parts),
             "mini_batches": float(len(parts)),
             "reencoded_tokens": float(sum(e.reencoded for e in encoded)),
+            **counts,
         }
         return UpdateResult(
             result.step, (loss_total + value_total) / len(parts), len(encoded), tokens_total, result.seconds,
             result.grad_norm, metrics=metrics,
         )  # fmt: skip
+
+    def _gae(self, rollout: Rollout, encoded: _Encoded, values: list[float]) -> tuple[list[float], list[float]]:
+        """Advantages and value targets of each completion token, GAE over the trained
+        tokens only (an observation's tokens: advantage 0, target their own value)."""
+        rewards = self.token_rewards(rollout, encoded)
+        n = len(rewards)
+        at = [i for i, m in enumerate(encoded.trained(n).tolist()) if m]
+        adv, ret = gae([rewards[i] for i in at], [values[i] for i in at], self.settings.gamma, self.settings.lam)
+        advantages, returns = [0.0] * n, list(values[:n])
+        for k, i in enumerate(at):
+            advantages[i], returns[i] = adv[k], ret[k]
+        return advantages, returns
 
     def _hidden(self, batch: list[_Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self._padded(batch)
@@ -186,7 +218,7 @@ class PPOLearner(PolicyGradientLearner):
         return out
 
     def _value_loss(self, encoded: list[_Encoded], targets: list[list[float]]) -> float:
-        total_tokens = sum(len(t) for t in targets) or 1
+        total_tokens = sum(int(e.trained(len(t)).sum()) for e, t in zip(encoded, targets, strict=True)) or 1
         loss_sum = 0.0
         for start in range(0, len(encoded), self.settings.micro_batch):
             batch = encoded[start : start + self.settings.micro_batch]
@@ -195,8 +227,9 @@ class PPOLearner(PolicyGradientLearner):
             loss = torch.zeros(())
             for i, e in enumerate(batch):
                 predicted = v[i, e.prompt - 1 : len(e.ids) - 1]
+                trained = e.trained(predicted.shape[0])  # no value target on an observation's tokens
                 target = torch.tensor(targets[start + i][: predicted.shape[0]])
-                loss = loss + 0.5 * ((predicted - target) ** 2).sum() / total_tokens
+                loss = loss + 0.5 * ((predicted - target)[trained] ** 2).sum() / total_tokens
             (self.settings.vf_coef * loss).backward()  # type: ignore[no-untyped-call]
             loss_sum += float(loss.detach())
         return loss_sum

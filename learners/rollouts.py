@@ -30,6 +30,17 @@ Design decisions:
   step, a delimiter after a step cut at its token cap) has that text encoded by the
   learner, with the learner's policy as its behaviour; such rollouts are counted
   (``reencoded_paths``).
+- Agent episodes: a leaf's group is whole agent episodes (every finished path, its tool
+  calls and observations in it); a sibling group is the turns sampled from one
+  identical state (the call nodes under one parent, or the steps after one
+  observation), with the process verifier's score per turn (the ``tool_call``
+  verifier's, or the configured one's) as its advantage. A leaf's step credit is over
+  the policy's steps only: an observation is the environment's, gets advantage 0 and
+  no score of its own in the group's statistics. A rollout whose path holds an
+  observation always carries ``parts`` (ids or not), with ``mask`` (1: the policy's
+  tokens; 0: the observation's, fed but never trained, with no behaviour log-prob)
+  and each piece's ``texts`` and path steps (``part_steps``), so the learner places
+  advantages by piece, whatever lines an observation holds.
 - Leaves and steps the strategy left unjudged or unscored are judged and scored here
   (through a scoring-only context: cached, bounded, errors kept out of the loss).
 - A group whose advantages are all zero teaches nothing: it is counted
@@ -46,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from learners.advantages import EPS, LeafCredit, group_advantages
 from learners.algorithms import STEP_CREDITS, CreditName, EstimatorName
+from learners.examples import masked_parts
 from runtime.core.errors import VerifierError
 from runtime.core.registry import with_overrides
 from runtime.core.types import Episode, Node, path_parts, path_pieces
@@ -110,6 +122,14 @@ class Rollout:
     parts: list[str | list[int]] | None = None
     """The continuation as pieces where some of it has no sampled ids: ids as sampled,
     text for the learner to encode (None: ``token_ids``, or ``text`` where neither)."""
+    mask: list[int] | None = None
+    """Per piece of ``parts``: 1 the policy's tokens (trained), 0 the environment's (an
+    observation: fed, never trained, no behaviour log-prob). None: all 1."""
+    texts: list[str] | None = None
+    """Per piece of ``parts``, the text the tree holds for it (sampled ids are checked against it)."""
+    part_steps: list[list[int]] | None = None
+    """Per piece of ``parts``, the indexes in ``step_advantages`` of the steps it holds
+    (none: a delimiter, which belongs to the step before it)."""
 
 
 class Rollouts:
@@ -146,7 +166,7 @@ class Rollouts:
             out += await self._leaves(ctx)
         if self.settings.groups in ("siblings", "both") and verifiers.process is not None:
             out += await self._siblings(ctx)
-        self.reencoded_paths += sum(r.token_ids is None for r in out)
+        self.reencoded_paths += sum(_reencoded(r) for r in out)
         return out
 
     # -- groups of solutions ---------------------------------------------------------
@@ -168,26 +188,30 @@ class Rollouts:
             return []
         outcome = group_advantages([r for _, r in scored], s.estimator)
         paths = [ctx.path(leaf) for leaf, _ in scored]
+        turns = [[n for n in path if n.trained] for path in paths]  # the policy's steps, not observations
         credit = STEP_CREDITS.entry(s.advantage)
         steps: list[list[float]] = [[] for _ in paths]
         if credit.traits.get("process", True) and ctx.verifiers.process is not None:
-            for i, path in enumerate(paths):
-                steps[i] = [await self._step_score(ctx, n) for n in path]
+            for i, own in enumerate(turns):
+                steps[i] = [await self._step_score(ctx, n) for n in own]
         flat = group_advantages([v for row in steps for v in row], s.estimator)
         process, k = [], 0
         for row in steps:
             process.append(flat[k : k + len(row)])
             k += len(row)
         rollouts = []
-        for (_, reward), path, a_out, a_proc, scores in zip(scored, paths, outcome, process, steps, strict=True):
+        for (_, reward), path, own, a_out, a_proc, scores in zip(scored, paths, turns, outcome, process, steps,
+                                                                 strict=True):  # fmt: skip
             if scores or not credit.traits.get("process", True):
-                per_step = credit.fn(LeafCredit(a_out, reward, len(path), scores, a_proc), s)
+                per_step = credit.fn(LeafCredit(a_out, reward, len(own), scores, a_proc), s)
             else:  # a credit that reads step scores, on a solution nobody scored: its outcome
-                per_step = [a_out] * len(path)
-            if len(per_step) != len(path):
-                raise ValueError(f"step credit {s.advantage!r} gave {len(per_step)} advantages for {len(path)} steps")
+                per_step = [a_out] * len(own)
+            if len(per_step) != len(own):
+                raise ValueError(f"step credit {s.advantage!r} gave {len(per_step)} advantages for {len(own)} steps")
             self.rejected_by_process += sum(v < s.reject_below for v in scores)
-            rollouts.append(self._rollout(ctx, path, per_step, {"reward": reward, "group": "leaves"}))
+            placed = iter(per_step)
+            on_path = [next(placed) if n.trained else 0.0 for n in path]
+            rollouts.append(self._rollout(ctx, path, on_path, {"reward": reward, "group": "leaves"}))
         return self._kept(rollouts)
 
     # -- groups of sibling steps -----------------------------------------------------
@@ -196,7 +220,7 @@ class Rollouts:
         out: list[Rollout] = []
         for parent in ctx.episode.nodes:
             children = [ctx.node(c) for c in parent.children]
-            sampled = [c for c in children if _sampled_step(c)]
+            sampled = [c for c in children if c.trained and _sampled_step(c)]
             if len(sampled) < 2:
                 continue
             scores = [await self._step_score(ctx, c) for c in sampled]
@@ -231,9 +255,10 @@ class Rollouts:
         pieces = path_pieces(path, self.delimiter, closed=False)
         sampled = [p for p in pieces if p.ids is not None]
         exact = len(sampled) == len(pieces)
+        agentic = any(not n.trained for n in path)
         known = bool(sampled) and all(p.behaviour is not None and len(p.behaviour) == len(p.ids or []) for p in sampled)
         versions = [n.policy_version for n in path if n.policy_version is not None]
-        return Rollout(
+        rollout = Rollout(
             messages=ctx.task.as_messages(),
             prefix=prefix,
             text=self.delimiter.join(n.text for n in path),
@@ -245,8 +270,13 @@ class Rollouts:
             policy_version=min(versions) if versions else None,
             meta=meta,
             prefix_parts=prefix_parts,
-            parts=None if exact else path_parts(pieces),
         )
+        if (exact and not agentic) or not (sampled or agentic):
+            return rollout  # all sampled ids (token_ids), or text only (text)
+        index = {n.id: i for i, n in enumerate(path)}
+        rollout.parts, rollout.mask, rollout.texts = masked_parts(pieces)
+        rollout.part_steps = [[index[n.id] for n in p.nodes] for p in pieces]
+        return rollout
 
     async def _outcome(self, ctx: Context, leaf: Node) -> float | None:
         cached = [v for k, v in leaf.scores.items() if k.startswith("outcome:")]
@@ -264,6 +294,17 @@ class Rollouts:
             return await ctx.score(node)
         except VerifierError:
             return 0.0
+
+
+def _reencoded(rollout: Rollout) -> bool:
+    """Whether the learner encodes some of the policy's own text (an observation's text is
+    the environment's, encoded as the engine was fed it)."""
+    if rollout.token_ids is not None:
+        return False
+    if rollout.parts is None:
+        return True
+    mask = rollout.mask or [1] * len(rollout.parts)
+    return any(isinstance(part, str) and m for part, m in zip(rollout.parts, mask, strict=True))
 
 
 def _sampled_step(node: Node) -> bool:

@@ -10,19 +10,39 @@ Design decisions:
   (``Example.parts``) is trained on exactly those, after the prompt encoded as the
   engine encoded it; only text without ids is encoded (counted per step as
   ``reencoded_tokens``: an example of text alone counts all its completion tokens).
+- Agent episodes: a piece the example's ``mask`` gives 0 (an observation) is fed as the
+  engine was fed it, at loss weight 0 (label -100): counted as ``masked_tokens``. An
+  example whose sampled ids are not what the engine was fed is dropped and counted
+  (:func:`~learners.examples.fed_mismatch`: ``mismatched_samples``, ``mismatched_tokens``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from learners.base import UpdateResult
-from learners.examples import Example
+from learners.examples import Example, fed_mismatch
 from learners.trainer import LoraSettings, TorchLearner, TrainerSettings, part_ids
 
 __all__ = ["LoraSettings", "SFTLearner", "SFTSettings"]
+
+
+@dataclass(slots=True)
+class _Encoded:
+    """An example as the learner trains it."""
+
+    ids: list[int]
+    labels: list[int]
+    weights: list[float]
+    reencoded: int = 0
+    """Completion tokens encoded from text rather than taken as sampled."""
+    masked: int = 0
+    """Completion tokens fed but not trained (an observation's)."""
+    mismatch: str | None = None
+    """Why the example's ids are not what the engine was fed (None: they are)."""
 
 
 class SFTSettings(TrainerSettings):
@@ -48,27 +68,33 @@ class SFTLearner(TorchLearner):
         line's). A completion that does not end the answer (``example.ends`` false: a
         verified prefix) is followed by the line break the next step starts after, not
         by the end of turn."""
-        ids, labels, weights, _ = self._encode(example)
-        return ids, labels, weights
+        e = self._encode(example)
+        return e.ids, e.labels, e.weights
 
-    def _encode(self, example: Example) -> tuple[list[int], list[int], list[float], int]:
-        """:meth:`encode_weighted` and how many completion tokens were encoded from text."""
+    def _encode(self, example: Example) -> _Encoded:
+        """:meth:`encode_weighted`, with what was encoded from text, masked, or mismatched."""
         tok = self.tokenizer
         prompt = tok.apply_chat_template(example.messages, tokenize=False, add_generation_prompt=True)
         prompt_ids: list[int] = tok(prompt, add_special_tokens=False)["input_ids"]
         completion_ids: list[int] = []
         weights: list[float] = []
-        reencoded = 0
+        reencoded = masked = 0
+        mismatch = None
         if example.parts is not None:  # as sampled: ids as they are, text encoded piece by piece
-            encoded = part_ids(tok, [piece for piece, _ in example.parts])
-            for (ids_k, sampled), (_, weight) in zip(encoded, example.parts, strict=True):
+            pieces = [piece for piece, _ in example.parts]
+            mismatch = fed_mismatch(tok, pieces, example.texts)
+            mask = example.mask if example.mask is not None else [1] * len(pieces)
+            trained_weight = 1.0
+            for (ids_k, sampled), (_, weight), m in zip(part_ids(tok, pieces), example.parts, mask, strict=True):
                 completion_ids += ids_k
-                weights += [float(weight) * example.weight] * len(ids_k)
-                reencoded += 0 if sampled else len(ids_k)
-            if example.ends and self._eos:  # the end of turn, at the last piece's weight
+                weights += [float(weight) * example.weight * m] * len(ids_k)
+                masked += 0 if m else len(ids_k)
+                reencoded += 0 if sampled or not m else len(ids_k)
+                trained_weight = float(weight) if m else trained_weight
+            if example.ends and self._eos:  # the end of turn, at the last trained piece's weight
                 end_ids = tok(self._eos, add_special_tokens=False)["input_ids"]
                 completion_ids += end_ids
-                weights += [float(example.parts[-1][1] if example.parts else 1.0) * example.weight] * len(end_ids)
+                weights += [trained_weight * example.weight] * len(end_ids)
         else:
             end = self._eos if example.ends else "\n"
             segments = example.segments if example.segments is not None else [(example.completion, 1.0)]
@@ -81,7 +107,7 @@ class SFTLearner(TorchLearner):
         ids = (prompt_ids + completion_ids)[: self.settings.max_length]
         weights = ([0.0] * len(prompt_ids) + weights)[: self.settings.max_length]
         labels = [t if w > 0 else -100 for t, w in zip(ids, weights, strict=True)]
-        return ids, labels, weights, reencoded
+        return _Encoded(ids, labels, weights, reencoded, masked, mismatch)
 
     # -- one optimizer step ------------------------------------------------------------
 
@@ -89,8 +115,11 @@ class SFTLearner(TorchLearner):
         if not examples:
             raise ValueError("a learner step needs at least one example")
         started = self.prepare()
-        full = [self._encode(ex) for ex in examples if ex.weight > 0]
-        encoded = sorted(((ids, labels, w) for ids, labels, w, _ in full), key=lambda e: len(e[0]))
+        every = [self._encode(ex) for ex in examples if ex.weight > 0]
+        full = [e for e in every if e.mismatch is None]
+        dropped = [e for e in every if e.mismatch is not None]
+        self.mismatched_samples += len(dropped)
+        encoded = sorted(((e.ids, e.labels, e.weights) for e in full), key=lambda e: len(e[0]))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         total_weight = sum(sum(w[1:]) for _, _, w in encoded) or 1.0
         loss_sum = 0.0
@@ -119,7 +148,11 @@ class SFTLearner(TorchLearner):
             processed += int(mask.sum())
         result = self.apply(started, loss_sum, len(encoded), tokens)
         result.metrics["processed"] = float(processed)  # every input token, for the FLOP count
-        result.metrics["reencoded_tokens"] = float(sum(e[3] for e in full))
+        result.metrics["reencoded_tokens"] = float(sum(e.reencoded for e in full))
+        result.metrics["masked_tokens"] = float(sum(e.masked for e in full))
+        if dropped:
+            result.metrics["mismatched_samples"] = float(len(dropped))
+            result.metrics["mismatched_tokens"] = float(sum(len(e.ids) for e in dropped))
         return result
 
     @torch.no_grad()

@@ -44,6 +44,13 @@ Design decisions:
   tokenise otherwise than the policy sampled; text is encoded only where a path holds
   some (a fork, a text-only backend's step), and each learner step reports those tokens
   (``reencoded_tokens`` in its metrics, summed in the run's summary).
+- Agent episodes: a sample's pieces carry a loss mask (the policy's tokens 1, an
+  observation's 0); masked tokens are fed but put nothing in a loss, and each step
+  counts them (``masked_tokens``). A sample whose sampled ids are not what the engine
+  was fed and sampled (:func:`~learners.examples.fed_mismatch`: ids outside this tokenizer's vocabulary,
+  ids that do not decode to the step the tree holds, behaviour log-probs not one per
+  sampled id) is never trained: it is dropped, counted (``mismatched_samples`` on the
+  learner and in the step's metrics, its tokens as ``mismatched_tokens``).
 - A step with no token to train on (every completion cut off by ``max_length``: a
   prompt as long as it) is refused the same way, counted (``empty_steps``) and warned
   about once per learner, naming ``learner.max_length``; an optimizer step on zero
@@ -76,7 +83,13 @@ from runtime.core.threads import CoreShare
 from runtime.scheduling.files import written_whole
 from runtime.scheduling.store_faults import one_line
 
-__all__ = ["NONFINITE_STEPS_IN_A_ROW", "LoraSettings", "TorchLearner", "TrainerSettings", "part_ids"]
+__all__ = [
+    "NONFINITE_STEPS_IN_A_ROW",
+    "LoraSettings",
+    "TorchLearner",
+    "TrainerSettings",
+    "part_ids",
+]
 
 log = get_logger("searchlearn.learner")
 
@@ -260,6 +273,8 @@ class TorchLearner:
         """Steps refused because their loss or gradient norm was NaN or infinite."""
         self.empty_steps = 0
         """Steps refused because no example had a token left to train on."""
+        self.mismatched_samples = 0
+        """Samples dropped because their ids are not what the engine was fed (see module doc)."""
         self._refused_in_a_row = 0
         self.share: CoreShare | None = None
         """Cores handed with the generation engine: a step holds the learner's threads."""

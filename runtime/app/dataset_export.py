@@ -12,7 +12,12 @@ Layouts (one row per line of JSONL, or per row of Parquet):
 - ``sft``: ``{"messages": [...task messages, {"role": "assistant", "content": path}]}``,
   TRL's conversational language-modeling layout (``SFTTrainer``). A verified prefix of
   an unsolved episode (``prefixes: true``) is left out: in this layout an end of turn
-  would be trained after it.
+  would be trained after it. An agent episode's path is split at its observations, as
+  TRL's tool-calling layout writes a conversation: each stretch the policy wrote is an
+  ``assistant`` message (its tool call as the text the model wrote, in the
+  environment's call format), each observation a ``tool`` message (``name``: the tool
+  called), so a trainer feeds the environment's text as context and never trains it
+  as assistant text.
 - ``preference``: ``{"prompt": [...], "chosen": [{"role": "assistant", ...}], "rejected":
   [...]}``, TRL's conversational preference layout with an explicit prompt
   (``DPOTrainer``). A step pair's shared prefix (the path to the parent node) leads both
@@ -176,13 +181,34 @@ def _assistant(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
 
 
-def _row(fmt: DatasetFormat, item: Any) -> Row | None:
+def _turns(item: Any, delimiter: str) -> list[dict[str, Any]]:
+    """An sft example's completion as messages: the policy's stretches as ``assistant``
+    messages, each observation (a piece its mask gives 0) as a ``tool`` message."""
+    if item.parts is None or item.mask is None or item.texts is None or all(item.mask):
+        return _assistant(item.completion)
+    out: list[dict[str, Any]] = []
+    written: list[str] = []
+    tools = iter(item.meta.get("tools", []))
+    for text, trained in zip(item.texts, item.mask, strict=True):
+        if trained:
+            written.append(text)
+            continue
+        if "".join(written).strip():
+            out += _assistant("".join(written).strip(delimiter))
+        written = []
+        out.append({"role": "tool", "name": next(tools, ""), "content": text.strip(delimiter)})
+    if "".join(written).strip():
+        out += _assistant("".join(written).strip(delimiter))
+    return out
+
+
+def _row(fmt: DatasetFormat, item: Any, delimiter: str = "\n") -> Row | None:
     """One dataset row of a converter's item (None: the layout cannot hold it)."""
     if fmt == "sft":
         if not item.ends:
             return None
         return {
-            "messages": [*_messages(item.messages), *_assistant(item.completion)],
+            "messages": [*_messages(item.messages), *_turns(item, delimiter)],
             "weight": item.weight,
             "reward": item.meta.get("reward"),
             **_ids(item.key, item.policy_version),
@@ -225,7 +251,7 @@ async def dataset_rows(
     converter = _converter(fmt, learner, verifiers, delimiter)
     for episode in episodes:
         for item in await converter.examples(episode, verifiers):
-            row = _row(fmt, item)
+            row = _row(fmt, item, delimiter)
             if row is not None:
                 yield row
 
@@ -235,9 +261,10 @@ def _schema(fmt: DatasetFormat) -> Any:
     import pyarrow as pa
 
     messages = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    turns = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string()), ("name", pa.string())]))
     ids = [("task_id", pa.string()), ("sample", pa.int64()), ("policy_version", pa.int64())]
     fields: dict[str, list[tuple[str, Any]]] = {
-        "sft": [("messages", messages), ("weight", pa.float64()), ("reward", pa.float64())],
+        "sft": [("messages", turns), ("weight", pa.float64()), ("reward", pa.float64())],
         "preference": [
             ("prompt", messages), ("chosen", messages), ("rejected", messages), ("level", pa.string()),
             ("prefix", pa.string()),
