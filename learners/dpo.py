@@ -86,8 +86,9 @@ class DPOLearner(TorchLearner):
         tok = self.tokenizer
         prompt_text = tok.apply_chat_template(pair.messages, tokenize=False, add_generation_prompt=True)
         prompt: list[int]
-        if pair.prefix_parts is not None:
-            prompt = [t for ids, _ in part_ids(tok, [prompt_text, *pair.prefix_parts]) for t in ids]
+        sent = pair.prefix_pieces
+        if sent is not None and any(not isinstance(part, str) for part in sent.parts):  # as the request sent it
+            prompt = [t for ids, _ in part_ids(tok, [prompt_text, *sent.parts]) for t in ids]
         else:
             prompt = tok(prompt_text + pair.prefix, add_special_tokens=False)["input_ids"]
         end = self.delimiter if pair.level == "steps" else (tok.eos_token or "")
@@ -102,6 +103,8 @@ class DPOLearner(TorchLearner):
                 problem = problem or fed_mismatch(tok, side.parts, side.texts)
             ids = (prompt + completion)[: self.settings.max_length]
             rows.append((ids, len(prompt), mask[: max(0, len(ids) - len(prompt))]))
+        if sent is not None:
+            problem = problem or fed_mismatch(tok, sent.parts, sent.texts)
         return rows[0], rows[1], problem
 
     def _side(self, side: Continuation, ends: bool) -> tuple[list[int], list[int]]:
@@ -167,7 +170,8 @@ class DPOLearner(TorchLearner):
             margins += float(margin.detach().sum())
         result = self.apply(started, loss_sum, len(kept), tokens)
         result.metrics.update(pair_accuracy=right / max(len(kept), 1), mean_margin=margins / max(len(kept), 1))
-        result.metrics["masked_tokens"] = float(masked)
+        if masked:
+            result.metrics["masked_tokens"] = float(masked)
         if dropped:
             result.metrics["mismatched_samples"] = float(dropped)
         return result

@@ -72,6 +72,7 @@ __all__ = [
     "oldest_version",
     "path_nodes",
     "path_text",
+    "tool_names",
 ]
 
 Keep = Literal["chosen", "all_correct"]
@@ -169,10 +170,16 @@ def _after_rejection(episode: Episode, node: Node) -> bool:
     return any(episode.nodes[c].meta.get("rejected") for c in siblings if c != node.id)
 
 
-def _tool_name(episode: Episode, observation: Node) -> str:
-    """The name of the tool whose call ``observation`` answers ("" if none parsed)."""
-    call = episode.nodes[observation.parent].meta.get("call") if observation.parent is not None else None
-    return str(call.get("name", "")) if isinstance(call, dict) else ""
+def tool_names(path: Sequence[Node]) -> list[str]:
+    """For each observation on ``path`` (in order), the name of the tool whose call is
+    the node before it ("" where that is not a parsed call)."""
+    out = []
+    for i, node in enumerate(path):
+        if node.trained:
+            continue
+        call = path[i - 1].meta.get("call") if i > 0 else None
+        out.append(str(call.get("name", "")) if isinstance(call, dict) else "")
+    return out
 
 
 def oldest_version(path: Sequence[Node]) -> int | None:
@@ -282,7 +289,7 @@ class VerifiedPaths:
         if not sampled_only:
             self.reencoded_paths += 1
         reward = episode.reward if leaf.id == (episode.chosen_path or [-1])[-1] else 1.0
-        tools = [_tool_name(episode, n) for n in nodes if not n.trained]  # what each observation answers
+        tools = tool_names(nodes)  # what each observation answers, for an export's tool messages
         return [
             Example(
                 messages=episode.task.as_messages(),

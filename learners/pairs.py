@@ -21,7 +21,7 @@ Design decisions:
   holds sampled ids or an observation, the pair carries each side as pieces
   (:class:`Continuation`: ids as sampled, text to encode, a loss mask that gives an
   observation's tokens 0, and each piece's text) and the prefix as the request sent it
-  (``prefix_parts``), so DPO's log-probabilities are of the policy's own tokens only.
+  (``prefix_pieces``), so DPO's log-probabilities are of the policy's own tokens only.
   Sibling turns (the call nodes under one parent, the steps after one observation)
   pair as steps from one identical state; an observation is never a side.
 """
@@ -34,10 +34,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from learners.examples import masked_parts
+from learners.examples import masked_parts, tool_names
 from runtime.core.errors import VerifierError
 from runtime.core.registry import with_overrides
-from runtime.core.types import Episode, Node, path_parts, path_pieces
+from runtime.core.types import Episode, Node, path_pieces
 from runtime.search.context import Context, Verifiers
 
 __all__ = ["Continuation", "Pair", "PairSettings", "Pairs"]
@@ -71,6 +71,8 @@ class Continuation:
     """Per piece: 1 the policy's tokens (in the log-probability), 0 an observation's (fed only)."""
     texts: list[str]
     """Per piece, the text the tree holds (sampled ids are checked against it)."""
+    tools: list[str] = field(default_factory=list)
+    """Per observation piece, in order, the tool whose call it answers (for an export)."""
 
 
 @dataclass(slots=True)
@@ -86,8 +88,10 @@ class Pair:
     policy_version: int | None = None
     weight: float = 1.0
     meta: dict[str, Any] = field(default_factory=dict)
-    prefix_parts: list[str | list[int]] | None = None
-    """``prefix`` as the request that sampled the sides sent it (None: encode ``prefix``)."""
+    prefix_pieces: Continuation | None = None
+    """``prefix`` as pieces, where it holds sampled ids or an observation (None: encode
+    ``prefix``). Where any piece is ids, the learner sends its parts as the request that
+    sampled the sides did; text alone is encoded as one string, as the request sent it."""
     chosen_parts: Continuation | None = None
     """``chosen`` as sampled (None: encode its text)."""
     rejected_parts: Continuation | None = None
@@ -153,25 +157,25 @@ class Pairs:
                 found += [(a, b) for a in valued for b in valued if a.value - b.value > s.value_margin]  # type: ignore[operator]
             found = [(g, b) for g, b in found if g.text != b.text][: s.max_pairs]
             prefix = ctx.text(parent)
-            sent = path_parts(path_pieces(ctx.path(parent), self.delimiter))  # what the siblings' request sent
+            sent = self._continuation(ctx.path(parent), closed=True)  # what the siblings' request sent
             out += [self._pair(ctx, prefix, g.text, b.text, "steps", [g], [b], sent) for g, b in found]
         return out
 
     def _pair(
-        self, ctx: Context, prefix: str, chosen: str, rejected: str, level: str, good: list[Node], bad: list[Node],
-        prefix_parts: list[str | list[int]] | None,
+        self, ctx: Context, text: str, chosen: str, rejected: str, level: str, good: list[Node], bad: list[Node],
+        prefix: Continuation | None,
     ) -> Pair:  # fmt: skip
         versions = [n.policy_version for n in good + bad if n.policy_version is not None]
         sides = [self._continuation(path, closed=level == "steps") for path in (good, bad)]
         return Pair(
             messages=ctx.task.as_messages(),
-            prefix=prefix,
+            prefix=text,
             chosen=chosen,
             rejected=rejected,
             key=ctx.episode.key,
             level=level,
             policy_version=min(versions) if versions else None,
-            prefix_parts=prefix_parts,
+            prefix_pieces=prefix,
             chosen_parts=sides[0],
             rejected_parts=sides[1],
         )
@@ -183,7 +187,7 @@ class Pairs:
         if all(p.ids is None for p in pieces) and all(n.trained for n in path):
             return None
         parts, mask, texts = masked_parts(pieces)
-        return Continuation(parts, mask, texts)
+        return Continuation(parts, mask, texts, tool_names(path))
 
     async def _accepted(self, ctx: Context, leaf: Node) -> bool | None:
         """Whether a finished solution is accepted (None: it cannot be judged)."""

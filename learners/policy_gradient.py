@@ -201,7 +201,9 @@ class PolicyGradientLearner(TorchLearner):
             parts = [list(rollout.token_ids)]
         else:
             parts = [rollout.text]
-        mismatch = fed_mismatch(tok, parts, rollout.texts if rollout.parts is not None else None, rollout.behaviour)
+        mismatch = fed_mismatch(tok, rollout.prefix_parts) or fed_mismatch(
+            tok, parts, rollout.texts if rollout.parts is not None else None, rollout.behaviour
+        )
         recorded = iter(rollout.behaviour or [])
         completion: list[int] = []
         behaviour: list[float] = []
@@ -297,7 +299,8 @@ class PolicyGradientLearner(TorchLearner):
         kept = [e for e in encoded if e.mismatch is None]
         dropped = [e for e in encoded if e.mismatch is not None]
         self.mismatched_samples += len(dropped)
-        counts = {"masked_tokens": float(sum(e.masked for e in kept))}
+        masked = sum(e.masked for e in kept)
+        counts = {"masked_tokens": float(masked)} if masked else {}
         if dropped:
             counts["mismatched_samples"] = float(len(dropped))
             counts["mismatched_tokens"] = float(sum(len(e.ids) - e.prompt for e in dropped))

@@ -149,7 +149,9 @@ class SFTLearner(TorchLearner):
         result = self.apply(started, loss_sum, len(encoded), tokens)
         result.metrics["processed"] = float(processed)  # every input token, for the FLOP count
         result.metrics["reencoded_tokens"] = float(sum(e.reencoded for e in full))
-        result.metrics["masked_tokens"] = float(sum(e.masked for e in full))
+        masked = sum(e.masked for e in full)
+        if masked:  # agent episodes' observations (absent elsewhere, as in every summary before them)
+            result.metrics["masked_tokens"] = float(masked)
         if dropped:
             result.metrics["mismatched_samples"] = float(len(dropped))
             result.metrics["mismatched_tokens"] = float(sum(len(e.ids) for e in dropped))

@@ -229,7 +229,7 @@ async def test_sibling_turns_are_a_group_with_per_turn_process_advantages(tokeni
     assert malformed.step_advantages[0] < 0
     pairs = await Pairs(levels=["steps"]).examples(ep, v)
     assert {(p.chosen, p.rejected) for p in pairs} == {(CALLS[0], CALLS[2]), (CALLS[1], CALLS[2])}
-    assert all(p.prefix_parts is None and p.chosen_parts is not None for p in pairs)
+    assert all(p.prefix_pieces is None and p.chosen_parts is not None for p in pairs)  # siblings at the root
 
 
 # -- ids that are not what the engine was fed --------------------------------------------
@@ -301,6 +301,26 @@ async def test_the_sft_export_writes_each_observation_as_a_tool_message() -> Non
 
     table_ = pa.Table.from_pylist(rows, schema=_schema("sft"))
     assert table_.to_pylist()[0]["messages"][2] == {"role": "tool", "content": "= 42", "name": "calc"}
+
+
+async def test_the_preference_export_splits_each_side_at_its_observations() -> None:
+    ep, v = await agent_episode()
+    rows = [row async for row in dataset_rows([ep], "preference", verifiers=v)]
+    solutions = [r for r in rows if r["level"] == "solutions"]
+    assert solutions and {r["level"] for r in rows} == {"solutions", "steps"}
+    for row in solutions:
+        assert row["chosen"] == [
+            {"role": "assistant", "content": CALLS[0]},
+            {"role": "tool", "name": "calc", "content": "= 42"},
+            {"role": "assistant", "content": "Answer: 42"},
+        ]
+        assert [m["role"] for m in row["rejected"]] == ["assistant", "tool", "assistant"]
+    steps = [r for r in rows if r["level"] == "steps"]
+    assert all(r["chosen"] == [{"role": "assistant", "content": r["chosen"][0]["content"]}] for r in steps)
+    pa = pytest.importorskip("pyarrow")
+    from runtime.app.dataset_export import _schema
+
+    assert len(pa.Table.from_pylist(rows, schema=_schema("preference"))) == len(rows)
 
 
 def test_components_lists_the_agentic_families() -> None:

@@ -23,7 +23,8 @@ Layouts (one row per line of JSONL, or per row of Parquet):
   (``DPOTrainer``). A step pair's shared prefix (the path to the parent node) leads both
   completions: TRL cannot continue an assistant turn and then append another, and the
   prefix's log-probabilities are the same in both, so they cancel in the DPO margin.
-  ``level`` (solutions / steps) and ``prefix`` let a reader split them apart.
+  ``level`` (solutions / steps) and ``prefix`` let a reader split them apart. An agent
+  episode's side (and prefix) is split at its observations as in ``sft``.
 - ``prm``: ``{"prompt": str, "completions": [steps], "labels": [bool]}``, TRL's stepwise
   supervision layout (the one its ``PRMTrainer`` loaded; TRL 1.x no longer ships that
   trainer). A label is true at ``LABEL_THRESHOLD``; ``label_values`` keeps the soft label.
@@ -181,25 +182,51 @@ def _assistant(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
 
 
-def _turns(item: Any, delimiter: str) -> list[dict[str, Any]]:
-    """An sft example's completion as messages: the policy's stretches as ``assistant``
-    messages, each observation (a piece its mask gives 0) as a ``tool`` message."""
-    if item.parts is None or item.mask is None or item.texts is None or all(item.mask):
-        return _assistant(item.completion)
+def _turns(segments: Sequence[tuple[str, int]], tools: Sequence[str], delimiter: str) -> list[dict[str, Any]]:
+    """Assistant text and observations as messages: each stretch the policy wrote (mask
+    1) an ``assistant`` message, each observation (mask 0) a ``tool`` message naming
+    the tool whose call it answers."""
     out: list[dict[str, Any]] = []
+    names = iter(tools)
     written: list[str] = []
-    tools = iter(item.meta.get("tools", []))
-    for text, trained in zip(item.texts, item.mask, strict=True):
+
+    def flush() -> None:
+        if "".join(written).strip():
+            out.extend(_assistant("".join(written).strip(delimiter)))
+        written.clear()
+
+    for text, trained in segments:
         if trained:
             written.append(text)
             continue
-        if "".join(written).strip():
-            out += _assistant("".join(written).strip(delimiter))
-        written = []
-        out.append({"role": "tool", "name": next(tools, ""), "content": text.strip(delimiter)})
-    if "".join(written).strip():
-        out += _assistant("".join(written).strip(delimiter))
+        flush()
+        out.append({"role": "tool", "name": next(names, ""), "content": text.strip(delimiter)})
+    flush()
     return out
+
+
+def _completion(item: Any, delimiter: str) -> list[dict[str, Any]]:
+    """An sft example's completion: one assistant message, or split at its observations."""
+    if item.mask is None or item.texts is None or all(item.mask):
+        return _assistant(item.completion)
+    return _turns(list(zip(item.texts, item.mask, strict=True)), item.meta.get("tools", []), delimiter)
+
+
+def _side(item: Any, text: str, side: Any, delimiter: str) -> list[dict[str, Any]]:
+    """A preference pair's side after its shared prefix (the prefix leads it, see module
+    doc): one assistant message, or split at the observations of either."""
+    prefix = item.prefix_pieces
+    if all(p is None or all(p.mask) for p in (prefix, side)):
+        return _assistant(item.prefix + text)
+    segments: list[tuple[str, int]] = [(item.prefix, 1)] if prefix is None and item.prefix else []
+    tools: list[str] = []
+    for pieces in (prefix, side):
+        if pieces is not None:
+            segments += list(zip(pieces.texts, pieces.mask, strict=True))
+            tools += pieces.tools
+    if side is None:
+        segments.append((text, 1))
+    return _turns(segments, tools, delimiter)
 
 
 def _row(fmt: DatasetFormat, item: Any, delimiter: str = "\n") -> Row | None:
@@ -208,7 +235,7 @@ def _row(fmt: DatasetFormat, item: Any, delimiter: str = "\n") -> Row | None:
         if not item.ends:
             return None
         return {
-            "messages": [*_messages(item.messages), *_turns(item, delimiter)],
+            "messages": [*_messages(item.messages), *_completion(item, delimiter)],
             "weight": item.weight,
             "reward": item.meta.get("reward"),
             **_ids(item.key, item.policy_version),
@@ -216,8 +243,8 @@ def _row(fmt: DatasetFormat, item: Any, delimiter: str = "\n") -> Row | None:
     if fmt == "preference":
         return {
             "prompt": _messages(item.messages),
-            "chosen": _assistant(item.prefix + item.chosen),
-            "rejected": _assistant(item.prefix + item.rejected),
+            "chosen": _side(item, item.chosen, item.chosen_parts, delimiter),
+            "rejected": _side(item, item.rejected, item.rejected_parts, delimiter),
             "level": item.level,
             "prefix": item.prefix,
             **_ids(item.key, item.policy_version),
@@ -266,7 +293,7 @@ def _schema(fmt: DatasetFormat) -> Any:
     fields: dict[str, list[tuple[str, Any]]] = {
         "sft": [("messages", turns), ("weight", pa.float64()), ("reward", pa.float64())],
         "preference": [
-            ("prompt", messages), ("chosen", messages), ("rejected", messages), ("level", pa.string()),
+            ("prompt", messages), ("chosen", turns), ("rejected", turns), ("level", pa.string()),
             ("prefix", pa.string()),
         ],
         "prm": [
