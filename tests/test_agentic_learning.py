@@ -38,6 +38,7 @@ from runtime.rewards.tool_call import ToolCallVerifier
 from runtime.search.context import Context, Sampling, Verifiers
 from runtime.tiny.policy_format import BUNDLED_POLICY
 from runtime.tools import CalculatorEnvironment
+from strategies.best_of_n import BestOfN
 from strategies.chain_of_thought import ChainOfThought
 
 pytestmark = pytest.mark.anyio
@@ -230,6 +231,19 @@ async def test_sibling_turns_are_a_group_with_per_turn_process_advantages(tokeni
     pairs = await Pairs(levels=["steps"]).examples(ep, v)
     assert {(p.chosen, p.rejected) for p in pairs} == {(CALLS[0], CALLS[2]), (CALLS[1], CALLS[2])}
     assert all(p.prefix_pieces is None and p.chosen_parts is not None for p in pairs)  # siblings at the root
+
+
+async def test_best_of_n_on_the_calculator_gives_a_group_of_whole_agent_episodes() -> None:
+    env = CalculatorEnvironment()
+    v = verifiers(env)
+    ctx = Context(Episode(run_id="r", task=TASK), ScriptedPolicy(script), v, Sampling(max_steps=8))
+    ep = await BestOfN(n=3).run(ctx)
+    assert ctx.turns is not None and ctx.turns.executions == 2  # the malformed call never ran
+    rollouts = await Rollouts(groups="leaves").examples(ep, v)
+    assert sorted(r.text.split("\n")[0] for r in rollouts) == sorted(CALLS)
+    for r in rollouts:  # each a whole trajectory: call, observation, answer
+        assert r.mask == [1, 0, 1] and r.meta["group"] == "leaves"
+        assert (r.meta["reward"] == 1.0) == (r.step_advantages[0] > 0)
 
 
 # -- ids that are not what the engine was fed --------------------------------------------
