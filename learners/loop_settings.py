@@ -24,7 +24,7 @@ class EvalSettings(BaseModel):
     every_seconds: float | None = Field(None, gt=0)
     """Instead of every: evaluate at the first version published this many seconds after
     the last evaluation began (rows that step at different rates get comparable curves)."""
-    tasks: ComponentField("tasks", TaskSource) = Field(default_factory=lambda: TinyTasks(size=100, seed=10_000))
+    tasks: ComponentField("tasks", TaskSource) = Field(default_factory=lambda: TinyTasks(size=100, seed=10_000))  # type: ignore[valid-type]
     """Held-out tasks; use a seed the training tasks do not use. Without a ``system`` of
     their own they take the run's ``tasks.system``, so they are asked in the same format."""
     strategy: bool = True

@@ -42,13 +42,20 @@ from runtime.search.context import Context, Verifiers
 
 __all__ = ["Continuation", "Pair", "PairSettings", "Pairs"]
 
+Level = Literal["solutions", "steps"]
+
+
+def _levels(*names: Level) -> list[Level]:
+    """A typed default list of pair levels (a bare list literal is ``list[str]`` to mypy)."""
+    return list(names)
+
 
 class PairSettings(BaseModel):
     """Which preference pairs the tree gives (part of a preference learner's config)."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    levels: list[Literal["solutions", "steps"]] = Field(default_factory=lambda: ["solutions", "steps"], min_length=1)
+    levels: list[Level] = Field(default_factory=lambda: _levels("solutions", "steps"), min_length=1)
     """Solution pairs (accepted vs rejected solutions of a task), step pairs (siblings under one prefix), or both."""
     min_reward: float = Field(1.0, ge=0, le=1)
     """A solution is accepted at this outcome score."""
@@ -128,7 +135,8 @@ class Pairs:
 
     async def _solution_pairs(self, ctx: Context) -> list[Pair]:
         leaves = [n for n in ctx.episode.nodes[1:] if n.terminal and not n.children and n.text]
-        good, bad = [], []
+        good: list[Node] = []
+        bad: list[Node] = []
         for leaf in leaves:
             verdict = await self._accepted(ctx, leaf)
             if verdict is not None:

@@ -79,11 +79,11 @@ class ReflectionTraces(VerifiedPaths):
             out.append(example)
         return out
 
-    def _segments(self, episode: Episode, leaf: Node) -> tuple[list[tuple[str, bool]], int]:
+    def _segments(self, episode: Episode, leaf: Node) -> tuple[list[tuple[str, float]], int]:
         """The path's lines, each with whether the loss trains on it, and how many
         corrections they hold."""
         s = self.settings
-        out: list[tuple[str, bool]] = []
+        out: list[tuple[str, float]] = []  # (text, loss weight: 1 or 0)
         written = 0
         for node in path_nodes(episode, leaf):
             if node.meta.get("reflection") or not node.text:

@@ -32,7 +32,7 @@ from pydantic import Field
 
 from learners.base import LearnerSpec, UpdateResult
 from learners.loop_settings import EvalSettings
-from learners.pairs import Pair, Pairs, PairSettings
+from learners.pairs import Pair, Pairs, PairSettings, _levels
 from learners.prm import value_head_model
 from learners.trainer import TorchLearner, TrainerSettings
 from runtime.core.errors import VerifierError
@@ -176,7 +176,8 @@ class OutcomeRMLearner(_HeadLearner):
     def rewards(self, rows: list[list[int]]) -> torch.Tensor:
         ids, mask = pad_rows(rows, self.tokenizer.pad_token_id or 0)
         logits = self.model(input_ids=ids, attention_mask=mask).logits[..., 0].float()
-        return logits[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])]
+        last: torch.Tensor = logits[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])]
+        return last
 
     def _ids(self, pair: Pair, text: str) -> list[int]:
         # The encoding the `orm` verifier scores with: one function, so they cannot drift.
@@ -207,7 +208,7 @@ class ORM(LearnerSpec, TrainerSettings, PairSettings):
 
     kind: Literal["orm"] = "orm"
     trains_policy: ClassVar[bool] = False
-    levels: list[Literal["solutions", "steps"]] = Field(default_factory=lambda: ["solutions"], min_length=1)
+    levels: list[Literal["solutions", "steps"]] = Field(default_factory=lambda: _levels("solutions"), min_length=1)
     """Pairs of whole solutions (the outcome model's data)."""
     eval: EvalSettings | None = None
     """In-loop evaluation measures a policy; a reward model has none."""

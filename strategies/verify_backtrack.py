@@ -120,8 +120,9 @@ class VerifyAndBacktrack(BaseStrategy):
         ``retry_temperature`` when set."""
         if not retrying:
             return await ctx.expand(source, 1)
-        hotter = {} if self.retry_temperature is None else {"temperature": self.retry_temperature}
-        return await ctx.expand(source, self.candidates, **hotter)
+        if self.retry_temperature is None:
+            return await ctx.expand(source, self.candidates)
+        return await ctx.expand(source, self.candidates, temperature=self.retry_temperature)
 
     @staticmethod
     def _previous_accepted(ctx: Context, node: Node) -> Node:

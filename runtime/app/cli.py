@@ -279,7 +279,8 @@ async def _run(rt: Any, tasks: Any, total: int | None, show: bool, export: Episo
                         export.close()
         finally:
             await rt.policy.aclose()
-    return rt.stats.as_dict()
+    stats: dict[str, Any] = rt.stats.as_dict()
+    return stats
 
 
 def _learn(cfg: Any, tasks: Any, total: int | None, show: bool) -> None:

@@ -72,7 +72,7 @@ def _student(config: RunConfig) -> tuple[Any, Any]:
         if getattr(model_config, "layer_types", None):
             model_config.layer_types = model_config.layer_types[: model_config.num_hidden_layers]
     torch.manual_seed(getattr(config.tasks, "seed", 0))
-    return AutoModelForCausalLM.from_config(model_config, dtype=torch.float32), tokenizer
+    return AutoModelForCausalLM.from_config(model_config, dtype=torch.float32), tokenizer  # type: ignore[no-untyped-call]
 
 
 def _eval_tasks(config: RunConfig) -> list[Task]:

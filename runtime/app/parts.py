@@ -48,7 +48,7 @@ def torch_consumers(config: RunConfig) -> int:
     parts = [p.verifier for p in v.process] if isinstance(v.process, list) else [v.process]
     count += sum(getattr(part, "name", None) == "prm" for part in parts)
     count += int(getattr(v.outcome, "name", None) == "orm")
-    return max(1, count)
+    return max(1, int(count))
 
 
 def build_policy(config: RunConfig) -> Policy:
@@ -188,7 +188,8 @@ def build_verifiers(config: RunConfig, policy: Policy | None = None) -> Verifier
 def build_tasks(config: RunConfig) -> Iterable[Task]:
     """The run's tasks, checked up front (a missing file or dataset fails here)."""
     try:
-        return config.tasks.tasks()
+        tasks: Iterable[Task] = config.tasks.tasks()
+        return tasks
     except TaskError as exc:
         field = config.tasks.input_field
         raise ConfigError(f"tasks.{field}: {exc}" if field else f"tasks: {exc}") from None

@@ -175,7 +175,8 @@ def validate_component(family: str, value: Any) -> Component:
 def ComponentField(family: str, base: type[Component]) -> Any:  # noqa: N802 (a type factory)
     """The annotation of a config field holding one component of ``family``: it accepts
     what :func:`validate_component` does and dumps the component's own fields."""
-    return Annotated[SerializeAsAny[base], BeforeValidator(lambda v: validate_component(family, v))]
+    # ``base`` is a class only known at run time: a type application mypy cannot check
+    return Annotated[SerializeAsAny[base], BeforeValidator(lambda v: validate_component(family, v))]  # type: ignore[misc,valid-type]
 
 
 S = TypeVar("S", bound=BaseModel)

@@ -113,7 +113,10 @@ class WeightedPolicy(Policy, Protocol):
     """A policy whose weights a learner can replace (the local engine): the online loop
     publishes to it, the evaluator loads a version into it."""
 
-    version: int
+    @property
+    def version(self) -> int:
+        """The version of the weights it now samples with."""
+        ...
 
     def swap_weights(self, state_dict: dict[str, Any], version: int) -> None: ...
 

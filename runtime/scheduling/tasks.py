@@ -460,7 +460,8 @@ class TaskSource(Component):
 
     def tasks(self) -> Iterable[Task] | AsyncIterable[Task]:
         """The tasks a run gets: :meth:`build`'s, with ``system`` applied."""
-        return with_system(self.build(), self.system)
+        out: Iterable[Task] | AsyncIterable[Task] = with_system(self.build(), self.system)
+        return out
 
 
 def with_system(tasks: Any, system: str | None) -> Any:

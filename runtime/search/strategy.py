@@ -23,7 +23,8 @@ __all__ = ["BaseStrategy", "Strategy"]
 class Strategy(Protocol):
     """A search procedure. It talks to the policy and verifiers only through ``ctx``."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def config(self) -> dict[str, Any]: ...
 

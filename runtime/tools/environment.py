@@ -42,7 +42,7 @@ class BaseEnvironment(Component):
     tools: list[ComponentField("tools", BaseTool)] = Field(default_factory=list)  # type: ignore[valid-type]
     """The tools a model may call: names (calc, or a plug-in's) or mappings with ``name``
     and the tool's settings (timeout, max_output_chars)."""
-    format: ComponentField("tool_formats", CallFormat) = Field(default_factory=CompactFormat)  # type: ignore[valid-type,arg-type]
+    format: ComponentField("tool_formats", CallFormat) = Field(default_factory=CompactFormat)  # type: ignore[valid-type]
     """How a step is read as a tool call and an observation written (compact, or a plug-in's)."""
     fork: ForkMode = "copy"
     """How a branch of the search gets its own state: copy (deep copy before each

@@ -63,7 +63,7 @@ class LocalPolicy:
 
         directory = resolve_checkpoint(path)
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+        model: Any = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
         return cls(model.to(resolve_device(device)), tokenizer, name=str(directory), **kwargs)
 
     @property
