@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -107,3 +108,19 @@ def test_packages_are_typed(name: str) -> None:
     from pathlib import Path
 
     assert (Path(module.__file__).parent / "py.typed").is_file()
+
+
+def test_lazy_package_names_are_real_types_to_a_type_checker(tmp_path: Path) -> None:
+    """``from runtime import Runtime`` is the class to mypy, not ``Any``: the packages'
+    ``__init__.pyi`` stubs list the names their lazy ``__getattr__`` imports."""
+    from mypy import api
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "from runtime import Runtime, Sampling\nfrom learners import GRPO\n"
+        "reveal_type(Runtime)\nreveal_type(GRPO)\nx: int = Sampling()\n"
+    )
+    out, _, _ = api.run([str(probe), "--no-incremental", "--follow-imports=silent"])
+    assert "runtime.scheduling.scheduler.Runtime" in out, out
+    assert "learners.grpo.GRPO" in out, out
+    assert 'expression has type "Sampling", variable has type "int"' in out, out

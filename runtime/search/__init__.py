@@ -3,30 +3,6 @@ finish) and the Strategy protocol that strategies are written against."""
 
 from __future__ import annotations
 
-from runtime.core.lazy import lazy_exports as _lazy_exports
+from runtime.core.lazy import stub_exports as _stub_exports
 
-_EXPORTS = {
-    "Aggregate": ".context",
-    "BaseStrategy": ".strategy",
-    "Context": ".context",
-    "Ledger": ".context",
-    "Sampling": ".context",
-    "Strategy": ".strategy",
-    "Verifiers": ".context",
-    "aggregate_scores": ".context",
-    "gather": ".context",
-}
-
-__all__ = [
-    "Aggregate",
-    "BaseStrategy",
-    "Context",
-    "Ledger",
-    "Sampling",
-    "Strategy",
-    "Verifiers",
-    "aggregate_scores",
-    "gather",
-]
-
-__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = _stub_exports(__name__, __file__)

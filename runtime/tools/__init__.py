@@ -4,42 +4,6 @@ episode context runs at turn boundaries of the search tree."""
 
 from __future__ import annotations
 
-from runtime.core.lazy import lazy_exports as _lazy_exports
+from runtime.core.lazy import stub_exports as _stub_exports
 
-_EXPORTS = {
-    "BaseEnvironment": ".environment",
-    "BaseTool": ".spec",
-    "Calc": ".calculator",
-    "CalculatorEnvironment": ".calculator",
-    "CallFormat": ".formats",
-    "CompactFormat": ".formats",
-    "Environment": ".base",
-    "ForkMode": ".base",
-    "ToolCall": ".base",
-    "ToolEnvironmentError": ".base",
-    "ToolOutput": ".base",
-    "ToolSpec": ".spec",
-    "ToolsEnvironment": ".environment",
-    "Turn": ".base",
-    "calculate": ".calculator",
-}
-
-__all__ = [
-    "BaseEnvironment",
-    "BaseTool",
-    "Calc",
-    "CalculatorEnvironment",
-    "CallFormat",
-    "CompactFormat",
-    "Environment",
-    "ForkMode",
-    "ToolCall",
-    "ToolEnvironmentError",
-    "ToolOutput",
-    "ToolSpec",
-    "ToolsEnvironment",
-    "Turn",
-    "calculate",
-]
-
-__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = _stub_exports(__name__, __file__)

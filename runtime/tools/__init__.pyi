@@ -1,0 +1,48 @@
+"""Type stub: the package's public names, listed once (read by type checkers, and by
+:func:`runtime.core.lazy.stub_exports` to import each on first use)."""
+
+from runtime.tools.base import (
+    Environment as Environment,
+)
+from runtime.tools.base import (
+    ForkMode as ForkMode,
+)
+from runtime.tools.base import (
+    ToolCall as ToolCall,
+)
+from runtime.tools.base import (
+    ToolEnvironmentError as ToolEnvironmentError,
+)
+from runtime.tools.base import (
+    ToolOutput as ToolOutput,
+)
+from runtime.tools.base import (
+    Turn as Turn,
+)
+from runtime.tools.calculator import (
+    Calc as Calc,
+)
+from runtime.tools.calculator import (
+    CalculatorEnvironment as CalculatorEnvironment,
+)
+from runtime.tools.calculator import (
+    calculate as calculate,
+)
+from runtime.tools.environment import (
+    BaseEnvironment as BaseEnvironment,
+)
+from runtime.tools.environment import (
+    ToolsEnvironment as ToolsEnvironment,
+)
+from runtime.tools.formats import (
+    CallFormat as CallFormat,
+)
+from runtime.tools.formats import (
+    CompactFormat as CompactFormat,
+)
+from runtime.tools.spec import (
+    BaseTool as BaseTool,
+)
+from runtime.tools.spec import (
+    ToolSpec as ToolSpec,
+)
