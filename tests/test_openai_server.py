@@ -100,6 +100,36 @@ async def test_greedy_step_matches_local_generate(hf_server: str) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_continued_step_matches_local_generate_from_the_same_prefix(hf_server: str) -> None:
+    """Completion mode renders the model's own chat template (from the model directory,
+    which transformers serve names the model by) and continues the accepted step: the
+    server's greedy next step is the local model's greedy next line after that prefix."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    task = next(iter(tiny_tasks(1, steps=[3], seed=5)))
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR)
+    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR)
+    ids = tok(assistant_prefix(task.prompt or ""), return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**ids, max_new_tokens=80, do_sample=False, pad_token_id=tok.pad_token_id)
+    lines = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).split("\n")
+    assert len(lines) >= 2, lines
+
+    async with tiny_policy(hf_server) as p:
+        assert p.template is not None  # the model name is its directory: its template is used
+        result = await p.generate(
+            GenerationRequest(
+                messages=task.as_messages(),
+                assistant_prefix=lines[0] + "\n",
+                max_tokens=40,
+                temperature=0.0,
+                stop=["\n"],
+            )
+        )
+    assert result.completions[0].text.strip() == lines[1].strip()
+    assert result.completions[0].token_ids is None  # the prefix went as text: text-only
+
+
+@pytest.mark.anyio
 async def test_chat_mode_and_n_fallback(hf_server: str) -> None:
     async with tiny_policy(hf_server, mode="chat") as p:
         result = await p.generate(
