@@ -112,7 +112,10 @@ def run_chain_of_thought(policy: dict[str, Any], tmp_path: Path) -> list[Any]:
 
     async def go() -> list[Any]:
         async with build_runtime(config) as runtime:
-            return [ep async for ep in runtime.stream(build_tasks(config))]
+            try:
+                return [ep async for ep in runtime.stream(build_tasks(config))]
+            finally:
+                await runtime.policy.aclose()  # the openai client's aiohttp session
 
     return anyio.run(go)
 

@@ -71,6 +71,7 @@ from runtime.app.build import build_runtime  # noqa: E402
 from runtime.app.config import load_config  # noqa: E402
 from runtime.app.parts import build_tasks  # noqa: E402
 from runtime.policy.checkpoints import resolve_checkpoint  # noqa: E402
+from runtime.policy.openai_compatible import OpenAIPolicy  # noqa: E402
 
 BACKENDS = ("local", "vllm-server", "transformers-serve")
 STRATEGIES = ("chain_of_thought", "verify_backtrack")
@@ -272,7 +273,11 @@ async def run_row(backend: str, strategy: str, tasks: int, policy: dict, args: a
     config = load_config(config_file)
     started = time.perf_counter()
     async with build_runtime(config) as runtime:
-        episodes = [ep async for ep in runtime.stream(build_tasks(config))]
+        try:
+            episodes = [ep async for ep in runtime.stream(build_tasks(config))]
+        finally:
+            if isinstance(runtime.policy, OpenAIPolicy):  # its aiohttp session, left open otherwise
+                await runtime.policy.aclose()
     seconds = time.perf_counter() - started
     n = max(1, len(episodes))
     row = Row(backend, strategy, tasks=len(episodes), wall_s=round(seconds, 1))
