@@ -306,9 +306,17 @@ async def test_a_step_that_stops_at_once_is_asked_again_past_the_blank_line(temp
         return httpx2.Response(200, json={"choices": [choice], "usage": {"prompt_tokens": 9, "completion_tokens": 2}})
 
     request = GenerationRequest(messages=QUESTION, assistant_prefix="Step one.\n", stop=["\n"])
-    text_server = OpenAIPolicy(
+    default = OpenAIPolicy(  # off by default: an immediate stop ends the step, as on the local engine
         "m", base_url="http://blank-line/v1", mode="completion", server="transformers", tokenizer="bundled",
         transport=httpx2.MockTransport(respond),
+    )  # fmt: skip
+    async with default:
+        result = await default.generate(request)
+    assert result.completions[0].text == "" and len(prompts) == 1
+    prompts.clear()
+    text_server = OpenAIPolicy(
+        "m", base_url="http://blank-line/v1", mode="completion", server="transformers", tokenizer="bundled",
+        transport=httpx2.MockTransport(respond), blank_line_retry=True,
     )  # fmt: skip
     async with text_server:
         result = await text_server.generate(request)
@@ -319,7 +327,7 @@ async def test_a_step_that_stops_at_once_is_asked_again_past_the_blank_line(temp
     prompts.clear()  # sent as the sampled ids, the prompt ends where the model's tokens did: no retry
     ids_server = OpenAIPolicy(
         "m", base_url="http://blank-line/v1", mode="completion", server="vllm", tokenizer="bundled",
-        transport=httpx2.MockTransport(respond),
+        transport=httpx2.MockTransport(respond), blank_line_retry=True,
     )  # fmt: skip
     async with ids_server:
         result = await ids_server.generate(request)

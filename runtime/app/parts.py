@@ -107,6 +107,7 @@ def _policy(p: PolicyConfig, threads: int | None = None) -> Policy:
         # with policy.lora the server serves policy.path: its tokenizer renders the prompts
         tokenizer=p.tokenizer if p.tokenizer is not None or p.lora is None else p.path,
         wait_ready=p.wait_ready,
+        blank_line_retry=p.blank_line_retry,
         extra_body=p.extra_body,
         http=p.http,
         **extra,

@@ -137,6 +137,12 @@ class PolicyConfig(_Section):
     (or /health): a loopback server still loading its model is waited for instead of
     failing the first episodes. A server still not ready then fails every call with one
     message saying so. 0: no check."""
+    blank_line_retry: bool = False
+    """Where the prefix goes as text (re-encoded by the server), ask a step that stopped at
+    once on its delimiter again with the delimiter accepted into the prefix. Off by
+    default: on SmolLM2 behind ``transformers serve`` it kept paths going after the model
+    had ended (9.9 calls a task instead of ~3, docs/benchmarks.md); an immediate stop then
+    ends the path, as on the local engine and on vLLM."""
     http: Literal["auto", "httpx", "aiohttp"] = "auto"
     """HTTP transport of the openai backend: 'aiohttp' (openai's aiohttp transport, about
     half the client CPU per request; needs the searchlearn[http] extra and the asyncio

@@ -36,7 +36,10 @@ line ("...\n\n", often one token) comes back as "...\n", and the model's next to
 the missing newline, so the next step stops at once, empty, which ends an episode (a
 likely cause of the empty next steps reported for SmolLM2-135M-Instruct in completion
 mode; not measured here). Such a completion is asked again with the delimiter accepted
-into the prefix (:func:`past_blank_lines`, once). With ids the prompt ends on
+into the prefix (:func:`past_blank_lines`, once) where ``policy.blank_line_retry`` asks for
+it; off by default, since on ``transformers serve`` the same immediate stop also follows a
+step the model ended with its end-of-turn, and retrying then kept paths going to
+``max_steps`` (measured, docs/benchmarks.md). With ids the prompt ends on
 the very token the model sampled, so this does not arise there.
 """
 

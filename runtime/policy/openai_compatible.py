@@ -25,7 +25,8 @@ Design decisions:
   ``transformers serve``) the accepted text is shown in the user message and the first
   new step of the reply is taken. No extra user turn is ever invented. A step
   continued from text that stops at once on its delimiter (a blank line the
-  re-encoded prefix lost) is asked again past it.
+  re-encoded prefix lost) is asked again past it when ``blank_line_retry`` is set (off
+  by default: measured to keep SmolLM2 going after its end on ``transformers serve``).
 - ``server`` names known quirks: ``transformers`` samples only through a
   ``generation_config`` extra body; ``vllm`` takes token-id prompts and returns token
   ids (with the stop string, so a step's ids hold every token it sampled).
@@ -131,6 +132,7 @@ class OpenAIPolicy:
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         http: Http = "auto",
         wait_ready: float = 0.0,
+        blank_line_retry: bool = False,
     ) -> None:
         if http not in ("auto", "httpx", "aiohttp"):
             raise ConfigError(f"policy.http: {http!r} is not one of 'auto', 'httpx', 'aiohttp'")
@@ -169,6 +171,7 @@ class OpenAIPolicy:
         # aiohttp session belongs to the loop that opened it; trio cannot run one).
         self._clients: dict[str, openai.AsyncOpenAI] = {}
         self.wait_ready = wait_ready
+        self.blank_line_retry = blank_line_retry
         self._ready: anyio.Lock | None = None
         self._not_ready: str | None = None
         self._checked = wait_ready <= 0
@@ -230,7 +233,7 @@ class OpenAIPolicy:
         if self._not_ready is not None:
             raise PolicyUnavailable(self._not_ready)
         result = await self._generate(request)
-        if self._prefix_as_text(request):
+        if self.blank_line_retry and self._prefix_as_text(request):
             await past_blank_lines(self._generate, request, result)
         return result
 

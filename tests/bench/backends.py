@@ -338,7 +338,7 @@ def run_backend(backend: str, checkpoint: Path, args: argparse.Namespace, logs: 
         if backend != "local" and args.no_blank_line_retry:
             import runtime.policy.continuation as continuation
 
-            continuation.BLANK_LINE_RETRIES = 0  # diagnostic: a text server's immediate stop ends the step
+            continuation.BLANK_LINE_RETRIES = 0  # (now the default: policy.blank_line_retry is off)
         rows = []
         for strategy in strategies:
             tasks = args.vb_tasks if strategy == "verify_backtrack" and args.vb_tasks else args.tasks
