@@ -35,7 +35,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from learners.loop_stats import LoopStats
 from runtime.core.errors import ConfigError
@@ -128,7 +128,7 @@ class _Wandb:
             name=run_id,
             dir=str(directory),
             config=dict(settings),
-            mode=os.environ.get("WANDB_MODE", "offline"),  # type: ignore[arg-type]
+            mode=cast(Any, os.environ.get("WANDB_MODE", "offline")),  # wandb types it as a Literal
             settings=wandb.Settings(console="off"),  # the run's own logging is not wandb's to capture
             reinit="create_new",
         )
