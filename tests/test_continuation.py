@@ -285,7 +285,7 @@ async def test_wait_ready_gives_up_with_one_message() -> None:
 
 
 def test_request_error_for_n_is_not_any_letter_n() -> None:
-    from runtime.policy.openai_compatible import _N_PARAMETER
+    from runtime.policy.admission import _N_PARAMETER
 
     assert _N_PARAMETER.search("HTTP 400: {'message': 'n must be 1'}")
     assert _N_PARAMETER.search("HTTP 400: {'param': 'n', 'message': 'Unsupported value'}")

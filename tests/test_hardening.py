@@ -14,7 +14,7 @@ import anyio
 import httpx2
 import pytest
 import structlog
-from fakeserver import loopback
+from fakeserver import loopback, serve
 from typer.testing import CliRunner
 
 from runtime.app.cli import app
@@ -255,15 +255,20 @@ async def test_a_key_echoed_in_an_error_body_is_not_stored(tmp_path: Path) -> No
 def test_a_key_in_the_config_is_masked_everywhere(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(
-        f"run_id: k\npolicy: {{kind: scripted, api_key: {KEY}}}\n"
-        f"tasks: {{source: tiny, size: 3}}\nstore: {{path: {db}}}\n",
-        encoding="utf-8",
-    )
-    result = runner.invoke(app, ["run", str(cfg), "--no-progress", "--verbose"])
+    with serve() as base_url:
+        cfg.write_text(
+            f"run_id: k\npolicy: {{kind: openai, model: fake, base_url: '{base_url}', api_key: {KEY}}}\n"
+            f"tasks: {{source: tiny, size: 3}}\nstore: {{path: {db}}}\n",
+            encoding="utf-8",
+        )
+        result = runner.invoke(app, ["run", str(cfg), "--no-progress", "--verbose"])
     assert result.exit_code == 0, result.output
     assert KEY not in result.output
     assert KEY not in db.read_bytes().decode("utf-8", "replace")
+    # a key given to a backend without one (the scripted fake) is refused, not echoed
+    cfg.write_text(f"policy: {{kind: scripted, api_key: {KEY}}}\n", encoding="utf-8")
+    result = runner.invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 2 and "policy.api_key" in result.output and KEY not in result.output
     cfg.write_text(f"policy: {{api_key_env: {KEY}}}\n", encoding="utf-8")
     result = runner.invoke(app, ["run", str(cfg)])
     assert result.exit_code == 2 and "api_key_env" in result.output and KEY not in result.output

@@ -18,7 +18,9 @@ import pytest
 
 from runtime.core.errors import PolicyUnavailable
 from runtime.core.types import Episode, Task
+from runtime.policy.admission import AdmittedPolicy, Reply
 from runtime.policy.base import Completion, GenerationRequest, GenerationResult
+from runtime.policy.limits import EndpointLimits, Price
 from runtime.policy.scripted import ScriptedPolicy
 from runtime.rewards.outcome import ExactMatch, TableVerifier
 from runtime.scheduling.scheduler import Runtime, SchedulerSettings
@@ -468,30 +470,25 @@ async def test_consumer_breaking_off_stops_the_run(make_tasks: MakeTasks) -> Non
 
 
 async def test_spent_endpoint_budget_stops_admission(make_tasks: MakeTasks) -> None:
-    class Limiter:
-        def __init__(self) -> None:
-            self.spent = 0
+    """A backend on the admission layer whose cost budget is spent stops admission: the
+    scheduler finds the endpoint's limiter by type."""
 
-        @property
-        def exhausted(self) -> str | None:
-            return "cost budget spent: $1.00 of $1.00" if self.spent >= 5 else None
+    class Priced(AdmittedPolicy):
+        calls = 0
 
-    class BudgetedPolicy(ScriptedPolicy):
-        def __init__(self) -> None:
-            super().__init__(["Answer: 1"])
-            self.limiter = Limiter()
+        async def send(self, request: GenerationRequest, n: int, seed_offset: int) -> Reply:
+            self.calls += 1
+            return Reply([Completion("Answer: 1") for _ in range(n)], prompt_tokens=0, completion_tokens=200_000)
 
-        async def generate(self, request: GenerationRequest) -> GenerationResult:
-            self.limiter.spent += 1
-            return await super().generate(request)
-
-    policy = BudgetedPolicy()
+    policy = Priced(
+        "m", endpoint="test://budget", limits=EndpointLimits(max_concurrency=1, budget_usd=1.0), price=Price(0.0, 1.0)
+    )
     async with Runtime(policy, ChainOfThought(), settings=settings(concurrency=1, buffer=1)) as rt:
         episodes = await collect(rt, make_tasks(50))
-    assert rt.stop_reason == "policy: cost budget spent: $1.00 of $1.00"
+    assert rt.stop_reason == "policy: cost budget spent: $1.0000 of $1.0000"
     # One at a time: the sixth episode waits for the fifth's slot, and by then the
     # budget is spent, so it is never admitted (it would only fail with BudgetExhausted).
-    assert len(episodes) == rt.stats.admitted == policy.limiter.spent == 5
+    assert len(episodes) == rt.stats.admitted == policy.calls == 5
     assert all(ep.status == "ok" for ep in episodes)
     assert rt.statistics()["stopping"] is True
 

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from vllm_support import ROOT, in_this_interpreter, run_in_vllm
 
-from runtime.app.config import PolicyConfig, RunConfig, check_config
-from runtime.app.parts import _policy
+from runtime.app.config import RunConfig, check_config
 from runtime.core.errors import ConfigError
+from runtime.policy.backends import VllmBackend
 from runtime.policy.base import GenerationRequest, WeightedPolicy
 from runtime.policy.vllm_engine import VllmPolicy, VllmSettings
 
@@ -55,14 +55,14 @@ def check(result: dict[str, Any]) -> None:
 
 
 def test_config_accepts_kind_vllm_with_its_settings() -> None:
-    p = PolicyConfig.model_validate(
+    p = VllmBackend.model_validate(
         {"kind": "vllm", "vllm": {"gpu_memory_utilization": 0.5, "max_model_len": 1024, "dtype": "bfloat16"}}
     )
     assert p.vllm.enable_prefix_caching is True and p.vllm.logprobs_mode == "processed"
     with pytest.raises(ValueError, match="gpu_memory_utilization"):
-        PolicyConfig.model_validate({"kind": "vllm", "vllm": {"gpu_memory_utilization": 1.5}})
+        VllmBackend.model_validate({"kind": "vllm", "vllm": {"gpu_memory_utilization": 1.5}})
     with pytest.raises(ValueError, match="logprobs_mode"):
-        PolicyConfig.model_validate({"kind": "vllm", "vllm": {"logprobs_mode": "processed_logits"}})
+        VllmBackend.model_validate({"kind": "vllm", "vllm": {"logprobs_mode": "processed_logits"}})
 
 
 def test_a_learner_may_train_the_vllm_engine() -> None:
@@ -138,7 +138,7 @@ def test_building_it_without_vllm_says_how_to_install() -> None:
     if in_this_interpreter() is None or _vllm_importable():
         pytest.skip("vLLM is importable here; nothing to refuse")
     with pytest.raises(ConfigError, match=r"searchlearn\[vllm\]"):
-        _policy(PolicyConfig(kind="vllm"))
+        VllmBackend().build()
 
 
 def _vllm_importable() -> bool:

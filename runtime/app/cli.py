@@ -502,7 +502,7 @@ def fetch(
     out.print(f"{model}: {path}", highlight=False, markup=False, soft_wrap=True)
 
 
-FAMILIES = ("strategies", "verifiers", "tasks", "learners", "environments", "tools", "tool_formats")
+FAMILIES = ("policies", "strategies", "verifiers", "tasks", "learners", "environments", "tools", "tool_formats")
 LISTED = FAMILIES + tuple(REGISTRIES)  # and the registries of functions (learners.algorithms): estimators, losses
 
 

@@ -86,6 +86,7 @@ from runtime.core.errors import ConfigError
 from runtime.core.log import get_logger
 from runtime.core.threads import available_cpus, thread_share
 from runtime.core.types import Episode, Stop, Task, episode_from_json, episode_to_json
+from runtime.policy.backends import LocalBackend
 from runtime.policy.base import GenerationRequest, GenerationResult
 from runtime.scheduling.scheduler import RunStats, Runtime, redact_config, watch_signals
 from runtime.scheduling.store import STALE_AFTER, EpisodeStore
@@ -178,8 +179,9 @@ class RolloutWorker:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         cluster = config.cluster
         assert cluster is not None
-        policy_config = config.policy.model_copy(update={"threads": config.policy.threads or threads})
-        config = config.model_copy(update={"policy": policy_config})
+        if isinstance(config.policy, LocalBackend):
+            policy_config = config.policy.model_copy(update={"threads": config.policy.threads or threads})
+            config = config.model_copy(update={"policy": policy_config})
         self.index = index
         self.policy = build_policy(config)
         concurrency = cluster.concurrency or config.scheduler.concurrency
@@ -328,7 +330,7 @@ class ClusterRuntime:
     def __init__(self, config: RunConfig, *, handle_signals: bool = False) -> None:
         if config.cluster is None:
             raise ConfigError("cluster: this config has no cluster section")
-        if config.policy.kind == "local":  # checked here: the workers would only fail one by one
+        if isinstance(config.policy, LocalBackend):  # checked here: the workers would only fail one by one
             from runtime.policy.checkpoints import resolve_checkpoint
 
             try:

@@ -15,26 +15,28 @@ message names the field, the value and what is allowed.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    BaseModel,
     BeforeValidator,
+    ConfigDict,
     Field,
     SerializeAsAny,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from learners.base import LearnerSpec
-from runtime.app.policy_config import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY  # the scheduler default too
-from runtime.app.policy_config import USER_CONFIG, PolicyConfig, PriceConfig, _Section
 from runtime.core.errors import ConfigError
-from runtime.core.registry import ComponentField, register_builtins, validate_component
+from runtime.core.registry import ComponentField, component_name, lookup, register_builtins, validate_component
 from runtime.core.secrets import redact
+from runtime.policy.backends import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY  # the scheduler default too
+from runtime.policy.backends import USER_CONFIG, USER_CONFIG_KEY, OpenAIBackend, PolicyBackend
 from runtime.rewards.base import OutcomeVerifier, ProcessVerifier, Verifier
 from runtime.rewards.outcome import ExactMatch
 from runtime.scheduling.export import ExportFilter
@@ -46,7 +48,7 @@ from runtime.tiny.tasks import TinyTasks
 from runtime.tools.environment import BaseEnvironment
 from strategies.chain_of_thought import ChainOfThought
 
-__all__ = ["PolicyConfig", "PriceConfig", "RunConfig", "apply_overrides", "format_validation_error", "load_config"]
+__all__ = ["RunConfig", "apply_overrides", "format_validation_error", "load_config"]
 
 DEFAULT_STORE = "runs/searchlearn.db"
 
@@ -59,6 +61,10 @@ register_builtins("learners", "learners")
 register_builtins("environments", "runtime.tools")
 register_builtins("tools", "runtime.tools")
 register_builtins("tool_formats", "runtime.tools")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 def _none_or_component(value: Any) -> Any:
@@ -281,8 +287,34 @@ class RunConfig(_Section):
 
     run_id: str = Field("default", min_length=1)
     """Name of the run; rerunning the same id resumes it."""
-    policy: PolicyConfig = Field(default_factory=PolicyConfig)
-    """The model that samples the run's episodes."""
+    policy: SerializeAsAny[PolicyBackend] = Field(default_factory=OpenAIBackend)
+    """The model that samples the run's episodes: ``kind`` (openai, local, vllm, scripted,
+    or a plug-in's) and that backend's settings."""
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _policy(cls, value: Any, info: ValidationInfo) -> Any:
+        """The named backend, validated with this config's context (a config a user wrote
+        is refused removed keys; one read back from the store is not)."""
+        if isinstance(value, PolicyBackend):
+            return value
+        if isinstance(value, str):
+            value = {"kind": value}
+        if not isinstance(value, dict):
+            raise ValueError("expected a policy backend: a kind, or a mapping with 'kind' and its settings")
+        kind = value.get("kind", "openai")
+        if not isinstance(kind, str):
+            raise ValueError("policy.kind: expected a backend's name (openai, local, vllm, scripted, or a plug-in's)")
+        try:
+            backend = lookup("policies", kind)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        if not (info.context or {}).get(USER_CONFIG_KEY):
+            # A run stored before backends owned their settings holds every backend's
+            # keys: read back from the store (export, report, resume), its own are kept.
+            value = {k: v for k, v in value.items() if k in backend.model_fields}
+        return backend.model_validate({**value, "kind": component_name(backend)}, context=info.context)
+
     tasks: ComponentField("tasks", TaskSource) = Field(default_factory=TinyTasks)  # type: ignore[valid-type]
     """Where tasks come from: ``source`` (tiny, reasoning_gym, jsonl, jsonl_dir, stdin, or a
     plug-in's) and its settings."""
@@ -386,39 +418,17 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 def check_config(config: RunConfig) -> None:
     """Checks that need more than one section, or the environment."""
     p = config.policy
-    if p.kind == "openai" and p.base_url is None and p.api_key is None and not os.environ.get(p.api_key_env):
-        raise ConfigError(
-            f"policy.api_key_env: environment variable {p.api_key_env} is not set; "
-            "set it, or point policy.base_url at a local OpenAI-compatible server"
-        )
-    if p.lora is not None and (p.kind != "openai" or p.server != "vllm"):
-        raise ConfigError(
-            f"policy.lora: adapters are published to a vLLM server: set policy.kind: openai and "
-            f"policy.server: vllm (got kind {p.kind!r}, server {p.server!r})"
-        )
-    if p.kind == "openai" and p.mode == "completion" and p.tokenizer is None and p.lora is None:
-        if not Path(p.model).is_dir():
-            raise ConfigError(
-                "policy.tokenizer: completion mode renders the prompt with the model's own chat template; "
-                f"set it to the tokenizer directory of {p.model!r} or a checkpoint name (e.g. bundled), "
-                "or use policy.mode: chat"
-            )
-    deadline = config.scheduler.episode_timeout
-    if p.kind == "openai" and p.wait_ready > 0 and deadline is not None and p.wait_ready >= deadline:
-        raise ConfigError(
-            f"policy.wait_ready: the first episodes wait for the server inside their deadline, "
-            f"scheduler.episode_timeout ({deadline:g} s); set wait_ready below it (got {p.wait_ready:g})"
-        )
+    p.check(config.scheduler.episode_timeout)
     learner = config.learner
     if learner is not None and learner.trains_policy:
         lora = getattr(learner, "lora", None)
-        if p.kind not in ("local", "vllm") and p.lora is None:
+        if not p.takes_weights():
             raise ConfigError(
                 f"learner.kind: {learner.kind} trains the policy it samples from, so policy.kind must be local "
                 f"or vllm, or a vLLM server with policy.lora (got {p.kind!r}); use learner.kind: distill "
                 f"to learn from a {p.kind} policy"
             )
-        if p.lora is not None and (lora is None or lora.publish != "adapter"):
+        if getattr(p, "lora", None) is not None and (lora is None or lora.publish != "adapter"):
             raise ConfigError(
                 f"learner.lora: policy.lora loads each version into the server as a LoRA adapter, so "
                 f"{learner.kind} must train one and publish it: learner.lora: {{publish: adapter}}"

@@ -55,7 +55,7 @@ def _student(config: RunConfig) -> tuple[Any, Any]:
 
     learner = config.learner
     assert learner is not None
-    source, field = learner.start_checkpoint(config.policy.path)
+    source, field = learner.start_checkpoint(config.policy.weights_path)
     try:
         directory = resolve_checkpoint(source)
     except FileNotFoundError as exc:
@@ -122,7 +122,7 @@ def _share_cores(config: RunConfig, runtime: Any, learner: Learner, evaluator: E
     """Hand the cores between this process's engine, learner and evaluator: the engine
     takes what the other two are not computing on (unless policy.threads fixes its count)."""
     engine = getattr(runtime.policy, "engine", None)
-    if engine is None or not hasattr(engine, "share") or config.policy.threads is not None:
+    if engine is None or not hasattr(engine, "share") or getattr(config.policy, "threads", None) is not None:
         return
     share = CoreShare()
     engine.share = share

@@ -8,21 +8,19 @@ its data), so no setting is copied here.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
 
-from runtime.app.config import PolicyConfig, RunConfig, WeightedVerifier, format_validation_error
-from runtime.app.policy_config import USER_CONFIG
+from runtime.app.config import RunConfig, WeightedVerifier, format_validation_error
 from runtime.core.errors import ConfigError, TaskError
+from runtime.core.registry import validate_component
 from runtime.core.threads import thread_share
 from runtime.core.types import Task
+from runtime.policy.backends import PolicyBackend
 from runtime.policy.base import Policy
-from runtime.policy.limits import EndpointLimits, Price
-from runtime.policy.scripted import ScriptedPolicy
 from runtime.rewards.base import AnswerExtractor, OutcomeVerifier, ProcessVerifier, Verifier, VerifierEnv
 from runtime.rewards.composition import Gate, WeightedSum
 from runtime.rewards.shaping import PotentialShaping
@@ -40,7 +38,7 @@ def torch_consumers(config: RunConfig) -> int:
     engines = 1
     if config.cluster is not None:  # the workers' engines share this machine only on a local cluster
         engines = config.cluster.workers if config.cluster.address is None else 0
-    count = engines * int(config.policy.kind == "local")
+    count = engines * int(config.policy.torch_engine)
     if learner is not None:
         takes_turns = getattr(learner, "mode", "online") == "sync" and count > 0
         count += int(not takes_turns) + int(learner.eval is not None)
@@ -52,66 +50,9 @@ def torch_consumers(config: RunConfig) -> int:
 
 
 def build_policy(config: RunConfig) -> Policy:
-    return _policy(config.policy, thread_share(torch_consumers(config)))
-
-
-def _policy(p: PolicyConfig, threads: int | None = None) -> Policy:
-    if p.kind == "scripted":
-        if not p.script:
-            raise ConfigError("policy.script: the scripted policy needs at least one text")
-        return ScriptedPolicy(p.script, latency=p.latency)
-    if p.kind == "local":
-        from runtime.policy.checkpoints import resolve_checkpoint
-        from runtime.policy.local import LocalPolicy
-
-        try:
-            resolve_checkpoint(p.path)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"policy.path: {exc}") from None
-        try:
-            return LocalPolicy.from_path(
-                p.path, device=p.device, max_batch=p.max_concurrency, threads=p.threads or threads
-            )
-        except ValueError as exc:  # a GPU asked for where there is none
-            if "device" not in str(exc):
-                raise
-            raise ConfigError(f"policy.device: {exc}") from None
-    if p.kind == "vllm":
-        from runtime.policy.checkpoints import resolve_checkpoint
-        from runtime.policy.vllm_engine import VllmPolicy
-
-        try:
-            resolve_checkpoint(p.path)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"policy.path: {exc}") from None
-        return VllmPolicy.from_path(p.path, p.vllm, max_num_seqs=p.max_concurrency)
-    from runtime.policy.openai_compatible import OpenAIPolicy
-
-    cls: type[OpenAIPolicy] = OpenAIPolicy
-    extra: dict[str, Any] = {}
-    if p.lora is not None:
-        from runtime.policy.lora_server import LoraServerPolicy
-
-        cls, extra = LoraServerPolicy, {"lora": p.lora}
-    return cls(
-        p.model,
-        base_url=p.base_url,
-        api_key=(p.api_key.get_secret_value() if p.api_key else os.environ.get(p.api_key_env)) or "EMPTY",
-        mode=p.mode,
-        server=p.server,
-        limits=EndpointLimits(p.max_concurrency, p.requests_per_minute, p.tokens_per_minute, p.budget_usd),
-        timeout=p.timeout,
-        retry_attempts=p.retry_attempts,
-        retry_max_wait=p.retry_max_wait,
-        price=Price(p.price.input, p.price.output) if p.price else None,
-        # with policy.lora the server serves policy.path: its tokenizer renders the prompts
-        tokenizer=p.tokenizer if p.tokenizer is not None or p.lora is None else p.path,
-        wait_ready=p.wait_ready,
-        blank_line_retry=p.blank_line_retry,
-        extra_body=p.extra_body,
-        http=p.http,
-        **extra,
-    )
+    """The run's policy, from its backend's settings (``policy.kind``)."""
+    policy: Policy = config.policy.build(thread_share(torch_consumers(config)))
+    return policy
 
 
 def build_strategy(config: RunConfig) -> BaseStrategy:
@@ -123,9 +64,14 @@ def build_strategy(config: RunConfig) -> BaseStrategy:
 
 def _own_policy(section: dict[str, Any]) -> Policy:
     try:
-        return _policy(PolicyConfig.model_validate(section, context=USER_CONFIG))
+        backend = validate_component("policies", section)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, "verifiers: a verifier's policy")) from None
+    except ValueError as exc:  # an unknown kind
+        raise ConfigError(f"verifiers: a verifier's policy: {exc}") from None
+    assert isinstance(backend, PolicyBackend)
+    policy: Policy = backend.build()
+    return policy
 
 
 def _extractor(patterns: list[str], field: str) -> AnswerExtractor:

@@ -24,6 +24,7 @@ __all__ = ["reference"]
 
 BUILTIN = ("runtime.", "strategies.", "learners.")
 FAMILIES = [
+    ("policies", "Policy backends", "kind", "policy"),
     ("tasks", "Task sources", "source", "tasks"),
     ("strategies", "Strategies", "name", "strategy"),
     ("verifiers", "Verifiers", "name", "verifiers.outcome / verifiers.process"),
@@ -72,6 +73,9 @@ def _default(field: FieldInfo) -> str:
     value = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
     if isinstance(value, BaseModel) and not isinstance(value, Component):
         return f"see [{type(value).__name__}](#{type(value).__name__.lower()})"
+    if isinstance(value, Component):
+        key = type(value).key
+        return f"`{json.dumps({key: getattr(value, key)})}` with its defaults"
     if isinstance(value, BaseModel):
         return f"`{json.dumps(value.model_dump(mode='json'))}`"
     if isinstance(value, set):
@@ -137,10 +141,11 @@ def reference() -> str:
     out += [
         "## Components",
         "",
-        "`tasks`, `strategy`, `verifiers.outcome` / `verifiers.process` and `learner` each name a",
-        "registered component: a name alone (`outcome: exact`), or a mapping with the name under",
-        "its key and the component's settings (`strategy: {name: best_of_n, n: 8}`). The name may",
-        "also be `module:Class`, and installed plug-ins add names through entry points (see",
+        "`policy`, `tasks`, `strategy`, `verifiers.outcome` / `verifiers.process` and `learner` each",
+        "name a registered component: a name alone (`outcome: exact`), or a mapping with the name",
+        "under its key and the component's settings (`strategy: {name: best_of_n, n: 8}`,",
+        "`policy: {kind: local, path: bundled}`). The name may also be `module:Class`, and",
+        "installed plug-ins add names through entry points (see",
         "[extending.md](extending.md)). `verifiers.process` may be a list of verifiers, each with",
         "an optional `weight`: their weighted sum.",
         "",

@@ -7,6 +7,42 @@ from runtime.policy.adapters import (
 from runtime.policy.adapters import (
     LoraPublishing as LoraPublishing,
 )
+from runtime.policy.admission import (
+    AdmittedPolicy as AdmittedPolicy,
+)
+from runtime.policy.admission import (
+    Malformed as Malformed,
+)
+from runtime.policy.admission import (
+    Refused as Refused,
+)
+from runtime.policy.admission import (
+    Reply as Reply,
+)
+from runtime.policy.admission import (
+    Transient as Transient,
+)
+from runtime.policy.backends import (
+    HostedBackend as HostedBackend,
+)
+from runtime.policy.backends import (
+    LocalBackend as LocalBackend,
+)
+from runtime.policy.backends import (
+    OpenAIBackend as OpenAIBackend,
+)
+from runtime.policy.backends import (
+    PolicyBackend as PolicyBackend,
+)
+from runtime.policy.backends import (
+    PriceConfig as PriceConfig,
+)
+from runtime.policy.backends import (
+    ScriptedBackend as ScriptedBackend,
+)
+from runtime.policy.backends import (
+    VllmBackend as VllmBackend,
+)
 from runtime.policy.base import (
     Completion as Completion,
 )

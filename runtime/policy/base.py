@@ -1,8 +1,10 @@
 """The Policy protocol: one async call from a generation request to n completions.
 
-Backends: :class:`~runtime.policy.openai_compatible.OpenAIPolicy` (any OpenAI-compatible server),
-the local transformers engine, and :class:`~runtime.policy.scripted.ScriptedPolicy`, the
-package's own fake.
+Backends, named in a config by :mod:`runtime.policy.backends`:
+:class:`~runtime.policy.openai_compatible.OpenAIPolicy` (any OpenAI-compatible server),
+the local transformers engine, vLLM's in-process engine, and
+:class:`~runtime.policy.scripted.ScriptedPolicy`, the package's own fake. A remote API's
+backend is built on the shared admission layer, :mod:`runtime.policy.admission`.
 """
 
 from __future__ import annotations

@@ -1,21 +1,23 @@
 """OpenAI-compatible backend: OpenAI, vLLM, SGLang, ``transformers serve``, llama.cpp.
 
-Built on the official ``openai`` async client with its own retries switched off:
-retries are ours (tenacity), so they share the endpoint's rate limiter and budget.
-Requests go through ``client.post(path, cast_to=httpx2.Response, body=...)`` (openai's
-route for raw calls: its auth, headers and status errors, without its params transform
-and response models, a quarter of its CPU per request) and the JSON is read by
-:mod:`runtime.policy.openai_reply`; the transports and the readiness probe are in
-:mod:`runtime.policy.openai_http`, the continuation protocols in
-:mod:`runtime.policy.continuation`.
+One exchange with the server (:meth:`OpenAIPolicy.send`) on the official ``openai``
+async client with its own retries switched off; everything around it (rate and token
+limits, retries with backoff, the total deadline, ``n`` fan-out, usage checks, error
+mapping, secret masking, readiness) is the shared admission layer,
+:mod:`runtime.policy.admission`. Requests go through ``client.post(path,
+cast_to=httpx2.Response, body=...)`` (openai's route for raw calls: its auth, headers
+and status errors, without its params transform and response models, a quarter of its
+CPU per request) and the JSON is read by :mod:`runtime.policy.openai_reply`; the
+transports and the readiness probe are in :mod:`runtime.policy.openai_http`, the
+continuation protocols in :mod:`runtime.policy.continuation`.
 
 Design decisions:
-- Retry 429 (honouring ``Retry-After``, capped), 5xx, connection errors, timeouts and
-  unreadable bodies with jittered exponential backoff; never other 4xx. The limiter
-  slot is held per attempt, not across backoff sleeps.
-- ``n > 1``: one request with ``n``; a server that refuses ``n`` (400) or silently
-  returns fewer choices (``transformers serve``, llama.cpp) is remembered and topped
-  up with single calls, run concurrently.
+- 429 (with its ``Retry-After``), 5xx and connection errors are
+  :class:`~runtime.policy.admission.Transient` (retried); other 4xx are
+  :class:`~runtime.policy.admission.Refused`; a 2xx body that is no completion is
+  :class:`~runtime.policy.admission.Malformed`.
+- ``transformers serve`` and llama.cpp return one choice whatever ``n`` says: they are
+  fanned out from the start (the layer learns it of any other server that refuses).
 - Continuing an episode (``assistant_prefix`` / ``assistant_parts``) follows the
   model's own chat template, by one of three protocols (:mod:`runtime.policy.continuation`):
   completion mode renders the template with the model's tokenizer (``tokenizer``) and
@@ -30,12 +32,7 @@ Design decisions:
 - ``server`` names known quirks: ``transformers`` samples only through a
   ``generation_config`` extra body; ``vllm`` takes token-id prompts and returns token
   ids (with the stop string, so a step's ids hold every token it sampled).
-- ``wait_ready``: before its first request the policy polls the server (``GET
-  /models``, then ``/health``) for up to that many seconds; a server still loading is
-  waited for once, and one that never answers fails every call with that one message
-  rather than with a connection error per episode.
-- ``n > 1`` fanned out as single calls fails with the first call's own error (a
-  refused connection, the server's 4xx text), never an ``ExceptionGroup``.
+- Readiness (``wait_ready``) probes ``GET /models``, then ``/health``.
 - The HTTP connection pool is sized to the endpoint's configured concurrency.
 - ``http="auto"`` sends over openai's aiohttp transport (``openai[aiohttp]``, the
   ``searchlearn[http]`` extra) when it is installed, the event loop is asyncio and no
@@ -45,46 +42,32 @@ Design decisions:
   aiohttp costs about half the CPU per request (tests/bench/scheduler.py). aiohttp
   runs on asyncio only: under trio, ``auto`` picks httpx2, chosen per event loop at
   first use (``sniffio``), not at construction.
-- ``timeout`` is a total deadline per attempt (connect to last byte), not httpx's
-  per-read timeout, which a server sending a byte at a time renews forever.
 - A response body is read up to ``max_response_bytes`` (32 MiB); a larger one fails
   the attempt, so a server cannot exhaust the process's memory.
-- Reported usage is checked: negative, non-numeric or absurd token counts are replaced
-  by an estimate from the text, so a broken server cannot undercut the cost budget.
-- The API key is registered with :mod:`runtime.core.secrets`, so an error body that
-  echoes it is masked before it is stored or logged.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import time
 from pathlib import Path
 from typing import Any, Literal
 
-import anyio
 import httpx2
 import openai
 import sniffio
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from runtime.core.concurrency import gather
-from runtime.core.errors import ConfigError, PolicyRequestError, PolicyResponseError, PolicyUnavailable
-from runtime.core.log import get_logger
-from runtime.core.secrets import register_secret
+from runtime.core.errors import ConfigError
+from runtime.policy.admission import AdmittedPolicy, Malformed, Refused, Reply, Transient
 from runtime.policy.base import GenerationRequest, GenerationResult, Mode, Server
 from runtime.policy.continuation import ChatTemplate, past_blank_lines, show_solution_so_far
-from runtime.policy.limits import PRICES, EndpointLimits, Price, limiter_for
+from runtime.policy.limits import EndpointLimits, Price
 from runtime.policy.openai_http import MAX_RESPONSE_BYTES, CappedTransport, aiohttp_transport, probe
-from runtime.policy.openai_reply import Malformed, Sent, excerpt, parse_reply
+from runtime.policy.openai_reply import Sent, excerpt, parse_reply
 
 __all__ = ["Http", "OpenAIPolicy"]
 
 Http = Literal["auto", "httpx", "aiohttp"]
 """Which HTTP transport carries the openai client's requests (see the module docstring)."""
-
-log = get_logger("searchlearn.openai")
 
 _CONTINUE_FINAL = {"vllm", "sglang"}
 """Chat servers that continue a final assistant message when the body asks them to."""
@@ -93,23 +76,12 @@ _PREFILL = {"llamacpp"}
 _TOKEN_PROMPTS = {"vllm"}
 """Servers whose completions endpoint takes a prompt of token ids and returns token ids."""
 _NO_N = {"transformers", "llamacpp"}
-_N_PARAMETER = re.compile(r"(?<![A-Za-z0-9_])n(?![A-Za-z0-9_])")
-"""The request's ``n`` named in an error message ("n must be 1", "'n' is not supported"),
-not any word with the letter n in it ("model does not exist")."""
 
 
-class _Deadline(Exception):
-    """One attempt ran past the request's total deadline (retried, then PolicyUnavailable)."""
-
-
-def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code == 429 or exc.status_code >= 500
-    return isinstance(exc, openai.APIConnectionError | Malformed | _Deadline)
-
-
-class OpenAIPolicy:
-    """A :class:`~runtime.policy.base.Policy` over an OpenAI-compatible HTTP endpoint."""
+class OpenAIPolicy(AdmittedPolicy):
+    """A :class:`~runtime.policy.base.Policy` over an OpenAI-compatible HTTP endpoint,
+    admitted by the shared layer (:mod:`runtime.policy.admission`: limits, retries,
+    deadline, n fan-out, usage checks, error mapping)."""
 
     def __init__(
         self,
@@ -141,16 +113,21 @@ class OpenAIPolicy:
                 raise ConfigError("policy.http: 'aiohttp' builds its own transport; pass http='httpx' with transport=")
             if aiohttp_transport() is None:
                 raise ConfigError("policy.http: 'aiohttp' needs the aiohttp extra: pip install 'searchlearn[http]'")
-        register_secret(api_key)
-        self.model = model
-        self.timeout = timeout
+        super().__init__(
+            model,
+            endpoint=base_url or "https://api.openai.com/v1",
+            api_key=api_key,
+            limits=limits,
+            timeout=timeout,
+            retry_attempts=retry_attempts,
+            retry_initial=retry_initial,
+            retry_max_wait=retry_max_wait,
+            price=price,
+            wait_ready=wait_ready,
+            version=version,
+        )
         self.mode = mode
         self.server = server
-        self.limits = limits or EndpointLimits()
-        self.retry_attempts = retry_attempts
-        self.retry_initial = retry_initial
-        self.retry_max_wait = retry_max_wait
-        self.price = price or PRICES.get(model)
         self.template = _template(tokenizer, model if mode == "completion" else None)
         self.extra_body = dict(extra_body or {})
         # transformers serve replaces the model's generation config with the request's
@@ -158,10 +135,8 @@ class OpenAIPolicy:
         # are parsed once here and sent under every request's own settings.
         base = self.extra_body.pop("generation_config", None) if server == "transformers" else None
         self._generation_config: dict[str, Any] = dict(json.loads(base) if isinstance(base, str) else base or {})
-        self.version = version
-        self.supports_n: bool | None = False if server in _NO_N else None
-        endpoint = base_url or "https://api.openai.com/v1"
-        self.limiter = limiter_for(endpoint, model, self.limits)
+        if server in _NO_N:
+            self.supports_n = False
         self.http: Http = http
         self.max_response_bytes = max_response_bytes
         self._api_key = api_key
@@ -170,11 +145,7 @@ class OpenAIPolicy:
         # One openai client per transport kind, built at first use on an event loop (an
         # aiohttp session belongs to the loop that opened it; trio cannot run one).
         self._clients: dict[str, openai.AsyncOpenAI] = {}
-        self.wait_ready = wait_ready
         self.blank_line_retry = blank_line_retry
-        self._ready: anyio.Lock | None = None
-        self._not_ready: str | None = None
-        self._checked = wait_ready <= 0
 
     def transport_kind(self) -> Literal["httpx", "aiohttp"]:
         """The transport this policy sends over on the running event loop."""
@@ -219,20 +190,15 @@ class OpenAIPolicy:
         for client in clients:
             await client.close()
 
-    async def __aenter__(self) -> OpenAIPolicy:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+    async def probe(self) -> str | None:
+        """``GET /models``, then ``/health`` (which ``transformers serve`` answers even
+        where its ``/models`` fails)."""
+        return await probe(self.client, min(self.timeout, 10.0))
 
     # -- one call -------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        if not self._checked:
-            await self._until_ready()
-        if self._not_ready is not None:
-            raise PolicyUnavailable(self._not_ready)
-        result = await self._generate(request)
+        result = await super().generate(request)
         if self.blank_line_retry and self._prefix_as_text(request):
             await past_blank_lines(self._generate, request, result)
         return result
@@ -246,121 +212,28 @@ class OpenAIPolicy:
             return not (request.messages and self.template is not None and self.server in _TOKEN_PROMPTS)
         return self.server in _CONTINUE_FINAL or self.server in _PREFILL
 
-    async def _generate(self, request: GenerationRequest) -> GenerationResult:
-        if self.supports_n is False and request.n > 1:
-            return await self._fan_out(request, request.n)
+    async def send(self, request: GenerationRequest, n: int, seed_offset: int) -> Reply:
+        path, body, sent = self._body(request, n, seed_offset)
         try:
-            result = await self._with_retries(request, request.n)
-        except PolicyRequestError as exc:
-            if request.n > 1 and self.supports_n is None and _N_PARAMETER.search(str(exc)):
-                self.supports_n = False
-                log.info("server refuses n > 1; falling back to single calls", model=self.model)
-                return await self._fan_out(request, request.n)
-            raise
-        missing = request.n - len(result.completions)
-        if missing > 0:
-            if self.supports_n is None:
-                log.info("server returned fewer choices than n; topping up with single calls", model=self.model)
-            self.supports_n = False
-            extra = await self._fan_out(request, missing)
-            _merge(result, extra)
-        elif request.n > 1:
-            self.supports_n = True
-        return result
-
-    async def _fan_out(self, request: GenerationRequest, count: int) -> GenerationResult:
-        """``count`` single calls at once; the first to fail fails the whole with its own
-        error (the others are cancelled), so an episode stores the real cause."""
-        results = await gather(self._with_retries(request, 1, seed_offset=i) for i in range(count))
-        merged = GenerationResult(completions=[], model=self.model, policy_version=self.version)
-        for r in results:
-            _merge(merged, r)
-        return merged
-
-    async def _until_ready(self) -> None:
-        """Wait once, for at most ``wait_ready`` seconds, for the server to answer ``GET
-        /models`` (or ``/health``, which ``transformers serve`` answers even where its
-        ``/models`` fails); concurrent first calls wait for the same check."""
-        if self._ready is None:
-            self._ready = anyio.Lock()
-        async with self._ready:
-            if self._checked:
-                return
-            deadline = time.monotonic() + self.wait_ready
-            delay = 0.25
-            while problem := await probe(self.client, min(self.timeout, 10.0)):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._not_ready = (
-                        f"server {self._base_url or 'api.openai.com'} not ready after waiting "
-                        f"{self.wait_ready:g} s (policy.wait_ready): {problem}"
-                    )
-                    log.warning("server not ready", model=self.model, waited_s=self.wait_ready, error=problem)
-                    break
-                if delay == 0.25:
-                    log.info("waiting for the server to be ready", model=self.model, error=problem)
-                await anyio.sleep(min(delay, left))
-                delay = min(delay * 2, 5.0)
-            self._checked = True
-
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, openai.APIStatusError):
-            header = exc.response.headers.get("retry-after")
-            if header is not None:
-                try:
-                    return min(max(float(header), 0.0), self.retry_max_wait)
-                except ValueError:
-                    pass
-        backoff = wait_random_exponential(multiplier=self.retry_initial, max=self.retry_max_wait)
-        return float(backoff(state))
-
-    async def _with_retries(self, request: GenerationRequest, n: int, seed_offset: int = 0) -> GenerationResult:
-        estimate = len(request.prompt or "") // 4 + sum(len(m["content"]) for m in request.messages or []) // 4
-        estimate += len(request.assistant_prefix) // 4 + request.max_tokens * n
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.retry_attempts),
-            wait=self._wait,
-            retry=retry_if_exception(_transient),
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    await self.limiter.acquire(estimate)
-                    used, cost = 0, 0.0
-                    try:
-                        # Total, not per read: httpx's timeout restarts with every byte, so
-                        # a server dripping one byte a second would hold the call forever.
-                        with anyio.move_on_after(self.timeout) as deadline:
-                            result = await self._call(request, n, seed_offset)
-                        if deadline.cancelled_caught:
-                            raise _Deadline(f"no complete response within {self.timeout:g} s")
-                        used = result.prompt_tokens + result.completion_tokens
-                        cost = result.cost
-                    finally:
-                        self.limiter.release(estimate, used, cost)
-                    return result
+            # openai's documented route for a raw call: its client still builds,
+            # authenticates and sends the request and raises its status errors, but
+            # neither walks the params' TypedDicts (``_transform``) nor builds pydantic
+            # models of the reply: about a quarter of its CPU per request
+            # (tests/bench/scheduler.py, its profile).
+            response = await self.client.post(path, cast_to=httpx2.Response, body=body)
         except openai.APIStatusError as exc:
-            body = excerpt(exc.body)
-            if _transient(exc):
-                raise PolicyUnavailable(f"HTTP {exc.status_code} after {self.retry_attempts} attempts: {body}") from exc
-            raise PolicyRequestError(f"HTTP {exc.status_code}: {body}") from exc
+            what, detail = f"HTTP {exc.status_code}", excerpt(exc.body)
+            if exc.status_code == 429 or exc.status_code >= 500:
+                raise Transient(what, detail, retry_after=_retry_after(exc.response)) from exc
+            raise Refused(what, detail) from exc
         except openai.APIConnectionError as exc:
             cause = f" ({exc.__cause__})" if exc.__cause__ is not None and str(exc.__cause__) else ""
-            raise PolicyUnavailable(f"{type(exc).__name__} after {self.retry_attempts} attempts: {exc}{cause}") from exc
-        except Malformed as exc:
-            raise PolicyResponseError(f"unreadable response after {self.retry_attempts} attempts: {exc}") from exc
-        except _Deadline as exc:
-            raise PolicyUnavailable(f"{exc} after {self.retry_attempts} attempts") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _log_retry(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        error = f"HTTP {exc.status_code}" if isinstance(exc, openai.APIStatusError) else type(exc).__name__
-        log.info("retrying request", model=self.model, attempt=state.attempt_number, wait_s=round(wait, 3), error=error)
+            raise Transient(type(exc).__name__, f"{exc}{cause}") from exc
+        try:
+            data = json.loads(response.content)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise Malformed("unreadable response", f"{type(exc).__name__}: {exc}: {excerpt(response.text)}") from exc
+        return parse_reply(data, request, sent, mode=self.mode)
 
     def _sampling(self, request: GenerationRequest, n: int, seed_offset: int) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -387,21 +260,6 @@ class OpenAIPolicy:
         if self.server == "vllm":
             extra.setdefault("return_token_ids", True)
         return kwargs | extra
-
-    async def _call(self, request: GenerationRequest, n: int, seed_offset: int) -> GenerationResult:
-        path, body, sent = self._body(request, n, seed_offset)
-        # openai's documented route for a raw call: its client still builds, authenticates
-        # and sends the request and raises its status errors, but neither walks the
-        # params' TypedDicts (``_transform``) nor builds pydantic models of the reply:
-        # about a quarter of its CPU per request (tests/bench/scheduler.py, its profile).
-        response = await self.client.post(path, cast_to=httpx2.Response, body=body)
-        try:
-            data = json.loads(response.content)
-        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-            raise Malformed(f"{type(exc).__name__}: {exc}: {excerpt(response.text)}") from exc
-        return parse_reply(
-            data, request, sent, mode=self.mode, model=self.model, price=self.price, version=self.version
-        )
 
     def _body(self, request: GenerationRequest, n: int, seed_offset: int) -> tuple[str, dict[str, Any], Sent]:
         """The route, the JSON body and how it was sent (see runtime.policy.continuation)."""
@@ -487,8 +345,10 @@ def _template(tokenizer: str | Path | Any | None, model: str | None) -> ChatTemp
     return ChatTemplate(tokenizer)
 
 
-def _merge(into: GenerationResult, other: GenerationResult) -> None:
-    into.completions.extend(other.completions)
-    into.prompt_tokens += other.prompt_tokens
-    into.completion_tokens += other.completion_tokens
-    into.cost += other.cost
+def _retry_after(response: httpx2.Response) -> float | None:
+    """The seconds a 429 / 503 response's ``Retry-After`` header names, if it names any."""
+    header = response.headers.get("retry-after")
+    try:
+        return float(header) if header is not None else None
+    except ValueError:
+        return None

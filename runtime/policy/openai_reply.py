@@ -1,11 +1,10 @@
 """Reading an OpenAI-compatible server's reply: completions, token ids, logprobs and
-checked usage (the response half of :mod:`runtime.policy.openai_compatible`).
+usage as reported (the response half of :mod:`runtime.policy.openai_compatible`; the
+admission layer, :mod:`runtime.policy.admission`, checks and prices the usage).
 
 Design decisions:
 - Nothing in a 2xx body is trusted: a body without choices, or a choice without text,
-  is :class:`Malformed` (retried by the caller); reported usage that is negative,
-  non-numeric or absurd is replaced by an estimate from the text, so a broken server
-  cannot undercut the cost budget.
+  is :class:`~runtime.policy.admission.Malformed` (retried by the admission layer).
 - Token ids come from the choice's ``token_ids`` (vLLM's ``return_token_ids``) or from
   logprobs' tokens of the form ``token_id:N`` (``return_tokens_as_token_ids``); they
   are kept only where they are the record of what the server conditioned on
@@ -20,14 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.core.log import get_logger
-from runtime.policy.base import Completion, GenerationRequest, GenerationResult, Mode
+from runtime.policy.admission import Malformed, Reply
+from runtime.policy.base import Completion, GenerationRequest, Mode
 from runtime.policy.continuation import first_new_step
-from runtime.policy.limits import Price
 
-__all__ = ["Malformed", "Sent", "excerpt", "parse_reply"]
-
-log = get_logger("searchlearn.openai")
+__all__ = ["Sent", "excerpt", "parse_reply"]
 
 _TOKEN_ID = "token_id:"
 
@@ -50,21 +46,15 @@ class Sent:
     engines never keep it."""
 
 
-class Malformed(Exception):
-    """A 2xx response whose body is not a completion (retried, then PolicyResponseError)."""
-
-
-def parse_reply(
-    data: Any, request: GenerationRequest, sent: Sent, *, mode: Mode, model: str, price: Price | None, version: int
-) -> GenerationResult:
+def parse_reply(data: Any, request: GenerationRequest, sent: Sent, *, mode: Mode) -> Reply:
     """A completion body as JSON gave it (dicts and lists, nothing validated yet)."""
     choices = data.get("choices") if isinstance(data, dict) else None
     if not isinstance(choices, list) or not choices:
-        raise Malformed(f"no choices in {excerpt(data)}")
+        raise Malformed("unreadable response", f"no choices in {excerpt(data)}")
     completions = []
     for choice in sorted(choices, key=_index):
         if not isinstance(choice, dict):
-            raise Malformed(f"choice without text: {excerpt(choice)}")
+            raise Malformed("unreadable response", f"choice without text: {excerpt(choice)}")
         lp = choice.get("logprobs")
         logprobs: list[float] | None = None
         tokens: Any = None
@@ -81,7 +71,7 @@ def parse_reply(
                 logprobs = [t.get("logprob") for t in content]
                 tokens = [t.get("token") for t in content]
         if not isinstance(text, str):
-            raise Malformed(f"choice without text: {excerpt(choice)}")
+            raise Malformed("unreadable response", f"choice without text: {excerpt(choice)}")
         if not request.logprobs:
             logprobs = None  # asked for only to name the sampled ids (vLLM)
         token_ids = _token_ids(choice.get("token_ids"), tokens)
@@ -114,37 +104,13 @@ def parse_reply(
     usage = data.get("usage")
     if not isinstance(usage, dict):
         usage = {}
-    prompt_tokens = _count(usage.get("prompt_tokens"), priced=price is not None)
-    completion_tokens = _count(usage.get("completion_tokens"), priced=price is not None)
-    if prompt_tokens is None or completion_tokens is None:
-        # Negative or absurd usage (or none, on a priced model) must not undercut the
-        # budget: estimate from the text (4 characters a token), as the limiter does.
-        log.warning("unusable usage in a response; estimating it from the text", model=model, usage=repr(usage)[:200])
-        prompt_tokens = len(request.prompt or "") // 4 + sum(len(m["content"]) for m in request.messages or []) // 4
-        prompt_tokens += len(request.assistant_prefix) // 4
-        completion_tokens = sum(len(c.text) for c in completions) // 4 + len(completions)
-    cost = price.cost(prompt_tokens, completion_tokens) if price else 0.0
-    return GenerationResult(
-        completions=completions,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        cost=cost,
-        policy_version=version,
-        model=str(data.get("model") or model),
+    model = data.get("model")
+    return Reply(
+        completions,
+        prompt_tokens=usage.get("prompt_tokens"),
+        completion_tokens=usage.get("completion_tokens"),
+        model=model if isinstance(model, str) else "",
     )
-
-
-_MAX_USAGE = 100_000_000  # tokens one response may report; more is a broken server
-
-
-def _count(value: Any, priced: bool) -> int | None:
-    """A token count a server reported, or None if it is not a plausible one (or is
-    missing where it sets a price)."""
-    if value is None:
-        return None if priced else 0
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        return None
-    return int(value) if 0 <= value <= _MAX_USAGE else None
 
 
 def _index(choice: Any) -> int:

@@ -63,7 +63,9 @@ from runtime.core.errors import EpisodeTimeout, SearchlearnError
 from runtime.core.log import get_logger
 from runtime.core.secrets import mask_secrets, redact
 from runtime.core.types import Episode, ErrorInfo, Stop, Task
+from runtime.policy.admission import admitted_limiter
 from runtime.policy.base import Policy
+from runtime.policy.limits import EndpointLimiter
 from runtime.scheduling.loop import EventLoop, GcMode, TunedCollector
 from runtime.scheduling.store import STALE_AFTER, EpisodeStore
 from runtime.scheduling.tasks import iterate_tasks
@@ -570,19 +572,21 @@ async def watch_signals(shutdown: Callable[[Stop, bool | None], None]) -> None:
 _SPENDERS = ("policy", "_policy", "check", "then", "outcome", "_outcome", "process", "potential")
 
 
-def spending_limiters(policy: Any, verifiers: Verifiers) -> list[tuple[str, Any]]:
+def spending_limiters(policy: Any, verifiers: Verifiers) -> list[tuple[str, EndpointLimiter]]:
     """Every endpoint limiter the run can spend through, named by where it is: the
     policy's, and those of the verifiers' own policies (an LLM judge on its own
-    endpoint, a composite's parts), each once."""
-    found: list[tuple[str, Any]] = []
+    endpoint, a composite's parts), each once. A limiter is an admitted policy's
+    (:class:`~runtime.policy.admission.AdmittedPolicy`, the layer every API backend
+    shares)."""
+    found: list[tuple[str, EndpointLimiter]] = []
     seen: set[int] = set()
 
     def visit(obj: Any, where: str, depth: int) -> None:
         if obj is None or depth > 6 or id(obj) in seen:
             return
         seen.add(id(obj))
-        limiter = getattr(obj, "limiter", None)
-        if limiter is not None and hasattr(limiter, "exhausted"):
+        limiter = admitted_limiter(obj)
+        if limiter is not None:
             found.append((where, limiter))
         for name in _SPENDERS:
             child = getattr(obj, name, None)
