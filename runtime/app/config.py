@@ -33,10 +33,10 @@ from pydantic import (
 
 from learners.base import LearnerSpec
 from runtime.core.errors import ConfigError
-from runtime.core.registry import ComponentField, component_name, lookup, register_builtins, validate_component
+from runtime.core.registry import ComponentField, register_builtins, validate_component
 from runtime.core.secrets import redact
 from runtime.policy.backends import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY  # the scheduler default too
-from runtime.policy.backends import USER_CONFIG, USER_CONFIG_KEY, OpenAIBackend, PolicyBackend
+from runtime.policy.backends import USER_CONFIG, OpenAIBackend, PolicyBackend, validate_backend
 from runtime.rewards.base import OutcomeVerifier, ProcessVerifier, Verifier
 from runtime.rewards.outcome import ExactMatch
 from runtime.scheduling.export import ExportFilter
@@ -296,24 +296,7 @@ class RunConfig(_Section):
     def _policy(cls, value: Any, info: ValidationInfo) -> Any:
         """The named backend, validated with this config's context (a config a user wrote
         is refused removed keys; one read back from the store is not)."""
-        if isinstance(value, PolicyBackend):
-            return value
-        if isinstance(value, str):
-            value = {"kind": value}
-        if not isinstance(value, dict):
-            raise ValueError("expected a policy backend: a kind, or a mapping with 'kind' and its settings")
-        kind = value.get("kind", "openai")
-        if not isinstance(kind, str):
-            raise ValueError("policy.kind: expected a backend's name (openai, local, vllm, scripted, or a plug-in's)")
-        try:
-            backend = lookup("policies", kind)
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
-        if not (info.context or {}).get(USER_CONFIG_KEY):
-            # A run stored before backends owned their settings holds every backend's
-            # keys: read back from the store (export, report, resume), its own are kept.
-            value = {k: v for k, v in value.items() if k in backend.model_fields}
-        return backend.model_validate({**value, "kind": component_name(backend)}, context=info.context)
+        return validate_backend(value, info.context)
 
     tasks: ComponentField("tasks", TaskSource) = Field(default_factory=TinyTasks)  # type: ignore[valid-type]
     """Where tasks come from: ``source`` (tiny, reasoning_gym, jsonl, jsonl_dir, stdin, or a

@@ -16,10 +16,9 @@ from pydantic import ValidationError
 
 from runtime.app.config import RunConfig, WeightedVerifier, format_validation_error
 from runtime.core.errors import ConfigError, TaskError
-from runtime.core.registry import validate_component
 from runtime.core.threads import thread_share
 from runtime.core.types import Task
-from runtime.policy.backends import PolicyBackend
+from runtime.policy.backends import USER_CONFIG, validate_backend
 from runtime.policy.base import Policy
 from runtime.rewards.base import AnswerExtractor, OutcomeVerifier, ProcessVerifier, Verifier, VerifierEnv
 from runtime.rewards.composition import Gate, WeightedSum
@@ -64,12 +63,11 @@ def build_strategy(config: RunConfig) -> BaseStrategy:
 
 def _own_policy(section: dict[str, Any]) -> Policy:
     try:
-        backend = validate_component("policies", section)
+        backend = validate_backend(section, USER_CONFIG)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, "verifiers: a verifier's policy")) from None
     except ValueError as exc:  # an unknown kind
         raise ConfigError(f"verifiers: a verifier's policy: {exc}") from None
-    assert isinstance(backend, PolicyBackend)
     policy: Policy = backend.build()
     return policy
 

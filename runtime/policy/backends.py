@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from runtime.core.errors import ConfigError
-from runtime.core.registry import Component
+from runtime.core.registry import Component, component_name, lookup
 from runtime.core.secrets import find_secrets, looks_like_secret, register_secret
 from runtime.policy.adapters import LoraPublishing
 from runtime.policy.base import Mode, Server
@@ -58,6 +58,7 @@ __all__ = [
     "PriceConfig",
     "ScriptedBackend",
     "VllmBackend",
+    "validate_backend",
 ]
 
 DEFAULT_CONCURRENCY = 64
@@ -402,3 +403,29 @@ class ScriptedBackend(PolicyBackend):
         from runtime.policy.scripted import ScriptedPolicy
 
         return ScriptedPolicy(self.script, latency=self.latency)
+
+
+def validate_backend(value: Any, context: dict[str, Any] | None = None) -> PolicyBackend:
+    """The backend a ``policy:`` section names (a kind, or a mapping with ``kind`` and its
+    settings; no kind: openai), validated with ``context``: a config a user wrote
+    (:data:`USER_CONFIG`) is refused removed keys; one read back from the store keeps only
+    the named backend's keys (a run stored before backends owned their settings holds
+    every backend's)."""
+    if isinstance(value, PolicyBackend):
+        return value
+    if isinstance(value, str):
+        value = {"kind": value}
+    if not isinstance(value, dict):
+        raise ValueError("expected a policy backend: a kind, or a mapping with 'kind' and its settings")
+    kind = value.get("kind", "openai")
+    if not isinstance(kind, str):
+        raise ValueError("expected a backend's name in 'kind' (openai, local, vllm, scripted, or a plug-in's)")
+    try:
+        backend = lookup("policies", kind)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    if not (context or {}).get(USER_CONFIG_KEY):
+        value = {k: v for k, v in value.items() if k in backend.model_fields}
+    validated = backend.model_validate({**value, "kind": component_name(backend)}, context=context)
+    assert isinstance(validated, PolicyBackend)
+    return validated
