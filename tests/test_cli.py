@@ -158,10 +158,11 @@ def test_components_lists_every_family_and_refuses_an_unknown_one(runner: CliRun
     assert result.exit_code == 0, result.output
     for name in ("best_of_n", "verify_backtrack", "tiny_rule", "exact", "reasoning_gym", "expert_iteration", "distill"):
         assert name in result.stdout
+    assert result.stdout.startswith("policies") and "scripted" in result.stdout  # policies are a family too
     only = runner.invoke(app, ["components", "strategies"])
     assert only.exit_code == 0 and "mcts" in only.stdout and "tiny_rule" not in only.stdout
-    bad = runner.invoke(app, ["components", "policies"])
-    assert bad.exit_code == 2 and "allowed: strategies" in bad.output
+    bad = runner.invoke(app, ["components", "models"])
+    assert bad.exit_code == 2 and "allowed: policies, strategies" in bad.output
 
 
 def test_a_learning_run_that_reaches_its_configured_limit_exits_0(tmp_path: Path, runner: CliRunner) -> None:
