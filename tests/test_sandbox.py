@@ -23,7 +23,7 @@ import pytest
 from runtime.core.errors import VerifierError
 from runtime.core.types import Task
 from runtime.rewards.code_exec import CodeExecution, run_tests
-from runtime.rewards.sandbox import MARKER, Limits, SandboxMode, available_tiers, run_python
+from runtime.tools.sandbox import MARKER, Limits, SandboxMode, available_tiers, run_python
 
 pytestmark = pytest.mark.anyio
 

@@ -88,21 +88,6 @@ from runtime.rewards.prm import (
 from runtime.rewards.prm import (
     pad_rows as pad_rows,
 )
-from runtime.rewards.sandbox import (
-    Limits as Limits,
-)
-from runtime.rewards.sandbox import (
-    RunResult as RunResult,
-)
-from runtime.rewards.sandbox import (
-    SandboxMode as SandboxMode,
-)
-from runtime.rewards.sandbox import (
-    available_tiers as available_tiers,
-)
-from runtime.rewards.sandbox import (
-    run_python as run_python,
-)
 from runtime.rewards.shaping import (
     PotentialShaping as PotentialShaping,
 )

@@ -1,5 +1,5 @@
 """Code execution verifier: run a candidate program against a task's tests in the
-sandbox of :mod:`runtime.rewards.sandbox`, and compute the verdict here, in the parent,
+sandbox of :mod:`runtime.tools.sandbox`, and compute the verdict here, in the parent,
 from plain data, so that a hostile candidate cannot forge it.
 
 The task carries its tests in ``metadata['tests']``, in one of two forms:
@@ -49,7 +49,7 @@ from runtime.core.errors import VerifierError
 from runtime.core.types import Task
 from runtime.rewards.base import Score, Verifier
 from runtime.rewards.code_checks import clip, prepare, read_outcomes
-from runtime.rewards.sandbox import (
+from runtime.tools.sandbox import (
     DEFAULT_MAX_OUTPUT_BYTES,
     DEFAULT_MAX_PROCESSES,
     DEFAULT_MEMORY_MB,

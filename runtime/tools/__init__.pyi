@@ -46,3 +46,18 @@ from runtime.tools.spec import (
 from runtime.tools.spec import (
     ToolSpec as ToolSpec,
 )
+from runtime.tools.sandbox import (
+    Limits as Limits,
+)
+from runtime.tools.sandbox import (
+    RunResult as RunResult,
+)
+from runtime.tools.sandbox import (
+    SandboxMode as SandboxMode,
+)
+from runtime.tools.sandbox import (
+    available_tiers as available_tiers,
+)
+from runtime.tools.sandbox import (
+    run_python as run_python,
+)

@@ -14,7 +14,7 @@ Design decisions:
   with the error, or the cleaned and cut text. A synchronous function runs in a worker
   thread (the event loop never blocks on it); on timeout the thread is abandoned, not
   killed (Python cannot kill a thread), so a tool that may hang for good belongs in the
-  sandbox (:mod:`runtime.rewards.sandbox`), not in process.
+  sandbox (:mod:`runtime.tools.sandbox`), not in process.
 - Arguments are checked against the schema before a call runs (:meth:`ToolSpec.check`):
   required names present, no unknown names, JSON types and enums as declared. A small
   checker for the subset ``get_json_schema`` writes, not a JSON-Schema library.

@@ -50,7 +50,7 @@ Design decisions:
 - Two trusted stages around the program, the *supervisor* (a child subreaper outside
   the sandbox: pipes with one output cap, the deadline, the sweep of every descendant)
   and the *launcher* (the first code inside it: rlimits, the drop to the fresh uid, then
-  the program). They live in :mod:`runtime.rewards.sandbox_stages`, whose docstring
+  the program). They live in :mod:`runtime.tools.sandbox_stages`, whose docstring
   says why each does what it does; this module lays out their inputs (a JSON plan, a
   JSON config), sends their source to ``python -I -S`` with :func:`function_script`
   and turns the supervisor's JSON report into :class:`RunResult` values.
@@ -88,7 +88,7 @@ import anyio
 from anyio.abc import ByteReceiveStream
 
 from runtime.core.errors import VerifierError
-from runtime.rewards.sandbox_stages import launch, supervise
+from runtime.tools.sandbox_stages import launch, supervise
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT_BYTES",

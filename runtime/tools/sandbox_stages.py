@@ -1,5 +1,5 @@
-"""The two trusted stages of :mod:`runtime.rewards.sandbox`: the supervisor and the
-launcher. Neither is imported where it runs: :func:`runtime.rewards.sandbox.function_script`
+"""The two trusted stages of :mod:`runtime.tools.sandbox`: the supervisor and the
+launcher. Neither is imported where it runs: :func:`runtime.tools.sandbox.function_script`
 takes each function's source (``inspect.getsource``) and writes it to a file that a
 separate ``python -I -S`` runs, so this module is linted and type-checked like any
 other, but the body of each function must stand alone.
