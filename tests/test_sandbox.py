@@ -447,7 +447,7 @@ async def test_tests_the_parent_cannot_judge_are_refused_or_run_inside() -> None
 
 
 async def test_an_unusable_tier_is_a_verifier_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from runtime.rewards import sandbox
+    from runtime.tools import sandbox
 
     monkeypatch.setitem(sandbox._PROBED, "bwrap", "bwrap is not installed")
     with pytest.raises(VerifierError, match="sandbox 'bwrap' cannot run here: bwrap is not installed"):

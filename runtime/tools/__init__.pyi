@@ -40,12 +40,6 @@ from runtime.tools.formats import (
 from runtime.tools.formats import (
     CompactFormat as CompactFormat,
 )
-from runtime.tools.spec import (
-    BaseTool as BaseTool,
-)
-from runtime.tools.spec import (
-    ToolSpec as ToolSpec,
-)
 from runtime.tools.sandbox import (
     Limits as Limits,
 )
@@ -60,4 +54,10 @@ from runtime.tools.sandbox import (
 )
 from runtime.tools.sandbox import (
     run_python as run_python,
+)
+from runtime.tools.spec import (
+    BaseTool as BaseTool,
+)
+from runtime.tools.spec import (
+    ToolSpec as ToolSpec,
 )

@@ -30,7 +30,7 @@ from runtime.tools.base import ForkMode, ToolCall, Turn
 from runtime.tools.formats import CallFormat, CompactFormat
 from runtime.tools.spec import BaseTool, ToolSpec
 
-__all__ = ["BaseEnvironment", "ToolsEnvironment"]
+__all__ = ["BaseEnvironment", "ToolsEnvironment", "tool_message"]
 
 
 class BaseEnvironment(Component):
@@ -97,13 +97,14 @@ class BaseEnvironment(Component):
             return self.error_turn(state, problem)
         output = await self.specs()[call.name].run(call.arguments or {})
         text = self.format.observation(output)
-        return Turn(state, text, [_tool_message(call.name, output.error or output.text)], output=output)
+        return Turn(state, text, [tool_message(call.name, output.error or output.text)], output=output)
 
     def error_turn(self, state: Any, message: str, *, done: bool = False) -> Turn:
-        return Turn(state, self.format.error(message), [_tool_message("", message)], done=done)
+        return Turn(state, self.format.error(message), [tool_message("", message)], done=done)
 
 
-def _tool_message(name: str, content: str) -> dict[str, Any]:
+def tool_message(name: str, content: str) -> dict[str, Any]:
+    """A tool's answer as a chat message."""
     return {"role": "tool", "name": name, "content": content}
 
 
