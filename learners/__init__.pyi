@@ -173,6 +173,12 @@ from learners.rollouts import (
 from learners.rollouts import (
     RolloutSettings as RolloutSettings,
 )
+from learners.served_teacher import (
+    ServedTeacher as ServedTeacher,
+)
+from learners.served_teacher import (
+    ServedTeacherSettings as ServedTeacherSettings,
+)
 from learners.sft import (
     LoraSettings as LoraSettings,
 )

@@ -34,23 +34,39 @@ Design decisions:
   tokenizer (the same vocabulary, the same ids), which is checked when it loads.
 - New student versions are published into the engine that samples the next episodes,
   as expert iteration does.
+- A teacher on a server (``teacher_server``: vLLM, whose completions endpoint takes the
+  token ids and returns their ``prompt_logprobs``, :mod:`learners.served_teacher`)
+  gives the log-probability of each sampled token only, not its whole distribution, so
+  the KL is estimated from the sampled tokens as tinker-cookbook does: each token's
+  ``log p_teacher - log p_student`` is its advantage in a policy-gradient loss (the
+  gradient of the reverse KL on the student's own samples). The run should then sample
+  at temperature 1 (at another temperature the samples are not the student's raw
+  distribution and the estimate is biased; the summary's ``reverse_kl`` is the same
+  one-sample estimate). An example the teacher could not score is dropped and counted
+  (``teacher_failed``); a teacher that is down never ends the run, its steps train
+  nothing and are refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import torch
+from pydantic import model_validator
 
 from learners.base import LearnerSpec, UpdateResult
 from learners.examples import Example, oldest_version, path_nodes
+from learners.served_teacher import ServedTeacher, ServedTeacherSettings, TeacherError
 from learners.sft import SFTLearner, SFTSettings
 from runtime.core.errors import ConfigError
+from runtime.core.log import get_logger
 from runtime.core.types import Episode
 from runtime.search.context import Sampling, Verifiers
 
 __all__ = ["OnPolicyDistill", "OnPolicyDistillLearner", "OnPolicySamples", "load_teacher"]
+
+log = get_logger("searchlearn.learner")
 
 
 def load_teacher(path: str, tokenizer: Any | None = None) -> Any:
@@ -116,7 +132,8 @@ class OnPolicySamples:
 
 class OnPolicyDistillLearner(SFTLearner):
     """Minimises the reverse KL of the student to a frozen teacher on the student's own
-    samples (see module doc). ``teacher`` is a causal LM over the same tokenizer."""
+    samples (see module doc). ``teacher`` is a causal LM over the same tokenizer, or a
+    :class:`~learners.served_teacher.ServedTeacher` serving one."""
 
     name = "on_policy_distill"
     settings_class = SFTSettings
@@ -125,8 +142,13 @@ class OnPolicyDistillLearner(SFTLearner):
         self, model: Any, tokenizer: Any, settings: SFTSettings | None = None, *, teacher: Any, **overrides: Any
     ) -> None:
         super().__init__(model, tokenizer, settings, **overrides)
-        teacher.requires_grad_(False)
-        self.teacher = teacher.eval()
+        self.served = isinstance(teacher, ServedTeacher)
+        if not self.served:
+            teacher.requires_grad_(False)
+            teacher = teacher.eval()
+        self.teacher = teacher
+        self.teacher_failed = 0
+        """Examples a served teacher could not score (dropped)."""
 
     def _batch(
         self, micro: Sequence[tuple[list[int], list[int], float]]
@@ -157,40 +179,102 @@ class OnPolicyDistillLearner(SFTLearner):
         kl = (student.exp() * (student - teacher)).sum(-1)
         return kl, where.nonzero()[:, 0]
 
+    def _served_kl(
+        self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, teacher: Sequence[Sequence[dict[int, float]]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """At each completion position, the reverse KL to a served teacher's log-probs
+        (over what it returned: the whole vocabulary, its top k with the rest of its mass
+        spread evenly, or the sampled token alone: the one-sample estimate ``log p_s(x) -
+        log p_t(x)``), the student's log-prob of the sampled token (with its gradient),
+        and the row each position belongs to."""
+        where = labels[:, 1:] != -100
+        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1][where].float()
+        student = torch.log_softmax(logits, -1)
+        rows, cols = where.nonzero(as_tuple=True)
+        targets = labels[:, 1:][where]
+        sampled = student.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        given = [teacher[r][c + 1] for r, c in zip(rows.tolist(), cols.tolist(), strict=True)]
+        if all(len(g) <= 1 for g in given):  # the sampled token's alone
+            served = torch.tensor([g[int(x)] for g, x in zip(given, targets.tolist(), strict=True)])
+            return (sampled - served).detach(), sampled, rows
+        vocab = student.shape[-1]
+        full = torch.empty_like(student)
+        for i, g in enumerate(given):
+            known = torch.tensor(list(g.values()))
+            rest = max(1.0 - float(known.exp().sum()), 1e-12) / max(vocab - len(g), 1)
+            full[i].fill_(float(torch.tensor(rest).log()))
+            full[i, torch.tensor(list(g.keys()))] = known
+        full = torch.log_softmax(full, -1)  # renormalised (the server's values are rounded)
+        return (student.exp() * (student - full)).sum(-1), sampled, rows
+
     def _encoded(self, examples: Sequence[Example]) -> list[tuple[list[int], list[int], float]]:
         return sorted(((*self.encode(ex), ex.weight) for ex in examples if ex.weight > 0), key=lambda e: len(e[0]))
+
+    def _scored(
+        self, encoded: list[tuple[list[int], list[int], float]]
+    ) -> tuple[list[tuple[list[int], list[int], float]], list[list[dict[int, float]]]]:
+        """The examples a served teacher scored, and its log-probs of their tokens."""
+        assert isinstance(self.teacher, ServedTeacher)
+        kept, scores = [], []
+        for example, scored in zip(encoded, self.teacher.score_all([ids for ids, _, _ in encoded]), strict=True):
+            if isinstance(scored, TeacherError):
+                self.teacher_failed += 1
+                log.warning("the teacher could not score an example; dropped", error=str(scored))
+                continue
+            kept.append(example)
+            scores.append(scored)
+        return kept, scores
 
     def step(self, examples: Sequence[Example]) -> UpdateResult:
         if not examples:
             raise ValueError("a learner step needs at least one example")
         started = self.prepare()
-        self.teacher.eval()
         encoded = self._encoded(examples)
+        teacher: list[list[dict[int, float]]] = []
+        if self.served:
+            encoded, teacher = self._scored(encoded)
+        else:
+            self.teacher.eval()
         count = sum(sum(t != -100 for t in y[1:]) for _, y, _ in encoded) or 1
         loss_sum, kl_sum, tokens = 0.0, 0.0, 0
         for start in range(0, len(encoded), self.settings.micro_batch):
             ids, mask, labels, weights = self._batch(encoded[start : start + self.settings.micro_batch])
-            kl, rows = self._token_kl(ids, mask, labels)
-            loss = (kl * weights[rows]).sum() / count
+            if self.served:
+                kl, sampled, rows = self._served_kl(ids, mask, labels, teacher[start : start + len(ids)])
+                # the one-sample estimate carries no gradient: its policy gradient does (see module doc)
+                term = kl * sampled if not kl.requires_grad else kl
+                loss = (term * weights[rows]).sum() / count
+            else:
+                kl, rows = self._token_kl(ids, mask, labels)
+                loss = (kl * weights[rows]).sum() / count
             loss.backward()  # type: ignore[no-untyped-call]
             loss_sum += float(loss.detach())
             kl_sum += float(kl.detach().sum())
             tokens += int(kl.numel())
         result = self.apply(started, loss_sum, len(encoded), tokens)
         result.metrics["reverse_kl"] = kl_sum / max(tokens, 1)
+        if self.served:
+            result.metrics["teacher_failed"] = float(self.teacher_failed)
         return result
 
     @torch.no_grad()
     def reverse_kl(self, examples: Sequence[Example]) -> float:
         """Mean per-token reverse KL of the student to the teacher on ``examples``'
-        completions (no update, weights ignored); for tests and logs."""
+        completions (no update, weights ignored); for tests and logs. Exact with a local
+        teacher; with a served one, the one-sample estimate on the sampled tokens."""
         self.model.eval()
         total, tokens = 0.0, 0
         try:
             encoded = [(ids, labels, 1.0) for ids, labels, _ in self._encoded(examples)]
+            teacher: list[list[dict[int, float]]] = []
+            if self.served:
+                encoded, teacher = self._scored(encoded)
             for start in range(0, len(encoded), self.settings.micro_batch):
                 ids, mask, labels, _ = self._batch(encoded[start : start + self.settings.micro_batch])
-                kl, _ = self._token_kl(ids, mask, labels)
+                if self.served:
+                    kl, _, _ = self._served_kl(ids, mask, labels, teacher[start : start + len(ids)])
+                else:
+                    kl, _ = self._token_kl(ids, mask, labels)
                 total += float(kl.sum())
                 tokens += kl.numel()
         finally:
@@ -203,11 +287,25 @@ class OnPolicyDistill(LearnerSpec, SFTSettings):
     the student learns the teacher's distributions at its own states (policy.kind local)."""
 
     kind: Literal["on_policy_distill"] = "on_policy_distill"
-    teacher: str
+    teacher: str | None = None
     """The frozen teacher: a local transformers checkpoint directory or a named one
-    ('bundled'); it must use the student's tokenizer."""
+    ('bundled'); it must use the student's tokenizer. Or ``teacher_server``."""
+    teacher_server: ServedTeacherSettings | None = None
+    """A teacher on a server instead (vLLM: token-id prompts, ``prompt_logprobs``), serving
+    a model with the student's tokenizer; the KL is then estimated from the sampled
+    tokens (sample at temperature 1)."""
+
+    @model_validator(mode="after")
+    def _one_teacher(self) -> Self:
+        if (self.teacher is None) == (self.teacher_server is None):
+            raise ValueError("set exactly one of learner.teacher (a local checkpoint) and learner.teacher_server")
+        return self
 
     def build_learner(self, model: Any, tokenizer: Any, sampling: Sampling) -> OnPolicyDistillLearner:
+        if self.teacher_server is not None:
+            served = ServedTeacher(self.teacher_server)
+            return OnPolicyDistillLearner(model, tokenizer, self, teacher=served)
+        assert self.teacher is not None
         return OnPolicyDistillLearner(model, tokenizer, self, teacher=load_teacher(self.teacher, tokenizer))
 
     def build_converter(self, delimiter: str) -> OnPolicySamples:

@@ -76,3 +76,33 @@ async def test_strategies_run_on_vllm(vllm_server: str, tmp_path: Path) -> None:
                 episodes = [ep async for ep in rt.stream(tasks)]
             assert len(episodes) == 12 and all(ep.status == "ok" for ep in episodes), [ep.errors for ep in episodes]
             assert sum(ep.reward or 0 for ep in episodes) >= 6  # the tiny policy solves most 1-2-step problems
+
+
+def test_a_served_teacher_scores_token_ids_as_the_model_in_process(vllm_server: str) -> None:
+    """On-policy distillation's served teacher (learners.served_teacher) against the real
+    server: vLLM's ``prompt_logprobs`` of a token-id prompt equal the bundled policy's own
+    log-probs, for the sampled tokens and over the whole vocabulary."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from learners.served_teacher import ServedTeacher, ServedTeacherSettings
+
+    tokenizer = AutoTokenizer.from_pretrained(BUNDLED_POLICY)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Evaluate: 3+4*5"}], add_generation_prompt=True, tokenize=True
+    ) + tokenizer("4*5=20, leaving 3+20\n3+20=23\nAnswer: 23", add_special_tokens=False)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(BUNDLED_POLICY, dtype=torch.float32).eval()
+    with torch.no_grad():
+        local = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), -1)
+    for top in (0, -1):
+        teacher = ServedTeacher(ServedTeacherSettings(base_url=vllm_server, model=NAME, top_logprobs=top))
+        try:
+            [served] = teacher.score_all([ids])
+        finally:
+            teacher.close()
+        assert not isinstance(served, Exception), served
+        assert served[0] == {} and len(served) == len(ids)
+        for t in range(1, len(ids)):
+            assert served[t][ids[t]] == pytest.approx(float(local[t - 1, ids[t]]), abs=2e-3)
+            if top == -1:
+                assert len(served[t]) == local.shape[-1]
