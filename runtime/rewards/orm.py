@@ -31,25 +31,21 @@ from __future__ import annotations
 
 import json
 import math
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import anyio
-import anyio.lowlevel
 from pydantic import Field, PrivateAttr
 
-from runtime.core.errors import ConfigError, VerifierError
+from runtime.core.errors import ConfigError
 from runtime.core.types import Task
 from runtime.policy.checkpoints import resolve_checkpoint
 from runtime.rewards.base import Score, Verifier, VerifierEnv
+from runtime.rewards.batching import MicroBatcher
 from runtime.rewards.prm import pad_rows
 
 __all__ = ["DEFAULT_MAX_LENGTH", "OutcomeRewardModel", "encode_solution"]
 
 DEFAULT_MAX_LENGTH = 512  # the learners' default max_length: what a trained ORM saw
-CACHE_SIZE = 4096
 
 
 def encode_solution(tokenizer: Any, messages: list[dict[str, str]], text: str, max_length: int) -> list[int]:
@@ -60,14 +56,6 @@ def encode_solution(tokenizer: Any, messages: list[dict[str, str]], text: str, m
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids: list[int] = tokenizer(prompt + text + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
     return ids[:max_length]
-
-
-@dataclass(slots=True)
-class _Entry:
-    item: tuple[list[dict[str, str]], str]
-    result: float | None = None
-    error: BaseException | None = None
-    done: bool = False
 
 
 class OutcomeRewardModel(Verifier):
@@ -89,9 +77,7 @@ class OutcomeRewardModel(Verifier):
     _delimiter: str = PrivateAttr("\n")
     _tokenizer: Any = PrivateAttr(None)
     _model: Any = PrivateAttr(None)
-    _queue: list[_Entry] = PrivateAttr(default_factory=list)
-    _lock: Any = PrivateAttr(None)
-    _cache: OrderedDict[str, float] = PrivateAttr(default_factory=OrderedDict)
+    _batcher: Any = PrivateAttr(None)
     _forward_passes: int = PrivateAttr(0)
 
     def __init__(self, path: str | Path | None = None, /, *, delimiter: str = "\n", **settings: Any) -> None:
@@ -117,7 +103,7 @@ class OutcomeRewardModel(Verifier):
             )
         self._tokenizer = AutoTokenizer.from_pretrained(directory)
         self._model = AutoModelForTokenClassification.from_pretrained(directory, dtype=torch.float32).eval()
-        self._lock = anyio.Lock()
+        self._batcher = MicroBatcher(self._forward, self.batch_size, "orm forward")
 
     def build(self, env: VerifierEnv) -> OutcomeRewardModel:
         try:
@@ -144,30 +130,8 @@ class OutcomeRewardModel(Verifier):
         if d and text.endswith(d):
             text = text[: -len(d)]
         key = json.dumps([messages, text])
-        if (hit := self._cache.get(key)) is not None:
-            self._cache.move_to_end(key)
-            return hit
-        entry = _Entry((messages, text))
-        self._queue.append(entry)
-        await anyio.lowlevel.checkpoint()  # let callers of the same moment join the batch
-        async with self._lock:
-            while not entry.done:
-                batch, self._queue = self._queue[: self.batch_size], self._queue[self.batch_size :]
-                try:
-                    results = await anyio.to_thread.run_sync(self._forward, [e.item for e in batch])
-                except Exception as exc:  # every caller of the batch sees the failure
-                    for e in batch:
-                        e.error, e.done = exc, True
-                    break
-                for e, r in zip(batch, results, strict=True):
-                    e.result, e.done = r, True
-        if entry.error is not None:
-            raise VerifierError(f"orm forward failed: {entry.error!r}") from entry.error
-        assert entry.result is not None
-        self._cache[key] = entry.result
-        if len(self._cache) > CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return entry.result
+        result: float = await self._batcher(key, (messages, text))
+        return result
 
     def _forward(self, items: list[tuple[list[dict[str, str]], str]]) -> list[float]:
         import torch

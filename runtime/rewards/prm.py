@@ -21,34 +21,22 @@ Design decisions:
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import anyio
 from pydantic import Field, PrivateAttr
 
-from runtime.core.errors import ConfigError, VerifierError
+from runtime.core.errors import ConfigError
 from runtime.core.log import get_logger
 from runtime.core.types import Task
 from runtime.policy.checkpoints import resolve_checkpoint
 from runtime.rewards.base import Score, Verifier, VerifierEnv
+from runtime.rewards.batching import MicroBatcher
 
 __all__ = ["ProcessRewardModel", "encode_steps", "pad_rows"]
 
 log = get_logger("searchlearn.prm")
-
-CACHE_SIZE = 4096
-
-
-@dataclass(slots=True)
-class _Entry:
-    item: tuple[list[dict[str, str]], list[str]]
-    result: list[float] | None = None
-    error: BaseException | None = None
-    done: bool = False
 
 
 class ProcessRewardModel(Verifier):
@@ -70,9 +58,7 @@ class ProcessRewardModel(Verifier):
     _model: Any = PrivateAttr(None)
     _value_head: bool = PrivateAttr(False)
     _good_bad: list[int] = PrivateAttr(default_factory=list)
-    _queue: list[_Entry] = PrivateAttr(default_factory=list)
-    _lock: Any = PrivateAttr(None)
-    _cache: OrderedDict[str, list[float]] = PrivateAttr(default_factory=OrderedDict)
+    _batcher: Any = PrivateAttr(None)
     _forward_passes: int = PrivateAttr(0)
 
     def __init__(self, path: str | Path | None = None, /, *, delimiter: str = "\n", **settings: Any) -> None:
@@ -100,7 +86,7 @@ class ProcessRewardModel(Verifier):
                     f"good/bad tokens {self.good_token!r}/{self.bad_token!r} are not single tokens of {directory}"
                 )
             self._good_bad = ids
-        self._lock = anyio.Lock()
+        self._batcher = MicroBatcher(self._forward, self.batch_size, "prm forward")
 
     def build(self, env: VerifierEnv) -> ProcessRewardModel:
         try:
@@ -127,30 +113,8 @@ class ProcessRewardModel(Verifier):
     async def score_steps(self, messages: list[dict[str, str]], steps: Sequence[str]) -> list[float]:
         """Scores of every step of one path (batched with concurrent callers, cached)."""
         key = json.dumps([messages, list(steps)])
-        if (hit := self._cache.get(key)) is not None:
-            self._cache.move_to_end(key)
-            return hit
-        entry = _Entry((messages, list(steps)))
-        self._queue.append(entry)
-        await anyio.lowlevel.checkpoint()  # let callers of the same moment join the batch
-        async with self._lock:
-            while not entry.done:
-                batch, self._queue = self._queue[: self.batch_size], self._queue[self.batch_size :]
-                try:
-                    results = await anyio.to_thread.run_sync(self._forward, [e.item for e in batch])
-                except Exception as exc:  # every caller of the batch sees the failure
-                    for e in batch:
-                        e.error, e.done = exc, True
-                    break
-                for e, r in zip(batch, results, strict=True):
-                    e.result, e.done = r, True
-        if entry.error is not None:
-            raise VerifierError(f"prm forward failed: {entry.error!r}") from entry.error
-        assert entry.result is not None
-        self._cache[key] = entry.result
-        if len(self._cache) > CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return entry.result
+        result: list[float] = await self._batcher(key, (messages, list(steps)))
+        return result
 
     def encode(self, messages: list[dict[str, str]], steps: Sequence[str]) -> tuple[list[int], list[int]]:
         """Token ids of a path and the index of the token that scores each step."""
