@@ -21,6 +21,7 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'sear
 from runtime.app.build import build_runtime  # noqa: E402
 from runtime.app.cluster import ClusterRuntime  # noqa: E402
 from runtime.app.config import RunConfig  # noqa: E402
+from runtime.policy.backends import LocalBackend  # noqa: E402
 from runtime.scheduling.store import EpisodeStore  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
@@ -233,7 +234,7 @@ def test_a_worker_that_cannot_start_is_one_clear_error(tmp_path: Path) -> None:
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
     config = scripted_config(tmp_path, cluster={"workers": 1, "cpus_per_worker": 0})
-    config.policy = config.policy.model_copy(update={"kind": "local", "path": str(broken)})
+    config.policy = LocalBackend(path=str(broken))
 
     async def main() -> None:
         async with ClusterRuntime(config):
