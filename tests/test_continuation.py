@@ -162,11 +162,27 @@ def test_prompt_template_is_refused_naming_policy_tokenizer() -> None:
     with pytest.raises(ConfigError, match=r"policy\.prompt_template: .*was removed.*policy\.tokenizer") as info:
         load_config(ROOT / "configs" / "distill.yaml", ["policy.prompt_template=chatml"])
     assert "got 'chatml'" in str(info.value)
-    # a run stored before the removal holds the old default; read back (export, report) it is dropped
+    # a run stored before the removal (and before backends owned their settings) holds the
+    # old default and every backend's keys; read back from the store (export, report) it is dropped
     from runtime.app.config import RunConfig
+    from runtime.policy.backends import STORED_CONFIG
 
-    stored = RunConfig.model_validate({"policy": {"kind": "scripted", "prompt_template": "chatml"}})
-    assert "prompt_template" not in stored.model_dump()["policy"]
+    old = {"kind": "scripted", "prompt_template": "chatml", "model": "gpt-4o-mini", "path": "bundled"}
+    stored = RunConfig.model_validate({"policy": old}, context=STORED_CONFIG)
+    assert stored.model_dump()["policy"] == {
+        "kind": "scripted",
+        "max_concurrency": 64,
+        "script": ["Answer: 42"],
+        "latency": 0.0,
+    }
+    assert (
+        "prompt_template"
+        not in RunConfig.model_validate(
+            {"policy": {"kind": "openai", "prompt_template": "chatml"}}, context=STORED_CONFIG
+        ).model_dump()["policy"]
+    )
+    with pytest.raises(ValueError, match="policy.model"):  # anywhere else, a key of another backend is an error
+        RunConfig.model_validate({"policy": old})
 
 
 def test_completion_mode_needs_a_tokenizer_unless_the_model_is_a_directory() -> None:

@@ -134,12 +134,13 @@ def _run_parts(store: EpisodeStore, run_id: str, rescore: bool = True) -> tuple[
     ``rescore`` false, reading only stored scores), and its step delimiter."""
     from runtime.app.config import RunConfig
     from runtime.app.parts import build_verifiers
+    from runtime.policy.backends import STORED_CONFIG
 
     stored = store.run_config(run_id)
     if not stored:
         return None, Verifiers(), "\n"
     try:
-        config = RunConfig.model_validate(stored)
+        config = RunConfig.model_validate(stored, context=STORED_CONFIG)
         verifiers = build_verifiers(config, _NoGeneration())
     except (ConfigError, ValueError) as exc:
         log.warning("run config not rebuilt: only the scores stored in the trees count", run_id=run_id, error=str(exc))

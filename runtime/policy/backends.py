@@ -49,6 +49,7 @@ else:  # pydantic resolves the annotation at class creation; vllm_engine imports
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
+    "STORED_CONFIG",
     "USER_CONFIG",
     "USER_CONFIG_KEY",
     "HostedBackend",
@@ -67,6 +68,11 @@ USER_CONFIG_KEY = "user_config"
 USER_CONFIG = {USER_CONFIG_KEY: True}
 """Validation context of a config a user wrote (load_config, a judge's own policy
 section), as opposed to one read back from the store: removed keys are refused only here."""
+STORED_CONFIG_KEY = "stored_config"
+STORED_CONFIG = {STORED_CONFIG_KEY: True}
+"""Validation context of a run config read back from the store: a run stored before
+backends owned their settings holds every backend's keys, and the named backend's are
+kept (anywhere else an unknown key is an error)."""
 
 
 class PriceConfig(BaseModel):
@@ -424,7 +430,7 @@ def validate_backend(value: Any, context: dict[str, Any] | None = None) -> Polic
         backend = lookup("policies", kind)
     except ConfigError as exc:
         raise ValueError(str(exc)) from None
-    if not (context or {}).get(USER_CONFIG_KEY):
+    if (context or {}).get(STORED_CONFIG_KEY):
         value = {k: v for k, v in value.items() if k in backend.model_fields}
     validated = backend.model_validate({**value, "kind": component_name(backend)}, context=context)
     assert isinstance(validated, PolicyBackend)
