@@ -72,9 +72,10 @@ class ServedTeacherSettings(BaseModel):
     top_logprobs: int = Field(-1, ge=-1)
     """Log-probs the server returns per position besides the sampled token's: -1 the
     whole vocabulary (the exact reverse KL, as with a local teacher; right for a small
-    vocabulary), k > 0 the teacher's k likeliest (the KL over them, the rest of the
-    teacher's mass spread evenly over the other tokens), 0 the sampled token's alone
-    (the one-sample estimate; the lightest reply, the noisiest signal)."""
+    vocabulary; vLLM must be started with ``--max-logprobs -1``, its default allows 20),
+    k > 0 the teacher's k likeliest (the KL over them, the rest of the teacher's mass
+    spread evenly over the other tokens), 0 the sampled token's alone (the one-sample
+    estimate; the lightest reply, the noisiest signal)."""
 
 
 class ServedTeacher:

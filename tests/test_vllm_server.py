@@ -30,7 +30,8 @@ NAME = "tiny"
 
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with start_vllm(BUNDLED_POLICY, NAME, tmp_path_factory.mktemp("vllm")) as server:
+    # --max-logprobs -1: a served teacher may ask for the whole vocabulary's prompt log-probs
+    with start_vllm(BUNDLED_POLICY, NAME, tmp_path_factory.mktemp("vllm"), args=["--max-logprobs", "-1"]) as server:
         yield server.url
 
 
@@ -81,7 +82,8 @@ async def test_strategies_run_on_vllm(vllm_server: str, tmp_path: Path) -> None:
 def test_a_served_teacher_scores_token_ids_as_the_model_in_process(vllm_server: str) -> None:
     """On-policy distillation's served teacher (learners.served_teacher) against the real
     server: vLLM's ``prompt_logprobs`` of a token-id prompt equal the bundled policy's own
-    log-probs, for the sampled tokens and over the whole vocabulary."""
+    log-probs, for the sampled tokens and over the whole vocabulary (the server started
+    with ``--max-logprobs -1``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
