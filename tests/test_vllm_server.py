@@ -90,9 +90,10 @@ def test_a_served_teacher_scores_token_ids_as_the_model_in_process(vllm_server: 
     from learners.served_teacher import ServedTeacher, ServedTeacherSettings
 
     tokenizer = AutoTokenizer.from_pretrained(BUNDLED_POLICY)
-    ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Evaluate: 3+4*5"}], add_generation_prompt=True, tokenize=True
-    ) + tokenizer("4*5=20, leaving 3+20\n3+20=23\nAnswer: 23", add_special_tokens=False)["input_ids"]
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Evaluate: 3+4*5"}], add_generation_prompt=True, tokenize=False
+    )
+    ids = tokenizer(prompt + "4*5=20, leaving 3+20\n3+20=23\nAnswer: 23", add_special_tokens=False)["input_ids"]
     model = AutoModelForCausalLM.from_pretrained(BUNDLED_POLICY, dtype=torch.float32).eval()
     with torch.no_grad():
         local = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), -1)
