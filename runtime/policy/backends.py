@@ -52,6 +52,7 @@ __all__ = [
     "STORED_CONFIG",
     "USER_CONFIG",
     "USER_CONFIG_KEY",
+    "CheckpointBackend",
     "HostedBackend",
     "LocalBackend",
     "OpenAIBackend",
@@ -323,31 +324,14 @@ class OpenAIBackend(HostedBackend):
         )
 
 
-def _local_checkpoint(path: str) -> None:
-    from runtime.policy.checkpoints import resolve_checkpoint
+class CheckpointBackend(PolicyBackend):
+    """A backend that samples a local checkpoint in this process: a learner that trains
+    the policy publishes its versions to it, starting from ``path``."""
 
-    try:
-        resolve_checkpoint(path)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"policy.path: {exc}") from None
-
-
-class LocalBackend(PolicyBackend):
-    """A local transformers checkpoint sampled by the package's own batched engine
-    (:class:`~runtime.policy.local.LocalPolicy`); a learner publishes its versions to it."""
-
-    kind: Literal["local"] = "local"
-    torch_engine: ClassVar[bool] = True
+    kind: str
     path: str = "bundled"
     """Local checkpoint directory, or a checkpoint name ('bundled' is the shipped tiny
     policy, 'bundled-weak' a weaker start, 'smollm2-135m' once fetched)."""
-    threads: int | None = Field(None, ge=1)
-    """torch threads of the engine; None: the cores this process may use, shared equally
-    among the run's torch consumers (engine, learner, evaluator, PRM)."""
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    """Where the engine runs: auto (the first GPU when torch sees one, else the CPU), cpu,
-    cuda or cuda:N. The learner and the evaluator stay on the CPU; published weights are
-    copied onto the engine's device."""
 
     @property
     def weights_path(self) -> str | None:
@@ -356,10 +340,33 @@ class LocalBackend(PolicyBackend):
     def takes_weights(self) -> bool:
         return True
 
+    def _check_path(self) -> None:
+        from runtime.policy.checkpoints import resolve_checkpoint
+
+        try:
+            resolve_checkpoint(self.path)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"policy.path: {exc}") from None
+
+
+class LocalBackend(CheckpointBackend):
+    """A local transformers checkpoint sampled by the package's own batched engine
+    (:class:`~runtime.policy.local.LocalPolicy`); a learner publishes its versions to it."""
+
+    kind: Literal["local"] = "local"
+    torch_engine: ClassVar[bool] = True
+    threads: int | None = Field(None, ge=1)
+    """torch threads of the engine; None: the cores this process may use, shared equally
+    among the run's torch consumers (engine, learner, evaluator, PRM)."""
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    """Where the engine runs: auto (the first GPU when torch sees one, else the CPU), cpu,
+    cuda or cuda:N. The learner and the evaluator stay on the CPU; published weights are
+    copied onto the engine's device."""
+
     def build(self, threads: int | None = None) -> Policy:
         from runtime.policy.local import LocalPolicy
 
-        _local_checkpoint(self.path)
+        self._check_path()
         try:
             return LocalPolicy.from_path(
                 self.path, device=self.device, max_batch=self.max_concurrency, threads=self.threads or threads
@@ -370,28 +377,19 @@ class LocalBackend(PolicyBackend):
             raise ConfigError(f"policy.device: {exc}") from None
 
 
-class VllmBackend(PolicyBackend):
+class VllmBackend(CheckpointBackend):
     """A local checkpoint served by vLLM's in-process engine (the searchlearn[vllm]
     extra; :class:`~runtime.policy.vllm_engine.VllmPolicy`); max_concurrency is its
     max_num_seqs."""
 
     kind: Literal["vllm"] = "vllm"
-    path: str = "bundled"
-    """Local checkpoint directory, or a checkpoint name."""
     vllm: VllmSettings = Field(default_factory=VllmSettings)
     """vLLM's engine: memory, context, prefix caching, dtype, logprobs mode."""
-
-    @property
-    def weights_path(self) -> str | None:
-        return self.path
-
-    def takes_weights(self) -> bool:
-        return True
 
     def build(self, threads: int | None = None) -> Policy:
         from runtime.policy.vllm_engine import VllmPolicy
 
-        _local_checkpoint(self.path)
+        self._check_path()
         return VllmPolicy.from_path(self.path, self.vllm, max_num_seqs=self.max_concurrency)
 
 
