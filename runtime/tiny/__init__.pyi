@@ -20,6 +20,9 @@ from runtime.tiny.domain import (
     solution_steps as solution_steps,
 )
 from runtime.tiny.domain import (
+    tool_trace as tool_trace,
+)
+from runtime.tiny.domain import (
     training_trace as training_trace,
 )
 from runtime.tiny.policy_format import (
@@ -36,6 +39,9 @@ from runtime.tiny.policy_format import (
 )
 from runtime.tiny.policy_format import (
     STEP_DELIMITER as STEP_DELIMITER,
+)
+from runtime.tiny.policy_format import (
+    TOOL_POLICY as TOOL_POLICY,
 )
 from runtime.tiny.policy_format import (
     WEAK_POLICY as WEAK_POLICY,

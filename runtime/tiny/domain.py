@@ -20,6 +20,16 @@ Design decisions:
   of three or more steps, and with some probability a wrong step followed by an
   explicit reflection (``check: 7*8=54 is wrong, 7*8=56, leaving ...``).
 - The answer checker is exact integer comparison of the ``Answer:`` line.
+- Tool traces (:func:`tool_trace`) are the same solutions with a calculator call before
+  each operation, answered by the calculator environment's observation line, and the
+  step copies the result::
+
+      call: calc(4*5)
+      = 20
+      4*5=20, leaving 3+20-6
+
+  The observation is the environment's text (never trained); the call and the step
+  are the policy's. Only the operation due next is a call the rule verifier accepts.
 - Held-out problems are a fixed part of the problem space, not a seed: a problem is
   held out when a hash of its question falls in one tenth of the range
   (:func:`split_of`). Training sets drawn with ``split="train"`` and evaluation sets
@@ -38,11 +48,13 @@ from typing import Literal
 __all__ = [
     "ArithProblem",
     "Split",
+    "check_call",
     "check_step",
     "generate_problem",
     "parse_expression",
     "solution_steps",
     "split_of",
+    "tool_trace",
     "training_trace",
 ]
 
@@ -136,21 +148,30 @@ def split_of(question: str) -> Split:
     return "heldout" if int.from_bytes(digest, "big") % HELDOUT_SHARE == 0 else "train"
 
 
-def generate_problem(rng: random.Random, steps: int, split: Split = "all") -> ArithProblem:
+def generate_problem(
+    rng: random.Random, steps: int, split: Split = "all", max_operand: int | None = None
+) -> ArithProblem:
     """A random problem with ``steps`` operators and no chained products, from ``split``
-    of the problem space (drawn again until it falls there)."""
+    of the problem space (drawn again until it falls there).
+
+    Operands are the domain's (2-9 in products, 1-30 elsewhere); with ``max_operand``
+    every operand is drawn from 2 (products) or 1 up to it instead: problems past the
+    times tables a policy learns, for out-of-distribution tests."""
     while True:
-        problem = _draw(rng, steps)
+        problem = _draw(rng, steps, max_operand)
         if split == "all" or split_of(problem.question) == split:
             return problem
 
 
-def _draw(rng: random.Random, steps: int) -> ArithProblem:
+def _draw(rng: random.Random, steps: int, max_operand: int | None = None) -> ArithProblem:
     ops: list[str] = []
     for _ in range(steps):
         choices = ["+", "-"] if ops and ops[-1] == "*" else ["+", "-", "*"]
         ops.append(rng.choice(choices))
-    numbers = [rng.randint(2, 9) if _touches_product(ops, i) else rng.randint(1, 30) for i in range(steps + 1)]
+    product_top, sum_top = (9, 30) if max_operand is None else (max_operand, max_operand)
+    numbers = [
+        rng.randint(2, product_top) if _touches_product(ops, i) else rng.randint(1, sum_top) for i in range(steps + 1)
+    ]
     return ArithProblem(tuple(numbers), tuple(ops))
 
 
@@ -207,6 +228,40 @@ def training_trace(problem: ArithProblem, rng: random.Random, error_rate: float 
             lines.append((line, True))
     lines.append((f"Answer: {problem.answer}", True))
     return lines
+
+
+def tool_trace(problem: ArithProblem) -> list[tuple[str, bool]]:
+    """A solution that asks the calculator for every operation, each line with whether
+    the loss trains on it: the call and the step are trained, the observation (the
+    calculator environment's ``= value`` line) is not."""
+    lines: list[tuple[str, bool]] = []
+    if problem.steps >= 3:
+        lines.append((plan_line(problem), True))
+    for line in solution_steps(problem):
+        fact, _, _ = line.partition(",")
+        operation, _, value = fact.partition("=")
+        lines += [(f"call: calc({operation})", True), (f"= {value}", False), (line, True)]
+    lines.append((f"Answer: {problem.answer}", True))
+    return lines
+
+
+def check_call(previous: str, line: str) -> tuple[float, str]:
+    """Score a calculator call (``call: calc(4*5)``) given the expression it starts
+    from: 1.0 when it computes the operation due next, 0.0 otherwise."""
+    body = line.strip().removeprefix("call:").strip()
+    if not (body.startswith("calc(") and body.endswith(")")):
+        return 0.0, f"not a calc call: {line.strip()!r}"
+    try:
+        numbers, ops = parse_expression(previous)
+    except ValueError as exc:
+        return 0.0, str(exc)
+    if not ops:
+        return 0.0, "nothing left to compute"
+    i = next_reduction(ops)
+    due = f"{numbers[i]}{ops[i]}{numbers[i + 1]}"
+    if body[len("calc(") : -1].replace(" ", "") != due:
+        return 0.0, f"the next operation is {due}"
+    return 1.0, "call"
 
 
 def check_step(previous: str, line: str) -> tuple[float, str]:

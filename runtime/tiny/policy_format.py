@@ -17,6 +17,7 @@ __all__ = [
     "CHAT_TEMPLATE",
     "SPECIAL_TOKENS",
     "STEP_DELIMITER",
+    "TOOL_POLICY",
     "WEAK_POLICY",
     "assistant_prefix",
     "evaluate_greedy",
@@ -24,9 +25,10 @@ __all__ = [
 
 BUNDLED_POLICY = Path(__file__).parent / "policy"
 WEAK_POLICY = Path(__file__).parent / "weak"
+TOOL_POLICY = Path(__file__).parent / "tool"
 #: Checkpoints that ship with the package, by the name configs use for them
 #: (entry points of the group ``searchlearn.checkpoints``).
-BUNDLED = {"bundled": BUNDLED_POLICY, "bundled-weak": WEAK_POLICY}
+BUNDLED = {"bundled": BUNDLED_POLICY, "bundled-weak": WEAK_POLICY, "bundled-tool": TOOL_POLICY}
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 STEP_DELIMITER = "\n"
 CHAT_TEMPLATE = (

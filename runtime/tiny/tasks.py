@@ -15,12 +15,18 @@ from runtime.tiny.domain import Split, generate_problem
 __all__ = ["TinyTasks", "tiny_tasks"]
 
 
-def tiny_tasks(count: int = 100, steps: Iterable[int] = (3, 4), seed: int = 0, split: Split = "all") -> Iterator[Task]:
+def tiny_tasks(
+    count: int = 100,
+    steps: Iterable[int] = (3, 4),
+    seed: int = 0,
+    split: Split = "all",
+    max_operand: int | None = None,
+) -> Iterator[Task]:
     """Problems of the bundled tiny arithmetic domain (see ``runtime.tiny.domain``)."""
     steps = list(steps)
     rng = random.Random(seed)
     for index in range(count):
-        problem = generate_problem(rng, steps[index % len(steps)], split)
+        problem = generate_problem(rng, steps[index % len(steps)], split, max_operand)
         yield Task(
             id=f"tiny-{seed}-{index}",
             prompt=problem.question,
@@ -43,5 +49,10 @@ class TinyTasks(TaskSource):
     """Part of the problem space: train (nine tenths), heldout (the fixed tenth no training
     set drawn with split train can contain) or all."""
 
+    max_operand: int | None = Field(None, ge=2, le=1_000_000)
+    """Draw every operand from 1 (2 in products) up to this instead of the domain's
+    ranges (2-9 in products, 1-30 elsewhere): problems past the times tables a policy
+    learnt, for out-of-distribution tests (999: up to six-digit products)."""
+
     def build(self) -> list[Task]:
-        return list(tiny_tasks(self.size, self.steps, self.seed, self.split))
+        return list(tiny_tasks(self.size, self.steps, self.seed, self.split, self.max_operand))

@@ -8,7 +8,14 @@ from typing import Literal
 from runtime.core.errors import VerifierError
 from runtime.core.types import Task
 from runtime.rewards.base import Score, Verifier
-from runtime.tiny.domain import ArithProblem, check_step, parse_expression, remaining_after, solution_steps
+from runtime.tiny.domain import (
+    ArithProblem,
+    check_call,
+    check_step,
+    parse_expression,
+    remaining_after,
+    solution_steps,
+)
 
 __all__ = ["TinyStepVerifier"]
 
@@ -20,7 +27,12 @@ class TinyStepVerifier(Verifier):
     With ``hints``, a rejected step's explanation is a correction in the form of the
     policy's own training traces (``7*8=54 is wrong, 7*8=56, leaving 3+56``), so a
     reflection or a revision built from it tells the policy the right step; a
-    ``check: ...`` line of that form is itself accepted as the step it corrects."""
+    ``check: ...`` line of that form is itself accepted as the step it corrects.
+
+    A calculator call (``call: calc(4*5)``, the tool traces of ``bundled-tool``) is
+    accepted when it computes the operation due next, so a search rejects a wrong
+    call before it runs; calls and observations on the path are skipped when the
+    verifier follows the expression."""
 
     name: Literal["tiny_rule"] = "tiny_rule"
     hints: bool = False
@@ -33,6 +45,8 @@ class TinyStepVerifier(Verifier):
         for line in previous:
             if check_step(expression, line)[0] == 1.0:
                 expression = remaining_after(expression, line)
+        if step.strip().startswith("call:"):
+            return Score(*check_call(expression, step))
         value, why = check_step(expression, step)
         if value < 1.0 and self.hints and (correct := _tiny_next_line(expression)) is not None:
             why = f"{step.partition(',')[0].strip() or step} is wrong, {correct}"
