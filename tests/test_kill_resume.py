@@ -90,3 +90,64 @@ def test_sigterm_stops_admission_and_flushes(tmp_path: Path) -> None:
     n = stored(db)
     assert 30 <= n < TASKS
     assert f"{n:,}".encode() in out  # every finished episode was flushed and counted
+
+
+def test_sigkill_in_the_middle_of_tool_calls_then_resume_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    """Episodes whose paths call the sandboxed python tool (each call half a second):
+    killed while calls run, the sandboxes die with the run, and the rerun stores
+    every task once, each with its call and observation, which the export writes."""
+    import json
+
+    import psutil
+
+    tasks = 48
+    db = tmp_path / "store.db"
+    config = {
+        "run_id": "killtool",
+        # Every step is the call; the path ends at the environment's one-turn limit.
+        "policy": {"kind": "scripted", "script": ["call: python(import time; time.sleep(0.5); print(2))"]},
+        "tasks": {"source": "tiny", "size": tasks, "steps": [1]},
+        "strategy": {"name": "chain_of_thought"},
+        "environment": {"name": "python", "max_turns": 1},
+        "scheduler": {"concurrency": 8},
+        "store": {"path": str(db)},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = start(path)
+    wait_for(db, 8, proc, timeout=120)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children, "no tool call was running at the kill"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    after_kill = stored(db)
+    assert 8 <= after_kill < tasks
+    _, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, f"left running after the kill: {[p.cmdline() for p in alive if p.is_running()]}"
+
+    rerun = subprocess.run(
+        [sys.executable, "-c", "from runtime.app.cli import main; main()", "run", str(path), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    with EpisodeStore(db) as store:
+        episodes = list(store.episodes("killtool"))
+    keys = [(ep.task.id, ep.sample) for ep in episodes]
+    assert len(keys) == len(set(keys)) == tasks
+    for ep in episodes:
+        assert ep.status == "ok", ep.error
+        path = [ep.nodes[i] for i in ep.chosen_path]
+        assert [n.kind for n in path] == ["call", "observation", "call", "observation"]
+        assert path[1].text == "= 2" and path[3].text == "= error: turn limit (1) reached"
+        assert sum(1 for n in ep.nodes if n.kind == "observation" and "execution" in n.meta) == 1
+    out = tmp_path / "episodes.jsonl"
+    export = subprocess.run(
+        [sys.executable, "-c", "from runtime.app.cli import main; main()", "export", "killtool", "--store", str(db),
+         "-o", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert export.returncode == 0, export.stderr
+    exported = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(e["task"]["id"] for e in exported) == sorted(k[0] for k in keys)
