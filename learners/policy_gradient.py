@@ -55,6 +55,7 @@ Design decisions:
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import random
 from collections.abc import Sequence
@@ -225,6 +226,8 @@ class PolicyGradientLearner(TorchLearner):
             token_mask.append(1)
             steps.append(steps[-1] if steps else 0)
         advantages = [rollout.step_advantages[s] for s in steps]
+        if rollout.error_at is not None:
+            advantages = self._at_error(completion, steps, advantages, *rollout.error_at)
         room = max(1, self.settings.max_length - len(prompt))
         return _Encoded(
             prompt + completion[:room], len(prompt), advantages[:room], behaviour[:room], rollout.weight, reencoded,
@@ -247,6 +250,30 @@ class PolicyGradientLearner(TorchLearner):
             local = self._step_of_tokens(ids, len(held))
             out += [min(held[i], last) for i in local]
             current = min(held[-1], last)
+        return out
+
+    def _at_error(
+        self, ids: list[int], steps: list[int], advantages: list[float], step: int, offset: int
+    ) -> list[float]:
+        """``advantages`` with step ``step``'s advantage on the token holding character
+        ``offset`` of that step's text only (its other tokens 0); unchanged where the
+        tokens' texts do not add up to the completion's or the token is not the step's."""
+        tok = self.tokenizer
+        pieces = [tok.decode([t], skip_special_tokens=True) for t in ids]
+        if "".join(pieces) != tok.decode(ids, skip_special_tokens=True) or step not in steps:
+            return advantages
+        ends = list(itertools.accumulate(len(p) for p in pieces))
+        first = steps.index(step)
+        before = "".join(pieces[:first])
+        # The step's text starts after the last delimiter before its first token (the token
+        # that closed the step before may hold the delimiter and the step's first characters).
+        start = before.rfind(self.delimiter) + len(self.delimiter) if self.delimiter in before else 0
+        position = start + offset
+        holder = next((i for i, end in enumerate(ends) if end > position), None)
+        if holder is None or steps[holder] not in (step, step - 1):
+            return advantages
+        out = [0.0 if s == step else a for s, a in zip(steps, advantages, strict=True)]
+        out[holder] = advantages[first]
         return out
 
     def _step_of_tokens(self, ids: list[int], steps: int) -> list[int]:

@@ -92,6 +92,13 @@ class RolloutSettings(BaseModel):
     """Weight of the process advantage (advantage outcome_process)."""
     reject_below: float = Field(0.5, ge=0, le=1)
     """A step scoring below this is rejected: no outcome credit flows through it."""
+    locate_errors: bool = False
+    """Credit at the first wrong token: the first rejected step of a solution whose
+    process verifier located the error in it (``tiny_rule`` does: the first character
+    that differs from the correct step) carries its advantage on the token holding that
+    character only; the step's other tokens get none (its right prefix is not blamed,
+    and what follows the error is conditioned on it). Steps the verifier did not locate
+    keep the step's credit."""
 
 
 @dataclass(slots=True)
@@ -130,6 +137,10 @@ class Rollout:
     part_steps: list[list[int]] | None = None
     """Per piece of ``parts``, the indexes in ``step_advantages`` of the steps it holds
     (none: a delimiter, which belongs to the step before it)."""
+    error_at: tuple[int, int] | None = None
+    """``(step, offset)``: the step (index in ``step_advantages``) whose advantage goes on
+    one token only, the token holding character ``offset`` of that step's text
+    (``locate_errors``); None: every token carries its step's advantage."""
 
 
 class Rollouts:
@@ -211,7 +222,10 @@ class Rollouts:
             self.rejected_by_process += sum(v < s.reject_below for v in scores)
             placed = iter(per_step)
             on_path = [next(placed) if n.trained else 0.0 for n in path]
-            rollouts.append(self._rollout(ctx, path, on_path, {"reward": reward, "group": "leaves"}))
+            rollout = self._rollout(ctx, path, on_path, {"reward": reward, "group": "leaves"})
+            if s.locate_errors and scores:
+                rollout.error_at = self._located(ctx, path)
+            rollouts.append(rollout)
         return self._kept(rollouts)
 
     # -- groups of sibling steps -----------------------------------------------------
@@ -277,6 +291,16 @@ class Rollouts:
         rollout.parts, rollout.mask, rollout.texts = masked_parts(pieces)
         rollout.part_steps = [[index[n.id] for n in p.nodes] for p in pieces]
         return rollout
+
+    def _located(self, ctx: Context, path: list[Node]) -> tuple[int, int] | None:
+        """``(step, offset)`` of the path's first rejected step, where its process
+        verifier located the error in it; None when that step has no location."""
+        name = ctx.verifiers.process.name if ctx.verifiers.process is not None else ""
+        for i, node in enumerate(path):
+            if node.trained and node.scores.get(name, 1.0) < self.settings.reject_below:
+                offset = node.meta.get("error_at", {}).get(name)
+                return (i, int(offset)) if offset is not None else None
+        return None
 
     async def _outcome(self, ctx: Context, leaf: Node) -> float | None:
         cached = [v for k, v in leaf.scores.items() if k.startswith("outcome:")]

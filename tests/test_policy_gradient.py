@@ -291,3 +291,46 @@ async def test_grpo_config_loads_and_builds(tmp_path: Path) -> None:
         await loop.aclose()
         if loop.runtime.store is not None:
             loop.runtime.store.close()
+
+
+async def test_locate_errors_puts_a_wrong_solutions_credit_on_its_first_wrong_token(tokenizer: Any) -> None:
+    """The rule verifier locates '-3+29=25' as wrong at the '5'; with locate_errors only
+    that token carries the negative advantage, and one step pushes it down while the
+    right prefix of the step ('-3+29=2') moves less than under whole-step credit."""
+    ep = scripted_tree(
+        [
+            ["19-22=-3, leaving -3+29", "-3+29=26", "Answer: 26"],
+            ["19-22=-3, leaving -3+29", "-3+29=25", "Answer: 25"],
+            ["19-22=-3, leaving -3+29", "-3+29=26", "Answer: 26"],
+        ],
+        answer="26",
+        expression="19-22+29",
+    )
+    verifiers = Verifiers(outcome=ExactMatch(), process=TinyStepVerifier())
+    located = (await Rollouts(advantage="first_error", locate_errors=True).examples(ep, verifiers))[1]
+    whole = (await Rollouts(advantage="first_error").examples(ep, verifiers))[1]
+    assert located.error_at == (1, len("-3+29=2")) and whole.error_at is None
+    learner = PolicyGradientLearner(tiny_model(tokenizer), tokenizer, lr=1e-2)
+    enc = learner.encode(located)
+    completion = enc.ids[enc.prompt :]
+    nonzero = [i for i, a in enumerate(enc.advantages) if a != 0.0]
+    assert len(nonzero) == 1 and enc.advantages[nonzero[0]] == pytest.approx(located.step_advantages[1])
+    assert tokenizer.decode(completion[: nonzero[0]]).endswith("-3+29=2")
+    assert tokenizer.decode([completion[nonzero[0]]]) == "5"
+    whole_enc = learner.encode(whole)
+    assert sum(a != 0.0 for a in whole_enc.advantages) > 5  # the whole step
+
+    def token_lp(model: Any, position: int) -> float:
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([enc.ids])).logits[0, :-1].float()
+            return float(token_logprobs(logits, torch.tensor(enc.ids[1:]), 1.0, 1.0)[enc.prompt - 1 + position])
+
+    wrong_at, prefix_at = nonzero[0], nonzero[0] - 2  # the '5', and the '=' before it
+    before = token_lp(learner.model, wrong_at), token_lp(learner.model, prefix_at)
+    learner.step([located])
+    after = token_lp(learner.model, wrong_at), token_lp(learner.model, prefix_at)
+    assert after[0] < before[0]  # the wrong digit is pushed down
+    other = PolicyGradientLearner(tiny_model(tokenizer), tokenizer, lr=1e-2)
+    other.step([whole])
+    moved_whole = abs(token_lp(other.model, prefix_at) - before[1])
+    assert abs(after[1] - before[1]) < moved_whole  # the right prefix moves less than under whole-step credit

@@ -42,6 +42,9 @@ class Score:
 
     value: float
     explanation: str | None = None
+    error_at: int | None = None
+    """Where the step's first error is, as a character offset into the step's text, for
+    a process verifier that can locate it (the tiny rule verifier does); None: not located."""
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0

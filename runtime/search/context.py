@@ -412,6 +412,8 @@ class Context:
         node.scores[verifier.name] = result.value
         if result.explanation:
             node.explanations[verifier.name] = result.explanation
+        if result.error_at is not None:
+            node.meta.setdefault("error_at", {})[verifier.name] = result.error_at
         return result.value
 
     async def score_path(

@@ -45,12 +45,31 @@ class TinyStepVerifier(Verifier):
         for line in previous:
             if check_step(expression, line)[0] == 1.0:
                 expression = remaining_after(expression, line)
+        correct = _tiny_next_line(expression)
         if step.strip().startswith("call:"):
-            return Score(*check_call(expression, step))
+            value, why = check_call(expression, step)
+            due = (
+                None if correct is None or correct.startswith("Answer") else f"call: calc({correct.partition('=')[0]})"
+            )
+            return Score(value, why, error_at=_first_difference(step, due) if value < 1.0 else None)
         value, why = check_step(expression, step)
-        if value < 1.0 and self.hints and (correct := _tiny_next_line(expression)) is not None:
+        if value < 1.0 and self.hints and correct is not None:
             why = f"{step.partition(',')[0].strip() or step} is wrong, {correct}"
-        return Score(value, why)
+        return Score(value, why, error_at=_first_difference(step, correct) if value < 1.0 else None)
+
+
+def _first_difference(step: str, correct: str | None) -> int | None:
+    """The offset in ``step`` of its first character that differs from the correct line
+    (None: no correct line to compare with, or a reflection, which restates a wrong step
+    on purpose)."""
+    if correct is None or step.lstrip().startswith("check:"):
+        return None
+    lead = len(step) - len(step.lstrip())
+    text = step.strip()
+    for i, (a, b) in enumerate(zip(text, correct, strict=False)):
+        if a != b:
+            return lead + i
+    return lead + min(len(text), len(correct)) if len(text) != len(correct) else None
 
 
 def _tiny_next_line(expression: str) -> str | None:

@@ -16,6 +16,8 @@ benchmark runs beside a row):
   the engine's behaviour log-probs);
 - ``grpo_process``: ``configs/grpo_process.yaml`` (the same with the rule verifier's step
   scores in the advantages);
+- ``grpo_first_token``: ``configs/grpo_first_token.yaml`` (first-error credit placed on
+  the first wrong token the rule verifier locates, ``locate_errors``);
 - ``ppo``: ``configs/ppo.yaml`` (a value head, outcome and step rewards on tokens, GAE);
 - ``step_dpo``: ``configs/step_dpo.yaml`` (verify-and-backtrack's accepted and rejected
   sibling steps, and verified vs failed solutions, trained by DPO against the start);
@@ -95,6 +97,7 @@ CONFIGS = {
     "on_policy_distill": "on_policy_distill.yaml",
     "grpo": "grpo.yaml",
     "grpo_process": "grpo_process.yaml",
+    "grpo_first_token": "grpo_first_token.yaml",
     "ppo": "ppo.yaml",
     "step_dpo": "step_dpo.yaml",
 }
