@@ -329,6 +329,7 @@ class OnlineLoop:
         examples = await self.source.examples(episode, self.runtime.verifiers)
         self.stats.rejected_by_process += self.source.rejected_by_process - rejected
         self.stats.skipped_groups = getattr(self.source, "skipped_groups", 0)
+        self.stats.reencoded_paths = getattr(self.source, "reencoded_paths", 0)
         k = self.settings.max_staleness
         kept = []
         for ex in examples:
@@ -385,7 +386,7 @@ class OnlineLoop:
         s.steps, s.last_loss = self.learner.steps, result.loss
         s.learner_seconds += result.seconds
         s.trained_tokens += int(result.metrics.get("processed", result.tokens))
-        s.learner_counts.update({k: v for k, v in result.metrics.items() if k.endswith("_tokens")})
+        s.learner_counts.update({k: v for k, v in result.metrics.items() if k.endswith(("_tokens", "_samples"))})
         optimizer = getattr(self.learner, "optimizer", None)
         lr = optimizer.param_groups[0]["lr"] if optimizer is not None else None
         self._reporter.step(result, s, self.learner.steps, lr)

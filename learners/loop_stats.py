@@ -36,6 +36,8 @@ class LoopStats:
     learner_counts: Counter[str] = field(default_factory=Counter)
     """Summed counters the learner reports per step (clipped / truncated tokens)."""
     skipped_groups: int = 0
+    reencoded_paths: int = 0
+    """Examples with text of the policy's that the learner encoded (no sampled ids)."""
     replay_steps: int = 0
     retries: int = 0
     """Unsolved tasks queued to run again (retry_unsolved)."""
@@ -73,6 +75,7 @@ class LoopStats:
             "learner utilisation": self.learner_seconds / self.elapsed if self.elapsed > 0 else 0.0,
             "staleness histogram": dict(sorted(self.staleness.items())),
             **({"groups skipped (equal rewards)": self.skipped_groups} if self.skipped_groups else {}),
+            **({"paths re-encoded (no sampled ids)": self.reencoded_paths} if self.reencoded_paths else {}),
             **({"replay steps (learner otherwise idle)": self.replay_steps} if self.replay_steps else {}),
             **({"unsolved tasks queued again": self.retries} if self.retries else {}),
             **({"model GFLOP/s": round(self.model_flops / 1e9, 1)} if self.parameters else {}),

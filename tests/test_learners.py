@@ -292,6 +292,8 @@ async def test_stale_examples_are_dropped_or_downweighted_and_counted(mode: str)
         ep.task = Task(id=f"t{version}", prompt="Evaluate: 2+3", answer="5")
         await loop._take(ep)
     assert loop.stats.staleness == {s: 1 for s in range(7)}
+    # The trees hold text, no sampled ids: the learner encodes them, and the summary says so.
+    assert loop.stats.as_dict()["paths re-encoded (no sampled ids)"] == 7
     if mode == "drop":
         assert loop.stats.dropped_stale == 4 and len(loop._pending) == 3
         assert all(6 - e.policy_version <= 2 for e in loop._pending if e.policy_version is not None)
