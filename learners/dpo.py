@@ -126,7 +126,8 @@ class DPOLearner(TorchLearner):
         completion = torch.zeros((len(rows), ids.shape[1] - 1), dtype=torch.bool)
         for i, (row, prompt, trained) in enumerate(rows):
             completion[i, prompt - 1 : len(row) - 1] = torch.tensor(trained, dtype=torch.bool)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        ids, completion = ids.to(self.device), completion.to(self.device)
+        logits = self.forward(model, ids, mask).logits[:, :-1].float()
         logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         return (logp * completion).sum(-1), completion.sum(-1)
 
@@ -161,7 +162,7 @@ class DPOLearner(TorchLearner):
             loss = loss - s.label_smoothing * torch.nn.functional.logsigmoid(-margin)
             if s.sft_coef > 0:
                 loss = loss + s.sft_coef * (-policy[0::2] / counts[0::2].clamp(min=1))
-            weights = torch.tensor([p.weight for p in micro])
+            weights = torch.tensor([p.weight for p in micro], device=self.device)
             micro_loss = (loss * weights).sum() / total_weight
             micro_loss.backward()  # type: ignore[no-untyped-call]
             loss_sum += float(micro_loss.detach())

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from learners.trackers import tracker_names
 from runtime.core.registry import ComponentField
+from runtime.policy.placement import DEVICE_PATTERN, DtypeName
 from runtime.scheduling.tasks import TaskSource
 from runtime.tiny.tasks import TinyTasks
 
@@ -29,6 +30,13 @@ class EvalSettings(BaseModel):
     their own they take the run's ``tasks.system``, so they are asked in the same format."""
     strategy: bool = True
     """Also measure the run's strategy (besides greedy pass@1)."""
+    device: str = Field("auto", pattern=DEVICE_PATTERN)
+    """Where the evaluator's engine runs: auto (the first GPU when torch sees one, else
+    the CPU), cpu, cuda or cuda:N; each evaluated version is copied onto it (GPU to GPU
+    without passing through the CPU where the learner is on a GPU too)."""
+    dtype: DtypeName = "float32"
+    """The evaluator engine's weights: float32, or bfloat16 (half the memory; greedy text
+    on the bundled policy as float32's)."""
 
 
 class LoopSettings(BaseModel):

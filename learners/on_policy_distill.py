@@ -143,9 +143,9 @@ class OnPolicyDistillLearner(SFTLearner):
     ) -> None:
         super().__init__(model, tokenizer, settings, **overrides)
         self.served = isinstance(teacher, ServedTeacher)
-        if not self.served:
+        if not self.served:  # frozen: on the learner's device, in bf16 with learner.dtype bfloat16
             teacher.requires_grad_(False)
-            teacher = teacher.eval()
+            teacher = teacher.to(device=self.device, dtype=torch.bfloat16 if self.mixed else torch.float32).eval()
         self.teacher = teacher
         self.teacher_failed = 0
         """Examples a served teacher could not score (dropped)."""
@@ -164,7 +164,7 @@ class OnPolicyDistillLearner(SFTLearner):
             labels[i, : len(y)] = torch.tensor(y)
             mask[i, : len(x)] = 1
         weights = torch.tensor([w for _, _, w in micro], dtype=torch.float32)
-        return ids, mask, labels, weights
+        return ids.to(self.device), mask.to(self.device), labels.to(self.device), weights.to(self.device)
 
     def _token_kl(
         self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
@@ -172,9 +172,9 @@ class OnPolicyDistillLearner(SFTLearner):
         """The reverse KL at each completion position (gradient through the student
         only), and the row each position belongs to."""
         where = labels[:, 1:] != -100  # position t predicts token t+1
-        student = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits[:, :-1][where].float(), -1)
+        student = torch.log_softmax(self.forward(self.model, ids, mask).logits[:, :-1][where].float(), -1)
         with torch.no_grad():
-            logits = self.teacher(input_ids=ids, attention_mask=mask).logits[:, :-1][where]
+            logits = self.forward(self.teacher, ids, mask).logits[:, :-1][where]
             teacher = torch.log_softmax(logits.float(), -1)
         kl = (student.exp() * (student - teacher)).sum(-1)
         return kl, where.nonzero()[:, 0]
@@ -188,22 +188,22 @@ class OnPolicyDistillLearner(SFTLearner):
         log p_t(x)``), the student's log-prob of the sampled token (with its gradient),
         and the row each position belongs to."""
         where = labels[:, 1:] != -100
-        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1][where].float()
+        logits = self.forward(self.model, ids, mask).logits[:, :-1][where].float()
         student = torch.log_softmax(logits, -1)
         rows, cols = where.nonzero(as_tuple=True)
         targets = labels[:, 1:][where]
         sampled = student.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         given = [teacher[r][c + 1] for r, c in zip(rows.tolist(), cols.tolist(), strict=True)]
         if all(len(g) <= 1 for g in given):  # the sampled token's alone
-            served = torch.tensor([g[int(x)] for g, x in zip(given, targets.tolist(), strict=True)])
+            served = torch.tensor([g[int(x)] for g, x in zip(given, targets.tolist(), strict=True)], device=self.device)
             return (sampled - served).detach(), sampled, rows
         vocab = student.shape[-1]
         full = torch.empty_like(student)
         for i, g in enumerate(given):
-            known = torch.tensor(list(g.values()))
+            known = torch.tensor(list(g.values()), device=self.device)
             rest = max(1.0 - float(known.exp().sum()), 1e-12) / max(vocab - len(g), 1)
             full[i].fill_(float(torch.tensor(rest).log()))
-            full[i, torch.tensor(list(g.keys()))] = known
+            full[i, torch.tensor(list(g.keys()), device=self.device)] = known
         full = torch.log_softmax(full, -1)  # renormalised (the server's values are rounded)
         return (student.exp() * (student - full)).sum(-1), sampled, rows
 

@@ -334,14 +334,15 @@ class PolicyGradientLearner(TorchLearner):
         return kept, counts
 
     def _padded(self, batch: list[_Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ids and attention mask, on the learner's device."""
         ids, mask = pad_rows([e.ids for e in batch], self.tokenizer.pad_token_id or 0)
-        return ids, mask
+        return ids.to(self.device), mask.to(self.device)
 
     def _forward(self, batch: list[_Encoded], model: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits at every position but the last (padded), the next tokens, and which of
         them are completion tokens."""
         ids, mask = self._padded(batch)
-        logits = (model or self.model)(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        logits = self.forward(model or self.model, ids, mask).logits[:, :-1].float()
         targets = ids[:, 1:]
         completion = torch.zeros_like(targets, dtype=torch.bool)
         for i, e in enumerate(batch):
@@ -380,18 +381,19 @@ class PolicyGradientLearner(TorchLearner):
                 with torch.no_grad():
                     ref_logits, _, _ = self._forward(micro, self.reference)
                     ref_logp = token_logprobs(ref_logits, targets, t, p)
-            micro_loss = torch.zeros(())
+            micro_loss = torch.zeros((), device=self.device)
             for i, e in enumerate(micro):
                 at = completion[i].nonzero().squeeze(-1)  # the completion's positions
                 n = at.shape[0]
-                trained = e.trained(n)
+                trained = e.trained(n).to(self.device)
                 at = at[trained]  # an observation's tokens: no term at all
                 if at.numel() == 0:
                     continue
                 lp = logp[i][at]
-                adv = torch.tensor(e.advantages[:n])[trained]
-                old = torch.tensor(prox[start + i][:n])[trained] if prox is not None else lp.detach()
-                behaviour = torch.tensor(e.behaviour[:n])[trained]
+                adv = torch.tensor(e.advantages[:n], device=self.device)[trained]
+                proximal = prox[start + i][:n] if prox is not None else None
+                old = lp.detach() if proximal is None else torch.tensor(proximal, device=self.device)[trained]
+                behaviour = torch.tensor(e.behaviour[:n], device=self.device)[trained]
                 known = ~torch.isnan(behaviour)
                 log_w = torch.where(known, old - torch.nan_to_num(behaviour), torch.zeros_like(old))
                 w = log_w.exp()

@@ -97,7 +97,7 @@ class PPOLearner(PolicyGradientLearner):
     ) -> None:
         super().__init__(model, tokenizer, settings, delimiter=delimiter, **overrides)
         hidden = self.policy_config().hidden_size
-        self.value_head = torch.nn.Linear(hidden, 1)
+        self.value_head = torch.nn.Linear(hidden, 1, device=self.device)
         torch.nn.init.zeros_(self.value_head.weight)
         torch.nn.init.zeros_(self.value_head.bias)
         self.optimizer.add_param_group({"params": list(self.value_head.parameters())})
@@ -203,7 +203,7 @@ class PPOLearner(PolicyGradientLearner):
 
     def _hidden(self, batch: list[_Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self._padded(batch)
-        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        out = self.forward(self.model, ids, mask, output_hidden_states=True)
         return out.hidden_states[-1], mask
 
     @torch.no_grad()
@@ -224,11 +224,11 @@ class PPOLearner(PolicyGradientLearner):
             batch = encoded[start : start + self.settings.micro_batch]
             hidden, _ = self._hidden(batch)
             v = self.value_head(hidden.float()).squeeze(-1)
-            loss = torch.zeros(())
+            loss = torch.zeros((), device=self.device)
             for i, e in enumerate(batch):
                 predicted = v[i, e.prompt - 1 : len(e.ids) - 1]
-                trained = e.trained(predicted.shape[0])  # no value target on an observation's tokens
-                target = torch.tensor(targets[start + i][: predicted.shape[0]])
+                trained = e.trained(predicted.shape[0]).to(self.device)  # no value target on an observation's tokens
+                target = torch.tensor(targets[start + i][: predicted.shape[0]], device=self.device)
                 loss = loss + 0.5 * ((predicted - target)[trained] ** 2).sum() / total_tokens
             (self.settings.vf_coef * loss).backward()  # type: ignore[no-untyped-call]
             loss_sum += float(loss.detach())

@@ -131,10 +131,11 @@ class PRMLearner(_HeadLearner):
         for start in range(0, len(encoded), self.settings.micro_batch):
             micro = encoded[start : start + self.settings.micro_batch]
             ids, mask = pad_rows([ids for ids, _, _ in micro], self.tokenizer.pad_token_id or 0)
-            logits = self.model(input_ids=ids, attention_mask=mask).logits[..., 0].float()
-            rows = torch.tensor([i for i, (_, pos, _) in enumerate(micro) for _ in pos])
-            cols = torch.tensor([p for _, pos, _ in micro for p in pos])
-            target = torch.tensor([v for _, _, labels in micro for v in labels], dtype=torch.float32)
+            logits = self.forward(self.model, ids, mask).logits[..., 0].float()
+            rows = torch.tensor([i for i, (_, pos, _) in enumerate(micro) for _ in pos], device=self.device)
+            cols = torch.tensor([p for _, pos, _ in micro for p in pos], device=self.device)
+            labels = [v for _, _, labels in micro for v in labels]
+            target = torch.tensor(labels, dtype=torch.float32, device=self.device)
             at = logits[rows, cols]
             loss = torch.nn.functional.binary_cross_entropy_with_logits(at, target, reduction="sum") / total
             loss.backward()  # type: ignore[no-untyped-call]
@@ -175,8 +176,9 @@ class OutcomeRMLearner(_HeadLearner):
 
     def rewards(self, rows: list[list[int]]) -> torch.Tensor:
         ids, mask = pad_rows(rows, self.tokenizer.pad_token_id or 0)
-        logits = self.model(input_ids=ids, attention_mask=mask).logits[..., 0].float()
-        last: torch.Tensor = logits[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])]
+        logits = self.forward(self.model, ids, mask).logits[..., 0].float()
+        ends = torch.tensor([len(r) - 1 for r in rows], device=self.device)
+        last: torch.Tensor = logits[torch.arange(len(rows), device=self.device), ends]
         return last
 
     def _ids(self, pair: Pair, text: str) -> list[int]:

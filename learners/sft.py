@@ -136,7 +136,8 @@ class SFTLearner(TorchLearner):
                 labels[i, : len(y)] = torch.tensor(y)
                 mask[i, : len(x)] = 1
                 weights[i, : len(w)] = torch.tensor(w)
-            logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            labels, weights = labels.to(self.device), weights.to(self.device)
+            logits = self.forward(self.model, ids, mask).logits[:, :-1].float()
             target = labels[:, 1:]
             per_token = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
@@ -164,7 +165,7 @@ class SFTLearner(TorchLearner):
         total, count = 0.0, 0
         for ex in examples:
             ids, labels = self.encode(ex)
-            out = self.model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
+            out = self.forward(self.model, torch.tensor([ids]), labels=torch.tensor([labels], device=self.device))
             n = sum(t != -100 for t in labels[1:])
             total += float(out.loss) * n
             count += n

@@ -7,6 +7,12 @@ Design decisions:
   the engine swaps in between decode steps. Training and serving overlap.
 - ``update`` runs the optimizer step in a worker thread, so the event loop keeps
   driving episodes while the learner computes (no stop-the-world).
+- Placement and precision (``learner.device``, ``learner.dtype``,
+  ``learner.gradient_checkpointing``; :mod:`learners.precision` says why): the model is
+  moved to the learner's device as float32 master weights, and every forward pass goes
+  through :meth:`TorchLearner.forward`, which places the inputs there and runs under
+  bf16 autocast with ``dtype: bfloat16``. ``weights()`` clones on that device, so an
+  engine of this process on a GPU takes a version device to device.
 - An optional linear warmup of the learning rate: a fresh AdamW's first updates move
   every weight by about ``lr`` whatever its gradient, which can knock a converged
   checkpoint off its optimum before the moment estimates settle. An optional linear
@@ -76,10 +82,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from learners.base import UpdateResult
+from learners.precision import DEVICE_PATTERN, autocast, checkpoint_layers, placement
 from runtime.core.errors import LearnerError, StoreError
 from runtime.core.log import get_logger
 from runtime.core.registry import with_overrides
 from runtime.core.threads import CoreShare
+from runtime.policy.placement import DtypeName
 from runtime.scheduling.files import written_whole
 from runtime.scheduling.store_faults import one_line
 
@@ -243,6 +251,20 @@ class TrainerSettings(BaseModel):
     max_length: int = Field(512, ge=8, le=1_048_576)
     """Tokens of one example (prompt and completion) kept, at most; a prompt this long
     leaves nothing to train on."""
+    device: str = Field("auto", pattern=DEVICE_PATTERN)
+    """Where the learner trains: auto (the first GPU when torch sees one, else the CPU),
+    cpu, cuda or cuda:N. A GPU named where torch sees none is a one-line error naming
+    this field."""
+    dtype: DtypeName = "float32"
+    """float32, or bfloat16 mixed precision: matrix products in bf16 under autocast while
+    the weights, gradients and AdamW's state stay float32 (bf16 weights would round most
+    fine-tuning updates away; see learners.precision). For a GPU: on a CPU without bf16
+    units it is slower than float32."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of keeping them
+    (transformers' non-reentrant gradient checkpointing): less memory for long sequences
+    and large micro-batches, for one more forward pass of the layers a step
+    (tests/gpu/check.py measures both)."""
 
 
 class TorchLearner:
@@ -255,8 +277,14 @@ class TorchLearner:
     def __init__(self, model: Any, tokenizer: Any, settings: TrainerSettings | None = None, **overrides: Any) -> None:
         """``settings`` (or the same fields as keywords) say how it steps."""
         self.settings = settings = with_overrides(settings or self.settings_class(), overrides)
+        self.device = placement(settings.device, "learner")
+        self.mixed = settings.dtype == "bfloat16"
+        """Forward and backward passes under bf16 autocast (weights and optimizer state float32)."""
         self.tokenizer = tokenizer
         self.lora = settings.lora
+        model = model.to(device=self.device, dtype=torch.float32)  # master weights (see module doc)
+        if settings.gradient_checkpointing:
+            checkpoint_layers(model)
         if settings.lora is not None:
             with warnings.catch_warnings():  # peft reads a property transformers deprecated
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
@@ -303,6 +331,19 @@ class TorchLearner:
         tokenizer = AutoTokenizer.from_pretrained(directory)
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
         return cls(model, tokenizer, **kwargs)
+
+    def autocast(self) -> Any:
+        """The precision context of a forward pass (:func:`~learners.precision.autocast`)."""
+        return autocast(self.device, self.mixed)
+
+    def forward(self, model: Any, ids: torch.Tensor, mask: torch.Tensor | None = None, **extra: Any) -> Any:
+        """``model`` (the learner's, or a frozen copy) run on ``ids`` and ``mask`` placed on
+        the learner's device, under :meth:`autocast`, without a KV cache."""
+        inputs: dict[str, Any] = {"input_ids": ids.to(self.device), "use_cache": False, **extra}
+        if mask is not None:
+            inputs["attention_mask"] = mask.to(self.device)
+        with self.autocast():
+            return model(**inputs)
 
     async def update(self, examples: Sequence[Any]) -> UpdateResult:
         """One update on ``examples``, computed in a worker thread (holding its threads of

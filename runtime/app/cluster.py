@@ -45,6 +45,14 @@ Design decisions:
   Ray would otherwise wait forever for the resources of the actors it cannot place,
   deaf to Ctrl-C (SIGTERM ends it in a C++ stack dump). A joined cluster (``address``)
   may still grow (autoscaling): a shortfall there is a warning.
+- GPUs: each worker actor reserves ``cluster.gpus_per_worker`` (``num_gpus``; a fraction
+  shares one GPU). Ray hides from an actor every GPU it did not reserve
+  (CUDA_VISIBLE_DEVICES), so the worker's engine then finds its own as ``cuda`` (policy.device
+  auto) and a vLLM engine starts on it; ``ready()`` reports the GPU ids Ray gave and
+  the engine's device. What Ray could never place is refused before it starts, naming
+  the field: a local cluster with fewer GPUs than the workers reserve, and a vLLM
+  engine whose gpu_memory_utilization exceeds its share of a shared GPU. A version
+  published from a GPU learner is copied to host memory once, for the object store.
 - A local cluster listens on loopback only. ``ray.init(_node_ip_address="127.0.0.1")``
   alone does not do it: Ray turns a loopback node address into the host's own address
   (``resolve_ip_for_localhost``), and its GCS, raylet, object manager and workers then
@@ -86,7 +94,7 @@ from runtime.core.errors import ConfigError
 from runtime.core.log import get_logger
 from runtime.core.threads import available_cpus, thread_share
 from runtime.core.types import Episode, Stop, Task, episode_from_json, episode_to_json
-from runtime.policy.backends import LocalBackend
+from runtime.policy.backends import LocalBackend, VllmBackend
 from runtime.policy.base import GenerationRequest, GenerationResult
 from runtime.scheduling.scheduler import RunStats, Runtime, redact_config, watch_signals
 from runtime.scheduling.store import STALE_AFTER, EpisodeStore
@@ -136,6 +144,64 @@ def _check_local_cpus(cluster: ClusterConfig) -> None:
             f"need {needed:g} CPUs, but the local Ray cluster has {have:g} ({where}); lower cluster.workers or "
             "cluster.cpus_per_worker (0 for workers that only wait on a server), or raise cluster.local_cpus"
         )
+
+
+def _local_gpus() -> tuple[float, str]:
+    """GPUs a local Ray cluster would have, and where that figure comes from: the running
+    instance's, else those torch sees (Ray finds the same ones: CUDA_VISIBLE_DEVICES,
+    else the driver's)."""
+    running = _running_ray()
+    if running is not None:
+        return float(running.cluster_resources().get("GPU", 0)), "the Ray instance this process runs"
+    try:
+        import torch
+    except ImportError:
+        return 0.0, "torch is not installed to count them"
+    return float(torch.cuda.device_count()), "the GPUs torch sees on this machine"
+
+
+def _check_gpus(config: RunConfig) -> None:
+    """Refuse what Ray could never place, before it starts (it would wait forever): a
+    local cluster with fewer GPUs than the workers reserve, and a vLLM engine that would
+    take more of a shared GPU's memory than its share. ConfigError naming the fields."""
+    cluster = config.cluster
+    assert cluster is not None
+    share = cluster.gpus_per_worker
+    if share <= 0:
+        return
+    policy = config.policy
+    if isinstance(policy, VllmBackend) and share < 1 and policy.vllm.gpu_memory_utilization > share + 1e-9:
+        raise ConfigError(
+            f"policy.vllm.gpu_memory_utilization: {policy.vllm.gpu_memory_utilization:g} of a GPU's memory, but each "
+            f"worker has {share:g} of a GPU (cluster.gpus_per_worker) and the workers sharing it would each take "
+            f"that much; set it to at most {share:g}"
+        )
+    if cluster.address is not None:
+        return
+    have, where = _local_gpus()
+    placeable = int(have + 1e-9) * int(1 / share + 1e-9) if share <= 1 else int((have + 1e-9) // share)
+    if cluster.workers > placeable:
+        raise ConfigError(
+            f"cluster.gpus_per_worker: {cluster.workers} workers x {share:g} GPU need more GPUs than the local Ray "
+            f"cluster has ({have:g}: {where}); lower cluster.workers or cluster.gpus_per_worker (0: workers on "
+            "the CPU), or join a cluster with GPUs (cluster.address)"
+        )
+
+
+def _on_host(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with every GPU tensor copied to host memory (the form a version leaves
+    the process in: Ray's object store holds host memory, and a worker's GPU is its
+    own); the same mapping, untouched, when nothing is on a GPU."""
+    if not any(getattr(getattr(v, "device", None), "type", "cpu") != "cpu" for v in state.values()):
+        return state
+    moved = {k: v.cpu() if hasattr(v, "cpu") else v for k, v in state.items()}
+    adapter = getattr(state, "adapter", None)
+    if adapter is None:
+        return moved
+    from runtime.policy.adapters import AdapterWeights
+
+    host = {k: v.cpu() if hasattr(v, "cpu") else v for k, v in adapter.items()}
+    return AdapterWeights(moved, adapter=host, config=getattr(state, "config", {}))
 
 
 @contextmanager
@@ -223,7 +289,12 @@ class RolloutWorker:
                 state, version = self._pending_weights
                 self._pending_weights = None
                 self.swap_weights(state, version)
-        return {"index": self.index, "pid": os.getpid(), "version": getattr(self.policy, "version", None)}
+        return {
+            "index": self.index,
+            "pid": os.getpid(),
+            "version": getattr(self.policy, "version", None),
+            **_placement(self.policy),
+        }
 
     async def run(self, items: list[tuple[dict[str, Any], int]]) -> AsyncIterator[list[str]]:
         """Run (task, sample) pairs; yield finished episodes, as JSON, in batches as they finish."""
@@ -275,6 +346,21 @@ class RolloutWorker:
         await self.policy.aclose()
 
 
+def _placement(policy: Any) -> dict[str, Any]:
+    """Where a worker's engine computes: the GPUs Ray gave the actor (``gpu_ids``: none
+    unless it reserved some) and its engine's torch device (None for an engine that
+    does not say, such as a server's client)."""
+    ray = sys.modules.get("ray")
+    gpu_ids: list[Any] = []
+    if ray is not None and ray.is_initialized():
+        try:
+            gpu_ids = list(ray.get_gpu_ids())
+        except Exception:  # not inside a Ray worker (the in-process tests' workers)
+            gpu_ids = []
+    device = getattr(getattr(policy, "engine", None), "device", None)
+    return {"gpu_ids": gpu_ids, "device": None if device is None else str(device)}
+
+
 _ACTOR: Any = None
 
 
@@ -310,7 +396,7 @@ class ClusterPolicy:
     def swap_weights(self, state_dict: dict[str, Any], version: int) -> None:
         started = time.perf_counter()
         ray = _ray()
-        ref = ray.put(state_dict)
+        ref = ray.put(_on_host(state_dict))
         self.latest = (ref, version)
         self.version = version
         for worker in self._cluster.live_workers():
@@ -339,6 +425,7 @@ class ClusterRuntime:
                 raise ConfigError(f"policy.path: {exc}") from None
         if config.cluster.address is None:
             _check_local_cpus(config.cluster)
+        _check_gpus(config)
         self.config = config
         self.cluster: ClusterConfig = config.cluster
         self.run_id = config.run_id
@@ -354,6 +441,9 @@ class ClusterRuntime:
         self.reissued = 0
         self.replaced = 0
         self.worker_deaths: list[str] = []
+        self.started_workers: list[dict[str, Any]] = []
+        """What each first worker said once started (:meth:`RolloutWorker.ready`): its pid,
+        the GPU ids Ray gave it and its engine's device."""
         concurrency = self.cluster.concurrency or config.scheduler.concurrency
         self.in_flight = self.cluster.in_flight or 2 * concurrency
         self._workers: list[Any | None] = []
@@ -389,7 +479,8 @@ class ClusterRuntime:
             self._room = [anyio.Event() for _ in self._workers]
             ray = _ray()
             try:
-                await anyio.to_thread.run_sync(ray.get, [w.ready.remote() for w in self._workers if w is not None])
+                ready = [w.ready.remote() for w in self._workers if w is not None]
+                self.started_workers = await anyio.to_thread.run_sync(ray.get, ready)
             except ray.exceptions.RayError as exc:
                 raise ConfigError(f"cluster: a rollout worker failed to start: {_cause(exc)}") from None
         except BaseException:
@@ -401,7 +492,8 @@ class ClusterRuntime:
         self._tg.start_soon(self._heartbeat)
         if self.handle_signals:
             self._tg.start_soon(self._watch_signals)
-        self.log.info("cluster started", workers=self.cluster.workers, in_flight=self.in_flight)
+        gpus = sorted({str(g) for w in self.started_workers for g in w.get("gpu_ids", [])})
+        self.log.info("cluster started", workers=self.cluster.workers, in_flight=self.in_flight, gpus=gpus)
         self.stats = RunStats()  # the rates count from here, not from Ray's start-up
         return self
 
@@ -475,12 +567,18 @@ class ClusterRuntime:
             return max(1, int(self.cluster.cpus_per_worker))
         return thread_share(torch_consumers(self.config))
 
+    def worker_options(self) -> dict[str, Any]:
+        """The Ray options every worker actor starts with: its CPUs and GPUs (Ray hides
+        the GPUs an actor did not reserve from it), no name, a passive OpenMP."""
+        return {
+            "num_cpus": self.cluster.cpus_per_worker,
+            "num_gpus": self.cluster.gpus_per_worker,
+            "name": None,
+            "runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
+        }
+
     def _new_worker(self, index: int) -> Any:
-        actor = _actor_class().options(
-            num_cpus=self.cluster.cpus_per_worker,
-            name=None,
-            runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
-        )
+        actor = _actor_class().options(**self.worker_options())
         return actor.remote(self.config, index, self._threads(), self.policy.latest, self._account, self._shared_pool)
 
     def live_workers(self) -> list[Any]:

@@ -260,6 +260,13 @@ class ClusterConfig(_Section):
     """Rollout worker actors."""
     cpus_per_worker: float = Field(1.0, ge=0)
     """Ray CPUs each worker reserves (0 for workers that only wait on a server)."""
+    gpus_per_worker: float = Field(0.0, ge=0)
+    """Ray GPUs each worker reserves; a fraction shares one GPU among workers (0.5: two
+    workers a GPU). Ray shows an actor only the GPUs it reserved (CUDA_VISIBLE_DEVICES),
+    so with 0 a worker's engine runs on the CPU whatever policy.device says; with more,
+    policy.device auto (or cuda) puts it on its GPU. A vLLM engine sharing a GPU needs
+    policy.vllm.gpu_memory_utilization at most gpus_per_worker. A local cluster that has
+    fewer GPUs than the workers reserve is refused before Ray starts."""
     concurrency: int | None = Field(None, ge=1)
     """Episodes running at once on each worker; null: ``scheduler.concurrency``."""
     in_flight: int | None = Field(None, ge=1)
@@ -280,6 +287,14 @@ class ClusterConfig(_Section):
     local_cpus: int | None = Field(None, ge=1)
     """CPUs of the local cluster started when ``address`` is null; null: the CPUs this
     process may use."""
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _placeable(cls, value: float) -> float:
+        """Ray places a fraction of one GPU, or whole GPUs, never 1.5 of them."""
+        if value > 1 and not float(value).is_integer():
+            raise ValueError("a worker reserves a fraction of one GPU (at most 1) or a whole number of GPUs")
+        return value
 
 
 class RunConfig(_Section):

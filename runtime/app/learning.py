@@ -12,6 +12,11 @@ Before the run starts its outputs are checked (before any model is loaded): the 
 checkpoint must be a file path and the final policy export a folder path, both writable
 (a StoreError naming the path, as a bad store path is); then ``learner.max_length`` must
 leave room after the chat template's own tokens (a ConfigError).
+
+Placement: the learner on ``learner.device`` (its precision ``learner.dtype``), the
+evaluator's engine on ``learner.eval.device`` in ``learner.eval.dtype``; a GPU named where
+torch sees none is refused before any model loads, in one line naming the field. A GPU
+learner publishes to a GPU engine of this process device to device (docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 from learners.base import Learner
 from learners.evaluate import Evaluator
 from learners.loop import OnlineLoop
+from learners.precision import placement
 from learners.trackers import require_trackers
 from runtime.app.build import build_runtime, build_strategy, build_verifiers, torch_consumers
 from runtime.app.config import RunConfig
@@ -93,8 +99,11 @@ def build_learner(config: RunConfig) -> Learner:
     """The learner of ``config``: its model fresh or loaded, untrained by this run."""
     if config.learner is None:
         raise ConfigError("learner: this config has no learner section")
-    model, tokenizer = _student(config)
     spec = config.learner
+    device = getattr(spec, "device", None)
+    if device is not None:  # a GPU named where there is none: refused before any model loads
+        placement(device, "learner")
+    model, tokenizer = _student(config)
     if getattr(spec, "threads", 1) is None:  # a share of the cores, beside the engine and evaluator
         spec = spec.model_copy(update={"threads": thread_share(torch_consumers(config))})
     return spec.build_learner(model, tokenizer, config.sampling)
@@ -144,12 +153,15 @@ def build_loop(config: RunConfig, *, handle_signals: bool = False) -> OnlineLoop
     check_output(checkpoint_path(config), "learner checkpoint")
     check_output(export_path(config), "policy export", folder=True)
     require_trackers(spec.report_to)  # a tracker's missing package, before any model loads
+    eval_place = placement(spec.eval.device, "learner.eval") if spec.eval is not None else None
     learner = build_learner(config)
     _check_max_length(config, learner)
     runtime = build_runtime(config, handle_signals=handle_signals)
     evaluator = None
     if spec.eval is not None:
-        eval_model = AutoModelForCausalLM.from_config(learner.policy_config(), dtype=torch.float32)  # type: ignore[no-untyped-call]
+        kind = torch.bfloat16 if spec.eval.dtype == "bfloat16" else torch.float32
+        eval_model = AutoModelForCausalLM.from_config(learner.policy_config(), dtype=kind)  # type: ignore[no-untyped-call]
+        eval_model = eval_model.to(eval_place)
         evaluator = Evaluator(
             LocalPolicy(eval_model, learner.tokenizer, name="eval", threads=thread_share(torch_consumers(config))),
             _eval_tasks(config),

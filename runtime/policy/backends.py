@@ -40,6 +40,7 @@ from runtime.core.secrets import find_secrets, looks_like_secret, register_secre
 from runtime.policy.adapters import LoraPublishing
 from runtime.policy.base import Mode, Server
 from runtime.policy.limits import EndpointLimits, Price
+from runtime.policy.placement import DEVICE_PATTERN, DtypeName
 
 if TYPE_CHECKING:
     from runtime.policy.base import Policy
@@ -358,10 +359,16 @@ class LocalBackend(CheckpointBackend):
     threads: int | None = Field(None, ge=1)
     """torch threads of the engine; None: the cores this process may use, shared equally
     among the run's torch consumers (engine, learner, evaluator, PRM)."""
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    device: str = Field("auto", pattern=DEVICE_PATTERN)
     """Where the engine runs: auto (the first GPU when torch sees one, else the CPU), cpu,
-    cuda or cuda:N. The learner and the evaluator stay on the CPU; published weights are
-    copied onto the engine's device."""
+    cuda or cuda:N. The learner (learner.device) and the evaluator (learner.eval.device)
+    are placed by their own settings; published weights are copied onto the engine's
+    device and dtype (GPU to GPU without passing through the CPU)."""
+    dtype: DtypeName = "float32"
+    """The engine's weights and KV cache: float32, or bfloat16 (half the memory, and a
+    GPU's fast path). Logits are
+    read in float32 either way; on the bundled tiny policy greedy text in bfloat16 was
+    the float32 text on 100 of 100 tiny tasks (CPU; tests/test_gpu_ready.py checks 24)."""
 
     def build(self, threads: int | None = None) -> Policy:
         from runtime.policy.local import LocalPolicy
@@ -369,7 +376,11 @@ class LocalBackend(CheckpointBackend):
         self._check_path()
         try:
             return LocalPolicy.from_path(
-                self.path, device=self.device, max_batch=self.max_concurrency, threads=self.threads or threads
+                self.path,
+                device=self.device,
+                dtype=self.dtype,
+                max_batch=self.max_concurrency,
+                threads=self.threads or threads,
             )
         except ValueError as exc:  # a GPU asked for where there is none
             if "device" not in str(exc):

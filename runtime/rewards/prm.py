@@ -16,6 +16,9 @@ Design decisions:
   task. Results are cached per (messages, prefix), so aggregating a path's step scores
   never recomputes a prefix.
 - Training one lives with the learners (``learners.prm``): this module only scores.
+- Placement: ``device`` (auto: the first GPU torch sees) and ``dtype`` (bfloat16 halves
+  the memory; the scores are read from float32 logits either way). A GPU named where
+  torch sees none is a one-line ConfigError naming the field.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from runtime.core.errors import ConfigError
 from runtime.core.log import get_logger
 from runtime.core.types import Task
 from runtime.policy.checkpoints import resolve_checkpoint
+from runtime.policy.placement import DEVICE_PATTERN, DtypeName, resolve_device, resolve_dtype
 from runtime.rewards.base import Score, Verifier, VerifierEnv
 from runtime.rewards.batching import MicroBatcher
 
@@ -53,9 +57,15 @@ class ProcessRewardModel(Verifier):
     """Causal-LM PRMs: the token that means a bad step."""
     threads: int | None = Field(None, ge=1)
     """torch threads of the forward passes (None: a share of the process's cores)."""
+    device: str = Field("auto", pattern=DEVICE_PATTERN)
+    """Where the model scores: auto (the first GPU when torch sees one, else the CPU),
+    cpu, cuda or cuda:N."""
+    dtype: DtypeName = "float32"
+    """The model's weights: float32, or bfloat16 (half the memory; scores read in float32)."""
     _delimiter: str = PrivateAttr("\n")
     _tokenizer: Any = PrivateAttr(None)
     _model: Any = PrivateAttr(None)
+    _device: Any = PrivateAttr(None)
     _value_head: bool = PrivateAttr(False)
     _good_bad: list[int] = PrivateAttr(default_factory=list)
     _batcher: Any = PrivateAttr(None)
@@ -78,7 +88,8 @@ class ProcessRewardModel(Verifier):
         config = AutoConfig.from_pretrained(directory)
         self._value_head = any(a.endswith("ForTokenClassification") for a in config.architectures or [])
         loader = AutoModelForTokenClassification if self._value_head else AutoModelForCausalLM
-        self._model = loader.from_pretrained(directory, dtype=torch.float32).eval()
+        self._device = torch.device(resolve_device(self.device))
+        self._model = loader.from_pretrained(directory, dtype=resolve_dtype(self.dtype)).to(self._device).eval()
         if not self._value_head:
             ids = [self._tokenizer.convert_tokens_to_ids(t) for t in (self.good_token, self.bad_token)]
             if any(i is None or i == self._tokenizer.unk_token_id for i in ids):
@@ -89,6 +100,10 @@ class ProcessRewardModel(Verifier):
         self._batcher = MicroBatcher(self._forward, self.batch_size, "prm forward")
 
     def build(self, env: VerifierEnv) -> ProcessRewardModel:
+        try:
+            resolve_device(self.device)
+        except ValueError as exc:  # a GPU named where there is none
+            raise ConfigError(f"{env.field}.device: {exc}") from None
         try:
             settings = self.model_dump(exclude={"name", "path"})
             settings["threads"] = self.threads or env.threads
@@ -128,7 +143,7 @@ class ProcessRewardModel(Verifier):
         encoded = [self.encode(m, s) for m, s in items]
         ids, mask = pad_rows([e[0] for e in encoded], self._tokenizer.pad_token_id or 0)
         with torch.no_grad():
-            logits = self._model(input_ids=ids, attention_mask=mask).logits
+            logits = self._model(input_ids=ids.to(self._device), attention_mask=mask.to(self._device)).logits.float()
         self._forward_passes += 1
         out = []
         for row, (_, positions) in enumerate(encoded):

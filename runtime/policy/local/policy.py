@@ -27,9 +27,10 @@ from runtime.core.log import get_logger
 from runtime.policy.base import Completion, GenerationRequest, GenerationResult
 from runtime.policy.checkpoints import resolve_checkpoint
 from runtime.policy.local.engine import EngineRequest, EngineResult, LocalEngine
+from runtime.policy.placement import resolve_device, resolve_dtype
 from runtime.policy.prompts import PromptEncoder
 
-__all__ = ["LocalPolicy"]
+__all__ = ["LocalPolicy", "resolve_device", "resolve_dtype"]
 
 log = get_logger("searchlearn.local")
 
@@ -55,16 +56,18 @@ class LocalPolicy:
         self._pending = anyio.Semaphore(max_pending or 4 * max_batch)
 
     @classmethod
-    def from_path(cls, path: str | Path, *, device: str = "cpu", **kwargs: Any) -> LocalPolicy:
+    def from_path(cls, path: str | Path, *, device: str = "cpu", dtype: str = "float32", **kwargs: Any) -> LocalPolicy:
         """Load a checkpoint directory (or a named one) onto ``device`` (``auto``: the
-        first GPU when torch sees one, else the CPU)."""
-        import torch
+        first GPU when torch sees one, else the CPU), its weights in ``dtype``
+        (``float32`` or ``bfloat16``: the engine's KV cache takes the weights' dtype;
+        logits are read in float32 either way)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        place, kind = resolve_device(device), resolve_dtype(dtype)
         directory = resolve_checkpoint(path)
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        model: Any = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-        return cls(model.to(resolve_device(device)), tokenizer, name=str(directory), **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(directory, dtype=kind)
+        return cls(model.to(place), tokenizer, name=str(directory), **kwargs)
 
     @property
     def version(self) -> int:
@@ -160,21 +163,3 @@ def _waker(event: anyio.Event) -> Callable[[], None]:
         loop.call_soon_threadsafe(event.set)
 
     return wake
-
-
-def resolve_device(device: str) -> str:
-    """The torch device ``device`` names: ``auto`` is ``cuda`` when torch sees a GPU, else
-    ``cpu``; a GPU asked for where there is none is a ValueError saying so."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: torch sees no CUDA GPU here (torch {torch.__version__})")
-        index = int(device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) visible")
-    elif device != "cpu":
-        raise ValueError(f"device {device!r}: allowed: auto, cpu, cuda, cuda:N")
-    return device
