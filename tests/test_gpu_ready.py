@@ -26,6 +26,7 @@ from runtime.app.config import RunConfig
 from runtime.core.errors import ConfigError
 from runtime.policy.base import GenerationRequest
 from runtime.policy.local import LocalPolicy
+from runtime.scheduling.store import EpisodeStore
 from runtime.tiny.policy_format import BUNDLED_POLICY
 from runtime.tiny.tasks import tiny_tasks
 
@@ -138,6 +139,40 @@ def test_gradient_checkpointing_takes_the_same_step(tokenizer: Any) -> None:
     assert plain.step(data).loss == pytest.approx(checkpointed.step(data).loss, rel=1e-6)
     for (name, a), b in zip(plain.model.named_parameters(), checkpointed.model.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(240)
+async def test_a_bf16_run_from_its_config_trains_publishes_and_evaluates(tmp_path: Path) -> None:
+    """The keys as a config sets them reach every part: a bf16 engine, a bf16 learner with
+    gradient checkpointing and a bf16 evaluator; the loop publishes two versions into the
+    engine and evaluates them."""
+    from runtime.app.config import load_config
+    from runtime.app.learning import build_loop
+
+    sets = [
+        "policy.kind=local", "policy.dtype=bfloat16", "policy.device=cpu", "store.path=" + str(tmp_path / "s.db"),
+        "tasks.size=64", "tasks.steps=[1, 2]", "sampling.temperature=1.0", "sampling.max_tokens=80",
+        "learner.kind=expert_iteration", "learner.dtype=bfloat16", "learner.device=cpu",
+        "learner.gradient_checkpointing=true", "learner.batch_examples=8", "learner.max_versions=2",
+        "learner.micro_batch=8", "learner.lr=1e-5", "learner.eval.dtype=bfloat16", "learner.eval.every=1",
+        "learner.eval.tasks.size=4", "learner.eval.strategy=false", "scheduler.concurrency=8",
+    ]  # fmt: skip
+    config = load_config(None, sets)
+    loop = build_loop(config)
+    learner: Any = loop.learner
+    engine = loop.runtime.policy.engine  # type: ignore[attr-defined]
+    assert learner.mixed and next(learner.model.parameters()).dtype == torch.float32
+    assert next(engine.model.parameters()).dtype == torch.bfloat16
+    assert loop.evaluator is not None
+    assert next(loop.evaluator.policy.engine.model.parameters()).dtype == torch.bfloat16  # type: ignore[attr-defined]
+    async with loop:
+        stats = await loop.run(config.tasks.build())
+    assert stats.version == 2 and engine.version == 2
+    held = engine.model.state_dict()
+    assert all(torch.equal(held[k], v.to(torch.bfloat16)) for k, v in learner.weights().items() if k in held)
+    with EpisodeStore(config.store.path) as store:
+        assert [p["version"] for p in store.curve(config.run_id)] == [0, 1, 2]
 
 
 # -- a GPU named where there is none -----------------------------------------------------------

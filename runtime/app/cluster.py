@@ -87,6 +87,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from runtime.app.cluster_account import SharedPoolProxy, SharedSpendProxy, account_actor
+from runtime.app.cluster_devices import check_gpus, on_host, placement
 from runtime.app.config import ClusterConfig, RunConfig
 from runtime.app.parts import build_policy, build_strategy, build_verifiers, torch_consumers
 from runtime.core.concurrency import send_all
@@ -94,7 +95,7 @@ from runtime.core.errors import ConfigError
 from runtime.core.log import get_logger
 from runtime.core.threads import available_cpus, thread_share
 from runtime.core.types import Episode, Stop, Task, episode_from_json, episode_to_json
-from runtime.policy.backends import LocalBackend, VllmBackend
+from runtime.policy.backends import LocalBackend
 from runtime.policy.base import GenerationRequest, GenerationResult
 from runtime.scheduling.scheduler import RunStats, Runtime, redact_config, watch_signals
 from runtime.scheduling.store import STALE_AFTER, EpisodeStore
@@ -144,64 +145,6 @@ def _check_local_cpus(cluster: ClusterConfig) -> None:
             f"need {needed:g} CPUs, but the local Ray cluster has {have:g} ({where}); lower cluster.workers or "
             "cluster.cpus_per_worker (0 for workers that only wait on a server), or raise cluster.local_cpus"
         )
-
-
-def _local_gpus() -> tuple[float, str]:
-    """GPUs a local Ray cluster would have, and where that figure comes from: the running
-    instance's, else those torch sees (Ray finds the same ones: CUDA_VISIBLE_DEVICES,
-    else the driver's)."""
-    running = _running_ray()
-    if running is not None:
-        return float(running.cluster_resources().get("GPU", 0)), "the Ray instance this process runs"
-    try:
-        import torch
-    except ImportError:
-        return 0.0, "torch is not installed to count them"
-    return float(torch.cuda.device_count()), "the GPUs torch sees on this machine"
-
-
-def _check_gpus(config: RunConfig) -> None:
-    """Refuse what Ray could never place, before it starts (it would wait forever): a
-    local cluster with fewer GPUs than the workers reserve, and a vLLM engine that would
-    take more of a shared GPU's memory than its share. ConfigError naming the fields."""
-    cluster = config.cluster
-    assert cluster is not None
-    share = cluster.gpus_per_worker
-    if share <= 0:
-        return
-    policy = config.policy
-    if isinstance(policy, VllmBackend) and share < 1 and policy.vllm.gpu_memory_utilization > share + 1e-9:
-        raise ConfigError(
-            f"policy.vllm.gpu_memory_utilization: {policy.vllm.gpu_memory_utilization:g} of a GPU's memory, but each "
-            f"worker has {share:g} of a GPU (cluster.gpus_per_worker) and the workers sharing it would each take "
-            f"that much; set it to at most {share:g}"
-        )
-    if cluster.address is not None:
-        return
-    have, where = _local_gpus()
-    placeable = int(have + 1e-9) * int(1 / share + 1e-9) if share <= 1 else int((have + 1e-9) // share)
-    if cluster.workers > placeable:
-        raise ConfigError(
-            f"cluster.gpus_per_worker: {cluster.workers} workers x {share:g} GPU need more GPUs than the local Ray "
-            f"cluster has ({have:g}: {where}); lower cluster.workers or cluster.gpus_per_worker (0: workers on "
-            "the CPU), or join a cluster with GPUs (cluster.address)"
-        )
-
-
-def _on_host(state: dict[str, Any]) -> dict[str, Any]:
-    """``state`` with every GPU tensor copied to host memory (the form a version leaves
-    the process in: Ray's object store holds host memory, and a worker's GPU is its
-    own); the same mapping, untouched, when nothing is on a GPU."""
-    if not any(getattr(getattr(v, "device", None), "type", "cpu") != "cpu" for v in state.values()):
-        return state
-    moved = {k: v.cpu() if hasattr(v, "cpu") else v for k, v in state.items()}
-    adapter = getattr(state, "adapter", None)
-    if adapter is None:
-        return moved
-    from runtime.policy.adapters import AdapterWeights
-
-    host = {k: v.cpu() if hasattr(v, "cpu") else v for k, v in adapter.items()}
-    return AdapterWeights(moved, adapter=host, config=getattr(state, "config", {}))
 
 
 @contextmanager
@@ -293,7 +236,7 @@ class RolloutWorker:
             "index": self.index,
             "pid": os.getpid(),
             "version": getattr(self.policy, "version", None),
-            **_placement(self.policy),
+            **placement(self.policy),
         }
 
     async def run(self, items: list[tuple[dict[str, Any], int]]) -> AsyncIterator[list[str]]:
@@ -346,21 +289,6 @@ class RolloutWorker:
         await self.policy.aclose()
 
 
-def _placement(policy: Any) -> dict[str, Any]:
-    """Where a worker's engine computes: the GPUs Ray gave the actor (``gpu_ids``: none
-    unless it reserved some) and its engine's torch device (None for an engine that
-    does not say, such as a server's client)."""
-    ray = sys.modules.get("ray")
-    gpu_ids: list[Any] = []
-    if ray is not None and ray.is_initialized():
-        try:
-            gpu_ids = list(ray.get_gpu_ids())
-        except Exception:  # not inside a Ray worker (the in-process tests' workers)
-            gpu_ids = []
-    device = getattr(getattr(policy, "engine", None), "device", None)
-    return {"gpu_ids": gpu_ids, "device": None if device is None else str(device)}
-
-
 _ACTOR: Any = None
 
 
@@ -396,7 +324,7 @@ class ClusterPolicy:
     def swap_weights(self, state_dict: dict[str, Any], version: int) -> None:
         started = time.perf_counter()
         ray = _ray()
-        ref = ray.put(_on_host(state_dict))
+        ref = ray.put(on_host(state_dict))
         self.latest = (ref, version)
         self.version = version
         for worker in self._cluster.live_workers():
@@ -425,7 +353,7 @@ class ClusterRuntime:
                 raise ConfigError(f"policy.path: {exc}") from None
         if config.cluster.address is None:
             _check_local_cpus(config.cluster)
-        _check_gpus(config)
+        check_gpus(config)
         self.config = config
         self.cluster: ClusterConfig = config.cluster
         self.run_id = config.run_id
