@@ -34,6 +34,8 @@ import json
 import sys
 import threading
 import time
+import traceback
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -92,7 +94,7 @@ def _model(config: dict[str, Any], device: torch.device, dtype: torch.dtype, see
 # -- 1. every learner kind --------------------------------------------------------------------
 
 
-def learner_kinds(device: str, dry: bool) -> list[dict[str, Any]]:
+def learner_kinds(device: str, dry: bool) -> dict[str, Any]:
     from learners.trainer import LoraSettings
 
     tok = _tokenizer()
@@ -109,7 +111,7 @@ def learner_kinds(device: str, dry: bool) -> list[dict[str, Any]]:
     for kind, label, settings in [*((k, k, {}) for k in kinds.KINDS), *extra]:
         run = kinds.run_kind(kind, tok, model=model, device=device, dtype="bfloat16", label=label, **settings)
         rows.append({**asdict(run), "improved": run.improved})
-    return rows
+    return {"model": f"Qwen2, hidden {hidden}, {layers} layers (random init)", "rows": rows}
 
 
 # -- 2. weights handed from a learner to an engine in this process ------------------------------
@@ -301,78 +303,64 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+Render = Callable[[Any], str]
+
+
+def _section(results: dict[str, Any], name: str, heading: Render, body: Render) -> list[str]:
+    """A part's heading and table; its error where it failed; nothing where it has not run."""
+    part = results.get(name)
+    if part is None:
+        return []
+    if "error" in part:
+        return [f"## {name}: FAILED", "", f"    {part['error']}", ""]
+    return [f"## {heading(part)}", "", body(part), ""]
+
+
+KIND_COLUMNS = "kind device improved before after compute_dtype weight_dtype state_dtype seconds_per_step peak_mib"
+ENGINE_COLUMNS = "batch prompt_tokens new_tokens engine_tok_s generate_tok_s ratio engine_peak_mib generate_peak_mib"
+LEARNER_COLUMNS = "dtype gradient_checkpointing tokens_per_step tok_s s_per_step peak_mib loss_first loss_last"
+
+
 def report(results: dict[str, Any]) -> str:
     env = results["environment"]
+    run = "dry run (CPU, tiny sizes: the numbers mean nothing)" if env["dry"] else "full run"
     out = [
         "# Device check",
         "",
-        f"{env['device_name']} · torch {env['torch']} · transformers {env['transformers']} · "
-        f"{'dry run (CPU, tiny sizes: the numbers mean nothing)' if env['dry'] else 'full run'} · "
+        f"{env['device_name']} · torch {env['torch']} · transformers {env['transformers']} · {run} · "
         f"{env['seconds']:.0f} s",
         "",
-        "## Every learner kind, bf16 (autocast over float32 master weights), 4 steps",
-        "",
-        _table(
-            results["kinds"],
-            [
-                "kind",
-                "device",
-                "improved",
-                "before",
-                "after",
-                "compute_dtype",
-                "weight_dtype",
-                "state_dtype",
-                "seconds_per_step",
-                "peak_mib",
-            ],
-        ),  # fmt: skip
-        "",
-        "## A learner's weights handed to an engine in the same process",
-        "",
-        _table([results["handoff"]], list(results["handoff"])),
-        "",
     ]
-    engine = results["engine"]
-    out += [
-        f"## Engine against HF generate: {engine['model']}, {engine['parameters'] / 1e6:.0f} M parameters, "
-        f"{engine['dtype']}, {engine['device']}, greedy, no EOS",
-        "",
-        _table(
-            engine["rows"],
-            [
-                "batch",
-                "prompt_tokens",
-                "new_tokens",
-                "engine_tok_s",
-                "generate_tok_s",
-                "ratio",
-                "engine_peak_mib",
-                "generate_peak_mib",
-            ],
-        ),  # fmt: skip
-        "",
-    ]
-    learner = results["learner"]
-    out += [
-        f"## Learner tokens/s: expert iteration's learner, {learner['model']}, {learner['device']}, "
-        f"{learner['examples_per_step']} examples a step in micro-batches of {learner['micro_batch']}",
-        "",
-        _table(
-            learner["rows"],
-            [
-                "dtype",
-                "gradient_checkpointing",
-                "tokens_per_step",
-                "tok_s",
-                "s_per_step",
-                "peak_mib",
-                "loss_first",
-                "loss_last",
-            ],
-        ),  # fmt: skip
-        "",
-    ]
+    out += _section(
+        results,
+        "kinds",
+        lambda p: f"Every learner kind, bf16 (autocast over float32 master weights), 4 steps: {p['model']}",
+        lambda p: _table(p["rows"], KIND_COLUMNS.split()),
+    )
+    out += _section(
+        results,
+        "handoff",
+        lambda p: "A learner's weights handed to a bf16 engine in the same process",
+        lambda p: _table([p], list(p)),
+    )
+    out += _section(
+        results,
+        "engine",
+        lambda p: (
+            f"Engine against HF generate: {p['model']}, {p['parameters'] / 1e6:.3g} M parameters, "
+            f"{p['dtype']}, {p['device']}, greedy, no EOS"
+        ),
+        lambda p: _table(p["rows"], ENGINE_COLUMNS.split()),
+    )
+    out += _section(
+        results,
+        "learner",
+        lambda p: (
+            f"Learner tokens/s: expert iteration's learner, {p['model']}, {p['device']}, "
+            f"{p['examples_per_step']} examples a step in micro-batches of {p['micro_batch']}"
+        ),
+        lambda p: _table(p["rows"], LEARNER_COLUMNS.split()),
+    )
     return "\n".join(out)
 
 
@@ -392,24 +380,31 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     parts = [("kinds", learner_kinds), ("handoff", handoff), ("engine", engine_vs_generate),
              ("learner", learner_throughput)]  # fmt: skip
+    failed: list[str] = []
+    text = ""
     for name, part in parts:
         began = time.perf_counter()
-        results[name] = part(device, args.dry)
+        try:  # a part that fails is reported and the others still run (a GPU loan is short)
+            results[name] = part(device, args.dry)
+        except Exception as exc:
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+            failed.append(name)
+            traceback.print_exc()
         sys.stderr.write(f"{name}: {time.perf_counter() - began:.1f} s\n")
         sys.stderr.flush()
-    results["environment"] = {
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else "CPU",
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "dry": args.dry,
-        "seconds": time.perf_counter() - started,
-    }
-    text = report(results)
-    (args.out / "check.md").write_text(text + "\n", encoding="utf-8")
-    (args.out / "check.json").write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+        results["environment"] = {
+            "device_name": torch.cuda.get_device_name() if device == "cuda" else "CPU",
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "dry": args.dry,
+            "seconds": time.perf_counter() - started,
+        }
+        text = report(results)  # written after every part: a run cut short keeps what it measured
+        (args.out / "check.md").write_text(text + "\n", encoding="utf-8")
+        (args.out / "check.json").write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     sys.stdout.write(text + "\n")
-    failed = [r["kind"] for r in results["kinds"] if not r["improved"]]
-    if not results["handoff"]["engine_holds_the_weights"]:
+    failed += [r["kind"] for r in results["kinds"].get("rows", []) if not r["improved"]]
+    if results["handoff"].get("engine_holds_the_weights") is False:
         failed.append("handoff")
     if failed:
         sys.stderr.write(f"FAILED: {', '.join(failed)}\n")
