@@ -45,6 +45,10 @@ KINDS = ("expert_iteration", "distill", "on_policy_distill", "grpo", "ppo", "dpo
 
 SAMPLING = Sampling(temperature=1.0, max_tokens=80, logprobs=True)
 
+LR = {"prm": 1e-4}
+"""Learning rates other than 3e-3: a PRM's fresh head (with dropout) over a 4-layer model
+overshoots at 3e-4 and above (its loss rose from 0.675 to 0.81 in 4 steps)."""
+
 
 def tiny_model(tokenizer: Any, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
     """A freshly initialised Qwen2 model over ``tokenizer`` (grouped-query attention: 4
@@ -126,7 +130,16 @@ def build(kind: str, model: Any, tokenizer: Any, teacher: Any = None, **settings
 
 @torch.no_grad()
 def measure(kind: str, learner: Any, data: list[Any]) -> float:
-    """The kind's loss on ``data`` (see module doc): lower is better."""
+    """The kind's loss on ``data`` (see module doc), in eval mode (a reward model's head
+    has dropout): lower is better."""
+    learner.model.eval()
+    try:
+        return _measure(kind, learner, data)
+    finally:
+        learner.model.train()
+
+
+def _measure(kind: str, learner: Any, data: list[Any]) -> float:
     if kind in ("expert_iteration", "distill"):
         return float(learner.loss(data))
     if kind == "on_policy_distill":
@@ -198,7 +211,7 @@ def run_kind(
 ) -> KindRun:
     """Build ``kind``'s learner over ``model(seed)`` on ``device`` in ``dtype``, take
     ``steps`` steps on one batch of ``count`` problems, and measure it before and after."""
-    settings = {"lr": 3e-3, "micro_batch": 8, "threads": None, **settings, "device": device, "dtype": dtype}
+    settings = {"lr": LR.get(kind, 3e-3), "micro_batch": 8, **settings, "device": device, "dtype": dtype}
     teacher = model(1).to(torch.bfloat16) if kind == "on_policy_distill" else None
     learner = build(kind, model(0), tokenizer, teacher, **settings)
     data = batch(kind, problems(count))
