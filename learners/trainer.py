@@ -258,8 +258,8 @@ class TrainerSettings(BaseModel):
     dtype: DtypeName = "float32"
     """float32, or bfloat16 mixed precision: matrix products in bf16 under autocast while
     the weights, gradients and AdamW's state stay float32 (bf16 weights would round most
-    fine-tuning updates away; see learners.precision). For a GPU: on a CPU without bf16
-    units it is slower than float32."""
+    fine-tuning updates away; see learners.precision). Meant for a GPU; it runs on the
+    CPU too (docs/gpu.md)."""
     gradient_checkpointing: bool = False
     """Recompute each layer's activations in the backward pass instead of keeping them
     (transformers' non-reentrant gradient checkpointing): less memory for long sequences
