@@ -265,15 +265,17 @@ async def _start(config: RunConfig) -> tuple[dict[str, Any], list[dict[str, Any]
 def test_a_worker_with_gpus_per_worker_asks_ray_for_its_gpu(ray_with_a_gpu: Any, tmp_path: Path) -> None:
     """cluster.gpus_per_worker is the actors' num_gpus: two workers at 0.5 share the one
     GPU Ray has, and Ray assigns it to each (its id, which Ray also puts in the actor's
-    CUDA_VISIBLE_DEVICES); workers that reserve none are given none."""
+    CUDA_VISIBLE_DEVICES); workers that reserve none are given none and see none."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     options, started, episodes = anyio.run(_start, _cluster_config(tmp_path / "a", gpus_per_worker=0.5))
     assert options["num_gpus"] == 0.5 and options["num_cpus"] == 0
     assert [[str(g) for g in w["gpu_ids"]] for w in started] == [["0"], ["0"]] and episodes == 8
+    assert [w["cuda_visible_devices"] for w in started] == ["0", "0"]
     options, started, episodes = anyio.run(_start, _cluster_config(tmp_path / "b"))
     assert options["num_gpus"] == 0
     assert [w["gpu_ids"] for w in started] == [[], []] and episodes == 8
+    assert [w["cuda_visible_devices"] for w in started] == ["", ""]  # Ray 2.60 would leave the driver's
 
 
 def test_workers_that_ray_could_never_place_on_gpus_are_refused(ray_with_a_gpu: Any, tmp_path: Path) -> None:

@@ -46,13 +46,16 @@ Design decisions:
   deaf to Ctrl-C (SIGTERM ends it in a C++ stack dump). A joined cluster (``address``)
   may still grow (autoscaling): a shortfall there is a warning.
 - GPUs: each worker actor reserves ``cluster.gpus_per_worker`` (``num_gpus``; a fraction
-  shares one GPU). Ray hides from an actor every GPU it did not reserve
-  (CUDA_VISIBLE_DEVICES), so the worker's engine then finds its own as ``cuda`` (policy.device
-  auto) and a vLLM engine starts on it; ``ready()`` reports the GPU ids Ray gave and
-  the engine's device. What Ray could never place is refused before it starts, naming
-  the field: a local cluster with fewer GPUs than the workers reserve, and a vLLM
-  engine whose gpu_memory_utilization exceeds its share of a shared GPU. A version
-  published from a GPU learner is copied to host memory once, for the object store.
+  shares one GPU). Ray shows an actor the GPUs it reserved (CUDA_VISIBLE_DEVICES), so the
+  worker's engine finds its own as ``cuda`` (policy.device auto) and a vLLM engine
+  starts on it. Ray 2.60 leaves an actor that reserved none every GPU of its node (it
+  no longer empties CUDA_VISIBLE_DEVICES at zero), so such a worker is started with it
+  empty: its engine runs on the CPU rather than on a GPU Ray does not account for.
+  ``ready()`` reports the GPU ids Ray gave, CUDA_VISIBLE_DEVICES and the engine's
+  device. What Ray could never place is refused before it starts, naming the field: a
+  local cluster with fewer GPUs than the workers reserve, and a vLLM engine whose
+  gpu_memory_utilization exceeds its share of a shared GPU. A version published from a
+  GPU learner is copied to host memory once, for the object store.
 - A local cluster listens on loopback only. ``ray.init(_node_ip_address="127.0.0.1")``
   alone does not do it: Ray turns a loopback node address into the host's own address
   (``resolve_ip_for_localhost``), and its GCS, raylet, object manager and workers then
@@ -496,13 +499,18 @@ class ClusterRuntime:
         return thread_share(torch_consumers(self.config))
 
     def worker_options(self) -> dict[str, Any]:
-        """The Ray options every worker actor starts with: its CPUs and GPUs (Ray hides
-        the GPUs an actor did not reserve from it), no name, a passive OpenMP."""
+        """The Ray options every worker actor starts with: its CPUs and GPUs, no name, a
+        passive OpenMP. A worker that reserves no GPU sees none (CUDA_VISIBLE_DEVICES
+        empty): Ray 2.60 leaves such an actor the driver's GPUs, which its engine would
+        then use unaccounted (policy.device auto)."""
+        env = {"OMP_WAIT_POLICY": "PASSIVE"}
+        if self.cluster.gpus_per_worker <= 0:
+            env["CUDA_VISIBLE_DEVICES"] = ""
         return {
             "num_cpus": self.cluster.cpus_per_worker,
             "num_gpus": self.cluster.gpus_per_worker,
             "name": None,
-            "runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
+            "runtime_env": {"env_vars": env},
         }
 
     def _new_worker(self, index: int) -> Any:

@@ -6,6 +6,7 @@ doc says how GPUs reach the workers.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -76,8 +77,8 @@ def on_host(state: dict[str, Any]) -> dict[str, Any]:
 
 def placement(policy: Any) -> dict[str, Any]:
     """Where a worker's engine computes: the GPUs Ray gave the actor (``gpu_ids``: none
-    unless it reserved some) and its engine's torch device (None for an engine that
-    does not say, such as a server's client)."""
+    unless it reserved some), the CUDA_VISIBLE_DEVICES Ray set for it, and its engine's
+    torch device (None for an engine that does not say, such as a server's client)."""
     ray = sys.modules.get("ray")
     gpu_ids: list[Any] = []
     if ray is not None and ray.is_initialized():
@@ -86,4 +87,8 @@ def placement(policy: Any) -> dict[str, Any]:
         except Exception:  # not inside a Ray worker (the in-process tests' workers)
             gpu_ids = []
     device = getattr(getattr(policy, "engine", None), "device", None)
-    return {"gpu_ids": gpu_ids, "device": None if device is None else str(device)}
+    return {
+        "gpu_ids": gpu_ids,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "device": None if device is None else str(device),
+    }

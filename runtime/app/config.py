@@ -262,9 +262,9 @@ class ClusterConfig(_Section):
     """Ray CPUs each worker reserves (0 for workers that only wait on a server)."""
     gpus_per_worker: float = Field(0.0, ge=0)
     """Ray GPUs each worker reserves; a fraction shares one GPU among workers (0.5: two
-    workers a GPU). Ray shows an actor only the GPUs it reserved (CUDA_VISIBLE_DEVICES),
-    so with 0 a worker's engine runs on the CPU whatever policy.device says; with more,
-    policy.device auto (or cuda) puts it on its GPU. A vLLM engine sharing a GPU needs
+    workers a GPU). Ray shows an actor the GPUs it reserved (CUDA_VISIBLE_DEVICES), and
+    policy.device auto (or cuda) puts its engine there; with 0 a worker is started seeing
+    no GPU, so its engine runs on the CPU whatever policy.device says. A vLLM engine sharing a GPU needs
     policy.vllm.gpu_memory_utilization at most gpus_per_worker. A local cluster that has
     fewer GPUs than the workers reserve is refused before Ray starts."""
     concurrency: int | None = Field(None, ge=1)
