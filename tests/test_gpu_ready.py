@@ -305,8 +305,11 @@ def test_the_device_check_runs_in_dry_mode(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "2 tests collected" in (tmp_path / "pytest.txt").read_text()
     table = (tmp_path / "check.md").read_text()
-    for heading in ("Every learner kind", "handed to a bf16 engine", "Engine against HF generate", "Learner tokens/s"):
+    headings = ("Every learner kind", "handed to a bf16 engine", "Engine against HF generate", "Learner tokens/s",
+                "The online loop built from its config")  # fmt: skip
+    for heading in headings:
         assert heading in table
+    assert "FAILED" not in table
     for kind in kinds.KINDS:
         assert f"| {kind} | cpu | True |" in table
     assert (tmp_path / "check.json").is_file()
