@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import random
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -150,8 +151,9 @@ def evaluate_with_calculator(checkpoint: Path, overrides: list[str] | None = Non
     from runtime.app.build import build_runtime, build_tasks
     from runtime.app.config import load_config
 
+    store = f"store.path={tempfile.mkdtemp()}/evaluation.db"  # a scratch store: nothing is kept
     config = load_config(
-        ROOT / "configs" / "agentic_calculator.yaml", [f"policy.path={checkpoint}", *(overrides or [])]
+        ROOT / "configs" / "agentic_calculator.yaml", [f"policy.path={checkpoint}", store, *(overrides or [])]
     )
 
     async def run() -> list[Any]:
