@@ -50,6 +50,19 @@ class GenerationRequest:
     pieces hold the same steps as ``assistant_prefix`` (not always the same characters:
     a node's text is stripped, its ids are not); a text-only backend sends the prefix.
     None: text only (``assistant_prefix``, encoded with the prompt as one string)."""
+    tools: list[dict[str, Any]] | None = None
+    """The tools the prompt offers, as the ``{"type": "function", "function": {...}}``
+    schemas chat templates take: rendered into the prompt by the model's own template
+    (``apply_chat_template(tools=...)``), or sent as the OpenAI ``tools`` field. None:
+    none (the environment's call format decides)."""
+    assistant_messages: list[dict[str, Any]] | None = None
+    """``assistant_prefix`` as OpenAI chat messages, where the environment's call format
+    speaks the OpenAI tool protocol (``openai``): per tool call an ``assistant`` message
+    (the text written before it and its ``tool_calls``) and the ``tool`` message that
+    answers it (``tool_call_id``), then an ``assistant`` message without ``tool_calls``
+    holding the text written since the last answer, if any. A chat backend sends them
+    after ``messages`` and continues that last text; other backends ignore them. None:
+    the prefix is text only."""
     n: int = 1
     max_tokens: int = 256
     temperature: float = 1.0

@@ -134,23 +134,27 @@ class ChatTemplate:
             raise ConfigError(f"policy.tokenizer: cannot load a tokenizer from {directory}: {exc}") from None
         return cls(tokenizer, str(name_or_path))
 
-    def text(self, messages: Sequence[dict[str, str]]) -> str:
-        """The prompt text: ``messages`` through the template, the assistant turn opened."""
-        key = _key(messages)
+    def text(self, messages: Sequence[dict[str, str]], tools: Sequence[dict[str, Any]] | None = None) -> str:
+        """The prompt text: ``messages`` (and ``tools``, the schemas the template renders)
+        through the template, the assistant turn opened."""
+        key = _key(messages, tools)
         text = self._texts.get(key)
         if text is None:
-            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+            extra = {"tools": list(tools)} if tools else {}
+            text = self.tokenizer.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=True, **extra
+            )
             _remember(self._texts, key, text)
         return str(text)
 
-    def ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
+    def ids(self, messages: Sequence[dict[str, str]], tools: Sequence[dict[str, Any]] | None = None) -> list[int]:
         """The prompt's token ids: the rendered text encoded without added special tokens
         (what ``apply_chat_template(tokenize=True)`` does, and how the local engine and the
         learners encode a rendered prompt, so all three agree on the sequence)."""
-        key = _key(messages)
+        key = _key(messages, tools)
         ids = self._ids.get(key)
         if ids is None:
-            ids = self.encode(self.text(messages))
+            ids = self.encode(self.text(messages, tools))
             _remember(self._ids, key, ids)
         return list(ids)
 
@@ -158,16 +162,21 @@ class ChatTemplate:
         """``text`` on its own, without special tokens (a text part of the assistant's turn)."""
         return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
 
-    def prompt_ids(self, messages: Sequence[dict[str, str]], parts: Sequence[str | list[int]]) -> list[int]:
+    def prompt_ids(
+        self,
+        messages: Sequence[dict[str, str]],
+        parts: Sequence[str | list[int]],
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> list[int]:
         """Template ids, then the assistant's parts: ids as they are, text encoded alone."""
-        ids = self.ids(messages)
+        ids = self.ids(messages, tools)
         for part in parts:
             ids += self.encode(part) if isinstance(part, str) else [int(i) for i in part]
         return ids
 
 
-def _key(messages: Sequence[dict[str, str]]) -> str:
-    return json.dumps(list(messages), sort_keys=True, ensure_ascii=False)
+def _key(messages: Sequence[dict[str, str]], tools: Sequence[dict[str, Any]] | None = None) -> str:
+    return json.dumps([list(messages), list(tools or [])], sort_keys=True, ensure_ascii=False)
 
 
 def _remember(cache: OrderedDict[str, Any], key: str, value: Any) -> None:

@@ -25,7 +25,10 @@ Design decisions:
   as a final assistant message where the server continues one (vLLM and SGLang with
   ``continue_final_message``, llama.cpp); elsewhere (OpenAI, other hosted APIs,
   ``transformers serve``) the accepted text is shown in the user message and the first
-  new step of the reply is taken. No extra user turn is ever invented. A step
+  new step of the reply is taken. No extra user turn is ever invented. In chat mode a
+  request's ``tools`` go as the OpenAI ``tools`` field, a reply's ``tool_calls`` come
+  back as a call node's text and the path's tool turns go as ``assistant`` /
+  ``tool`` messages (:mod:`runtime.policy.openai_tools`). A step
   continued from text that stops at once on its delimiter (a blank line the
   re-encoded prefix lost) is asked again past it when ``blank_line_retry`` is set (off
   by default: measured to keep SmolLM2 going after its end on ``transformers serve``).
@@ -63,6 +66,7 @@ from runtime.policy.continuation import ChatTemplate, past_blank_lines, show_sol
 from runtime.policy.limits import EndpointLimits, Price
 from runtime.policy.openai_http import MAX_RESPONSE_BYTES, CappedTransport, aiohttp_transport, probe
 from runtime.policy.openai_reply import Sent, excerpt, parse_reply
+from runtime.policy.openai_tools import chat_turns
 
 __all__ = ["Http", "OpenAIPolicy"]
 
@@ -282,7 +286,12 @@ class OpenAIPolicy(AdmittedPolicy):
                 {"prompt": prompt} | body,
                 Sent(ids_kept, stop_included=stop_included, end_token_kept=ids_server),
             )
-        messages = list(request.messages or [{"role": "user", "content": request.prompt or ""}])
+        messages, prefix = chat_turns(request)  # the path's tool turns as messages, where it has them
+        if request.tools:  # the OpenAI tool protocol (runtime.policy.openai_tools): stops applied here
+            body["tools"] = list(request.tools)
+            body.pop("stop", None)
+            body.pop("include_stop_str_in_output", None)
+            stop_included = False
         if request.logprobs:
             body["logprobs"] = True
         if not prefix:
@@ -321,8 +330,8 @@ class OpenAIPolicy(AdmittedPolicy):
             )
         if self.server in _TOKEN_PROMPTS:
             parts = request.assistant_parts if request.assistant_parts is not None else [prefix]
-            return template.prompt_ids(request.messages, [p for p in parts if p]), True
-        return template.text(request.messages) + prefix, not prefix
+            return template.prompt_ids(request.messages, [p for p in parts if p], request.tools), True
+        return template.text(request.messages, request.tools) + prefix, not prefix
 
 
 def _template(tokenizer: str | Path | Any | None, model: str | None) -> ChatTemplate | None:

@@ -9,6 +9,8 @@ Design decisions:
   logprobs' tokens of the form ``token_id:N`` (``return_tokens_as_token_ids``); they
   are kept only where they are the record of what the server conditioned on
   (:class:`Sent`), and dropped wherever the text was cut client-side.
+- A chat reply's ``tool_calls`` become the completion's text in the form the ``openai``
+  call format reads (:mod:`runtime.policy.openai_tools`), never cut at a stop string.
 - The stop string a server was asked to keep (vLLM's ``include_stop_str_in_output``)
   leaves the text but not the ids: a step's text is the step, its ids every token the
   policy sampled for it.
@@ -22,6 +24,7 @@ from typing import Any
 from runtime.policy.admission import Malformed, Reply
 from runtime.policy.base import Completion, GenerationRequest, Mode
 from runtime.policy.continuation import first_new_step
+from runtime.policy.openai_tools import reply_call
 
 __all__ = ["Sent", "excerpt", "parse_reply"]
 
@@ -58,6 +61,7 @@ def parse_reply(data: Any, request: GenerationRequest, sent: Sent, *, mode: Mode
         lp = choice.get("logprobs")
         logprobs: list[float] | None = None
         tokens: Any = None
+        called: str | None = None  # a chat reply's tool call, as text
         if mode == "completion":
             text = choice.get("text")
             values = lp.get("token_logprobs") if isinstance(lp, dict) else None
@@ -66,6 +70,9 @@ def parse_reply(data: Any, request: GenerationRequest, sent: Sent, *, mode: Mode
         else:
             message = choice.get("message")
             text = message.get("content") if isinstance(message, dict) else None
+            called = reply_call(message)
+            if text is None and called is not None:
+                text = ""  # a reply that only calls a tool has no content
             content = lp.get("content") if isinstance(lp, dict) else None
             if isinstance(content, list) and content and all(isinstance(t, dict) for t in content):
                 logprobs = [t.get("logprob") for t in content]
@@ -77,7 +84,9 @@ def parse_reply(data: Any, request: GenerationRequest, sent: Sent, *, mode: Mode
         token_ids = _token_ids(choice.get("token_ids"), tokens)
         finish = choice.get("finish_reason")
         stop_reason: str | None = None
-        if sent.shown_prefix is not None:  # the hosted-chat protocol: take the first new step
+        if called is not None:  # a tool call, as text (its ids spelled the server's own form: dropped)
+            text, token_ids, logprobs = called, None, None
+        elif sent.shown_prefix is not None:  # the hosted-chat protocol: take the first new step
             step, cut = first_new_step(text, sent.shown_prefix, request.stop)
             if step != text:
                 text, token_ids, logprobs = step, None, None

@@ -1,6 +1,7 @@
 """How an in-process engine (the local one, vLLM's) turns a request into prompt token ids.
 
-Chat messages go through the checkpoint's chat template with the generation prompt; a
+Chat messages go through the checkpoint's chat template with the generation prompt (and
+the request's ``tools``, which the template renders as it was trained to); a
 checkpoint without one gets the documented plain-prompt fallback (contents joined by
 blank lines, as completion mode's ``plain`` template), warned once per policy.
 
@@ -56,8 +57,9 @@ class PromptEncoder:
                 self._warned_plain = True
                 log.warning("checkpoint has no chat template; messages are joined as a plain prompt", name=self.name)
             return "\n\n".join(m["content"] for m in request.messages or []) + "\n\n"
+        extra = {"tools": request.tools} if request.tools else {}
         text: str = self.tokenizer.apply_chat_template(
-            request.messages or [], tokenize=False, add_generation_prompt=True
+            request.messages or [], tokenize=False, add_generation_prompt=True, **extra
         )
         return text
 

@@ -35,6 +35,9 @@ Design decisions:
   first runs the call once and samples after its observation
   (:mod:`runtime.search.turns`), so strategies need no change to search agent episodes.
   ``complete`` then goes one step per call, so every call runs where it is written.
+  The environment's call format also shapes the request: the tools its prompt offers
+  (``GenerationRequest.tools``, and a system message where the template shows none)
+  and, for the OpenAI tool protocol, the path as chat messages.
 """
 
 from __future__ import annotations
@@ -168,8 +171,9 @@ class Context:
         if not episode.nodes:
             episode.nodes.append(Node(id=0, parent=None, depth=0))
         env = verifiers.environment
-        self.turns = None if env is None else Turns(episode, env, sampling.max_steps)
+        self.turns = None if env is None else Turns(episode, env, sampling.max_steps, sampling.step_delimiter)
         """The episode's tool executions and environment states (None: no environment)."""
+        self._prompt: tuple[list[dict[str, str]], list[dict[str, Any]] | None] | None = None
 
     @property
     def root(self) -> Node:
@@ -250,10 +254,14 @@ class Context:
         task = self.task
         path = self.path(node)
         d = s.step_delimiter
+        env = self.verifiers.environment
+        messages, tools = self._messages()
         request = GenerationRequest(
-            messages=task.as_messages(),
+            messages=messages,
             assistant_prefix=d.join(n.text for n in path) + d if path else "",
             assistant_parts=path_parts(path_pieces(path, d)),
+            tools=tools,
+            assistant_messages=env.assistant_messages(path, d) if env is not None and path else None,
             n=n,
             max_tokens=max_tokens,
             temperature=overrides.get("temperature", s.temperature) if overrides else s.temperature,
@@ -282,6 +290,17 @@ class Context:
             elif v < span[0] or v > span[1]:
                 episode.policy_versions = [min(span[0], v), max(span[1], v)]
         return result
+
+    def _messages(self) -> tuple[list[dict[str, str]], list[dict[str, Any]] | None]:
+        """The task's messages and the tools the prompt offers: as they are without an
+        environment, else as its call format wants them (computed once per episode)."""
+        env = self.verifiers.environment
+        if env is None:
+            return self.task.as_messages(), None
+        if self._prompt is None:
+            self._prompt = env.prompt(self.task.as_messages())
+        messages, tools = self._prompt
+        return list(messages), tools
 
     def _admit(self, result: GenerationResult) -> None:
         """What a model wrote, made storable: lone surrogates replaced, and text past

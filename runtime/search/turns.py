@@ -25,7 +25,10 @@ Design decisions:
   answered with an error and runs nothing (the path goes on, without tools).
 - An observation's text is what the environment fed the model, stored without ids:
   it is encoded on its own (:func:`~runtime.core.types.path_pieces`) by the engine and
-  the learner alike, and never trained on (``Node.kind``).
+  the learner alike, and never trained on (``Node.kind``). It is stored without a
+  trailing step delimiter, which the path writes after it: a chat template's tool turn
+  ends with the assistant's header and a newline, and with the default delimiter the
+  ids fed are then the template's own.
 """
 
 from __future__ import annotations
@@ -44,10 +47,11 @@ __all__ = ["Turns"]
 class Turns:
     """The environment side of one episode: states, executions, limits."""
 
-    def __init__(self, episode: Episode, environment: Environment, max_steps: int) -> None:
+    def __init__(self, episode: Episode, environment: Environment, max_steps: int, delimiter: str = "\n") -> None:
         self.episode = episode
         self.environment = environment
         self.max_steps = max_steps
+        self.delimiter = delimiter
         self.executions = 0
         """Tool calls that ran (shared and refused calls not counted)."""
         self.replays = 0
@@ -113,18 +117,25 @@ class Turns:
             self.executions += 1
             number = {"execution": self.executions}
             if env.fork == "copy":  # the copy is taken before any await: branches never share a state
-                turn = await env.step(await self._state_at(source, call), call)
+                turn = self._trimmed(await env.step(await self._state_at(source, call), call))
                 obs = self._add(node, turn, meta=number)
                 self._states[obs.id] = turn.state
                 return obs
             async with self._live_lock:  # one live state: one step at a time
-                turn = await env.step(await self._state_at(source, call), call)
+                turn = self._trimmed(await env.step(await self._state_at(source, call), call))
                 obs = self._add(node, turn, meta=number)
                 self._live = (obs.id, turn.state)
             return obs
-        obs = self._add(node, turn, meta={})
+        obs = self._add(node, self._trimmed(turn), meta={})
         self._alias[obs.id] = source
         return obs
+
+    def _trimmed(self, turn: Turn) -> Turn:
+        """``turn`` with its observation's trailing step delimiter left to the path."""
+        d = self.delimiter
+        if turn.observation.endswith(d) and turn.observation != d:
+            turn.observation = turn.observation[: -len(d)]
+        return turn
 
     def _add(self, call: Node, turn: Turn, meta: dict[str, Any]) -> Node:
         nodes = self.episode.nodes

@@ -40,6 +40,9 @@ from runtime.tools.formats import (
 from runtime.tools.formats import (
     CompactFormat as CompactFormat,
 )
+from runtime.tools.formats import (
+    OpenAIFormat as OpenAIFormat,
+)
 from runtime.tools.sandbox import (
     Limits as Limits,
 )
@@ -60,4 +63,7 @@ from runtime.tools.spec import (
 )
 from runtime.tools.spec import (
     ToolSpec as ToolSpec,
+)
+from runtime.tools.template_format import (
+    ChatTemplateFormat as ChatTemplateFormat,
 )

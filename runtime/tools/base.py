@@ -25,11 +25,12 @@ Design decisions:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from runtime.core.errors import SearchlearnError
-from runtime.core.types import Task
+from runtime.core.types import Node, Task
 
 __all__ = ["Environment", "ForkMode", "ToolCall", "ToolEnvironmentError", "ToolOutput", "Turn"]
 
@@ -129,4 +130,14 @@ class Environment(Protocol):
 
     def error_turn(self, state: Any, message: str, *, done: bool = False) -> Turn:
         """A turn that only reports ``message`` (a limit reached, a call refused)."""
+        ...
+
+    def prompt(self, messages: Sequence[dict[str, str]]) -> tuple[list[dict[str, str]], list[dict[str, Any]] | None]:
+        """The task's ``messages`` as the policy is to see them, and the tool schemas the
+        prompt offers (None: none), as the call format wants them."""
+        ...
+
+    def assistant_messages(self, path: Sequence[Node], delimiter: str) -> list[dict[str, Any]] | None:
+        """``path`` as OpenAI chat messages for a chat backend, where the call format
+        speaks that protocol; None: the path goes as text."""
         ...

@@ -20,12 +20,13 @@ Design decisions:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr
 
 from runtime.core.registry import Component, ComponentField
-from runtime.core.types import Task
+from runtime.core.types import Node, Task
 from runtime.tools.base import ForkMode, ToolCall, Turn
 from runtime.tools.formats import CallFormat, CompactFormat
 from runtime.tools.spec import BaseTool, ToolSpec
@@ -43,7 +44,10 @@ class BaseEnvironment(Component):
     """The tools a model may call: names (calc, or a plug-in's) or mappings with ``name``
     and the tool's settings (timeout, max_output_chars)."""
     format: ComponentField("tool_formats", CallFormat) = Field(default_factory=CompactFormat)  # type: ignore[valid-type]
-    """How a step is read as a tool call and an observation written (compact, or a plug-in's)."""
+    """How a step is read as a tool call, an observation written and the tools offered
+    to the prompt: compact (one call per line), chat_template (the model's own chat
+    template), openai (the OpenAI tools / tool_calls fields of a chat-mode HTTP backend),
+    or a plug-in's."""
     fork: ForkMode = "copy"
     """How a branch of the search gets its own state: copy (deep copy before each
     step), replay (rerun the path's earlier calls; deterministic tools only), none
@@ -101,6 +105,15 @@ class BaseEnvironment(Component):
 
     def error_turn(self, state: Any, message: str, *, done: bool = False) -> Turn:
         return Turn(state, self.format.error(message), [tool_message("", message)], done=done)
+
+    def prompt(self, messages: Sequence[dict[str, str]]) -> tuple[list[dict[str, str]], list[dict[str, Any]] | None]:
+        """What the call format makes of the prompt, given the tools' schemas."""
+        fmt: CallFormat = self.format
+        return fmt.prompt(messages, [spec.schema for spec in self.specs().values()])
+
+    def assistant_messages(self, path: Sequence[Node], delimiter: str) -> list[dict[str, Any]] | None:
+        fmt: CallFormat = self.format
+        return fmt.assistant_messages(path, delimiter)
 
 
 def tool_message(name: str, content: str) -> dict[str, Any]:
