@@ -94,6 +94,9 @@ from runtime.rewards.shaping import (
 from runtime.rewards.tool_call import (
     ToolCallVerifier as ToolCallVerifier,
 )
+from runtime.rewards.verifiers_rubric import (
+    VerifiersRubric as VerifiersRubric,
+)
 from runtime.rewards.workers import (
     WorkerCrashed as WorkerCrashed,
 )

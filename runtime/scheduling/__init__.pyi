@@ -61,3 +61,6 @@ from runtime.scheduling.tasks import (
 from runtime.scheduling.tasks import (
     to_task as to_task,
 )
+from runtime.scheduling.verifiers_tasks import (
+    VerifiersTasks as VerifiersTasks,
+)

@@ -458,14 +458,23 @@ class Context:
         return None
 
     async def judge(self, node: Node) -> Score:
-        """Outcome-verifier score of the solution ending at ``node`` (cached)."""
+        """Outcome-verifier score of the solution ending at ``node`` (cached). A verifier
+        with a ``score_turns(task, answer, path, nodes)`` method reads the path's nodes
+        instead of its text (an agentic episode's calls, and what the environment recorded
+        on its observations: the ``verifiers_rubric`` adapter)."""
         verifier = self.verifiers.outcome
         if verifier is None:
             raise VerifierError("this strategy needs an outcome verifier and none is configured")
         key = "outcome:" + verifier.name
         if key in node.scores:
             return Score(node.scores[key], node.explanations.get(key))
-        result = await self._verify(verifier.name, verifier.score(self.task, self.answer(node), self.text(node)))
+        turns = getattr(verifier, "score_turns", None)
+        scoring = (
+            turns(self.task, self.answer(node), self.path(node), self.episode.nodes)
+            if turns is not None
+            else verifier.score(self.task, self.answer(node), self.text(node))
+        )
+        result = await self._verify(verifier.name, scoring)
         node.scores[key] = result.value
         if result.explanation:
             node.explanations[key] = result.explanation

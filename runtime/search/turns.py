@@ -140,7 +140,8 @@ class Turns:
     def _add(self, call: Node, turn: Turn, meta: dict[str, Any]) -> Node:
         nodes = self.episode.nodes
         depth = call.depth + 1
-        obs = Node(id=len(nodes), parent=call.id, depth=depth, text=turn.observation, kind="observation", meta=meta)
+        obs = Node(id=len(nodes), parent=call.id, depth=depth, text=turn.observation, kind="observation",
+                   meta={**turn.meta, **meta})  # fmt: skip
         obs.terminal = turn.done or depth >= self.max_steps
         out = turn.output
         if out is not None:

@@ -67,3 +67,6 @@ from runtime.tools.spec import (
 from runtime.tools.template_format import (
     ChatTemplateFormat as ChatTemplateFormat,
 )
+from runtime.tools.verifiers_env import (
+    VerifiersEnvironment as VerifiersEnvironment,
+)

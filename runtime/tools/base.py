@@ -89,6 +89,9 @@ class Turn:
     """The environment ended the episode: the observation is a terminal node."""
     output: ToolOutput | None = None
     """The tool's raw output, where a tool ran."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """What the environment records on the observation node (JSON values): what a
+    verifier of the finished episode reads of the turn (an adapter's chat messages)."""
 
 
 @runtime_checkable
