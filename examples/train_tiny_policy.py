@@ -84,8 +84,8 @@ def encode_example(
     for k, (line, trained) in enumerate(trace):
         start = len(text)
         text += ("\n" if k else "") + line
-        if trained:
-            spans.append((start, len(text)))
+        if trained:  # the line, the line break before it, and the one after it (it ends the line)
+            spans.append((start, len(text) + (1 if k < len(trace) - 1 else 0)))
     spans.append((len(text), len(text) + len("<|im_end|>")))
     text += "<|im_end|>"
     enc = tok(text, return_offsets_mapping=True, add_special_tokens=False)
@@ -241,9 +241,9 @@ def main() -> None:
     }
     if args.tools:
         report["greedy_pass_at_1_by_steps"] = evaluate_with_calculator(
-            args.out, ["tasks.size=800", "tasks.steps=[1, 2, 3, 4]", "tasks.seed=12345", "tasks.split=all"]
+            args.out, ["tasks.size=400", "tasks.steps=[1, 2, 3, 4]", "tasks.seed=12345", "tasks.split=all"]
         )
-        report["evaluated_by"] = "the runtime on configs/agentic_calculator.yaml, 200 problems per length"
+        report["evaluated_by"] = "the runtime on configs/agentic_calculator.yaml, 100 problems per length"
     else:
         report["greedy_pass_at_1_by_steps"] = evaluate_greedy(model, tok, per_steps=200, seed=12345)
     if args.note:

@@ -202,7 +202,7 @@ def pct(x: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="SFT wall time of each arm")
-    parser.add_argument("--search-tasks", type=int, default=200, help="OOD problems per search row")
+    parser.add_argument("--search-tasks", type=int, default=200, help="OOD problems per search row (0: no search rows)")
     parser.add_argument("--skip-sft", action="store_true", help="only the search and systems tables")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "results" / "agentic.json")
     args = parser.parse_args()
@@ -245,11 +245,12 @@ def main() -> None:
             sft_minutes=args.minutes,
         )
 
-    print(f"\n## Search on agent episodes: bundled-tool, {args.search_tasks} OOD problems (operands to 999)\n")
-    print("| strategy | budget | accuracy | generated tokens / task | tool executions / task | seconds | failed |")
-    print("|---|---|---|---|---|---|---|")
     search = []
-    for name, budget, overrides in SEARCH_ROWS:
+    if args.search_tasks:
+        print(f"\n## Search on agent episodes: bundled-tool, {args.search_tasks} OOD problems (operands to 999)\n")
+        print("| strategy | budget | accuracy | generated tokens / task | tool executions / task | seconds | failed |")
+        print("|---|---|---|---|---|---|---|")
+    for name, budget, overrides in SEARCH_ROWS if args.search_tasks else []:
         m = measure(SEARCH_CONFIG, [f"tasks.size={args.search_tasks}", *OOD, *overrides])
         search.append({"strategy": name, "budget": budget, "accuracy": m.accuracy, "tokens_per_task": m.tokens_per_task,
                        "calls_per_task": m.calls_per_task})  # fmt: skip
@@ -265,7 +266,9 @@ def main() -> None:
     print(f"| calculator, per call in process | {overheads['calculator_ms']:.3f} ms | <= 1 ms |")
     print(f"| Python sandbox, per call | {overheads['python_sandbox_ms']:.1f} ms | measured |")
     print(f"| bundled-tool greedy, 3 / 4 steps | {pct(greedy.by_steps['3'])} / {pct(greedy.by_steps['4'])} | |")
-    result.update(search=search, prefix_reuse=greedy.prefix_reuse, **overheads)
+    result.update(prefix_reuse=greedy.prefix_reuse, **overheads)
+    if search:
+        result["search"] = search
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")
 
