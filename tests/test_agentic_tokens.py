@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from recording import recording_weak_policy
+from transformers import AutoTokenizer
 
 from runtime.core.types import Episode, path_parts, path_pieces
 from runtime.policy.local import LocalPolicy
@@ -65,17 +65,7 @@ def tokenizer() -> Any:
 
 @pytest.fixture
 async def policy(tokenizer: Any) -> AsyncIterator[LocalPolicy]:
-    model = AutoModelForCausalLM.from_pretrained(WEAK_POLICY, dtype=torch.float32)
-    policy = LocalPolicy(model, tokenizer, max_batch=4, threads=1)
-    sent: list[list[int]] = []
-    submit = policy.engine.submit
-
-    def recording_submit(req: Any) -> None:
-        sent.append(list(req.prompt_ids))
-        submit(req)
-
-    policy.engine.submit = recording_submit  # type: ignore[method-assign]
-    policy.sent = sent  # type: ignore[attr-defined]
+    policy: LocalPolicy = recording_weak_policy(tokenizer, max_batch=4)
     async with policy:
         yield policy
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from recording import recording_weak_policy
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from learners.examples import VerifiedPaths
@@ -60,16 +61,7 @@ def weak_model() -> Any:
 async def policy(tokenizer: Any) -> AsyncIterator[LocalPolicy]:
     """The local engine on ``bundled-weak``, its tokenizer recording what it encodes and
     its engine every prompt it is sent (``policy.sent``)."""
-    policy = LocalPolicy(weak_model(), RecordingTokenizer(tokenizer), max_batch=8, threads=1)
-    sent: list[list[int]] = []
-    submit = policy.engine.submit
-
-    def recording_submit(req: Any) -> None:
-        sent.append(list(req.prompt_ids))
-        submit(req)
-
-    policy.engine.submit = recording_submit  # type: ignore[method-assign]
-    policy.sent = sent  # type: ignore[attr-defined]
+    policy: LocalPolicy = recording_weak_policy(RecordingTokenizer(tokenizer), max_batch=8)
     async with policy:
         yield policy
 

@@ -19,6 +19,7 @@ from typing import Any
 import httpx2
 import pytest
 import yaml
+from recording import recording_weak_policy
 from transformers import AutoTokenizer
 
 from runtime.app.config import load_config
@@ -265,22 +266,7 @@ async def test_verify_backtrack_rejects_a_malformed_template_call_before_it_runs
 
 @pytest.fixture
 async def local_policy(chatml: Any) -> AsyncIterator[Any]:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from runtime.policy.local import LocalPolicy
-
-    model = AutoModelForCausalLM.from_pretrained(WEAK_POLICY, dtype=torch.float32)
-    policy = LocalPolicy(model, chatml, max_batch=2, threads=1)
-    sent: list[list[int]] = []
-    submit = policy.engine.submit
-
-    def recording(req: Any) -> None:
-        sent.append(list(req.prompt_ids))
-        submit(req)
-
-    policy.engine.submit = recording  # type: ignore[method-assign]
-    policy.sent = sent  # type: ignore[attr-defined]
+    policy = recording_weak_policy(chatml, max_batch=2)
     async with policy:
         yield policy
 
