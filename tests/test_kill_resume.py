@@ -42,9 +42,16 @@ def stored(db: Path) -> int:
         return 0
 
 
+CLI = [sys.executable, "-c", "from runtime.app.cli import main; main()"]
+
+
 def start(config: Path) -> subprocess.Popen[bytes]:
-    cli = [sys.executable, "-c", "from runtime.app.cli import main; main()", "run", str(config), "--no-progress"]
-    return subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen([*CLI, "run", str(config), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``searchlearn ARGS`` run to its end, its output captured."""
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
 
 
 def wait_for(db: Path, at_least: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
@@ -65,12 +72,7 @@ def test_sigkill_then_resume_stores_every_task_once(tmp_path: Path) -> None:
     after_kill = stored(db)
     assert 60 <= after_kill < TASKS  # really killed mid-run
 
-    rerun = subprocess.run(
-        [sys.executable, "-c", "from runtime.app.cli import main; main()", "run", str(config), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    rerun = cli("run", str(config), "--no-progress")
     assert rerun.returncode == 0, rerun.stderr
     assert f"{after_kill:,}" in rerun.stdout  # the summary reports the stored ones as skipped
     with EpisodeStore(db) as store:
@@ -125,12 +127,7 @@ def test_sigkill_in_the_middle_of_tool_calls_then_resume_loses_and_duplicates_no
     _, alive = psutil.wait_procs(children, timeout=15)
     assert not alive, f"left running after the kill: {[p.cmdline() for p in alive if p.is_running()]}"
 
-    rerun = subprocess.run(
-        [sys.executable, "-c", "from runtime.app.cli import main; main()", "run", str(path), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    rerun = cli("run", str(path), "--no-progress", timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     with EpisodeStore(db) as store:
         episodes = list(store.episodes("killtool"))
@@ -143,11 +140,7 @@ def test_sigkill_in_the_middle_of_tool_calls_then_resume_loses_and_duplicates_no
         assert path[1].text == "= 2" and path[3].text == "= error: turn limit (1) reached"
         assert sum(1 for n in ep.nodes if n.kind == "observation" and "execution" in n.meta) == 1
     out = tmp_path / "episodes.jsonl"
-    export = subprocess.run(
-        [sys.executable, "-c", "from runtime.app.cli import main; main()", "export", "killtool", "--store", str(db),
-         "-o", str(out)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    export = cli("export", "killtool", "--store", str(db), "-o", str(out))
     assert export.returncode == 0, export.stderr
     exported = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(e["task"]["id"] for e in exported) == sorted(k[0] for k in keys)
