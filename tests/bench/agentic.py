@@ -1,6 +1,7 @@
 """Benchmark of agentic episodes on the tiny domain: a policy that calls a calculator.
 
-Run: ``python tests/bench/agentic.py [--minutes 5] [--search-tasks 200] [--skip-sft]``.
+Run: ``python tests/bench/agentic.py [--minutes 5] [--search-tasks 200] [--skip-sft] [--rl-minutes 15]
+[--skip-systems]``.
 Prints Markdown tables (configuration first) and writes ``docs/results/agentic.json``.
 
 - **SFT, tool against no tool.** From ``bundled-weak``, ``--minutes`` of supervised
@@ -21,6 +22,18 @@ Prints Markdown tables (configuration first) and writes ``docs/results/agentic.j
   rejected before it runs), at budgets 4 and 16, on ``--search-tasks`` OOD problems:
   accuracy, generated tokens and tool executions per task. Target: verify-and-backtrack
   >= best-of-N + 10 points at equal tokens.
+- **RL on agent episodes** (``--rl-minutes M``, 0 skips it): GRPO with outcome-only
+  advantages (``configs/agentic_grpo.yaml``: best-of-8 whole agent episodes a problem)
+  against GRPO with sibling-turn process advantages (``configs/agentic_grpo_turns.yaml``:
+  beam search, 4 turns sampled from each kept state, each scored by the rule verifier,
+  advantages relative to the siblings), ``M`` minutes each of the learning loop
+  (synchronous rounds) from the same start (``bundled-tool``) on ``train`` problems. The
+  loop's evaluator measures greedy pass@1 with the calculator on held-out 3-4-step
+  problems (the SFT rows' seed) every ``--rl-eval-seconds`` of the arm's own time, on its
+  own engine in the background, as the learning benchmark's loop rows do. Reported: each
+  arm's final accuracy (the curve's last point), the time the process arm took to reach
+  the outcome arm's final accuracy, and its ratio to ``M``. Target (issue): <= 0.7 at
+  M = 15 (undecided where the outcome arm ends at or below the start).
 - **Systems.** Prefix-cache reuse across turns (the engine's share of prompt tokens not
   recomputed, on the greedy tool run; target >= 90 %), the calculator's overhead per call
   in process (target <= 1 ms) and the Python sandbox's per call.
@@ -55,6 +68,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from learners import Example, SFTLearner  # noqa: E402
 from runtime.app.build import build_runtime, build_tasks  # noqa: E402
 from runtime.app.config import load_config  # noqa: E402
+from runtime.app.learning import build_loop  # noqa: E402
 from runtime.policy.checkpoints import resolve_checkpoint  # noqa: E402
 from runtime.tiny.domain import generate_problem, tool_trace  # noqa: E402
 
@@ -62,6 +76,11 @@ TOOL_CONFIG = ROOT / "configs" / "agentic_calculator.yaml"
 NOTOOL_CONFIG = ROOT / "configs" / "agentic_notool.yaml"
 SEARCH_CONFIG = ROOT / "configs" / "agentic_verify_backtrack.yaml"
 OOD = ["tasks.max_operand=999"]
+RL_ARMS = {
+    "outcome": ROOT / "configs" / "agentic_grpo.yaml",
+    "turns": ROOT / "configs" / "agentic_grpo_turns.yaml",
+}
+RL_TARGET = 0.7  # the process arm reaches the outcome arm's final accuracy in <= 0.7x the time
 SEARCH_ROWS: list[tuple[str, int, list[str]]] = [
     ("greedy", 1, ["strategy={name: chain_of_thought}", "sampling.temperature=0.0"]),
     ("best_of_n", 4, ["strategy={name: best_of_n, n: 4, selection: process}"]),
@@ -166,6 +185,75 @@ def fine_tune(tools: bool, minutes: float, out: Path, seen: set[str]) -> dict[st
     return {"steps": learner.steps, "seconds": time.monotonic() - started}
 
 
+# -- RL: outcome-only GRPO against sibling-turn process advantages -----------------------
+
+
+def train_rl(arm: str, minutes: float, eval_tasks: int, eval_seconds: float, overrides: list[str]) -> dict[str, Any]:
+    """``minutes`` of arm ``arm``'s online loop from its config's start; the curve is the
+    loop evaluator's greedy pass@1 (with the calculator) against the arm's wall time."""
+    store = Path(tempfile.mkdtemp()) / f"rl-{arm}.db"
+    config = load_config(
+        RL_ARMS[arm],
+        [f"run_id=bench-rl-{arm}", f"store.path={store}", f"learner.checkpoint={store.with_suffix('.pt')}",
+         f"learner.max_minutes={minutes}", f"learner.eval.every_seconds={eval_seconds}",
+         "learner.eval.strategy=false", f"learner.eval.tasks.size={eval_tasks}", *overrides],
+    )  # fmt: skip
+
+    async def run() -> Any:
+        async with build_loop(config) as loop:
+            return await loop.run(config.tasks.build())
+
+    started = time.monotonic()
+    stats = anyio.run(run)
+    curve = sorted(
+        ({"t": p["wall_time"], "acc": p["greedy_pass@1"], "acc4": p.get("greedy_pass@1/4"), "steps": p.get("steps")}
+         for p in stats.curve),
+        key=lambda p: p["t"],
+    )  # fmt: skip
+    return {
+        "curve": curve, "steps": stats.steps, "episodes": stats.episodes, "examples": stats.examples,
+        "skipped_groups": stats.skipped_groups, "wall": time.monotonic() - started,
+    }  # fmt: skip
+
+
+def reached(curve: list[dict[str, Any]], target: float) -> float | None:
+    """Wall time at which ``curve`` first reached ``target`` (None: never)."""
+    return next((p["t"] for p in curve if p["acc"] >= target), None)
+
+
+def rl_rows(minutes: float, eval_tasks: int, eval_seconds: float, overrides: list[str]) -> dict[str, Any]:
+    """Both arms, one after the other, and the row's figures (the JSON's ``rl`` entry)."""
+    print(f"\n## RL from bundled-tool, {minutes:g} min each, greedy with the calculator on {eval_tasks} held-out "
+          "3-4-step problems\n")  # fmt: skip
+    print("| arm | config | start | final | final 4-step | optimizer steps | episodes | examples trained "
+          "| groups skipped |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    arms = {}
+    for arm in RL_ARMS:
+        r = arms[arm] = train_rl(arm, minutes, eval_tasks, eval_seconds, overrides)
+        first, last = r["curve"][0], r["curve"][-1]
+        print(f"| {arm} | `{RL_ARMS[arm].relative_to(ROOT)}` | {pct(first['acc'])} | {pct(last['acc'])} "
+              f"| {pct(last['acc4'] or 0.0)} | {r['steps']} | {r['episodes']} | {r['examples']} "
+              f"| {r['skipped_groups']} |")  # fmt: skip
+    goal, start = arms["outcome"]["curve"][-1]["acc"], arms["outcome"]["curve"][0]["acc"]
+    when = reached(arms["turns"]["curve"], goal)
+    ratio = None if when is None else when / (minutes * 60)
+    rose = goal > start  # else the start itself "reaches" the goal, and the ratio says nothing
+    verdict = "not reached" if ratio is None else f"{when:.0f} s, {ratio:.2f}x of {minutes * 60:.0f} s"
+    met = "met" if ratio is not None and ratio <= RL_TARGET else "not met"
+    print(f"\nprocess arm to the outcome arm's final {pct(goal)}: {verdict} (target <= {RL_TARGET}x: "
+          f"{met if rose else 'undecided: the outcome arm ended at or below the start, ' + pct(start)})")  # fmt: skip
+    print("\n| curve (greedy pass@1, 4-step, at wall time / optimizer step) | points |\n|---|---|")
+    for arm, r in arms.items():
+        pts = ", ".join(f"{pct(p['acc'])} / {pct(p['acc4'] or 0.0)} ({p['t']:.0f} s, {p['steps']})" for p in r["curve"])
+        print(f"| {arm} | {pts} |")
+    return {
+        "minutes": minutes, "eval_tasks": eval_tasks, "overrides": overrides,
+        "start_acc": start, "outcome_acc": goal, "outcome_above_start": rose,
+        "turns_acc": arms["turns"]["curve"][-1]["acc"], "seconds_to_outcome_final": when, "ratio": ratio,
+        "curves": {arm: r["curve"] for arm, r in arms.items()},
+    }  # fmt: skip
+
+
 # -- systems ------------------------------------------------------------------------------
 
 
@@ -204,6 +292,11 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5.0, help="SFT wall time of each arm")
     parser.add_argument("--search-tasks", type=int, default=200, help="OOD problems per search row (0: no search rows)")
     parser.add_argument("--skip-sft", action="store_true", help="only the search and systems tables")
+    parser.add_argument("--rl-minutes", type=float, default=0.0, help="wall time of each RL arm (0: no RL row)")
+    parser.add_argument("--rl-eval-tasks", type=int, default=300, help="held-out problems of each RL curve point")
+    parser.add_argument("--rl-eval-seconds", type=float, default=60.0, help="RL curve: a point this often")
+    parser.add_argument("--rl-set", action="append", default=[], help="override for both RL configs (repeatable)")
+    parser.add_argument("--skip-systems", action="store_true", help="no systems table (it runs 600 greedy tasks)")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "results" / "agentic.json")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
@@ -257,16 +350,19 @@ def main() -> None:
         print(f"| {name} | {budget} | {pct(m.accuracy)} | {m.tokens_per_task:.0f} | {m.calls_per_task:.1f} "
               f"| {m.seconds:.0f} | {m.failed} |")  # fmt: skip
 
-    greedy = measure(TOOL_CONFIG, [])
-    overheads = tool_overheads()
-    print("\n## Systems\n\n| figure | value | target |\n|---|---|---|")
-    print(
-        f"| prefix-cache reuse across turns (greedy, bundled-tool, 600 tasks) | {pct(greedy.prefix_reuse)} | >= 90 % |"
-    )
-    print(f"| calculator, per call in process | {overheads['calculator_ms']:.3f} ms | <= 1 ms |")
-    print(f"| Python sandbox, per call | {overheads['python_sandbox_ms']:.1f} ms | measured |")
-    print(f"| bundled-tool greedy, 3 / 4 steps | {pct(greedy.by_steps['3'])} / {pct(greedy.by_steps['4'])} | |")
-    result.update(prefix_reuse=greedy.prefix_reuse, **overheads)
+    if args.rl_minutes > 0:
+        result["rl"] = rl_rows(args.rl_minutes, args.rl_eval_tasks, args.rl_eval_seconds, args.rl_set)
+
+    if not args.skip_systems:
+        greedy = measure(TOOL_CONFIG, [])
+        overheads = tool_overheads()
+        print("\n## Systems\n\n| figure | value | target |\n|---|---|---|")
+        print(f"| prefix-cache reuse across turns (greedy, bundled-tool, 600 tasks) | {pct(greedy.prefix_reuse)} "
+              "| >= 90 % |")  # fmt: skip
+        print(f"| calculator, per call in process | {overheads['calculator_ms']:.3f} ms | <= 1 ms |")
+        print(f"| Python sandbox, per call | {overheads['python_sandbox_ms']:.1f} ms | measured |")
+        print(f"| bundled-tool greedy, 3 / 4 steps | {pct(greedy.by_steps['3'])} / {pct(greedy.by_steps['4'])} | |")
+        result.update(prefix_reuse=greedy.prefix_reuse, **overheads)
     if search:
         result["search"] = search
     args.json.parent.mkdir(parents=True, exist_ok=True)
