@@ -37,6 +37,7 @@ from learners.base import LearnerSpec, UpdateResult
 from learners.examples import fed_mismatch
 from learners.pairs import Continuation, Pair, Pairs, PairSettings
 from learners.trainer import TorchLearner, TrainerSettings, part_ids
+from runtime.policy.prompts import chat_prompt
 from runtime.rewards.prm import pad_rows
 from runtime.search.context import Sampling
 
@@ -84,7 +85,7 @@ class DPOLearner(TorchLearner):
         """The chosen and rejected rows (ids, prompt length, per-completion-token mask),
         and why the pair's ids are not what the engine was fed (None: they are)."""
         tok = self.tokenizer
-        prompt_text = tok.apply_chat_template(pair.messages, tokenize=False, add_generation_prompt=True)
+        prompt_text = chat_prompt(tok, pair.messages, pair.tools)
         prompt: list[int]
         sent = pair.prefix_pieces
         if sent is not None and any(not isinstance(part, str) for part in sent.parts):  # as the request sent it

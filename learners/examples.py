@@ -42,7 +42,9 @@ Design decisions:
   observation always carries ``parts``, ids or not, so its text is never trained as one
   assistant string. ``texts`` keeps each piece's text: the learner checks a piece's
   sampled ids against it (:func:`fed_mismatch`), and an export writes
-  observations as ``tool`` messages.
+  observations as ``tool`` messages. The prompt is the one the episode's calls were
+  sent (:func:`~runtime.tools.base.task_prompt`: the call format's system message
+  describing the tools, or the schemas the chat template renders, ``Example.tools``).
 - ``retry_weight`` weighs a step that was accepted only after a rejected sibling under
   the same prefix: the positions where the policy went wrong first are where it has the
   most to learn (in the tiny domain, two-digit sums; teacher-forced, ``bundled-weak``
@@ -62,6 +64,7 @@ from runtime.core.errors import VerifierError
 from runtime.core.registry import with_overrides
 from runtime.core.types import Episode, Node, Piece, path_pieces
 from runtime.search.context import Context, Verifiers
+from runtime.tools.base import task_prompt
 
 __all__ = [
     "Example",
@@ -106,6 +109,9 @@ class Example:
     texts: list[str] | None = None
     """Per piece of ``parts``, the text the tree holds for it (what sampled ids are
     checked against, and what an export writes)."""
+    tools: list[dict[str, Any]] | None = None
+    """The tool schemas the prompt offered with ``messages`` (rendered by the chat
+    template, ``apply_chat_template(tools=...)``); None: none."""
 
 
 def masked_parts(pieces: Sequence[Piece]) -> tuple[list[str | list[int]], list[int], list[str]]:
@@ -266,14 +272,17 @@ class VerifiedPaths:
                 return []
         if not leaves and self.settings.prefixes:
             prefix = await self._verified_prefix(ctx, episode)
-            return [] if prefix is None else self._example(episode, prefix, weight, ends=False)
+            return [] if prefix is None else self._example(episode, prefix, weight, ends=False, verifiers=verifiers)
         out = []
         for leaf in leaves:
-            out += self._example(episode, leaf, weight)
+            out += self._example(episode, leaf, weight, verifiers=verifiers)
         return out
 
-    def _example(self, episode: Episode, leaf: Node, weight: float, *, ends: bool = True) -> list[Example]:
-        """The example of the path to ``leaf`` (none if it is empty or already seen)."""
+    def _example(
+        self, episode: Episode, leaf: Node, weight: float, *, ends: bool = True, verifiers: Verifiers | None = None
+    ) -> list[Example]:
+        """The example of the path to ``leaf`` (none if it is empty or already seen), under
+        the prompt the episode's calls were sent (its environment's, ``verifiers.environment``)."""
         nodes = path_nodes(episode, leaf)
         path = [n for n in nodes if n.text]
         text = self.delimiter.join(n.text for n in path)
@@ -290,9 +299,11 @@ class VerifiedPaths:
             self.reencoded_paths += 1
         reward = episode.reward if leaf.id == (episode.chosen_path or [-1])[-1] else 1.0
         tools = tool_names(nodes)  # what each observation answers, for an export's tool messages
+        messages, schemas = task_prompt(episode.task, verifiers.environment if verifiers is not None else None)
         return [
             Example(
-                messages=episode.task.as_messages(),
+                messages=messages,
+                tools=schemas,
                 completion=text,
                 key=episode.key,
                 policy_version=oldest_version(path),

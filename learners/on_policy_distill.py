@@ -25,8 +25,9 @@ Design decisions:
   teacher's grade is the signal, not the verifier's (a wrong sample is where the
   student has the most to learn). Paths of a tree that share a prefix each carry it.
   No deduplication: the student's own samples are wanted as often as it makes them.
-- The completion is tokenised by :meth:`SFTLearner.encode` (prompt under the chat
-  template, completion, end of turn), so the end-of-turn token is distilled too.
+- The completion is tokenised by :meth:`SFTLearner.encode` (the prompt the episode's
+  calls were sent, :func:`~runtime.tools.base.task_prompt`, under the chat template,
+  completion, end of turn), so the end-of-turn token is distilled too.
 - The teacher is frozen: loaded once at build time in eval mode, ``requires_grad``
   off, used only under ``torch.no_grad``, never in the optimizer, never checkpointed
   (it is reloaded from ``learner.teacher``). Its forward pass runs in the learner's
@@ -63,6 +64,7 @@ from runtime.core.errors import ConfigError
 from runtime.core.log import get_logger
 from runtime.core.types import Episode
 from runtime.search.context import Sampling, Verifiers
+from runtime.tools.base import task_prompt
 
 __all__ = ["OnPolicyDistill", "OnPolicyDistillLearner", "OnPolicySamples", "load_teacher"]
 
@@ -104,6 +106,7 @@ class OnPolicySamples:
         if episode.status != "ok":
             return []
         chosen = (episode.chosen_path or [-1])[-1]
+        messages, tools = task_prompt(episode.task, verifiers.environment if verifiers is not None else None)
         out = []
         for leaf in episode.leaves:
             path = path_nodes(episode, leaf)
@@ -114,7 +117,8 @@ class OnPolicySamples:
             reward = episode.reward if leaf.id == chosen else (max(outcome) if outcome else None)
             out.append(
                 Example(
-                    messages=episode.task.as_messages(),
+                    messages=list(messages),
+                    tools=tools,
                     completion=text,
                     key=episode.key,
                     policy_version=oldest_version(path),

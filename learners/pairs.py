@@ -23,7 +23,9 @@ Design decisions:
   observation's tokens 0, and each piece's text) and the prefix as the request sent it
   (``prefix_pieces``), so DPO's log-probabilities are of the policy's own tokens only.
   Sibling turns (the call nodes under one parent, the steps after one observation)
-  pair as steps from one identical state; an observation is never a side.
+  pair as steps from one identical state; an observation is never a side. The prompt
+  is the one the episode's calls were sent (:func:`~runtime.tools.base.task_prompt`:
+  the call format's system message describing the tools, or ``tools``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from runtime.core.errors import VerifierError
 from runtime.core.registry import with_overrides
 from runtime.core.types import Episode, Node, path_pieces
 from runtime.search.context import Context, Verifiers
+from runtime.tools.base import task_prompt
 
 __all__ = ["Continuation", "Pair", "PairSettings", "Pairs"]
 
@@ -103,6 +106,9 @@ class Pair:
     """``chosen`` as sampled (None: encode its text)."""
     rejected_parts: Continuation | None = None
     """``rejected`` as sampled (None: encode its text)."""
+    tools: list[dict[str, Any]] | None = None
+    """The tool schemas the prompt offered with ``messages`` (rendered by the chat
+    template, ``apply_chat_template(tools=...)``); None: none."""
 
 
 class Pairs:
@@ -175,8 +181,10 @@ class Pairs:
     ) -> Pair:  # fmt: skip
         versions = [n.policy_version for n in good + bad if n.policy_version is not None]
         sides = [self._continuation(path, closed=level == "steps") for path in (good, bad)]
+        messages, tools = task_prompt(ctx.task, ctx.verifiers.environment)  # what the episode's calls were sent
         return Pair(
-            messages=ctx.task.as_messages(),
+            messages=messages,
+            tools=tools,
             prefix=text,
             chosen=chosen,
             rejected=rejected,

@@ -70,6 +70,7 @@ from learners.base import UpdateResult
 from learners.examples import fed_mismatch
 from learners.rollouts import Rollout
 from learners.trainer import TorchLearner, TrainerSettings, part_ids
+from runtime.policy.prompts import chat_prompt
 from runtime.rewards.prm import pad_rows
 
 __all__ = ["PGSettings", "PolicyGradientLearner", "token_logprobs"]
@@ -187,7 +188,7 @@ class PolicyGradientLearner(TorchLearner):
         completion ids (as sampled), each completion token with its step's advantage and
         behaviour log-prob (NaN where unknown)."""
         tok = self.tokenizer
-        prompt_text = tok.apply_chat_template(rollout.messages, tokenize=False, add_generation_prompt=True)
+        prompt_text = chat_prompt(tok, rollout.messages, rollout.tools)
         prompt: list[int]
         if rollout.prefix_parts is not None:
             prompt = [t for ids, _ in part_ids(tok, [prompt_text, *rollout.prefix_parts]) for t in ids]

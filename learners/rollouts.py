@@ -40,7 +40,10 @@ Design decisions:
   observation always carries ``parts`` (ids or not), with ``mask`` (1: the policy's
   tokens; 0: the observation's, fed but never trained, with no behaviour log-prob)
   and each piece's ``texts`` and path steps (``part_steps``), so the learner places
-  advantages by piece, whatever lines an observation holds.
+  advantages by piece, whatever lines an observation holds. Its prompt is the one the
+  episode's calls were sent (:func:`~runtime.tools.base.task_prompt`: the call
+  format's system message describing the tools, or ``tools`` for the chat template),
+  so the behaviour log-probs are of the sequence the learner rebuilds.
 - Leaves and steps the strategy left unjudged or unscored are judged and scored here
   (through a scoring-only context: cached, bounded, errors kept out of the loss).
 - A group whose advantages are all zero teaches nothing: it is counted
@@ -62,6 +65,7 @@ from runtime.core.errors import VerifierError
 from runtime.core.registry import with_overrides
 from runtime.core.types import Episode, Node, path_parts, path_pieces
 from runtime.search.context import Context, Verifiers
+from runtime.tools.base import task_prompt
 
 __all__ = ["Rollout", "RolloutSettings", "Rollouts", "group_advantages"]
 
@@ -141,6 +145,9 @@ class Rollout:
     """``(step, offset)``: the step (index in ``step_advantages``) whose advantage goes on
     one token only, the token holding character ``offset`` of that step's text
     (``locate_errors``); None: every token carries its step's advantage."""
+    tools: list[dict[str, Any]] | None = None
+    """The tool schemas the prompt offered with ``messages`` (rendered by the chat
+    template, ``apply_chat_template(tools=...)``); None: none."""
 
 
 class Rollouts:
@@ -272,8 +279,10 @@ class Rollouts:
         agentic = any(not n.trained for n in path)
         known = bool(sampled) and all(p.behaviour is not None and len(p.behaviour) == len(p.ids or []) for p in sampled)
         versions = [n.policy_version for n in path if n.policy_version is not None]
+        messages, tools = task_prompt(ctx.task, ctx.verifiers.environment)  # what the episode's calls were sent
         rollout = Rollout(
-            messages=ctx.task.as_messages(),
+            messages=messages,
+            tools=tools,
             prefix=prefix,
             text=self.delimiter.join(n.text for n in path),
             step_advantages=per_step,

@@ -26,6 +26,7 @@ import torch
 from learners.base import UpdateResult
 from learners.examples import Example, fed_mismatch
 from learners.trainer import LoraSettings, TorchLearner, TrainerSettings, part_ids
+from runtime.policy.prompts import chat_prompt
 
 __all__ = ["LoraSettings", "SFTLearner", "SFTSettings"]
 
@@ -74,7 +75,7 @@ class SFTLearner(TorchLearner):
     def _encode(self, example: Example) -> _Encoded:
         """:meth:`encode_weighted`, with what was encoded from text, masked, or mismatched."""
         tok = self.tokenizer
-        prompt = tok.apply_chat_template(example.messages, tokenize=False, add_generation_prompt=True)
+        prompt = chat_prompt(tok, example.messages, example.tools)
         prompt_ids: list[int] = tok(prompt, add_special_tokens=False)["input_ids"]
         completion_ids: list[int] = []
         weights: list[float] = []

@@ -8,8 +8,9 @@ blank lines, as completion mode's ``plain`` template), warned once per policy.
 Token ids are the record: a request that carries ``assistant_parts`` is sent as
 ``encode(rendered prompt) + parts``, each text piece encoded on its own and each id
 piece (what the policy sampled for an earlier step) appended as it is, so generated
-text is never re-encoded. :func:`encode_parts` is that rule, shared with the learners,
-which rebuild the same sequence to train on. A request without parts (text only)
+text is never re-encoded. :func:`encode_parts` is that rule, and :func:`chat_prompt`
+the rendering of the messages and tools, both shared with the learners, which rebuild
+the same sequence to train on. A request without parts (text only)
 encodes the prompt and ``assistant_prefix`` as one string, as before.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 from runtime.core.log import get_logger
 from runtime.policy.base import GenerationRequest
 
-__all__ = ["PromptEncoder", "encode_parts"]
+__all__ = ["PromptEncoder", "chat_prompt", "encode_parts"]
 
 log = get_logger("searchlearn.policy")
 
@@ -37,6 +38,18 @@ def encode_parts(tokenizer: Any, parts: Sequence[str | Sequence[int]]) -> list[i
         else:
             ids += part
     return ids
+
+
+def chat_prompt(
+    tokenizer: Any, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+) -> str:
+    """``messages`` through ``tokenizer``'s chat template with the generation prompt, and
+    ``tools`` where the prompt offers any (``apply_chat_template(tools=...)``): how the
+    engine renders a chat request, and how the learners render an episode's prompt
+    (:func:`~runtime.tools.base.task_prompt`) to train under it."""
+    extra = {"tools": list(tools)} if tools else {}
+    text: str = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True, **extra)
+    return text
 
 
 class PromptEncoder:
@@ -57,11 +70,7 @@ class PromptEncoder:
                 self._warned_plain = True
                 log.warning("checkpoint has no chat template; messages are joined as a plain prompt", name=self.name)
             return "\n\n".join(m["content"] for m in request.messages or []) + "\n\n"
-        extra = {"tools": request.tools} if request.tools else {}
-        text: str = self.tokenizer.apply_chat_template(
-            request.messages or [], tokenize=False, add_generation_prompt=True, **extra
-        )
-        return text
+        return chat_prompt(self.tokenizer, request.messages or [], request.tools)
 
     def __call__(self, request: GenerationRequest) -> list[int]:
         text = self.render(request)

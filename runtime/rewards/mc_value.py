@@ -14,6 +14,10 @@ Design decisions:
   (``calls``/tokens) so the episode is charged for them.
 - Soft labels (the fraction), not Math-Shepherd's hard "any rollout correct" label;
   ``hard=True`` gives the latter.
+- The rollouts are sampled under the prompt the episode's own calls were sent
+  (:func:`~runtime.tools.base.task_prompt` with the run's environment: the call
+  format's system message describing the tools, or ``GenerationRequest.tools``), so a
+  step's value is the policy's value of the state it really was in.
 - One call samples up to ``rollouts`` x ``max_tokens`` tokens (``tokens_per_call``);
   on a CPU model that takes minutes, so the run's verifier timeout, when not set,
   scales with it (``verifiers.timeout`` in :mod:`runtime.app.config`).
@@ -32,6 +36,7 @@ from runtime.core.types import Task
 from runtime.policy.base import GenerationRequest, Policy
 from runtime.rewards.base import AnswerExtractor, OutcomeVerifier, Score, Verifier, VerifierEnv
 from runtime.rewards.outcome import ExactMatch
+from runtime.tools.base import Environment, task_prompt
 
 __all__ = ["MonteCarloValue"]
 
@@ -55,6 +60,7 @@ class MonteCarloValue(Verifier):
     _delimiter: str = PrivateAttr("\n")
     _outcome: Any = PrivateAttr(None)
     _extractor: Any = PrivateAttr(None)
+    _environment: Any = PrivateAttr(None)
 
     def __init__(
         self,
@@ -64,10 +70,13 @@ class MonteCarloValue(Verifier):
         delimiter: str = "\n",
         outcome: OutcomeVerifier | None = None,
         extractor: AnswerExtractor | None = None,
+        environment: Environment | None = None,
         **settings: Any,
     ) -> None:
+        """``environment``: the run's (its call format shapes the prompt); None: none."""
         super().__init__(**settings)
         self._policy = policy
+        self._environment = environment
         self._delimiter = delimiter
         self._outcome = outcome or ExactMatch()
         self._extractor = extractor or AnswerExtractor()
@@ -87,7 +96,11 @@ class MonteCarloValue(Verifier):
         if env.policy is None:
             raise ConfigError(f"{env.field}: mc_value rolls out with the run's policy, and needs the run's policy")
         return MonteCarloValue(
-            env.policy, delimiter=env.delimiter, extractor=env.extractor, **self.model_dump(exclude={"name"})
+            env.policy,
+            delimiter=env.delimiter,
+            extractor=env.extractor,
+            environment=env.environment,
+            **self.model_dump(exclude={"name"}),
         )
 
     async def score_step(self, task: Task, previous: Sequence[str], step: str) -> Score:
@@ -101,8 +114,10 @@ class MonteCarloValue(Verifier):
         if steps and self._extractor(steps[-1]) is not None:
             verdict = await self._outcome.score(task, self._extractor(steps[-1]), prefix)
             return Score(verdict.value, "the step gives the answer")
+        messages, tools = task_prompt(task, self._environment)  # the episode's own prompt
         request = GenerationRequest(
-            messages=task.as_messages(),
+            messages=messages,
+            tools=tools,
             assistant_prefix=prefix,
             n=self.rollouts,
             max_tokens=self.max_tokens,

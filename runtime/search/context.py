@@ -37,7 +37,9 @@ Design decisions:
   ``complete`` then goes one step per call, so every call runs where it is written.
   The environment's call format also shapes the request: the tools its prompt offers
   (``GenerationRequest.tools``, and a system message where the template shows none)
-  and, for the OpenAI tool protocol, the path as chat messages.
+  and, for the OpenAI tool protocol, the path as chat messages. That prompt is
+  :func:`~runtime.tools.base.task_prompt`'s, the one the learners rebuild an episode's
+  sequence under.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from runtime.policy.base import GenerationRequest, GenerationResult, Policy
 from runtime.rewards.base import AnswerExtractor, OutcomeVerifier, ProcessVerifier, Score
 from runtime.rewards.shaping import PotentialShaping
 from runtime.search.turns import Turns
-from runtime.tools.base import Environment
+from runtime.tools.base import Environment, task_prompt
 
 __all__ = ["Aggregate", "Context", "Ledger", "Sampling", "Verifiers", "aggregate_scores", "gather"]
 
@@ -293,12 +295,10 @@ class Context:
 
     def _messages(self) -> tuple[list[dict[str, str]], list[dict[str, Any]] | None]:
         """The task's messages and the tools the prompt offers: as they are without an
-        environment, else as its call format wants them (computed once per episode)."""
-        env = self.verifiers.environment
-        if env is None:
-            return self.task.as_messages(), None
+        environment, else as its call format wants them (:func:`~runtime.tools.base.task_prompt`,
+        which the learners rebuild the prompt with too; computed once per episode)."""
         if self._prompt is None:
-            self._prompt = env.prompt(self.task.as_messages())
+            self._prompt = task_prompt(self.task, self.verifiers.environment)
         messages, tools = self._prompt
         return list(messages), tools
 

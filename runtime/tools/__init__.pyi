@@ -19,6 +19,9 @@ from runtime.tools.base import (
 from runtime.tools.base import (
     Turn as Turn,
 )
+from runtime.tools.base import (
+    task_prompt as task_prompt,
+)
 from runtime.tools.calculator import (
     Calc as Calc,
 )

@@ -21,6 +21,14 @@ Design decisions:
   that cannot be stored) is an observation, not an exception: the model sees the
   error, the episode goes on. Only a broken contract of the environment itself (a
   refused fork) raises :class:`ToolEnvironmentError`, which fails that episode alone.
+- One prompt per episode: :func:`task_prompt` is the messages and tools every model
+  call of an episode is prompted with (the call format's system message describing the
+  tools, or the schemas for ``apply_chat_template(tools=...)`` / the OpenAI ``tools``
+  field). The episode context sends it, and whatever rebuilds an episode's sequence
+  later (the learners' examples, rollouts and pairs, Monte-Carlo rollouts from a step)
+  takes it from here, so an episode's tokens are trained under the prompt they were
+  sampled under. It lives here, the lowest layer that knows environments, so the
+  rewards, the search API and the learners can all import it.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from runtime.core.errors import SearchlearnError
 from runtime.core.types import Node, Task
 
-__all__ = ["Environment", "ForkMode", "ToolCall", "ToolEnvironmentError", "ToolOutput", "Turn"]
+__all__ = ["Environment", "ForkMode", "ToolCall", "ToolEnvironmentError", "ToolOutput", "Turn", "task_prompt"]
 
 ForkMode = Literal["copy", "replay", "none"]
 
@@ -144,3 +152,17 @@ class Environment(Protocol):
         """``path`` as OpenAI chat messages for a chat backend, where the call format
         speaks that protocol; None: the path goes as text."""
         ...
+
+
+def task_prompt(
+    task: Task, environment: Environment | None
+) -> tuple[list[dict[str, str]], list[dict[str, Any]] | None]:
+    """The messages and the tool schemas (None: none) that every model call of an episode
+    of ``task`` is prompted with, under ``environment`` (None: no tools, the task's own
+    messages): what :meth:`Environment.prompt` makes of the task's messages. The one
+    source of an episode's prompt: the episode context sends it, and the learners and
+    the Monte-Carlo value rebuild an episode's sequence from it."""
+    messages = task.as_messages()
+    if environment is None:
+        return list(messages), None
+    return environment.prompt(messages)
