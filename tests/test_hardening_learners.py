@@ -406,6 +406,47 @@ def test_a_max_length_the_prompts_fill_is_refused_counted_and_warned_once(tokeni
     assert not (tmp_path / "runs" / "s.db").exists()
 
 
+def tool_learning_config(tmp_path: Path, fmt: dict[str, Any], max_length: int) -> Any:
+    """``learning_config`` with the calculator environment in call format ``fmt``."""
+    path = learning_config(tmp_path, max_length=max_length)
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    config["environment"] = {"name": "calculator", "format": fmt}
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def test_a_max_length_the_tools_in_the_prompt_fill_is_refused_naming_the_numbers(tmp_path: Path) -> None:
+    """bundled-weak's ChatML takes 8 tokens of the empty prompt; its template shows no
+    tools, so chat_template describes the calculator in a system message: 523 tokens."""
+    fmt = {"name": "chat_template", "tokenizer": "bundled-weak"}
+    result = runner.invoke(app, ["run", str(tool_learning_config(tmp_path, fmt, 64)), "--no-progress"])
+    one_line_error(
+        result, 2, "learner.max_length: 64 tokens leave nothing to train on", "environment.format chat_template",
+        "take 523 tokens of every example (515 of them the tools)",
+    )  # fmt: skip
+    assert not (tmp_path / "runs" / "s.db").exists()
+
+
+def test_the_max_length_check_counts_rendered_schemas_and_only_tools_in_the_prompt(tmp_path: Path) -> None:
+    """Schemas a template renders (``apply_chat_template(tools=...)``) count as the engine
+    renders them; a format that keeps the prompt as it is (compact) adds nothing."""
+    from types import SimpleNamespace
+
+    from runtime.app.learning import _check_max_length
+    from runtime.tiny.policy_format import WEAK_POLICY
+    from runtime.tools import CalculatorEnvironment, ChatTemplateFormat
+
+    qwen = AutoTokenizer.from_pretrained(WEAK_POLICY)
+    qwen.chat_template = (Path(__file__).parent / "data" / "qwen_style_tools.jinja").read_text(encoding="utf-8")
+    learner: Any = SimpleNamespace(tokenizer=qwen)
+    base = load_config(learning_config(tmp_path, max_length=100))  # the template alone: 75 tokens
+    _check_max_length(base, learner)
+    rendered = base.model_copy(update={"environment": CalculatorEnvironment(format=ChatTemplateFormat.of(qwen))})
+    with pytest.raises(ConfigError, match=r"take 719 tokens of every example \(644 of them the tools\)"):
+        _check_max_length(rendered, learner)
+    _check_max_length(base.model_copy(update={"environment": CalculatorEnvironment()}), learner)  # compact
+
+
 def test_the_learner_summary_counts_skipped_steps(tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", str(learning_config(tmp_path, max_length=15)), "--no-progress"])
     assert result.exit_code == 0, result.output

@@ -11,7 +11,8 @@ Either way the evaluator is a separate engine over the learner's architecture.
 Before the run starts its outputs are checked (before any model is loaded): the learner
 checkpoint must be a file path and the final policy export a folder path, both writable
 (a StoreError naming the path, as a bad store path is); then ``learner.max_length`` must
-leave room after the chat template's own tokens (a ConfigError).
+leave room after the chat template's own tokens and the tools the environment's call
+format puts into the prompt (a ConfigError).
 
 Placement: the learner on ``learner.device`` (its precision ``learner.dtype``), the
 evaluator's engine on ``learner.eval.device`` in ``learner.eval.dtype``; a GPU named where
@@ -38,7 +39,9 @@ from runtime.core.threads import CoreShare, thread_share
 from runtime.core.types import Task
 from runtime.policy.base import WeightedPolicy
 from runtime.policy.checkpoints import resolve_checkpoint
+from runtime.policy.prompts import chat_prompt
 from runtime.scheduling.files import check_output
+from runtime.tools.base import task_prompt
 
 __all__ = ["build_learner", "build_loop", "checkpoint_path", "export_path"]
 
@@ -110,21 +113,41 @@ def build_learner(config: RunConfig) -> Learner:
 
 
 def _check_max_length(config: RunConfig, learner: Learner) -> None:
-    """Refuse a ``learner.max_length`` that the chat template alone fills (with the run's
-    system prompt): no example could keep a completion token to train on."""
+    """Refuse a ``learner.max_length`` that the prompt every example starts with fills: the
+    chat template with the run's system prompt and, under an environment whose call format
+    puts the tools into the prompt, the tools too (the system message describing them, or
+    the schemas the template renders), counted through the helpers the engine renders a
+    request with (:func:`~runtime.tools.base.task_prompt`,
+    :func:`~runtime.policy.prompts.chat_prompt`): no example could keep a completion
+    token to train on."""
     limit = getattr(config.learner, "max_length", None)
     if limit is None:
         return
     messages = [{"role": "system", "content": config.tasks.system}] if config.tasks.system else []
     messages.append({"role": "user", "content": ""})
     tokenizer = learner.tokenizer
-    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    overhead = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    overhead = _prompt_tokens(tokenizer, messages, None)
     if limit <= overhead:
         raise ConfigError(
             f"learner.max_length: {limit} tokens leave nothing to train on: the chat template alone takes "
             f"{overhead} tokens of every example, before the task's prompt and the completion; raise it"
         )
+    if config.environment is None:
+        return
+    offered, tools = task_prompt(Task(id="max_length", messages=messages), config.environment)
+    with_tools = _prompt_tokens(tokenizer, offered, tools)
+    if limit <= with_tools:
+        fmt = getattr(config.environment.format, "name", "?")
+        raise ConfigError(
+            f"learner.max_length: {limit} tokens leave nothing to train on: the chat template and the tools that "
+            f"environment.format {fmt} puts into the prompt take {with_tools} tokens of every example "
+            f"({with_tools - overhead} of them the tools), before the task's prompt and the completion; raise it"
+        )
+
+
+def _prompt_tokens(tokenizer: Any, messages: list[dict[str, str]], tools: list[dict[str, Any]] | None) -> int:
+    """How many tokens ``messages`` and ``tools`` take under the chat template."""
+    return len(tokenizer(chat_prompt(tokenizer, messages, tools), add_special_tokens=False)["input_ids"])
 
 
 def _share_cores(config: RunConfig, runtime: Any, learner: Learner, evaluator: Evaluator | None) -> None:
