@@ -293,3 +293,114 @@ def test_no_rescore_keeps_to_the_scores_the_run_stored(store_path: Path, tmp_pat
     stored = load(tmp_path / "b.jsonl")
     assert Counter(stored["level"])["steps"] == Counter(rescored["level"])["steps"] > 0
     assert Counter(stored["level"])["solutions"] < Counter(rescored["level"])["solutions"]
+
+
+# -- tool episodes: the schemas the prompt offered ------------------------------------------
+
+QWEN_STYLE = Path(__file__).parent / "data" / "qwen_style_tools.jinja"
+TOOL_TASK = Task("t", prompt="What is 6*7?", answer="42")
+
+
+def tool_run(db: Path, fmt: dict[str, Any]) -> Path:
+    """Best-of-2 calculator episodes of one task in call format ``fmt``: one path calls
+    calc(6*7) and answers 42, the other calc(6+7) and answers 13."""
+    env: Any = None
+
+    def script(request: GenerationRequest, i: int) -> str:
+        if not request.assistant_prefix:
+            expression = ["6*7", "6+7"][i]
+            if fmt["name"] == "compact":
+                return f"call: calc({expression})"
+            return str(env.format.call_text("calc", {"expression": expression}))
+        return f"Answer: {re.findall(r'-?[0-9]+', request.assistant_prefix)[-1]}"
+
+    config = RunConfig.model_validate(
+        {
+            "run_id": RUN, "policy": {"kind": "scripted"}, "strategy": {"name": "best_of_n", "n": 2},
+            "verifiers": {"outcome": "exact", "answer_patterns": ["answer_line"]},
+            "environment": {"name": "calculator", "format": fmt}, "store": {"path": str(db)},
+        }
+    )  # fmt: skip
+    env = config.environment
+
+    async def run() -> None:
+        rt = Runtime(
+            ScriptedPolicy(script), config.strategy, verifiers=build_verifiers(config), sampling=config.sampling,
+            store=db, run_id=RUN, config=config.model_dump(mode="json"),
+        )  # fmt: skip
+        async with rt:
+            await rt.run([TOOL_TASK])
+
+    anyio.run(run)
+    return db
+
+
+def qwen_style_tokenizer(directory: Path) -> Any:
+    """bundled's tokenizer under a template that renders ``tools`` (saved to ``directory``)."""
+    from transformers import AutoTokenizer
+
+    from runtime.policy.checkpoints import resolve_checkpoint
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint("bundled"))
+    tokenizer.chat_template = QWEN_STYLE.read_text(encoding="utf-8")
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_rows_of_tool_episodes_carry_the_schemas_the_template_rendered(tmp_path: Path, suffix: str) -> None:
+    """Under a template that renders the tools, the sft, preference and rollouts rows
+    carry them as TRL reads a ``tools`` column (JSON text); rendered with them, a row's
+    prompt is the prompt the episode's calls were sent."""
+    from runtime.policy.prompts import chat_prompt
+    from runtime.tools import task_prompt
+
+    tokenizer = qwen_style_tokenizer(tmp_path / "tok")
+    db = tool_run(tmp_path / "s.db", {"name": "chat_template", "tokenizer": str(tmp_path / "tok")})
+    with EpisodeStore(db) as st:
+        config = RunConfig.model_validate(st.run_config(RUN))
+    messages, tools = task_prompt(TOOL_TASK, config.environment)
+    assert tools and tools[0]["function"]["name"] == "calc"
+    sent = chat_prompt(tokenizer, messages, tools)
+    for fmt, prompt in (("sft", "messages"), ("preference", "prompt"), ("rollouts", "prompt")):
+        rows = load(export(db, fmt, tmp_path / f"{fmt}{suffix}"))
+        assert len(rows) == {"sft": 1, "preference": 1, "rollouts": 2}[fmt], fmt
+        for row in rows:
+            assert json.loads(row["tools"]) == tools
+            shown = row[prompt][: len(messages)]  # sft: the task's messages lead the conversation
+            assert chat_prompt(tokenizer, shown, json.loads(row["tools"])) == sent
+
+
+def test_trl_sft_trainer_renders_the_tools_column(tmp_path: Path) -> None:
+    """TRL's SFTTrainer reads the ``tools`` column: its ids start with the prompt the
+    episode's calls were sent, schemas included."""
+    from trl import SFTConfig, SFTTrainer
+
+    from runtime.policy.prompts import chat_prompt
+    from runtime.tools import task_prompt
+
+    tokenizer = qwen_style_tokenizer(tmp_path / "tok")
+    db = tool_run(tmp_path / "s.db", {"name": "chat_template", "tokenizer": str(tmp_path / "tok")})
+    data = load(export(db, "sft", tmp_path / "sft.parquet"))
+    with EpisodeStore(db) as st:
+        config = RunConfig.model_validate(st.run_config(RUN))
+    sent = tokenizer(chat_prompt(tokenizer, *task_prompt(TOOL_TASK, config.environment)), add_special_tokens=False)
+    model, _ = _tiny_model()
+    args = SFTConfig(**{**_args(tmp_path), "per_device_train_batch_size": 1})
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    ids = trainer.train_dataset[0]["input_ids"]
+    assert ids[: len(sent["input_ids"])] == sent["input_ids"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_rows_whose_prompt_offered_no_schemas_have_no_tools_column(tmp_path: Path, suffix: str) -> None:
+    """compact keeps the task's messages; chat_template on a template that shows no tools
+    describes them in a system message, which leads the prompt instead."""
+    for fmt in ({"name": "compact"}, {"name": "chat_template", "tokenizer": "bundled"}):
+        db = tool_run(tmp_path / f"{fmt['name']}.db", fmt)
+        for kind in ("sft", "preference", "rollouts"):
+            out = export(db, kind, tmp_path / f"{fmt['name']}-{kind}{suffix}")
+            rows = load(out)
+            assert len(rows) >= 1 and "tools" not in rows.column_names, (fmt, kind)
+            prompt = rows[0]["messages" if kind == "sft" else "prompt"]
+            assert (prompt[0]["role"] == "system") == (fmt["name"] == "chat_template")

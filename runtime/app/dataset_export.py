@@ -36,6 +36,18 @@ Layouts (one row per line of JSONL, or per row of Parquet):
 
 Every row also carries ``task_id``, ``sample`` and ``policy_version``.
 
+A row's prompt is the one the episode's calls were sent
+(:func:`~runtime.tools.base.task_prompt`): under a call format that describes the tools in
+a system message, that message leads it; under one that passes the schemas to the chat
+template or the OpenAI ``tools`` field (``chat_template`` with a template that renders
+them, ``openai``), an sft, preference or rollouts row carries them in a ``tools`` column,
+as TRL's tool-calling datasets do: the schemas as JSON text, which TRL's SFT, DPO, KTO and
+reward trainers decode and pass to ``apply_chat_template(tools=...)``. JSON text keeps one
+column type whatever parameters the tools take (a list of structs would merge different
+tools' schemas into one, with nulls). Rows of a run whose prompt offered no schemas have no
+``tools`` column. A ``prm`` row has none either: its prompt is text, and the reward models
+are trained on the task's messages alone.
+
 Design decisions:
 - Settings are the run's own when its ``learner:`` section is of the matching kind (a
   DPO run's ``levels`` and ``max_pairs``), else the converters' defaults; the PRM labels
@@ -69,6 +81,7 @@ from runtime.rewards.base import Score
 from runtime.scheduling.files import written_whole
 from runtime.scheduling.store import EpisodeStore
 from runtime.search.context import Verifiers
+from runtime.tools.base import task_prompt
 
 __all__ = ["EMPTY", "FORMATS", "LABEL_THRESHOLD", "DatasetFormat", "dataset_rows", "export_dataset", "file_kind"]
 
@@ -179,6 +192,19 @@ def _messages(messages: Iterable[dict[str, str]]) -> list[dict[str, str]]:
     return [{"role": str(m.get("role", "user")), "content": str(m.get("content", ""))} for m in messages]
 
 
+def _tools(item: Any) -> Row:
+    """The ``tools`` column of an item whose prompt offered tool schemas (JSON text, see
+    the module doc); nothing where it offered none."""
+    tools = getattr(item, "tools", None)
+    return {"tools": json.dumps(tools, ensure_ascii=False)} if tools else {}
+
+
+def _offers_schemas(fmt: DatasetFormat, verifiers: Verifiers) -> bool:
+    """Whether ``fmt``'s rows of a run under ``verifiers`` carry ``tools``: the run's
+    environment puts schemas into the prompt (a fixed Parquet schema needs it up front)."""
+    return fmt != "prm" and task_prompt(Task(id="", prompt=""), verifiers.environment)[1] is not None
+
+
 def _assistant(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
 
@@ -237,6 +263,7 @@ def _row(fmt: DatasetFormat, item: Any, delimiter: str = "\n") -> Row | None:
             return None
         return {
             "messages": [*_messages(item.messages), *_completion(item, delimiter)],
+            **_tools(item),
             "weight": item.weight,
             "reward": item.meta.get("reward"),
             **_ids(item.key, item.policy_version),
@@ -246,6 +273,7 @@ def _row(fmt: DatasetFormat, item: Any, delimiter: str = "\n") -> Row | None:
             "prompt": _messages(item.messages),
             "chosen": _side(item, item.chosen, item.chosen_parts, delimiter),
             "rejected": _side(item, item.rejected, item.rejected_parts, delimiter),
+            **_tools(item),
             "level": item.level,
             "prefix": item.prefix,
             **_ids(item.key, item.policy_version),
@@ -261,6 +289,7 @@ def _row(fmt: DatasetFormat, item: Any, delimiter: str = "\n") -> Row | None:
     return {
         "prompt": _messages(item.messages),
         "completion": item.text,
+        **_tools(item),
         "reward": item.meta.get("reward"),
         "step_scores": [float(s) for s in item.meta.get("step_scores", [])],
         "token_ids": item.token_ids,
@@ -284,8 +313,9 @@ async def dataset_rows(
                 yield row
 
 
-def _schema(fmt: DatasetFormat) -> Any:
-    """The Parquet schema of ``fmt`` (fixed, so a column null in the first rows keeps its type)."""
+def _schema(fmt: DatasetFormat, tools: bool = False) -> Any:
+    """The Parquet schema of ``fmt`` (fixed, so a column null in the first rows keeps its
+    type), with the ``tools`` column where ``tools``."""
     import pyarrow as pa
 
     messages = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -307,7 +337,7 @@ def _schema(fmt: DatasetFormat) -> Any:
             ("logprobs", pa.list_(pa.float64())), ("finished", pa.bool_()),
         ],
     }  # fmt: skip
-    return pa.schema(fields[fmt] + ids)
+    return pa.schema(fields[fmt] + ([("tools", pa.string())] if tools else []) + ids)
 
 
 def file_kind(path: str | Path) -> Literal["jsonl", "parquet"]:
@@ -323,7 +353,7 @@ def file_kind(path: str | Path) -> Literal["jsonl", "parquet"]:
 class _Writer:
     """Rows into an open JSONL or Parquet file (the temporary one of :func:`written_whole`)."""
 
-    def __init__(self, path: Path, kind: str, fmt: DatasetFormat) -> None:
+    def __init__(self, path: Path, kind: str, fmt: DatasetFormat, tools: bool = False) -> None:
         self.kind = kind
         self.rows = 0
         self._batch: list[Row] = []
@@ -332,7 +362,7 @@ class _Writer:
         else:
             import pyarrow.parquet as pq
 
-            self._schema = _schema(fmt)
+            self._schema = _schema(fmt, tools)
             self._parquet = pq.ParquetWriter(path, self._schema)
 
     def write(self, row: Row) -> None:
@@ -374,9 +404,10 @@ def export_dataset(
         except ImportError:
             raise ConfigError("writing Parquet needs pyarrow: pip install pyarrow (or write .jsonl)") from None
     learner, verifiers, delimiter = _run_parts(store, run_id, rescore)
+    tools = kind == "parquet" and _offers_schemas(fmt, verifiers)
 
     async def write(target: Path) -> int:
-        writer = _Writer(target, kind, fmt)
+        writer = _Writer(target, kind, fmt, tools)
         try:
             rows = dataset_rows(store.episodes(run_id), fmt, learner=learner, verifiers=verifiers, delimiter=delimiter)
             async for row in rows:
