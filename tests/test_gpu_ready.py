@@ -189,6 +189,7 @@ NO_GPU = pytest.mark.skipif(GPU, reason="this machine has a GPU: the missing-GPU
         ("learner: {kind: grpo, device: 'cuda:1'}\nsampling: {temperature: 1.0, logprobs: true}\n", "learner.device"),
         ("learner: {kind: expert_iteration, eval: {device: cuda}}\n", "learner.eval.device"),
         ("verifiers: {process: {name: prm, path: bundled, device: cuda}}\n", "verifiers.process.device"),
+        ("verifiers: {outcome: {name: orm, path: bundled, device: cuda}}\n", "verifiers.outcome.device"),
     ],
 )
 def test_a_gpu_named_where_there_is_none_fails_in_one_line_naming_the_field(
@@ -196,7 +197,7 @@ def test_a_gpu_named_where_there_is_none_fails_in_one_line_naming_the_field(
 ) -> None:
     store = tmp_path / "store.db"
     path = tmp_path / "gpu.yaml"
-    # the learners train the run's local policy; a PRM alone needs no model but its own
+    # the learners train the run's local policy; a PRM or an ORM alone needs no model but its own
     policy = "{kind: local, path: bundled, device: cpu}" if "learner" in yaml_text else "{kind: scripted}"
     path.write_text(f"policy: {policy}\n" + yaml_text, encoding="utf-8")
     result = CliRunner().invoke(app, ["run", str(path), "--set", f"store.path={store}"])
@@ -213,6 +214,8 @@ def test_device_and_dtype_names_are_checked_when_the_config_is_read() -> None:
         {"learner": {"kind": "expert_iteration", "dtype": "fp8"}},
         {"cluster": {"gpus_per_worker": 1.5}},
         {"cluster": {"gpus_per_worker": -1}},
+        {"verifiers": {"outcome": {"name": "orm", "path": "bundled", "device": "gpu"}}},
+        {"verifiers": {"outcome": {"name": "orm", "path": "bundled", "dtype": "float16"}}},
     ):
         with pytest.raises(ValueError):
             RunConfig.model_validate(section)
@@ -220,6 +223,35 @@ def test_device_and_dtype_names_are_checked_when_the_config_is_read() -> None:
         {"policy": {"kind": "local", "dtype": "bfloat16"}, "cluster": {"gpus_per_worker": 2}}
     )
     assert config.cluster is not None and config.cluster.gpus_per_worker == 2
+
+
+def test_an_orm_verifier_placed_from_its_config_scores_in_bf16_as_in_float32(tokenizer: Any, tmp_path: Path) -> None:
+    """verifiers.outcome: {name: orm, device, dtype}: the keys reach the model (bf16
+    weights on the named device), and its rewards, read in float32, are float32's to
+    within bf16's rounding."""
+    from learners.reward_models import OutcomeRMLearner
+    from runtime.app.parts import build_verifiers
+    from runtime.rewards.orm import OutcomeRewardModel
+
+    path = tmp_path / "orm"
+    OutcomeRMLearner(kinds.tiny_model(tokenizer, 0), tokenizer).export(path)
+    solutions = [f"2+{i}={2 + i}\nAnswer: {2 + i}" for i in range(6)]
+    messages = [{"role": "user", "content": "What is 2+3?"}]
+    rewards: dict[str, list[float]] = {}
+    for dtype in ("float32", "bfloat16"):
+        outcome = {"name": "orm", "path": str(path), "device": "cpu", "dtype": dtype, "threads": 1}
+        orm = build_verifiers(RunConfig.model_validate({"verifiers": {"outcome": outcome}})).outcome
+        assert isinstance(orm, OutcomeRewardModel)
+        held = next(orm._model.parameters())
+        assert (str(held.dtype), held.device.type) == (f"torch.{dtype}", "cpu")
+
+        async def score(orm: OutcomeRewardModel = orm) -> list[float]:
+            return [await orm.reward(messages, text) for text in solutions]
+
+        rewards[dtype] = anyio.run(score)
+    assert len(set(rewards["float32"])) == len(solutions)  # the solutions are told apart
+    spread = max(rewards["float32"]) - min(rewards["float32"])  # about 0.07 on this untrained head
+    assert rewards["bfloat16"] == pytest.approx(rewards["float32"], abs=spread / 10)
 
 
 # -- Ray workers that reserve GPUs -------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Device and dtype names, shared by every setting that places a model: ``policy.device``
 and ``policy.dtype`` (the local engine), ``learner.device``, ``learner.eval.device`` and
-``.dtype``, a PRM verifier's ``device`` and ``dtype``.
+``.dtype``, a PRM or ORM verifier's ``device`` and ``dtype``.
 
 Light on purpose (torch is imported by the functions, not by this module), so config
 classes validate names without loading torch.

@@ -25,6 +25,10 @@ Design decisions:
   concurrent ``score`` calls queue up and whoever holds the model lock runs what is
   queued (up to ``batch_size``) in one padded forward pass in a worker thread; results
   are cached per (messages, solution).
+- Placement as the PRM's: ``device`` (auto: the first GPU torch sees, else the CPU) and
+  ``dtype`` (bfloat16 halves the memory; the reward is read from float32 logits either
+  way). A GPU named where torch sees none is a one-line ConfigError naming the field
+  (``verifiers.outcome.device``), before the checkpoint loads.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from pydantic import Field, PrivateAttr
 from runtime.core.errors import ConfigError
 from runtime.core.types import Task
 from runtime.policy.checkpoints import resolve_checkpoint
+from runtime.policy.placement import DEVICE_PATTERN, DtypeName, resolve_device, resolve_dtype
 from runtime.rewards.base import Score, Verifier, VerifierEnv
 from runtime.rewards.batching import MicroBatcher
 from runtime.rewards.prm import pad_rows
@@ -74,9 +79,15 @@ class OutcomeRewardModel(Verifier):
     """Solutions scored in one forward pass."""
     threads: int | None = Field(None, ge=1)
     """torch threads of the forward passes (None: a share of the process's cores)."""
+    device: str = Field("auto", pattern=DEVICE_PATTERN)
+    """Where the model scores: auto (the first GPU when torch sees one, else the CPU),
+    cpu, cuda or cuda:N."""
+    dtype: DtypeName = "float32"
+    """The model's weights: float32, or bfloat16 (half the memory; rewards read in float32)."""
     _delimiter: str = PrivateAttr("\n")
     _tokenizer: Any = PrivateAttr(None)
     _model: Any = PrivateAttr(None)
+    _device: Any = PrivateAttr(None)
     _batcher: Any = PrivateAttr(None)
     _forward_passes: int = PrivateAttr(0)
 
@@ -102,10 +113,16 @@ class OutcomeRewardModel(Verifier):
                 f"{config.num_labels} labels"
             )
         self._tokenizer = AutoTokenizer.from_pretrained(directory)
-        self._model = AutoModelForTokenClassification.from_pretrained(directory, dtype=torch.float32).eval()
+        self._device = torch.device(resolve_device(self.device))
+        loaded = AutoModelForTokenClassification.from_pretrained(directory, dtype=resolve_dtype(self.dtype))
+        self._model = loaded.to(self._device).eval()
         self._batcher = MicroBatcher(self._forward, self.batch_size, "orm forward")
 
     def build(self, env: VerifierEnv) -> OutcomeRewardModel:
+        try:
+            resolve_device(self.device)
+        except ValueError as exc:  # a GPU named where there is none
+            raise ConfigError(f"{env.field}.device: {exc}") from None
         try:
             settings = self.model_dump(exclude={"name", "path"})
             settings["threads"] = self.threads or env.threads
@@ -141,7 +158,8 @@ class OutcomeRewardModel(Verifier):
         rows = [encode_solution(self._tokenizer, m, t, self.max_length) for m, t in items]
         ids, mask = pad_rows(rows, self._tokenizer.pad_token_id or 0)
         with torch.no_grad():
-            logits = self._model(input_ids=ids, attention_mask=mask).logits[..., 0].float()
+            logits = self._model(input_ids=ids.to(self._device), attention_mask=mask.to(self._device)).logits
+        logits = logits[..., 0].float().cpu()
         self._forward_passes += 1
         last = torch.tensor([len(r) - 1 for r in rows])
         return [float(v) for v in logits[torch.arange(len(rows)), last]]
