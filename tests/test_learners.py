@@ -122,6 +122,34 @@ async def test_warmup_ramps_the_learning_rate_and_shrinks_the_first_update(token
     assert first_update(4) == pytest.approx(first_update(0) / 5, rel=0.05)
 
 
+async def test_ema_publishes_the_average_of_the_iterates_and_keeps_it_across_a_checkpoint(
+    tokenizer: Any, tmp_path: Path
+) -> None:
+    decay = 0.8
+    learner = SFTLearner(tiny_model(tokenizer), tokenizer, lr=3e-3, ema=decay)
+    raw = lambda: {k: v.detach().clone() for k, v in learner.model.state_dict().items()}  # noqa: E731
+    expected = raw()
+    assert all(torch.equal(v, learner.weights()[k]) for k, v in expected.items())  # the average starts at the start
+    batch = [solution_example(s) for s in range(4)]
+    for _ in range(4):
+        await learner.update(batch)
+        expected = {k: decay * expected[k] + (1 - decay) * v for k, v in raw().items()}
+    published = learner.weights()
+    assert all(torch.allclose(published[k], expected[k], atol=1e-6) for k in expected)
+    start = tiny_model(tokenizer).state_dict()
+    moved = lambda w: sum(float((w[k] - start[k]).norm()) for k in start)  # noqa: E731
+    assert 0 < moved(published) < moved(raw())  # it lags the raw weights, which keep training
+    learner.save(tmp_path / "ck.pt")
+    other = SFTLearner(tiny_model(tokenizer, seed=9), tokenizer, lr=3e-3, ema=decay)
+    other.load(tmp_path / "ck.pt")
+    assert all(torch.equal(v, other.weights()[k]) for k, v in published.items())
+    learner.export(tmp_path / "policy")  # the export is the policy the engine was given
+    exported = Qwen2ForCausalLM.from_pretrained(tmp_path / "policy").state_dict()
+    assert all(torch.allclose(exported[k], published[k]) for k in exported)
+    with pytest.raises(ValueError, match="ema: an average of the weights is not kept for LoRA"):
+        SFTLearner(tiny_model(tokenizer), tokenizer, ema=0.9, lora=LoraSettings(r=4, alpha=8))
+
+
 async def test_checkpoint_round_trip(tokenizer: Any, tmp_path: Path) -> None:
     learner = SFTLearner(tiny_model(tokenizer), tokenizer, lr=1e-3)
     await learner.update([solution_example(1)])
