@@ -291,6 +291,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="SFT wall time of each arm")
     parser.add_argument("--search-tasks", type=int, default=200, help="OOD problems per search row (0: no search rows)")
+    parser.add_argument(
+        "--search-set", choices=["ood", "heldout"], default="ood",
+        help="search rows on operands to 999 (ood, written as search) or on the domain's own held-out "
+        "operands (heldout, written as search_in_distribution)",
+    )  # fmt: skip
     parser.add_argument("--skip-sft", action="store_true", help="only the search and systems tables")
     parser.add_argument("--rl-minutes", type=float, default=0.0, help="wall time of each RL arm (0: no RL row)")
     parser.add_argument("--rl-eval-tasks", type=int, default=300, help="held-out problems of each RL curve point")
@@ -339,12 +344,15 @@ def main() -> None:
         )
 
     search = []
+    ood = args.search_set == "ood"
     if args.search_tasks:
-        print(f"\n## Search on agent episodes: bundled-tool, {args.search_tasks} OOD problems (operands to 999)\n")
+        where = "OOD problems (operands to 999)" if ood else "held-out problems (the domain's operands)"
+        print(f"\n## Search on agent episodes: bundled-tool, {args.search_tasks} {where}\n")
         print("| strategy | budget | accuracy | generated tokens / task | tool executions / task | seconds | failed |")
         print("|---|---|---|---|---|---|---|")
     for name, budget, overrides in SEARCH_ROWS if args.search_tasks else []:
-        m = measure(SEARCH_CONFIG, [f"tasks.size={args.search_tasks}", *OOD, *overrides])
+        operands = OOD if ood else ["tasks.max_operand=null"]
+        m = measure(SEARCH_CONFIG, [f"tasks.size={args.search_tasks}", *operands, *overrides])
         search.append({"strategy": name, "budget": budget, "accuracy": m.accuracy, "tokens_per_task": m.tokens_per_task,
                        "calls_per_task": m.calls_per_task})  # fmt: skip
         print(f"| {name} | {budget} | {pct(m.accuracy)} | {m.tokens_per_task:.0f} | {m.calls_per_task:.1f} "
@@ -364,7 +372,7 @@ def main() -> None:
         print(f"| bundled-tool greedy, 3 / 4 steps | {pct(greedy.by_steps['3'])} / {pct(greedy.by_steps['4'])} | |")
         result.update(prefix_reuse=greedy.prefix_reuse, **overheads)
     if search:
-        result["search"] = search
+        result["search" if ood else "search_in_distribution"] = search
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")
 

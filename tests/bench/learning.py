@@ -65,6 +65,7 @@ rewards at equal wall time.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import random
@@ -367,8 +368,6 @@ def summarise(results: list[dict[str, Any]], minutes: float) -> list[dict[str, A
 def write_json(rows: list[dict[str, Any]], path: Path) -> None:
     """Merge ``rows`` into ``path``: a row of the same name and budget is replaced, every
     other row (other budgets, other rows of this budget) is kept."""
-    import json
-
     data: dict[str, Any] = {"rows": [], "smollm2": None}
     if path.exists():
         data = json.loads(path.read_text())
@@ -388,6 +387,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "learning_curves.png", help="PNG of all curves")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "results" / "learning.json", help="rows as JSON")
+    parser.add_argument(
+        "--raw", type=Path, default=None,
+        help="append each finished row's full result (curve included) to this JSON-lines file as it ends",
+    )  # fmt: skip
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -417,6 +420,9 @@ def main() -> None:
                 print(f"<!-- {row} failed: {type(exc).__name__}: {exc} -->", flush=True)
                 continue
             results.append(result)
+            if args.raw is not None:
+                with args.raw.open("a") as raw:
+                    raw.write(json.dumps(result, default=str) + "\n")
             final = result["final"]
             print(
                 f"<!-- {row}: {time.monotonic() - t0:.0f} s, 3-step {100 * final['3']:.1f} %, "
