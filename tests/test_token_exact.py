@@ -23,9 +23,11 @@ from learners.rollouts import Rollouts
 from learners.sft import SFTLearner
 from runtime.core.types import Episode, Node, Task, path_parts, path_pieces
 from runtime.policy.local import LocalPolicy
+from runtime.rewards.base import Score
 from runtime.search.context import Context, Sampling, Verifiers
 from runtime.tiny.policy_format import WEAK_POLICY
 from runtime.tiny.tasks import tiny_tasks
+from strategies.verify_backtrack import VerifyAndBacktrack
 
 pytestmark = pytest.mark.anyio
 
@@ -245,6 +247,44 @@ async def test_a_verified_prefix_is_trained_on_its_ids_with_the_delimiter_it_sam
     ids, labels = SFTLearner(weak_model(), tokenizer).encode(example)
     sampled = [t for n in path for t in n.token_ids or []]
     assert ids == template_ids(tokenizer, ctx.task) + sampled and labels[-len(sampled) :] == sampled
+
+
+class RejectAfter:
+    """A process verifier that accepts the first ``accept`` steps it sees, then none."""
+
+    name = "reject_after"
+
+    def __init__(self, accept: int) -> None:
+        self.accept = accept
+
+    async def score_step(self, task: Task, previous: Any, step: str) -> Score:
+        self.accept -= 1
+        return Score(1.0 if self.accept >= 0 else 0.0)
+
+
+async def test_a_verify_and_backtrack_path_that_ran_out_of_retries_is_held_wholly_as_ids(
+    policy: LocalPolicy, tokenizer: Any
+) -> None:
+    """Its retries spent, verify-and-backtrack completes the path unverified in one call:
+    the lines of that call have no ids of their own (the chain's first node holds them,
+    ``meta['covers']``), and the chosen path is still continued and trained as sampled."""
+    ctx = context(policy, seed=2)
+    ctx.verifiers = Verifiers(process=RejectAfter(1))  # type: ignore[arg-type]
+    episode = await VerifyAndBacktrack(episode_retries=1, step_retries=1).run(ctx)
+    nodes = {n.id: n for n in episode.nodes}
+    path = [nodes[i] for i in episode.chosen_path if nodes[i].parent is not None]
+    chain = [n for n in path if n.meta.get("unverified")]
+    assert path[0].meta.get("accepted") and chain and chain[0].meta["covers"] == len(chain)
+    assert len(chain) > 1 and all(n.token_ids is None for n in chain[1:])  # lines without ids of their own
+    pieces = path_pieces(path, "\n", closed=False)
+    held = [n for p in pieces if p.ids is not None for n in p.nodes]
+    assert held == path and all(p.ids is not None for p in pieces)  # every step, as ids
+    sampled = [t for n in path for t in n.token_ids or []]
+    prompt = template_ids(tokenizer, ctx.task)
+    sent: list[list[int]] = policy.sent  # type: ignore[attr-defined]
+    assert sent[-1] == prompt + (path[0].token_ids or [])  # the unverified call continued the accepted ids
+    lines = [ln.strip() for ln in tokenizer.decode(sampled, skip_special_tokens=True).split("\n") if ln.strip()]
+    assert lines == [n.text for n in path]
 
 
 # -- (d) text the policy did not sample is encoded, and counted ---------------------------

@@ -70,6 +70,7 @@ import yaml  # noqa: E402
 from runtime.app.build import build_runtime  # noqa: E402
 from runtime.app.config import load_config  # noqa: E402
 from runtime.app.parts import build_tasks  # noqa: E402
+from runtime.core.types import path_pieces  # noqa: E402
 from runtime.policy.checkpoints import resolve_checkpoint  # noqa: E402
 from runtime.policy.openai_compatible import OpenAIPolicy  # noqa: E402
 
@@ -295,7 +296,9 @@ async def run_row(backend: str, strategy: str, tasks: int, policy: dict, args: a
         answered += any(node.answer is not None for node in path)
         row.steps += len(path)
         row.empty_steps += sum(not node.text.strip() for node in path[:-1])  # a path may end on an empty step
-        row.steps_with_ids += sum(bool(node.token_ids) for node in path)
+        # held as ids: its own, or those of the complete() chain it is a line of (meta covers)
+        pieces = path_pieces(path, config.sampling.step_delimiter, closed=False)
+        row.steps_with_ids += sum(len(piece.nodes) for piece in pieces if piece.ids is not None)
     row.answered = answered / n
     if strategy == "verify_backtrack":
         row.mc_rollouts = args.mc_rollouts
