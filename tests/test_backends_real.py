@@ -16,20 +16,15 @@ start skips its test with the reason. The accuracy comparison on >= 100 tasks is
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx2
 import pytest
 import yaml
-from vllm_support import VLLM_PYTHON, free_port, vllm_server
+from hf_serve import transformers_serve
+from vllm_support import VLLM_PYTHON, vllm_server
 
 from runtime.app.build import build_runtime
 from runtime.app.config import load_config
@@ -50,46 +45,6 @@ def smollm2() -> Path:
         return resolve_checkpoint("smollm2-135m")
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
-
-
-@contextmanager
-def transformers_serve(model: Path, log_dir: Path) -> Iterator[str]:
-    """``transformers serve MODEL`` on a free loopback port; its base URL (skips the test,
-    saying why, when it does not come up in 120 s)."""
-    port = free_port()
-    exe = Path(sys.executable).parent / "transformers"
-    hf_home = log_dir / "hf"
-    (hf_home / "hub").mkdir(parents=True)  # its /v1/models fails without a hub cache directory
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home), "OMP_NUM_THREADS": "2"}
-    log_path = log_dir / "serve.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [str(exe), "serve", str(model), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.skip(f"transformers serve exited with {proc.returncode}: {log_path.read_text()[-500:]}")
-            try:
-                if httpx2.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx2.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.skip(f"transformers serve did not come up in 120 s: {log_path.read_text()[-500:]}")
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def run_chain_of_thought(policy: dict[str, Any], tmp_path: Path) -> list[Any]:
@@ -154,7 +109,7 @@ def server_policy(base_url: str, model: str, server: str, tokenizer: Path) -> di
 
 
 def test_chain_of_thought_through_transformers_serve(smollm2: Path, tmp_path: Path) -> None:
-    with transformers_serve(smollm2, tmp_path) as url:
+    with transformers_serve(smollm2, tmp_path, on_failure="skip") as url:
         episodes = run_chain_of_thought(server_policy(url, str(smollm2), "transformers", smollm2), tmp_path)
     check(episodes)
 

@@ -5,16 +5,12 @@ exercises the n > 1 fallback; the vLLM server test is in test_vllm_server.py (sl
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx2
 import pytest
+from hf_serve import transformers_serve
 
 from runtime.policy.base import GenerationRequest
 from runtime.policy.openai_compatible import OpenAIPolicy
@@ -29,46 +25,11 @@ from strategies import BestOfN, ChainOfThought
 MODEL_DIR = Path(os.environ.get("SEARCHLEARN_TEST_POLICY", BUNDLED_POLICY))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def serve(tmp_path_factory: pytest.TempPathFactory, *extra: str) -> Iterator[str]:
     """``transformers serve MODEL_DIR`` on a free loopback port (with ``extra`` flags); its base URL."""
-    port = _free_port()
-    exe = Path(sys.executable).parent / "transformers"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path_factory.mktemp("hf"))}
-    log = (tmp_path_factory.mktemp("log") / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [str(exe), "serve", str(MODEL_DIR), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", *extra],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"transformers serve exited with {proc.returncode}; see {log.name}")
-            try:
-                if httpx2.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx2.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("transformers serve did not come up in 120 s")
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with transformers_serve(MODEL_DIR, tmp_path_factory.mktemp("serve"), *extra) as base_url:
+        yield base_url
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ tests that need it skip, saying why, when it is absent.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
+from fakeserver import free_port
 
 VLLM_PYTHON = Path(os.environ.get("SEARCHLEARN_VLLM_PYTHON", ".vllm-venv/bin/python"))
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,13 +31,6 @@ def require_vllm_python() -> Path:
     if not VLLM_PYTHON.exists():
         pytest.skip(f"no vLLM interpreter at {VLLM_PYTHON} (set SEARCHLEARN_VLLM_PYTHON; see .ci/run)")
     return VLLM_PYTHON
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 @dataclass
