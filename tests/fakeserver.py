@@ -42,11 +42,22 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_TEXT", "FakeServer", "free_port", "loopback", "main", "recorded", "serve", "stats"]
+__all__ = [
+    "DEFAULT_TEXT",
+    "FakeServer",
+    "answering",
+    "free_port",
+    "loopback",
+    "main",
+    "recorded",
+    "serve",
+    "started",
+    "stats",
+]
 
 DEFAULT_TEXT = "Answer: 42"
 DEFAULT_MODEL = "fake"
@@ -319,6 +330,40 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def answering(url: str) -> bool:
+    """Whether ``url`` answers a GET with 200 right now."""
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def started(
+    proc: subprocess.Popen[Any], url: str, deadline_s: float, fail: Callable[[str], None], *, poll_s: float = 0.5
+) -> Iterator[None]:
+    """Wait until the server ``proc`` answers ``url``, then hold it; terminated on exit
+    (killed after 15 s). ``fail(why)`` is called, and must raise, when it exits first or
+    does not answer within ``deadline_s``."""
+    try:
+        deadline = time.monotonic() + deadline_s
+        while not answering(url):
+            if proc.poll() is not None:
+                fail(f"exited with {proc.returncode}")
+            if time.monotonic() > deadline:
+                fail(f"did not come up in {deadline_s:g} s")
+            time.sleep(poll_s)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @contextlib.contextmanager
 def serve(
     latency: float = 0.0,
@@ -335,7 +380,7 @@ def serve(
 
     ``port=0`` picks a free port. ``cpu`` pins the subprocess to that core. ``record``
     keeps the request bodies (:func:`recorded`); ``served_model`` refuses other model
-    names. The server is killed on exit.
+    names. The server is stopped on exit.
     """
     port = port or free_port()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--port", str(port), "--latency", str(latency)]
@@ -349,24 +394,12 @@ def serve(
 
     proc = subprocess.Popen(cmd, preexec_fn=pin if cpu is not None else None)
     base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"fake server exited with code {proc.returncode} before answering")
-            try:
-                with urllib.request.urlopen(base_url + "/models", timeout=1.0) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"fake server did not answer on port {port} within {timeout}s")
-            time.sleep(0.05)
+
+    def fail(why: str) -> None:
+        raise RuntimeError(f"fake server on port {port} {why}")
+
+    with started(proc, base_url + "/models", timeout, fail, poll_s=0.05):
         yield base_url
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def stats(base_url: str) -> dict[str, Any]:

@@ -6,15 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-import httpx2
 import pytest
-from fakeserver import free_port
+from fakeserver import free_port, started
 
 __all__ = ["transformers_serve"]
 
@@ -48,24 +46,5 @@ def transformers_serve(
             pytest.skip(message)
         raise RuntimeError(message)
 
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if proc.poll() is not None:
-                fail(f"exited with {proc.returncode}")
-            try:
-                if httpx2.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx2.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                fail(f"did not come up in {STARTUP_SECONDS} s")
-            time.sleep(0.5)
+    with started(proc, f"http://127.0.0.1:{port}/health", STARTUP_SECONDS, fail):
         yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

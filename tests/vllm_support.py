@@ -16,9 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx2
 import pytest
-from fakeserver import free_port
+from fakeserver import free_port, started
 
 VLLM_PYTHON = Path(os.environ.get("SEARCHLEARN_VLLM_PYTHON", ".vllm-venv/bin/python"))
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,29 +61,15 @@ def vllm_server(
         "--model", str(model), "--dtype", "float32", "--max-model-len", str(max_model_len),
         "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port), *args,
     ]  # fmt: skip
-    started = time.monotonic()
+    began = time.monotonic()
     with log_path.open("w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **ENV, **(env or {})})
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx2.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx2.HTTPError:
-                pass
-            if time.monotonic() - started > deadline_s:
-                raise RuntimeError(f"vLLM did not come up in {deadline_s:g} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(2)
-        yield Server(f"http://127.0.0.1:{port}/v1", log_path, time.monotonic() - started)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+
+    def fail(why: str) -> None:
+        raise RuntimeError(f"vLLM {why}:\n{log_path.read_text()[-3000:]}")
+
+    with started(proc, f"http://127.0.0.1:{port}/v1/models", deadline_s, fail, poll_s=2):
+        yield Server(f"http://127.0.0.1:{port}/v1", log_path, time.monotonic() - began)
 
 
 def run_in_vllm(script: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
