@@ -11,7 +11,8 @@ import pytest
 
 from runtime.core.errors import TaskError
 from runtime.core.types import Task
-from runtime.scheduling.tasks import iterate_tasks, jsonl_tasks, reasoning_gym_tasks, to_task
+from runtime.rewards.outcome import ReasoningGymVerifier
+from runtime.scheduling.tasks import ReasoningGymTasks, iterate_tasks, jsonl_tasks, reasoning_gym_tasks, to_task
 from runtime.tiny.domain import parse_expression
 from runtime.tiny.tasks import tiny_tasks
 
@@ -161,6 +162,40 @@ def test_reasoning_gym_unknown_dataset_fails_at_call_time() -> None:
 def test_reasoning_gym_bad_config() -> None:
     with pytest.raises(TaskError, match="basic_arithmetic"):
         reasoning_gym_tasks("basic_arithmetic", size=2, config={"no_such_option": 1})
+
+
+SMALL_SPACE = {
+    "min_terms": 3,
+    "max_terms": 3,
+    "min_digits": 1,
+    "max_digits": 1,
+    "allow_parentheses": False,
+    "operators": ["+", "-"],
+}
+
+
+@pytest.mark.anyio
+async def test_reasoning_gym_held_out_tasks_are_distinct_never_trained_on_and_scored() -> None:
+    """A held-out set and a train set of a ~5,000-question space share no question, whatever
+    their seeds, and a held-out task is scored against its own reference answer."""
+    held = list(ReasoningGymTasks(name="basic_arithmetic", size=300, seed=1000, config=SMALL_SPACE,
+                                  split="heldout", unique=True).build())  # fmt: skip
+    train = list(ReasoningGymTasks(name="basic_arithmetic", size=3000, seed=1000, config=SMALL_SPACE,
+                                   split="train").build())  # fmt: skip
+    mixed = list(reasoning_gym_tasks("basic_arithmetic", size=3000, seed=1000, config=SMALL_SPACE))
+    assert len(held) == 300 and len({t.prompt for t in held}) == 300
+    assert len(train) == 3000 and not {t.prompt for t in held} & {t.prompt for t in train}
+    assert {t.prompt for t in held} & {t.prompt for t in mixed}  # without a split the sets would overlap
+    verifier = ReasoningGymVerifier()
+    for task in held[:5]:
+        assert (await verifier.score(task, task.answer, task.answer)).value == 1.0
+        assert (await verifier.score(task, "-12345", "-12345")).value == 0.0
+
+
+def test_reasoning_gym_split_too_small_for_its_size_names_the_fields() -> None:
+    source = ReasoningGymTasks(name="basic_arithmetic", size=900, config=SMALL_SPACE, split="heldout", unique=True)
+    with pytest.raises(TaskError, match=r"only \d+ distinct heldout questions.*tasks\.size=900"):
+        source.build()
 
 
 def test_tiny_tasks() -> None:

@@ -44,6 +44,7 @@ from pydantic import Field
 
 from runtime.core.errors import TaskError
 from runtime.core.registry import Component
+from runtime.core.splits import HELDOUT_SHARE, Split, split_of
 from runtime.core.text import clean_text, clean_value
 from runtime.core.types import Task
 from runtime.scheduling.streams import (
@@ -413,15 +414,45 @@ def reasoning_gym_tasks(
 
 
 def _reasoning_gym_entries(name: str, dataset: Any, size: int, params: dict[str, Any]) -> Iterator[Task]:
-    seed = params["seed"]
     for index in range(size):
-        entry = dataset[index]
-        yield Task(
-            id=f"{name}-{seed}-{index}",
-            prompt=entry["question"],
-            answer=str(entry["answer"]),
-            metadata={"source": "reasoning_gym", "dataset": name, "config": params, "index": index},
-        )
+        yield _reasoning_gym_task(name, dataset, index, params)
+
+
+def _reasoning_gym_task(name: str, dataset: Any, index: int, params: dict[str, Any]) -> Task:
+    entry = dataset[index]
+    return Task(
+        id=f"{name}-{params['seed']}-{index}",
+        prompt=entry["question"],
+        answer=str(entry["answer"]),
+        metadata={"source": "reasoning_gym", "dataset": name, "config": params, "index": index},
+    )
+
+
+DRAWS_PER_TASK = 40  # a split or distinct set gives up after this many draws per task it asks for
+
+
+def _reasoning_gym_split(
+    name: str, size: int, seed: int, config: dict[str, Any] | None, split: Split, unique: bool
+) -> list[Task]:
+    """``size`` tasks of ``split`` (distinct questions if ``unique``), drawn in the dataset's
+    order; a TaskError names the fields when the problem space holds too few of them."""
+    draws = size * DRAWS_PER_TASK * (HELDOUT_SHARE if split == "heldout" else 1)
+    dataset, params = _reasoning_gym_dataset(name, draws, seed, config)  # the verifier rebuilds it from params
+    tasks: list[Task] = []
+    seen: set[str] = set()
+    for index in range(draws):
+        task = _reasoning_gym_task(name, dataset, index, params)
+        if (split != "all" and split_of(task.prompt) != split) or (unique and task.prompt in seen):
+            continue
+        seen.add(task.prompt)
+        tasks.append(task)
+        if len(tasks) == size:
+            return tasks
+    which = f"{'distinct ' if unique else ''}{'' if split == 'all' else split + ' '}questions"
+    raise TaskError(
+        f"reasoning-gym dataset {name!r}: only {len(tasks)} {which} in {draws} draws, fewer than "
+        f"tasks.size={size}; lower tasks.size, set tasks.unique=false, or widen tasks.config"
+    )
 
 
 # -- the sources a config names ------------------------------------------------------
@@ -585,10 +616,18 @@ class ReasoningGymTasks(TaskSource):
     """Seed of the generated tasks."""
     config: dict[str, Any] = Field(default_factory=dict)
     """Extra dataset config."""
+    split: Split = "all"
+    """Part of the problem space: train (nine tenths), heldout (the tenth a hash of the
+    question puts there; never in a train set, whatever the seeds) or all."""
+    unique: bool = False
+    """Skip a question met before, so that the set holds size distinct problems."""
 
     def build(self) -> TaskStream:
-        dataset, params = _reasoning_gym_dataset(self.name, self.size, self.seed, self.config)
         name, size = self.name, self.size
+        if self.split != "all" or self.unique:
+            chosen = _reasoning_gym_split(name, size, self.seed, self.config, self.split, self.unique)
+            return TaskStream.lazy(lambda _stream: iter(chosen), size=size, name=f"reasoning-gym dataset {name}")
+        dataset, params = _reasoning_gym_dataset(self.name, self.size, self.seed, self.config)
         return TaskStream.lazy(
             lambda _stream: _reasoning_gym_entries(name, dataset, size, params),
             size=size,

@@ -39,11 +39,11 @@ Design decisions:
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from dataclasses import dataclass
-from typing import Literal
+
+from runtime.core.splits import Split, split_of
 
 __all__ = [
     "ArithProblem",
@@ -136,16 +136,6 @@ def evaluate(numbers: list[int], ops: list[str]) -> int:
         numbers[i : i + 2] = [_apply(numbers[i], ops[i], numbers[i + 1])]
         del ops[i]
     return numbers[0]
-
-
-Split = Literal["all", "train", "heldout"]
-HELDOUT_SHARE = 10  # one problem in this many is held out
-
-
-def split_of(question: str) -> Split:
-    """``heldout`` for the fixed tenth of the problem space kept out of training, else ``train``."""
-    digest = hashlib.blake2b(question.encode(), digest_size=8).digest()
-    return "heldout" if int.from_bytes(digest, "big") % HELDOUT_SHARE == 0 else "train"
 
 
 def generate_problem(
