@@ -180,3 +180,23 @@ def test_a_learning_run_that_reaches_its_configured_limit_exits_0(tmp_path: Path
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "stopped at its configured limit: learner.max_versions reached (1)" in result.output
+
+
+def test_the_held_out_table_prints_optimizer_steps_as_a_count_and_accuracies_as_percentages() -> None:
+    from rich.console import Console
+
+    from runtime.app.cli import curve_table
+
+    curve = [
+        {"version": 0, "steps": 0, "episodes": 0, "wall_time": 2.0, "greedy_pass@1": 0.07},
+        {"version": 2, "steps": 40, "episodes": 55, "wall_time": 263.0, "greedy_pass@1": 0.125},
+        {"version": 3, "episodes": 60, "wall_time": 300.0, "greedy_pass@1": None},  # stored before steps existed
+    ]
+    console = Console(width=200, record=True)
+    console.print(curve_table("held-out evaluation", curve))
+    lines = console.export_text().splitlines()
+    (header,) = [[c.strip() for c in line.strip("┃ ").split("┃")] for line in lines if "┃" in line]
+    cells = [[c.strip() for c in line.strip("│ ").split("│")] for line in lines if "│" in line]
+    assert header == ["version", "steps", "episodes", "wall time", "greedy_pass@1"]
+    assert cells[1] == ["2", "40", "55", "263 s", "12.5 %"]
+    assert cells[2] == ["3", "-", "60", "300 s", "-"]

@@ -361,13 +361,22 @@ def learner_table(stats: dict[str, Any]) -> Table:
 
 
 def curve_table(title: str, curve: list[dict[str, Any]]) -> Table:
-    metrics = [k for k in curve[0] if k not in ("version", "episodes", "wall_time")]
+    """One row per evaluation: its version, optimizer steps (a count), episodes, wall time,
+    then every accuracy the evaluation measured (as percentages)."""
+    metrics = [k for k in curve[0] if k not in ("version", "steps", "episodes", "wall_time")]
     table = Table(title=title)
-    for name in ("version", "episodes", "wall time", *metrics):
+    for name in ("version", "steps", "episodes", "wall time", *metrics):
         table.add_column(name, justify="right")
     for point in curve:
         values = [f"{100 * point[m]:.1f} %" if point.get(m) is not None else "-" for m in metrics]
-        table.add_row(str(point["version"]), f"{point['episodes']:,}", f"{point['wall_time']:.0f} s", *values)
+        steps = point.get("steps")
+        table.add_row(
+            str(point["version"]),
+            "-" if steps is None else f"{steps:,}",  # runs stored before steps were recorded have none
+            f"{point['episodes']:,}",
+            f"{point['wall_time']:.0f} s",
+            *values,
+        )
     return table
 
 
