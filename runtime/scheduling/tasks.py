@@ -442,9 +442,10 @@ def _reasoning_gym_split(
     seen: set[str] = set()
     for index in range(draws):
         task = _reasoning_gym_task(name, dataset, index, params)
-        if (split != "all" and split_of(task.prompt) != split) or (unique and task.prompt in seen):
+        question = task.prompt or ""
+        if (split != "all" and split_of(question) != split) or (unique and question in seen):
             continue
-        seen.add(task.prompt)
+        seen.add(question)
         tasks.append(task)
         if len(tasks) == size:
             return tasks
