@@ -166,10 +166,6 @@ def write_json(smollm2: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(data, indent=1) + "\n")
 
 
-async def evaluate_all(args: argparse.Namespace, config: Any, store: Path, paths: list[tuple[str, str]]) -> list[Any]:
-    return [await evaluate(config, path, label, args.tasks, args.greedy, store) for label, path in paths]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "smollm2_rft.yaml"))
@@ -204,13 +200,13 @@ def main() -> None:
     print(f"held-out questions: {len(held_out)}; among the {config.tasks.size} training tasks: {overlap}\n", flush=True)
 
     start = str(resolve_checkpoint(config.policy.path))
-    (before,) = anyio.run(evaluate_all, args, config, store, [("start", start)])
+    before = anyio.run(evaluate, config, start, "start", args.tasks, args.greedy, store)
     print(f"  start evaluated in {before['seconds']:.0f} s", file=sys.stderr, flush=True)
     runs: list[dict[str, Any]] = []
     for run in range(1, args.runs + 1):
         directory, figures = train(config, run, args.minutes, store)
         print(f"  run {run}: {figures}", file=sys.stderr, flush=True)
-        (after,) = anyio.run(evaluate_all, args, config, store, [(f"run{run}", str(directory))])
+        after = anyio.run(evaluate, config, str(directory), f"run{run}", args.tasks, args.greedy, store)
         runs.append({**figures, "after": after})
 
     keys = ["pass1", "maj8", "pass8"] + (["greedy"] if args.greedy else [])
