@@ -363,3 +363,93 @@ async def test_a_checkpoint_without_a_chat_template_gets_the_plain_prompt_fallba
         assert result.completions[0].finish_reason in ("stop", "length")
     finally:
         await policy.aclose()
+
+
+def reference_ids(model: Any, ids: list[int], max_new_tokens: int, eos: int) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=eos, eos_token_id=eos
+        )
+    tokens = out[0, len(ids) :].tolist()
+    return tokens[: tokens.index(eos)] if eos in tokens else tokens
+
+
+async def submit(policy: LocalPolicy, ids: list[int], **kwargs: Any) -> Any:
+    """One request straight to the engine, by token ids; its result."""
+    from runtime.policy.local.engine import EngineRequest
+
+    results: list[Any] = []
+    policy.engine.submit(EngineRequest(prompt_ids=ids, done=results.append, **kwargs))
+    with anyio.fail_after(60):
+        while not results:  # noqa: ASYNC110 (the engine calls back from its thread)
+            await anyio.sleep(0.01)
+    assert results[0].error is None
+    return results[0]
+
+
+async def test_prefill_computes_exactly_the_uncached_tail(trained: Any, tokenizer: Any) -> None:
+    """A prompt that extends a cached one prefills only its new tokens, and one that
+    stops inside a cached path only its last token (it needs that position's logits):
+    reuse is exact to the token, not to 16-token blocks."""
+    ids = tokenizer(tiny_questions(1, seed=31)[0] + "plan: first the products, then the sums\n3*4=12\n")["input_ids"]
+    cut = 16 * (len(ids) // 16 - 1) + 5  # ends inside a block
+    policy = LocalPolicy(trained, tokenizer, max_batch=4, threads=1)
+    stats = policy.engine.stats
+    try:
+        await submit(policy, ids[:cut], max_tokens=1, temperature=0.0)
+        outputs = []
+        for prompt, uncached in ((ids[: cut + 7], 7), (ids[: cut - 3], 1)):
+            computed = stats.prefill_computed
+            result = await submit(policy, prompt, max_tokens=12, temperature=0.0)
+            assert stats.prefill_computed - computed == uncached
+            outputs.append((prompt, result.sequences[0].token_ids))
+    finally:
+        policy.engine.close()
+    for prompt, tokens in outputs:
+        assert tokens == reference_ids(trained, prompt, 12, tokenizer.eos_token_id)
+
+
+async def test_a_step_that_ended_on_a_stop_string_is_continued_from_its_own_kv(trained: Any, tokenizer: Any) -> None:
+    """A row that ends on a stop string leaves its KV in the prefix cache: the next call,
+    whose prompt is the first's ids and the step's ids (as a step-level search sends
+    them), prefills only the step's last token, and generates what ``generate`` does."""
+    prompt = tokenizer(tiny_questions(1, seed=32)[0])["input_ids"]
+    policy = LocalPolicy(trained, tokenizer, max_batch=4, threads=1)
+    stats = policy.engine.stats
+    try:
+        step = (await submit(policy, prompt, max_tokens=40, temperature=0.0, stop=["\n"])).sequences[0]
+        assert step.stop_reason == "\n" and len(step.token_ids) > 1
+        follow = prompt + step.token_ids
+        computed = stats.prefill_computed
+        second = (await submit(policy, follow, max_tokens=40, temperature=0.0, stop=["\n"])).sequences[0]
+        assert stats.prefill_computed - computed == 1
+        again = prompt + step.token_ids + second.token_ids
+        computed = stats.prefill_computed
+        await submit(policy, again, max_tokens=1, temperature=0.0)
+        assert stats.prefill_computed - computed == 1
+    finally:
+        policy.engine.close()
+    assert second.token_ids == reference_ids(trained, follow, 40, tokenizer.eos_token_id)[: len(second.token_ids)]
+
+
+def test_prefix_cache_finds_any_prefix_and_evicts_by_bytes() -> None:
+    from runtime.policy.local.prefix_cache import PrefixCache
+
+    def kv(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(torch.full((1, 1, n, 2), float(n)), torch.zeros(1, 1, n, 2))]
+
+    path_bytes = 2 * 40 * 2 * 4
+    cache = PrefixCache(budget_bytes=2 * path_bytes + 10)
+    a, b, c = list(range(40)), [*range(20), *[99] * 20], [7] * 40
+    cache.add(a, kv(40))
+    cache.add(b, kv(40))
+    assert cache.lookup([*a[:30], 5])[1] == 30
+    assert cache.lookup([*b[:25], 1])[1] == 25
+    assert cache.lookup(a)[1] == 39  # at most all but the last token
+    assert cache.lookup(list(range(100, 140))) == (None, 0)
+    cache.add(c, kv(40))  # over budget: the least recently used path (b) goes
+    assert len(cache) == 2 and cache.bytes <= cache.budget_bytes
+    assert cache.lookup([*b[:25], 1])[1] == 20  # only the 20 tokens a shares with b are left
+    assert cache.lookup([*c, 1])[0][0][0][0, 0, 0, 0] == 40.0
+    cache.clear()
+    assert cache.lookup(c) == (None, 0) and cache.bytes == 0

@@ -14,14 +14,17 @@ Design decisions:
   ``DynamicLayer`` subclass): a decode step writes its one new position in place. transformers'
   ``DynamicLayer`` concatenates, i.e. copies the whole batch's KV every step, which
   at 64 rows of ~150 positions is ~80 MB of copying per step for a 4-layer model.
-- Prefix KV cache: after a prefill, the KV of every 16-token-aligned prefix of the
-  prompt is remembered (LRU over prompts). A new prompt looks up its longest aligned
-  prefix and prefills only the rest, so tree-search branches that share a path reuse
-  it. ``n > 1`` prefills once and copies the KV n times. Prompts admitted together share
-  one prefill pass whatever each reuses (the cached past left-padded to the longest
-  reuse). Verify-and-backtrack's step requests reuse different lengths: one pass per
-  length took 3.2 passes an admission, one shared pass 1.4 (300 episodes from
-  ``bundled-weak``); the prefill's time stayed the same, so it is compute, not calls.
+- Prefix KV cache (``prefix_cache``): the KV of every prompt prefilled and of every row
+  that ended on a stop string (a step or a tool call, which the caller continues) is
+  kept, LRU within a byte budget. A new prompt reuses the longest prefix any cached path
+  shares, to the exact token, and prefills only the rest, so tree-search branches that
+  share a path reuse it and a step's continuation prefills only the last sampled token
+  and what the caller appended. ``n > 1`` prefills once and copies the KV n times.
+  Prompts admitted together share one prefill pass whatever each reuses (the cached past
+  left-padded to the longest reuse). Verify-and-backtrack's step requests reuse different
+  lengths: one pass per length took 3.2 passes an admission, one shared pass 1.4 (300
+  episodes from ``bundled-weak``); the prefill's time stayed the same, so it is compute,
+  not calls.
 - Sampling rows without a seed draw their tokens in one batched call per decode step;
   stop strings are looked for in a row's last tokens, not its whole decoded text.
 - A row that ends on a stop string keeps the tokens that spelled it (only its text is
@@ -63,7 +66,6 @@ import functools
 import inspect
 import queue
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,15 +73,13 @@ from typing import Any
 import torch
 
 from runtime.core.threads import CoreShare
+from runtime.policy.local.prefix_cache import BLOCK, KV, PrefixCache, block_keys
 
 __all__ = ["EngineRequest", "EngineResult", "EngineStats", "LocalEngine", "Sequence"]
 
-BLOCK = 16
 PREFILL_POSITIONS = 4096  # at most this many (row, position) pairs in one batched prefill pass
 PAST_POSITIONS = 16384  # at most this many (row, cached position) pairs stacked as its past
 LOGITS_BUDGET = 1 << 24  # at most this many logits from one batched prefill pass
-
-KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values, [1, heads, positions, head_dim]
 
 
 @dataclass(slots=True)
@@ -201,6 +201,8 @@ class _Row:
     versions: list[int] = field(default_factory=list)
     finished: str | None = None
     text: str = ""
+    version: int = 0  # the engine's version when the row was admitted
+    stop: str | None = None  # the stop string it ended on
 
 
 class _Group:
@@ -223,7 +225,7 @@ class LocalEngine:
         tokenizer: Any,
         *,
         max_batch: int = 64,
-        prefix_cache_prompts: int = 256,
+        prefix_cache_mb: int = 1024,
         version: int = 0,
         threads: int | None = None,
     ) -> None:
@@ -247,8 +249,7 @@ class LocalEngine:
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
         self._last: torch.Tensor | None = None
-        self._prefix: OrderedDict[tuple[int, ...], tuple[KV, int]] = OrderedDict()
-        self._prefix_prompts = prefix_cache_prompts
+        self._prefix = PrefixCache(prefix_cache_mb << 20)
         self._pending_swap: tuple[dict[str, torch.Tensor], int, Callable[[], None]] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="searchlearn-engine", daemon=True)
@@ -327,7 +328,7 @@ class LocalEngine:
         if not self._waiting:
             return
         chosen: list[tuple[EngineRequest, KV | None, int]] = []
-        this_round: set[tuple[int, ...]] = set()  # aligned prefixes of the prompts chosen so far
+        this_round: set[int] = set()  # block keys of the prompts chosen so far
         rows = 0
         live = sum(not r.finished for r in self._rows)
         while self._waiting:
@@ -338,11 +339,11 @@ class LocalEngine:
                 self._waiting.pop(0)
                 continue
             ids = req.prompt_ids
-            hit, reused = self._lookup(ids)
+            hit, reused = self._prefix.lookup(ids)
             if _longest_aligned(ids, this_round) > reused:
                 break  # it shares more with a prompt prefilled now: next round, it reuses that one's KV
             self._waiting.pop(0)
-            this_round.update(tuple(ids[:n]) for n in range(BLOCK, len(ids) // BLOCK * BLOCK + 1, BLOCK))
+            this_round.update(block_keys(ids, len(ids)))
             chosen.append((req, hit, reused))
             rows += req.n
         new_rows: list[tuple[_Row, KV, int]] = []
@@ -355,7 +356,7 @@ class LocalEngine:
             self.stats.requests += 1
             for i in range(req.n):
                 gen = torch.Generator(self.device).manual_seed(req.seed + i) if req.seed is not None else None
-                row = _Row(req, i, gen, len(req.prompt_ids))
+                row = _Row(req, i, gen, len(req.prompt_ids), version=self.version)
                 new_rows.append((row, kv, 0))
                 self._choose(row, logits)
         if new_rows:
@@ -439,24 +440,9 @@ class LocalEngine:
                 (layer.keys[j : j + 1, :, start:end].clone(), layer.values[j : j + 1, :, start:end].clone())
                 for layer in layers
             ]
-            self._remember(req.prompt_ids, kv)
+            self._prefix.add(req.prompt_ids, kv)
             results.append((kv, out.logits[j, keep.index(last[j])].float()))
         return results
-
-    def _lookup(self, ids: list[int]) -> tuple[KV | None, int]:
-        for length in range((len(ids) - 1) // BLOCK * BLOCK, 0, -BLOCK):
-            entry = self._prefix.get(tuple(ids[:length]))
-            if entry is not None:
-                self._prefix.move_to_end(tuple(ids[:length]))
-                return entry[0], length
-        return None, 0
-
-    def _remember(self, ids: list[int], kv: KV) -> None:
-        for length in range(BLOCK, len(ids) // BLOCK * BLOCK + 1, BLOCK):
-            self._prefix[tuple(ids[:length])] = (kv, length)
-            self._prefix.move_to_end(tuple(ids[:length]))
-        while len(self._prefix) > self._prefix_prompts * 8:
-            self._prefix.popitem(last=False)
 
     def _merge(self, new_rows: list[tuple[_Row, KV, int]]) -> None:
         """Put the new rows into the running batch: into the places of finished rows when
@@ -585,7 +571,23 @@ class LocalEngine:
                 self._accept(row, *sampled[i])
             else:  # a seeded row draws from its own generator
                 self._choose(row, logits[i], logprobs[i])
+            if row.stop is not None and row.version == self.version:
+                self._keep_path(i, row)
         self._compact()
+
+    def _keep_path(self, i: int, row: _Row) -> None:
+        """Cache the KV of row ``i``, which has just ended on a stop string: its prompt and
+        the tokens whose KV the batch holds (all but the last sampled one). Its positions
+        are the last ``row.length`` columns of the running batch."""
+        width = self._cache.layers[0].keys.shape[2]
+        kv = [
+            (
+                layer.keys[i : i + 1, :, width - row.length :].clone(),
+                layer.values[i : i + 1, :, width - row.length :].clone(),
+            )
+            for layer in self._cache.layers
+        ]
+        self._prefix.add((row.req.prompt_ids + row.tokens)[: row.length], kv)
 
     def _sample_rows(self, logits: torch.Tensor, logprobs: torch.Tensor) -> dict[int, tuple[int, float, float]]:
         """Sample the next token of every live unseeded sampling row in one batched draw
@@ -658,7 +660,7 @@ class LocalEngine:
         """Deliver ``row``; ``cut``: its text up to the stop string ``stop`` it ended on.
         The tokens that spelled the stop string stay in its ids (token ids are the record:
         a continuation sends them on, a learner trains on them); only the text is cut."""
-        row.finished = reason
+        row.finished, row.stop = reason, stop
         req = row.req
         row.text = cut if cut is not None else self.tok.decode(row.tokens, skip_special_tokens=True)
         group = self._groups[id(req)]
@@ -679,11 +681,11 @@ class LocalEngine:
         self._rows, self._cache, self._mask = [], None, None
 
 
-def _longest_aligned(ids: list[int], prefixes: set[tuple[int, ...]]) -> int:
-    """Length of the longest ``BLOCK``-aligned proper prefix of ``ids`` in ``prefixes``."""
-    for length in range((len(ids) - 1) // BLOCK * BLOCK, 0, -BLOCK):
-        if tuple(ids[:length]) in prefixes:
-            return length
+def _longest_aligned(ids: list[int], keys: set[int]) -> int:
+    """Length of the longest ``BLOCK``-aligned proper prefix of ``ids`` whose block key is in ``keys``."""
+    for level, key in reversed(list(enumerate(block_keys(ids, len(ids) - 1)))):
+        if key in keys:
+            return BLOCK * (level + 1)
     return 0
 
 
