@@ -339,11 +339,12 @@ class LocalEngine:
                 self._waiting.pop(0)
                 continue
             ids = req.prompt_ids
-            hit, reused = self._prefix.lookup(ids)
-            if _longest_aligned(ids, this_round) > reused:
+            keys = block_keys(ids, len(ids))
+            hit, reused = self._prefix.lookup(ids, keys)
+            if _longest_aligned(keys[: (len(ids) - 1) // BLOCK], this_round) > reused:
                 break  # it shares more with a prompt prefilled now: next round, it reuses that one's KV
             self._waiting.pop(0)
-            this_round.update(block_keys(ids, len(ids)))
+            this_round.update(keys)
             chosen.append((req, hit, reused))
             rows += req.n
         new_rows: list[tuple[_Row, KV, int]] = []
@@ -681,10 +682,11 @@ class LocalEngine:
         self._rows, self._cache, self._mask = [], None, None
 
 
-def _longest_aligned(ids: list[int], keys: set[int]) -> int:
-    """Length of the longest ``BLOCK``-aligned proper prefix of ``ids`` whose block key is in ``keys``."""
-    for level, key in reversed(list(enumerate(block_keys(ids, len(ids) - 1)))):
-        if key in keys:
+def _longest_aligned(keys: list[int], chosen: set[int]) -> int:
+    """Length of the longest prefix among a prompt's ``BLOCK``-aligned proper prefixes
+    (``keys``: their block keys) whose key is in ``chosen``."""
+    for level in range(len(keys) - 1, -1, -1):
+        if keys[level] in chosen:
             return BLOCK * (level + 1)
     return 0
 

@@ -100,14 +100,15 @@ class PrefixCache:
         while self.bytes > self.budget_bytes:
             self._evict()
 
-    def lookup(self, ids: Sequence[int]) -> tuple[KV | None, int]:
+    def lookup(self, ids: Sequence[int], keys: list[int] | None = None) -> tuple[KV | None, int]:
         """The KV of a cached path and how many leading tokens of ``ids`` it covers (the
-        longest any cached path shares, at most ``len(ids) - 1``); ``(None, 0)``: none."""
+        longest any cached path shares, at most ``len(ids) - 1``); ``(None, 0)``: none.
+        ``keys``: ``block_keys(ids, len(ids))`` where the caller has them already."""
         limit = len(ids) - 1
         if limit < BLOCK or not self._paths:
             return None, 0
         wanted = tuple(ids)
-        keys = block_keys(wanted, limit)
+        keys = (keys if keys is not None else block_keys(wanted, len(wanted)))[: limit // BLOCK]
         for level in range(len(keys) - 1, -1, -1):
             aligned = BLOCK * (level + 1)
             best, chosen = 0, -1
