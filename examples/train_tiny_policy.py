@@ -3,7 +3,7 @@
     python examples/train_tiny_policy.py --out runtime/tiny/policy            # shipped policy
     python examples/train_tiny_policy.py --out /tmp/weak --max-problem-steps 2 --steps 600
     python examples/train_tiny_policy.py --out runtime/tiny/tool --init bundled-weak --tools \
-        --steps 600 --lr 1e-3                                                  # bundled-tool
+        --steps 480 --lr 1e-3 --wide-share 0.4                                 # bundled-tool
 
 Seeded and reproducible on CPU (fp32). Data is generated on the fly by
 ``runtime.tiny.domain``; the loss covers the assistant's lines only, and not the
@@ -75,9 +75,12 @@ def encode_example(
     max_problem_steps: int,
     step_weights: list[float],
     tools: bool = False,
+    wide_share: float = 0.0,
+    wide_max: int = 999,
 ) -> tuple[list[int], list[int]]:
     steps = rng.choices(range(1, max_problem_steps + 1), weights=step_weights[:max_problem_steps])[0]
-    problem = generate_problem(rng, steps)
+    wide = wide_share > 0 and rng.random() < wide_share  # no draw at 0: earlier checkpoints reproduce
+    problem = generate_problem(rng, steps, max_operand=wide_max if wide else None)
     prefix = assistant_prefix(problem.question)
     text, spans = prefix, []
     trace = tool_trace(problem) if tools else training_trace(problem, rng)
@@ -117,6 +120,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--init", default=None, help="continue from this checkpoint (a name or a directory)")
     parser.add_argument("--tools", action="store_true", help="train on tool traces with calculator calls")
+    parser.add_argument(
+        "--wide-share",
+        type=float,
+        default=0.0,
+        help="share of problems drawn with operands up to --wide-max (a tool policy learns to copy wide "
+        "numbers into its calls; the arithmetic stays the calculator's)",
+    )
+    parser.add_argument("--wide-max", type=int, default=999, help="largest operand of the wide problems")
     parser.add_argument("--note", default=None, help="a line for the report")
     args = parser.parse_args()
     args.step_weights = [float(w) for w in args.step_weights.split(",")]
@@ -195,7 +206,10 @@ def main() -> None:
     stop = min(args.steps, args.stop_after or args.steps)
     for step in range(stop):
         examples = (
-            encode_example(tok, rng, args.max_problem_steps, args.step_weights, args.tools) for _ in range(args.batch)
+            encode_example(
+                tok, rng, args.max_problem_steps, args.step_weights, args.tools, args.wide_share, args.wide_max
+            )
+            for _ in range(args.batch)
         )
         batch = sorted(examples, key=lambda b: len(b[0]))
         n_labels = sum(sum(t != -100 for t in y) for _, y in batch)
@@ -237,11 +251,16 @@ def main() -> None:
         "seed": args.seed,
         "max_problem_steps": args.max_problem_steps,
         "step_weights": args.step_weights,
+        "wide_share": args.wide_share,
+        "wide_max": args.wide_max,
         "train_seconds": train_seconds,
     }
     if args.tools:
         report["greedy_pass_at_1_by_steps"] = evaluate_with_calculator(
             args.out, ["tasks.size=400", "tasks.steps=[1, 2, 3, 4]", "tasks.seed=12345", "tasks.split=all"]
+        )
+        report["greedy_pass_at_1_by_steps_operands_to_999"] = evaluate_with_calculator(
+            args.out, ["tasks.size=400", "tasks.steps=[1, 2, 3, 4]", "tasks.seed=12345", "tasks.max_operand=999"]
         )
         report["evaluated_by"] = "the runtime on configs/agentic_calculator.yaml, 100 problems per length"
     else:

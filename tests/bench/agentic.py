@@ -15,7 +15,10 @@ Prints Markdown tables (configuration first) and writes ``docs/results/agentic.j
   the other on ``configs/agentic_notool.yaml``: 600 fresh held-out 3-4-step problems,
   and 600 out-of-distribution ones (``tasks.max_operand=999``: products past the times
   tables either model learnt). Target (issue): +15 points at 4 steps; OOD >= 80 % with the
-  tool where the model without it scores <= 10 %.
+  tool where the model without it scores <= 10 %. ``--trace-wide-share F`` draws a share
+  ``F`` of both arms' training problems with operands up to 999 (as ``bundled-tool``'s
+  training does): at 0 neither model has seen a three-digit operand, and the tool model
+  cannot copy one into its call.
 - **Search on agent episodes**, with the shipped ``bundled-tool``: greedy, best-of-N
   (verifier selection), beam search and verify-and-backtrack (the rule verifier, which
   accepts a call only when it computes the operation due next, so a wrong call is
@@ -141,12 +144,14 @@ def measure(path: Path, overrides: list[str]) -> Measured:
 # -- SFT: tool traces against the same traces without the calls --------------------------
 
 
-def traces(rng: random.Random, n: int, tools: bool, seen: set[str]) -> list[Example]:
+def traces(rng: random.Random, n: int, tools: bool, seen: set[str], wide_share: float = 0.0) -> list[Example]:
     """``n`` training examples from the ``train`` split: tool traces, or the same lines
-    without the call and observation lines."""
+    without the call and observation lines. A ``wide_share`` of the problems draws its
+    operands up to 999 (both arms see the same problems)."""
     out = []
     for _ in range(n):
-        problem = generate_problem(rng, rng.choice([3, 4]), "train")
+        wide = wide_share > 0 and rng.random() < wide_share
+        problem = generate_problem(rng, rng.choice([3, 4]), "train", 999 if wide else None)
         seen.add(problem.question)
         lines = tool_trace(problem)
         if not tools:
@@ -164,7 +169,7 @@ def traces(rng: random.Random, n: int, tools: bool, seen: set[str]) -> list[Exam
     return out
 
 
-def fine_tune(tools: bool, minutes: float, out: Path, seen: set[str]) -> dict[str, Any]:
+def fine_tune(tools: bool, minutes: float, out: Path, seen: set[str], wide_share: float = 0.0) -> dict[str, Any]:
     """``minutes`` of SFT from bundled-weak; the checkpoint is saved to ``out``."""
     spec = load_config(ROOT / "configs" / "expert_iteration.yaml").learner
     assert spec is not None
@@ -177,7 +182,7 @@ def fine_tune(tools: bool, minutes: float, out: Path, seen: set[str]) -> dict[st
 
     async def train() -> None:
         while time.monotonic() - started < minutes * 60:
-            await learner.update(traces(rng, spec.batch_examples, tools, seen))
+            await learner.update(traces(rng, spec.batch_examples, tools, seen, wide_share))
 
     anyio.run(train)
     learner.model.save_pretrained(out)
@@ -297,6 +302,11 @@ def main() -> None:
         "operands (heldout, written as search_in_distribution)",
     )  # fmt: skip
     parser.add_argument("--skip-sft", action="store_true", help="only the search and systems tables")
+    parser.add_argument(
+        "--trace-wide-share", type=float, default=0.0,
+        help="share of the SFT problems (both arms) drawn with operands up to 999, as bundled-tool's training "
+        "had; 0: the domain's operands only, so the OOD set's three-digit operands were never seen",
+    )  # fmt: skip
     parser.add_argument("--rl-minutes", type=float, default=0.0, help="wall time of each RL arm (0: no RL row)")
     parser.add_argument("--rl-eval-tasks", type=int, default=300, help="held-out problems of each RL curve point")
     parser.add_argument("--rl-eval-seconds", type=float, default=60.0, help="RL curve: a point this often")
@@ -314,14 +324,15 @@ def main() -> None:
     result: dict[str, Any] = json.loads(args.json.read_text()) if args.json.exists() else {}
 
     if not args.skip_sft:
-        print(f"\n## SFT from bundled-weak, {args.minutes:g} min each, greedy on 600 held-out problems\n")
+        print(f"\n## SFT from bundled-weak, {args.minutes:g} min each ({pct(args.trace_wide_share)} of the "
+              "training problems with operands to 999), greedy on 600 held-out problems\n")  # fmt: skip
         print("| arm | optimizer steps | 3-step | 4-step | OOD (operands to 999) | tokens / task | calls / task |")
         print("|---|---|---|---|---|---|---|")
         seen: set[str] = set()
         rows = {}
         for tools in (True, False):
             out = Path(tempfile.mkdtemp()) / ("tool" if tools else "notool")
-            trained = fine_tune(tools, args.minutes, out, seen)
+            trained = fine_tune(tools, args.minutes, out, seen, args.trace_wide_share)
             config = TOOL_CONFIG if tools else NOTOOL_CONFIG
             held, ood = measure(config, [f"policy.path={out}"]), measure(config, [f"policy.path={out}", *OOD])
             rows[tools] = (held, ood)
@@ -341,6 +352,7 @@ def main() -> None:
             ood_tool=rows[True][1].accuracy,
             ood_notool=rows[False][1].accuracy,
             sft_minutes=args.minutes,
+            sft_trace_wide_share=args.trace_wide_share,
         )
 
     search = []
