@@ -30,9 +30,10 @@ Prints Markdown tables (configuration first) and writes ``docs/results/agentic.j
   against GRPO with sibling-turn process advantages (``configs/agentic_grpo_turns.yaml``:
   beam search, 4 turns sampled from each kept state, each scored by the rule verifier,
   advantages relative to the siblings), ``M`` minutes each of the learning loop
-  (synchronous rounds) from the same start (``bundled-tool``) on ``train`` problems. The
+  (synchronous rounds) from the same start (``bundled-tool``) on ``train`` problems with
+  operands up to 999 (at the domain's own operands the start is already at 99 %). The
   loop's evaluator measures greedy pass@1 with the calculator on held-out 3-4-step
-  problems (the SFT rows' seed) every ``--rl-eval-seconds`` of the arm's own time, on its
+  problems with such operands (the SFT rows' seed) every ``--rl-eval-seconds`` of the arm's own time, on its
   own engine in the background, as the learning benchmark's loop rows do. Reported: each
   arm's final accuracy (the curve's last point), the time the process arm took to reach
   the outcome arm's final accuracy, and its ratio to ``M``. Target (issue): <= 0.7 at
@@ -229,7 +230,7 @@ def reached(curve: list[dict[str, Any]], target: float) -> float | None:
 def rl_rows(minutes: float, eval_tasks: int, eval_seconds: float, overrides: list[str]) -> dict[str, Any]:
     """Both arms, one after the other, and the row's figures (the JSON's ``rl`` entry)."""
     print(f"\n## RL from bundled-tool, {minutes:g} min each, greedy with the calculator on {eval_tasks} held-out "
-          "3-4-step problems\n")  # fmt: skip
+          "3-4-step problems, operands to 999\n")  # fmt: skip
     print("| arm | config | start | final | final 4-step | optimizer steps | episodes | examples trained "
           "| groups skipped |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     arms = {}
@@ -301,6 +302,11 @@ def main() -> None:
         help="search rows on operands to 999 (ood, written as search) or on the domain's own held-out "
         "operands (heldout, written as search_in_distribution)",
     )  # fmt: skip
+    parser.add_argument("--search-seed", type=int, default=None, help="seed of the search rows' problems (a repeat)")
+    parser.add_argument(
+        "--search-only", default=None,
+        help="only these search rows, as strategy:budget pairs (greedy:1,best_of_n:4,verify_backtrack:16)",
+    )  # fmt: skip
     parser.add_argument("--skip-sft", action="store_true", help="only the search and systems tables")
     parser.add_argument(
         "--trace-wide-share", type=float, default=0.0,
@@ -359,12 +365,16 @@ def main() -> None:
     ood = args.search_set == "ood"
     if args.search_tasks:
         where = "OOD problems (operands to 999)" if ood else "held-out problems (the domain's operands)"
-        print(f"\n## Search on agent episodes: bundled-tool, {args.search_tasks} {where}\n")
+        seeded = "" if args.search_seed is None else f", seed {args.search_seed}"
+        print(f"\n## Search on agent episodes: bundled-tool, {args.search_tasks} {where}{seeded}\n")
         print("| strategy | budget | accuracy | generated tokens / task | tool executions / task | seconds | failed |")
         print("|---|---|---|---|---|---|---|")
-    for name, budget, overrides in SEARCH_ROWS if args.search_tasks else []:
+    only = None if args.search_only is None else set(args.search_only.split(","))
+    search_rows = [row for row in SEARCH_ROWS if only is None or f"{row[0]}:{row[1]}" in only]
+    seed = [] if args.search_seed is None else [f"tasks.seed={args.search_seed}"]
+    for name, budget, overrides in search_rows if args.search_tasks else []:
         operands = OOD if ood else ["tasks.max_operand=null"]
-        m = measure(SEARCH_CONFIG, [f"tasks.size={args.search_tasks}", *operands, *overrides])
+        m = measure(SEARCH_CONFIG, [f"tasks.size={args.search_tasks}", *seed, *operands, *overrides])
         search.append({"strategy": name, "budget": budget, "accuracy": m.accuracy, "tokens_per_task": m.tokens_per_task,
                        "calls_per_task": m.calls_per_task})  # fmt: skip
         print(f"| {name} | {budget} | {pct(m.accuracy)} | {m.tokens_per_task:.0f} | {m.calls_per_task:.1f} "
