@@ -221,3 +221,37 @@ def test_importing_the_verifiers_starts_nothing() -> None:
     code = f"import runtime, runtime.rewards.outcome, sys; print(sorted({heavy} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+POOL_CHILD = """
+import multiprocessing, operator
+from concurrent.futures import ProcessPoolExecutor
+
+import anyio
+
+from runtime.rewards.workers import run_in_worker
+
+
+async def add() -> int:
+    return await run_in_worker(operator.add, 1, 2, timeout=30)
+
+
+def score() -> int:
+    return anyio.run(add)
+
+
+if __name__ == "__main__":
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        print("scored", pool.submit(score).result(), flush=True)
+    print("exited", flush=True)
+"""
+
+
+def test_a_multiprocessing_child_that_used_the_workers_exits(tmp_path: Path) -> None:
+    # A multiprocessing child skips atexit hooks and waits for its own children as it
+    # exits: with the verifier pool left running there, the parent's shutdown hung.
+    script = tmp_path / "pool_child.py"
+    script.write_text(textwrap.dedent(POOL_CHILD), encoding="utf-8")
+    result = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["scored", "3", "exited"]

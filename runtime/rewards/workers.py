@@ -261,6 +261,11 @@ def _running_pool() -> ProcessPool:
         _POOL = pool
         if not _ATEXIT_REGISTERED:
             atexit.register(shutdown_workers)  # after pebble's own hook, so it runs first
+            # A multiprocessing child skips atexit hooks and, exiting, waits for its own
+            # children (these workers): a finalizer stops them before that wait.
+            from multiprocessing import util
+
+            util.Finalize(None, shutdown_workers, exitpriority=10)
             _ATEXIT_REGISTERED = True
         return pool
 
