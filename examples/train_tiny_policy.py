@@ -34,7 +34,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from runtime.policy.checkpoints import resolve_checkpoint
-from runtime.tiny.domain import generate_problem, tool_trace, training_trace
+from runtime.tiny.domain import generate_problem, mixed_operands, tool_trace, training_trace
 from runtime.tiny.policy_format import CHAT_TEMPLATE, SPECIAL_TOKENS, assistant_prefix, evaluate_greedy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,8 +79,7 @@ def encode_example(
     wide_max: int = 999,
 ) -> tuple[list[int], list[int]]:
     steps = rng.choices(range(1, max_problem_steps + 1), weights=step_weights[:max_problem_steps])[0]
-    wide = wide_share > 0 and rng.random() < wide_share  # no draw at 0: earlier checkpoints reproduce
-    problem = generate_problem(rng, steps, max_operand=wide_max if wide else None)
+    problem = generate_problem(rng, steps, max_operand=mixed_operands(rng, wide_share, wide_max))
     prefix = assistant_prefix(problem.question)
     text, spans = prefix, []
     trace = tool_trace(problem) if tools else training_trace(problem, rng)

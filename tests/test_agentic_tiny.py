@@ -17,7 +17,14 @@ from runtime.policy.base import GenerationRequest
 from runtime.policy.checkpoints import resolve_checkpoint
 from runtime.policy.scripted import ScriptedPolicy
 from runtime.search.context import Context, Sampling, Verifiers
-from runtime.tiny.domain import ArithProblem, generate_problem, parse_expression, split_of, tool_trace
+from runtime.tiny.domain import (
+    ArithProblem,
+    generate_problem,
+    mixed_operands,
+    parse_expression,
+    split_of,
+    tool_trace,
+)
 from runtime.tiny.tasks import tiny_tasks
 from runtime.tiny.verifier import TinyStepVerifier
 from runtime.tools import CalculatorEnvironment
@@ -97,6 +104,15 @@ def test_out_of_distribution_operands_stay_in_their_split() -> None:
     assert all(split_of(p.question) == "heldout" for p in problems)
     assert max(max(p.numbers) for p in problems) > 900 and min(min(p.numbers) for p in problems) >= 1
     assert any(n > 9 for p in problems for n, op in zip(p.numbers, p.ops, strict=False) if op == "*")
+
+
+def test_a_mix_of_wide_operands_draws_its_share_and_nothing_at_zero() -> None:
+    rng = random.Random(0)
+    tops = [mixed_operands(rng, 0.4) for _ in range(2000)]
+    assert set(tops) == {None, 999} and 0.35 < tops.count(999) / len(tops) < 0.45
+    plain, mixed = random.Random(1), random.Random(1)
+    assert mixed_operands(mixed, 0.0) is None
+    assert generate_problem(mixed, 3) == generate_problem(plain, 3)  # share 0: the stream is untouched
 
 
 def test_bundled_tool_calls_the_calculator_and_solves_held_out_problems(tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ __all__ = [
     "check_call",
     "check_step",
     "generate_problem",
+    "mixed_operands",
     "parse_expression",
     "solution_steps",
     "split_of",
@@ -151,6 +152,13 @@ def generate_problem(
         problem = _draw(rng, steps, max_operand)
         if split == "all" or split_of(problem.question) == split:
             return problem
+
+
+def mixed_operands(rng: random.Random, wide_share: float, top: int = 999) -> int | None:
+    """``max_operand`` for one training problem of a mix: ``top`` with probability
+    ``wide_share``, else None (the domain's operands). Draws nothing at share 0, so a
+    seeded stream of problems stays as it was without a mix."""
+    return top if wide_share > 0 and rng.random() < wide_share else None
 
 
 def _draw(rng: random.Random, steps: int, max_operand: int | None = None) -> ArithProblem:

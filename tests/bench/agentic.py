@@ -74,7 +74,7 @@ from runtime.app.build import build_runtime, build_tasks  # noqa: E402
 from runtime.app.config import load_config  # noqa: E402
 from runtime.app.learning import build_loop  # noqa: E402
 from runtime.policy.checkpoints import resolve_checkpoint  # noqa: E402
-from runtime.tiny.domain import generate_problem, tool_trace  # noqa: E402
+from runtime.tiny.domain import generate_problem, mixed_operands, tool_trace  # noqa: E402
 
 TOOL_CONFIG = ROOT / "configs" / "agentic_calculator.yaml"
 NOTOOL_CONFIG = ROOT / "configs" / "agentic_notool.yaml"
@@ -151,8 +151,8 @@ def traces(rng: random.Random, n: int, tools: bool, seen: set[str], wide_share: 
     operands up to 999 (both arms see the same problems)."""
     out = []
     for _ in range(n):
-        wide = wide_share > 0 and rng.random() < wide_share
-        problem = generate_problem(rng, rng.choice([3, 4]), "train", 999 if wide else None)
+        top = mixed_operands(rng, wide_share)
+        problem = generate_problem(rng, rng.choice([3, 4]), "train", top)
         seen.add(problem.question)
         lines = tool_trace(problem)
         if not tools:
