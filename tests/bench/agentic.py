@@ -252,7 +252,8 @@ def rl_rows(minutes: float, eval_tasks: int, eval_seconds: float, overrides: lis
     rose = goal - start > noise
     verdict = "not reached" if ratio is None else f"{when:.0f} s, {ratio:.2f}x of {minutes * 60:.0f} s"
     met = "met" if ratio is not None and ratio <= RL_TARGET else "not met"
-    undecided = f"undecided: the outcome arm rose {pct(goal - start)} from {pct(start)}, within {pct(noise)} of noise"
+    undecided = (f"undecided: the outcome arm moved {100 * (goal - start):+.1f} points from {pct(start)}, "
+                 f"not beyond one standard error ({100 * noise:.1f} points)")  # fmt: skip
     print(f"\nprocess arm to the outcome arm's final {pct(goal)}: {verdict} (target <= {RL_TARGET}x: "
           f"{met if rose else undecided})")  # fmt: skip
     print("\n| curve (greedy pass@1, 4-step, at wall time / optimizer step) | points |\n|---|---|")
