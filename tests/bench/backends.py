@@ -238,6 +238,8 @@ def config_data(strategy: str, tasks: int, policy: dict[str, Any], args: argpars
         data["verifiers"]["process"]["rollouts"] = args.mc_rollouts
     if args.concurrency:
         data["scheduler"]["concurrency"] = args.concurrency
+    if args.temperature is not None:
+        data["sampling"]["temperature"] = args.temperature
     return data
 
 
@@ -353,6 +355,8 @@ def run_backend(backend: str, checkpoint: Path, args: argparse.Namespace, logs: 
                 row = Row(backend, strategy, skipped=f"run failed: {type(exc).__name__}: {str(exc)[:300]}")
             if backend != "local" and args.no_blank_line_retry:
                 row.variant = "blank-line retry off"
+            if args.temperature is not None:
+                row.variant = f"temperature {args.temperature:g}"
             if server is not None:
                 row.conditions["server_ready_s"] = round(server.ready_s or 0.0, 1)
                 if server.process.poll() is not None:
@@ -395,7 +399,7 @@ def merged(rows: list[Row], fresh: bool) -> list[dict[str, Any]]:
 
 
 def table(rows: list[dict[str, Any]], skipped: list[Row]) -> str:
-    local = {r["strategy"]: r for r in rows if r["backend"] == "local" and not r.get("variant")}
+    local = {(r["strategy"], r.get("variant")): r for r in rows if r["backend"] == "local"}
     out = [
         "| backend | strategy | tasks | accuracy | 95 % interval | prompt tok/task | vs local | "
         "completion tok/task | calls/task | answer line | empty steps | steps with ids | failed | wall s |",
@@ -404,7 +408,7 @@ def table(rows: list[dict[str, Any]], skipped: list[Row]) -> str:
     for r in rows:
         k = round(r["accuracy"] * r["tasks"])
         low, high = wilson(k, r["tasks"])
-        base = local.get(r["strategy"])
+        base = local.get((r["strategy"], r.get("variant"))) or local.get((r["strategy"], None))
         ratio = "1.00" if r["backend"] == "local" else "n/a"
         if base and r["backend"] != "local" and base["prompt_tokens_per_task"]:
             ratio = f"{r['prompt_tokens_per_task'] / base['prompt_tokens_per_task']:.2f}"
@@ -513,6 +517,13 @@ if __name__ == "__main__":
         action="store_true",
         help="diagnostic: server backends do not re-ask a step that stopped at once on its delimiter "
         "(runtime.policy.continuation.BLANK_LINE_RETRIES = 0); rows marked with a variant",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="diagnostic: sample at this temperature instead of the config's (every row, local too, marked "
+        "with it as a variant; its ratio is to the local row of the same variant)",
     )
     parser.add_argument("--fresh", action="store_true", help="drop the JSON file's earlier rows")
     parser.add_argument("--no-write", action="store_true", help="print only")
