@@ -82,6 +82,21 @@ async def test_vllm_completion_prompt_is_template_ids_then_the_parts(recording: 
 
 
 @pytest.mark.anyio
+async def test_a_step_that_ends_on_the_end_of_sequence_under_a_stop_string_drops_that_id() -> None:
+    """A step asked to stop at the delimiter that ends on the end-of-sequence token
+    instead: vLLM keeps that id (beside ``include_stop_str_in_output``), the local engine
+    does not. Kept, the next call's prompt would hold the end of turn and the model would
+    start a new turn after it (measured on SmolLM2 through vLLM's CPU server)."""
+    with serve(text="Answer: 42", record=True) as url:
+        async with OpenAIPolicy("fake", base_url=url, mode="completion", server="vllm", tokenizer="bundled") as p:
+            result = await p.generate(GenerationRequest(messages=QUESTION, stop=["\n"], max_tokens=16))
+        assert recorded(url)[0]["include_stop_str_in_output"] is True
+    c = result.completions[0]
+    assert c.finish_reason == "stop" and c.stop_reason is None
+    assert c.text == "Answer: 42" and c.token_ids == [ord(ch) for ch in "Answer: 42"]
+
+
+@pytest.mark.anyio
 async def test_text_server_gets_template_text_and_continuations_are_text_only(
     recording: str, template: ChatTemplate
 ) -> None:

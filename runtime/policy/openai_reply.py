@@ -97,8 +97,10 @@ def parse_reply(data: Any, request: GenerationRequest, sent: Sent, *, mode: Mode
                 reported = choice.get("stop_reason")  # vLLM keeps a stop string's ids even in text without it
                 if stop_reason is None and isinstance(reported, str) and reported in (request.stop or []):
                     stop_reason = reported
-            elif sent.end_token_kept and finish == "stop" and token_ids and _ended_on_a_token(choice):
-                # ended on the end-of-sequence token (or a stop token id), which vLLM keeps
+            if sent.end_token_kept and finish == "stop" and token_ids and _ended_on_a_token(choice):
+                # ended on the end-of-sequence token (or a stop token id), which vLLM keeps, also
+                # where it was asked to keep stop strings: left in, the next call's prompt would
+                # hold the end of turn
                 token_ids = token_ids[:-1]
                 if logprobs is not None and len(logprobs) == len(token_ids) + 1:
                     logprobs = logprobs[:-1]
