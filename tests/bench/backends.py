@@ -353,10 +353,11 @@ def run_backend(backend: str, checkpoint: Path, args: argparse.Namespace, logs: 
                 row = anyio.run(run_row, backend, strategy, tasks, policy, args, store)
             except Exception as exc:  # one row failing is data, not the end of the benchmark
                 row = Row(backend, strategy, skipped=f"run failed: {type(exc).__name__}: {str(exc)[:300]}")
-            if backend != "local" and args.no_blank_line_retry:
-                row.variant = "blank-line retry off"
-            if args.temperature is not None:
-                row.variant = f"temperature {args.temperature:g}"
+            variants = [
+                *(["blank-line retry off"] if backend != "local" and args.no_blank_line_retry else []),
+                *([f"temperature {args.temperature:g}"] if args.temperature is not None else []),
+            ]
+            row.variant = ", ".join(variants) or None
             if server is not None:
                 row.conditions["server_ready_s"] = round(server.ready_s or 0.0, 1)
                 if server.process.poll() is not None:
