@@ -21,14 +21,16 @@ from runtime.app.build import build_verifiers
 from runtime.app.config import load_config
 from runtime.core.concurrency import gather
 from runtime.core.errors import ConfigError, PolicyRequestError, PolicyUnavailable
-from runtime.policy.base import GenerationRequest
+from runtime.core.types import Episode, Task
+from runtime.policy.base import Completion, GenerationRequest, GenerationResult
 from runtime.policy.continuation import SOLUTION_SO_FAR, ChatTemplate, first_new_step
 from runtime.policy.openai_compatible import OpenAIPolicy
 from runtime.policy.scripted import ScriptedPolicy
 from runtime.rewards.outcome import ExactMatch
 from runtime.scheduling.scheduler import Runtime
 from runtime.scheduling.store import EpisodeStore
-from runtime.search.context import Sampling, Verifiers
+from runtime.search.context import Context, Sampling, Verifiers
+from runtime.tools.calculator import CalculatorEnvironment
 from strategies import BestOfN, ChainOfThought
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -434,3 +436,51 @@ async def test_chain_of_thought_reaches_the_answer_with_a_model_that_restarts(tm
     assert episode.steps == ["Step 1: 3*4=12", "Step 2: 2+12=14", "Answer: 14"]
     assert episode.reward == 1.0 and episode.usage.calls == 3
     assert all([m["role"] for m in messages] == ["user"] for messages in seen)
+
+
+class _EndsItsTurn:
+    """A policy whose first step ends on the delimiter and every later one on the end of
+    turn (no answer line), with ids (``ids``) or as a text-only backend."""
+
+    def __init__(self, later: str, ids: bool = True) -> None:
+        self.later, self.ids, self.calls = later, ids, 0
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        first = self.calls == 0
+        self.calls += 1
+        text = "Step one." if first else self.later
+        completion = Completion(
+            text=text,
+            token_ids=[ord(ch) for ch in text + ("\n" if first else "")] if self.ids else None,
+            finish_reason="stop",
+            stop_reason="\n" if first and self.ids else None,
+        )
+        return GenerationResult([completion] * request.n, prompt_tokens=1, completion_tokens=1)
+
+
+@pytest.mark.anyio
+async def test_a_step_that_ends_the_turn_ends_the_path_without_another_call(tmp_path: Path) -> None:
+    """A step whose sampling ended on the end of turn (ids, no stop string) is the path's
+    last: no call asks for a step after the end of the message. A text-only backend
+    cannot tell the end of turn from the delimiter and goes on; a tool call that ends
+    the turn waits for its observation."""
+    outcome = {}
+    for name, ids in (("ids", True), ("text", False)):
+        policy = _EndsItsTurn("The total is fourteen.", ids=ids)
+        async with Runtime(
+            policy, ChainOfThought(), verifiers=Verifiers(outcome=ExactMatch()), sampling=Sampling(max_steps=4),
+            store=str(tmp_path / f"{name}.db"), run_id=name,
+        ) as rt:  # fmt: skip
+            (episode,) = [ep async for ep in rt.stream([{"id": "t", "prompt": "q", "answer": "14"}])]
+        outcome[name] = (episode.steps, policy.calls)
+    assert outcome["ids"] == (["Step one.", "The total is fourteen."], 2)
+    assert outcome["text"][1] == 4  # to max_steps: every later step looks like one more line
+
+    env = CalculatorEnvironment()
+    ctx = Context(Episode(run_id="r", task=Task(id="t", prompt="q")), _EndsItsTurn("call: calc(2+3)"),
+                  Verifiers(environment=env), Sampling())  # fmt: skip
+    (step,) = await ctx.expand(ctx.root)
+    (call,) = await ctx.expand(step)
+    assert call.kind == "call" and call.stop_reason is None and not call.terminal
+    (after,) = await ctx.expand(call)  # the call runs; the model's next turn follows its answer
+    assert ctx.episode.nodes[after.parent].kind == "observation"

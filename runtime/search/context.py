@@ -56,7 +56,7 @@ from runtime.core.concurrency import gather
 from runtime.core.errors import PolicyError, TokenBudgetExceeded, VerifierError
 from runtime.core.text import clean_text, cut_text
 from runtime.core.types import Episode, Node, path_parts, path_pieces
-from runtime.policy.base import GenerationRequest, GenerationResult, Policy
+from runtime.policy.base import Completion, GenerationRequest, GenerationResult, Policy
 from runtime.rewards.base import AnswerExtractor, OutcomeVerifier, ProcessVerifier, Score
 from runtime.rewards.shaping import PotentialShaping
 from runtime.search.turns import Turns
@@ -96,7 +96,10 @@ class Sampling(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     """Nucleus sampling mass."""
     step_delimiter: str = Field("\n", min_length=1)
-    """Text that ends one reasoning step."""
+    """Text that ends one reasoning step. A step that ends on the model's end of turn
+    instead ends its path (no call asks for a step after the end of the message), where
+    the backend returns token ids; a text-only backend cannot tell the two apart, and
+    its paths end on the empty step that follows."""
     step_max_tokens: int = Field(64, ge=1)
     """Token cap of one step."""
     max_tokens: int = Field(512, ge=1)
@@ -213,15 +216,23 @@ class Context:
         node = Node(id=len(self.episode.nodes), parent=parent.id, depth=parent.depth + 1, text=text, **fields)
         return self._attach(parent, node)
 
-    def _attach(self, parent: Node, node: Node) -> Node:
-        """``node`` (a new child of ``parent``) into the tree: its answer, whether it ends a path."""
+    def _attach(self, parent: Node, node: Node, ended_turn: bool = False) -> Node:
+        """``node`` (a new child of ``parent``) into the tree: its answer, whether it ends a
+        path (``ended_turn``: its sampling ended on the model's end of turn, which ends the
+        path unless the step is a tool call, whose observation the turn waits for)."""
         self.episode.nodes.append(node)
         parent.children.append(node.id)
         if self.turns is not None:
             self.turns.mark(node)
         text = node.text
         answer = node.answer = self.verifiers.extractor(text) if text else None
-        node.terminal = node.terminal or answer is not None or not text.strip() or node.depth >= self.sampling.max_steps
+        node.terminal = (
+            node.terminal
+            or answer is not None
+            or not text.strip()
+            or node.depth >= self.sampling.max_steps
+            or (ended_turn and node.kind != "call")
+        )
         return node
 
     def fork(self, node: Node, text: str, **meta: Any) -> Node:
@@ -369,6 +380,7 @@ class Context:
                     stop_reason=c.stop_reason if c.token_ids is not None else None,
                     meta=dict(meta) if meta else {},
                 ),
+                ended_turn=_ended_turn(c),
             )
             for c in result.completions
         ]
@@ -523,3 +535,11 @@ class Context:
             await self.verifiers.shaping.apply(self.episode, self.score)
         ep.finished_at = time.time()
         return ep
+
+
+def _ended_turn(c: Completion) -> bool:
+    """Whether step completion ``c`` ended on the model's end of turn (its ids end on
+    neither the step delimiter nor the token cap): the path ends there, as a chat ends,
+    rather than asking for a step after the end of the message. A backend without ids
+    cannot tell the end of turn from the delimiter; its paths end on an empty step."""
+    return c.token_ids is not None and c.finish_reason == "stop" and c.stop_reason is None
