@@ -1,7 +1,7 @@
 """Benchmark of agentic episodes on the tiny domain: a policy that calls a calculator.
 
 Run: ``python tests/bench/agentic.py [--minutes 5] [--search-tasks 200] [--skip-sft] [--rl-minutes 15]
-[--skip-systems]``.
+[--smollm2-tasks 100] [--skip-systems]``.
 Prints Markdown tables (configuration first) and writes ``docs/results/agentic.json``.
 
 - **SFT, tool against no tool.** From ``bundled-weak``, ``--minutes`` of supervised
@@ -39,6 +39,12 @@ Prints Markdown tables (configuration first) and writes ``docs/results/agentic.j
   the outcome arm's final accuracy, and its ratio to ``M``. Target (issue): <= 0.7 at
   M = 15 (undecided where the outcome arm rose less than one standard error of the
   difference of two evaluations above the start).
+- **SmolLM2 through its own chat template** (``--smollm2-tasks N``, 0 skips it):
+  ``configs/agentic_smollm2.yaml``, the calculator config on SmolLM2-135M-Instruct with
+  calls and tool turns in the template's format (``environment.format: chat_template``),
+  greedy, on ``N`` held-out 3-4-step problems, beside the same config without the tool.
+  Reported: accuracy, call steps (parsed as calls, well-formed or not), executions and
+  generated tokens per task. The issue asks what it scores, with no target.
 - **Systems.** Prefix-cache reuse across turns (the engine's share of prompt tokens not
   recomputed, on the greedy tool run; target >= 90 %), the calculator's overhead per call
   in process (target <= 1 ms) and the Python sandbox's per call.
@@ -81,6 +87,7 @@ from runtime.tiny.domain import generate_problem, mixed_operands, tool_trace  # 
 TOOL_CONFIG = ROOT / "configs" / "agentic_calculator.yaml"
 NOTOOL_CONFIG = ROOT / "configs" / "agentic_notool.yaml"
 SEARCH_CONFIG = ROOT / "configs" / "agentic_verify_backtrack.yaml"
+SMOLLM2_CONFIG = ROOT / "configs" / "agentic_smollm2.yaml"
 OOD = ["tasks.max_operand=999"]
 RL_ARMS = {
     "outcome": ROOT / "configs" / "agentic_grpo.yaml",
@@ -107,6 +114,8 @@ class Measured:
     tokens_per_task: float
     calls_per_task: float
     prefix_reuse: float
+    call_steps_per_task: float
+    malformed_per_task: float
     seconds: float
     failed: int
     questions: set[str] = field(default_factory=set)
@@ -138,6 +147,8 @@ def measure(path: Path, overrides: list[str]) -> Measured:
         tokens_per_task=sum(ep.usage.completion_tokens for ep in episodes) / n,
         calls_per_task=executions / n,
         prefix_reuse=reuse,
+        call_steps_per_task=sum(node.kind == "call" for ep in episodes for node in ep.nodes) / n,
+        malformed_per_task=sum("malformed" in node.meta.get("call", {}) for ep in episodes for node in ep.nodes) / n,
         seconds=seconds,
         failed=sum(ep.status == "failed" for ep in episodes),
         questions={ep.task.prompt for ep in episodes},
@@ -271,6 +282,25 @@ def rl_rows(minutes: float, eval_tasks: int, eval_seconds: float, overrides: lis
 # -- systems ------------------------------------------------------------------------------
 
 
+def smollm2_rows(tasks: int) -> dict[str, Any]:
+    """SmolLM2 on the calculator config through its own chat template, and without the tool."""
+    print(f"\n## SmolLM2-135M-Instruct, its own chat template's tool format, greedy, {tasks} held-out problems\n")
+    print("| row | accuracy | 3-step | 4-step | call steps / task | malformed / task | executions / task "
+          "| generated tokens / task | seconds | failed |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    rows: dict[str, Any] = {"tasks": tasks}
+    for name, overrides in (("tool", []), ("notool", ["environment=null"])):
+        m = measure(SMOLLM2_CONFIG, [f"tasks.size={tasks}", *overrides])
+        rows[name] = {"accuracy": m.accuracy, "by_steps": m.by_steps, "call_steps_per_task": m.call_steps_per_task,
+                      "malformed_per_task": m.malformed_per_task, "calls_per_task": m.calls_per_task,
+                      "tokens_per_task": m.tokens_per_task}  # fmt: skip
+        label = "calculator (chat_template)" if name == "tool" else "same config, no tool"
+        print(f"| {label} | {pct(m.accuracy)} | {pct(m.by_steps.get('3', 0.0))} | {pct(m.by_steps.get('4', 0.0))} "
+              f"| {m.call_steps_per_task:.2f} | {m.malformed_per_task:.2f} | {m.calls_per_task:.2f} "
+              f"| {m.tokens_per_task:.0f} | {m.seconds:.0f} | {m.failed} |")  # fmt: skip
+    return rows
+
+
 def tool_overheads() -> dict[str, float]:
     """Milliseconds per call: the calculator environment's step, and the Python sandbox's."""
     from runtime.tools import CalculatorEnvironment
@@ -325,6 +355,10 @@ def main() -> None:
     parser.add_argument("--rl-eval-tasks", type=int, default=300, help="held-out problems of each RL curve point")
     parser.add_argument("--rl-eval-seconds", type=float, default=60.0, help="RL curve: a point this often")
     parser.add_argument("--rl-set", action="append", default=[], help="override for both RL configs (repeatable)")
+    parser.add_argument(
+        "--smollm2-tasks", type=int, default=0,
+        help="held-out problems of the SmolLM2 chat-template rows (0: none; needs searchlearn fetch smollm2-135m)",
+    )  # fmt: skip
     parser.add_argument("--skip-systems", action="store_true", help="no systems table (it runs 600 greedy tasks)")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "results" / "agentic.json")
     args = parser.parse_args()
@@ -390,6 +424,9 @@ def main() -> None:
 
     if args.rl_minutes > 0:
         result["rl"] = rl_rows(args.rl_minutes, args.rl_eval_tasks, args.rl_eval_seconds, args.rl_set)
+
+    if args.smollm2_tasks:
+        result["smollm2"] = smollm2_rows(args.smollm2_tasks)
 
     if not args.skip_systems:
         greedy = measure(TOOL_CONFIG, [])
