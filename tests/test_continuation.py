@@ -29,7 +29,7 @@ from runtime.policy.scripted import ScriptedPolicy
 from runtime.rewards.outcome import ExactMatch
 from runtime.scheduling.scheduler import Runtime
 from runtime.scheduling.store import EpisodeStore
-from runtime.search.context import Context, Sampling, Verifiers
+from runtime.search.context import Context, Sampling, Verifiers, _ended_turn
 from runtime.tools.calculator import CalculatorEnvironment
 from strategies import BestOfN, ChainOfThought
 
@@ -333,8 +333,9 @@ async def test_a_step_that_stops_at_once_is_asked_again_past_the_blank_line(temp
     def respond(request: httpx2.Request) -> httpx2.Response:
         prompt = json.loads(request.content)["prompt"]
         prompts.append(prompt)
-        # the model ended step one with a blank line: after a single newline it writes the other
-        text = "Step two." if isinstance(prompt, str) and prompt.endswith("\n\n") else ""
+        # the model ended step one with a blank line: after a single newline it writes the
+        # other (the stop string kept in the text, as transformers serve keeps it)
+        text = "Step two.\n" if isinstance(prompt, str) and prompt.endswith("\n\n") else "\n"
         choice = {"index": 0, "text": text, "finish_reason": "stop"}
         return httpx2.Response(200, json={"choices": [choice], "usage": {"prompt_tokens": 9, "completion_tokens": 2}})
 
@@ -484,3 +485,27 @@ async def test_a_step_that_ends_the_turn_ends_the_path_without_another_call(tmp_
     assert call.kind == "call" and call.stop_reason is None and not call.terminal
     (after,) = await ctx.expand(call)  # the call runs; the model's next turn follows its answer
     assert ctx.episode.nodes[after.parent].kind == "observation"
+
+
+@pytest.mark.anyio
+async def test_transformers_serve_keeps_its_stop_string_so_a_reply_without_one_ended_the_turn() -> None:
+    """``transformers serve`` writes the stop string it stopped on into the text (checked
+    on SmolLM2: ``"The three colors are:\\n"`` under ``stop: ["\\n"]``); a step without it
+    ended on the end of turn, which ends the path as it does on backends with ids. A
+    reply that runs past the delimiter (the server ignored ``stop``) did not."""
+    replies = iter(["Step one.\n", "Answer: 5", "a\nb", ""])
+
+    def respond(request: httpx2.Request) -> httpx2.Response:
+        choice = {"index": 0, "text": next(replies), "finish_reason": "stop"}
+        return httpx2.Response(200, json={"choices": [choice], "usage": {"prompt_tokens": 9, "completion_tokens": 2}})
+
+    request = GenerationRequest(messages=QUESTION, stop=["\n"], max_tokens=16)
+    policy = OpenAIPolicy(
+        "m", base_url="http://t-serve/v1", mode="completion", server="transformers", tokenizer="bundled",
+        transport=httpx2.MockTransport(respond), blank_line_retry=True,
+    )  # fmt: skip
+    async with policy:
+        got = [(await policy.generate(request)).completions[0] for _ in range(4)]
+    expected = [("Step one.", False), ("Answer: 5", True), ("a", False), ("", True)]
+    assert [(c.text, c.end_of_turn) for c in got] == expected
+    assert _ended_turn(got[1]) and not _ended_turn(got[0])  # what the search context reads

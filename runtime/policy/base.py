@@ -102,6 +102,10 @@ class Completion:
     ``stop_reason``); None: it ended on the end-of-sequence token or its token cap (its
     ids hold no stop string), or the backend gives no ids. A backend whose ids include a
     stop string must say so here, or a continuation would repeat the delimiter."""
+    end_of_turn: bool | None = None
+    """Whether the completion ended on the model's end of turn, where a text-only backend
+    can tell (``transformers serve`` writes the stop string it stopped on into the text);
+    None: read from the ids (finish reason ``stop`` with no ``stop_reason``), or unknown."""
 
 
 @dataclass(slots=True)

@@ -243,7 +243,11 @@ async def past_blank_lines(
     times; their tokens and cost are added to ``result``'s usage."""
     stop = (request.stop or [""])[0]
     for _ in range(BLANK_LINE_RETRIES):
-        empty = [i for i, c in enumerate(result.completions) if not c.text.strip() and c.finish_reason == "stop"]
+        empty = [
+            i
+            for i, c in enumerate(result.completions)
+            if not c.text.strip() and c.finish_reason == "stop" and not c.end_of_turn
+        ]
         if not empty:
             return
         log.info("a step stopped at once on the delimiter; continuing past the blank line", n=len(empty))

@@ -284,7 +284,12 @@ class OpenAIPolicy(AdmittedPolicy):
             return (
                 "/completions",
                 {"prompt": prompt} | body,
-                Sent(ids_kept, stop_included=stop_included, end_token_kept=ids_server),
+                Sent(
+                    ids_kept,
+                    stop_included=stop_included,
+                    end_token_kept=ids_server,
+                    stop_in_text=self.server == "transformers",
+                ),
             )
         messages, prefix = chat_turns(request)  # the path's tool turns as messages, where it has them
         if request.tools:  # the OpenAI tool protocol (runtime.policy.openai_tools): stops applied here

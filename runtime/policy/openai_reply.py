@@ -41,6 +41,9 @@ class Sent:
     shown_prefix: str | None = None
     """The hosted-chat protocol showed this accepted text in the user message: stop
     strings were not sent, and the first new step of the reply is taken here."""
+    stop_in_text: bool = False
+    """The server writes the stop string it stopped on into the text by itself
+    (``transformers serve``), so a reply that ends with none ended on the end of turn."""
     stop_included: bool = False
     """The server was asked to keep the stop string in the text (vLLM)."""
     end_token_kept: bool = False
@@ -84,6 +87,7 @@ def parse_reply(data: Any, request: GenerationRequest, sent: Sent, *, mode: Mode
         token_ids = _token_ids(choice.get("token_ids"), tokens)
         finish = choice.get("finish_reason")
         stop_reason: str | None = None
+        end_of_turn: bool | None = None
         if called is not None:  # a tool call, as text (its ids spelled the server's own form: dropped)
             text, token_ids, logprobs = called, None, None
         elif sent.shown_prefix is not None:  # the hosted-chat protocol: take the first new step
@@ -104,13 +108,22 @@ def parse_reply(data: Any, request: GenerationRequest, sent: Sent, *, mode: Mode
                 token_ids = token_ids[:-1]
                 if logprobs is not None and len(logprobs) == len(token_ids) + 1:
                     logprobs = logprobs[:-1]
+            if sent.stop_in_text and request.stop:  # no stop string anywhere: the model ended its turn
+                end_of_turn = finish == "stop" and not any(s and s in text for s in request.stop)
             text, cut = _cut_at_stop(text, request.stop)
             if cut:  # the server ignored ``stop``: per-token data no longer lines up
                 token_ids, logprobs, finish, stop_reason = None, None, "stop", None
         if not sent.ids_kept or token_ids is None:
             token_ids, stop_reason = None, None
         completions.append(
-            Completion(text=text, token_ids=token_ids, logprobs=logprobs, finish_reason=finish, stop_reason=stop_reason)
+            Completion(
+                text=text,
+                token_ids=token_ids,
+                logprobs=logprobs,
+                finish_reason=finish,
+                stop_reason=stop_reason,
+                end_of_turn=end_of_turn,
+            )
         )
     usage = data.get("usage")
     if not isinstance(usage, dict):

@@ -98,8 +98,9 @@ class Sampling(BaseModel):
     step_delimiter: str = Field("\n", min_length=1)
     """Text that ends one reasoning step. A step that ends on the model's end of turn
     instead ends its path (no call asks for a step after the end of the message), where
-    the backend returns token ids; a text-only backend cannot tell the two apart, and
-    its paths end on the empty step that follows."""
+    the backend can tell (token ids; ``transformers serve``, which keeps the stop string in
+    the text); a text-only backend that cannot leaves its paths to end on the empty step
+    that follows."""
     step_max_tokens: int = Field(64, ge=1)
     """Token cap of one step."""
     max_tokens: int = Field(512, ge=1)
@@ -538,8 +539,10 @@ class Context:
 
 
 def _ended_turn(c: Completion) -> bool:
-    """Whether step completion ``c`` ended on the model's end of turn (its ids end on
-    neither the step delimiter nor the token cap): the path ends there, as a chat ends,
-    rather than asking for a step after the end of the message. A backend without ids
-    cannot tell the end of turn from the delimiter; its paths end on an empty step."""
+    """Whether step completion ``c`` ended on the model's end of turn (as its backend
+    says, else: its ids end on neither the step delimiter nor the token cap): the path
+    ends there, as a chat ends, rather than asking for a step after the end of the
+    message. A text-only backend that cannot tell leaves its paths to end on an empty step."""
+    if c.end_of_turn is not None:
+        return c.end_of_turn
     return c.token_ids is not None and c.finish_reason == "stop" and c.stop_reason is None
