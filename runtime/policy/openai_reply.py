@@ -108,9 +108,9 @@ def parse_reply(data: Any, request: GenerationRequest, sent: Sent, *, mode: Mode
                 token_ids = token_ids[:-1]
                 if logprobs is not None and len(logprobs) == len(token_ids) + 1:
                     logprobs = logprobs[:-1]
-            if sent.stop_in_text and request.stop:  # no stop string anywhere: the model ended its turn
-                end_of_turn = finish == "stop" and not any(s and s in text for s in request.stop)
             text, cut = _cut_at_stop(text, request.stop)
+            if sent.stop_in_text and request.stop:  # no stop string in the text: the model ended its turn
+                end_of_turn = finish == "stop" and not cut
             if cut:  # the server ignored ``stop``: per-token data no longer lines up
                 token_ids, logprobs, finish, stop_reason = None, None, "stop", None
         if not sent.ids_kept or token_ids is None:
