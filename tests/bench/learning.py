@@ -38,7 +38,8 @@ accuracy.
 Held-out: every training set is drawn from the tiny domain's ``train`` split and every
 held-out set from its ``heldout`` split (a fixed tenth of the problem space), and the
 benchmark counts, per row, the held-out problems it trained on (0 expected). Final
-figures: greedy pass@1 on 300 fresh 3-step and 300 fresh 4-step held-out problems
+figures: greedy pass@1 of the weights a row publishes (its EMA where the learner keeps
+one, the weights its curve evaluates) on 300 fresh 3-step and 300 fresh 4-step held-out problems
 (seed 4242), at the start and at the end of every row with the same function. Curves:
 greedy pass@1 on 300 mixed 3-4-step held-out problems (seed 10000, with the 4-step share
 reported too) every ``EVAL_SECONDS`` of the row's own time (the loop evaluates in the
@@ -114,6 +115,13 @@ def final_accuracy(model: Any, tokenizer: Any) -> dict[str, float]:
     return {"3": acc["3"], "4": acc["4"]}
 
 
+def published(learner: Any) -> Any:
+    """The model a learner publishes (its EMA, where it keeps one): what its curve evaluated."""
+    model = AutoModelForCausalLM.from_config(learner.policy_config(), dtype=torch.float32)
+    model.load_state_dict(learner.weights(), strict=False)
+    return model
+
+
 def start_model() -> tuple[Any, Any]:
     directory = resolve_checkpoint("bundled-weak")
     return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32), AutoTokenizer.from_pretrained(
@@ -153,13 +161,11 @@ def run_loop(name: str, minutes: float, store: Path) -> dict[str, Any]:
     loop, stats = anyio.run(main)
     wall = time.monotonic() - started
     learner = loop.learner
-    model = AutoModelForCausalLM.from_config(learner.policy_config(), dtype=torch.float32)
-    model.load_state_dict(learner.weights(), strict=False)
     s = stats.as_dict()
     per_version = config.learner.steps_per_version
     return {
         "row": name,
-        "final": final_accuracy(model, learner.tokenizer),
+        "final": final_accuracy(published(learner), learner.tokenizer),
         "curve": [point(p["wall_time"], p, p.get("steps", p["version"] * per_version)) for p in stats.curve],
         "episodes": stats.episodes,
         "steps": stats.steps,
@@ -228,7 +234,7 @@ def run_control(minutes: float) -> dict[str, Any]:
     anyio.run(main)
     wall = time.monotonic() - started
     return {
-        "row": "control", "final": final_accuracy(learner.model, tokenizer), "curve": curve,
+        "row": "control", "final": final_accuracy(published(learner), tokenizer), "curve": curve,
         "episodes": 0, "steps": learner.steps, "utilisation": learner.busy_seconds / wall, "staleness": {},
         "truncated": 0, "examples": learner.steps * spec.batch_examples, "wall": wall, "replay_steps": 0,
         "flops": 6 * sum(p.numel() for p in learner.model.parameters()) * processed / wall,
