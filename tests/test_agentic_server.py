@@ -17,15 +17,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 import yaml
+from config_run import run_episodes
 from hf_serve import transformers_serve
 from vllm_support import VLLM_PYTHON, vllm_server
 
-from runtime.app.build import build_runtime
 from runtime.app.config import load_config
-from runtime.app.parts import build_tasks
 from runtime.core.types import Episode
 from runtime.policy.checkpoints import resolve_checkpoint
 
@@ -44,16 +42,7 @@ def run_calculator(policy: dict[str, Any], tmp_path: Path, tag: str) -> list[Epi
     data["store"] = {"path": str(tmp_path / f"{tag}.db")}
     path = tmp_path / f"{tag}.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    config = load_config(path)
-
-    async def go() -> list[Episode]:
-        async with build_runtime(config) as runtime:
-            try:
-                return [ep async for ep in runtime.stream(build_tasks(config))]
-            finally:
-                await runtime.policy.aclose()
-
-    return sorted(anyio.run(go), key=lambda ep: ep.task.id)
+    return sorted(run_episodes(load_config(path)), key=lambda ep: ep.task.id)
 
 
 def chosen(ep: Episode) -> list[tuple[str, str]]:

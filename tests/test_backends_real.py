@@ -20,15 +20,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 import yaml
+from config_run import run_episodes
 from hf_serve import transformers_serve
 from vllm_support import VLLM_PYTHON, vllm_server
 
-from runtime.app.build import build_runtime
 from runtime.app.config import load_config
-from runtime.app.parts import build_tasks
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -63,16 +61,7 @@ def run_chain_of_thought(policy: dict[str, Any], tmp_path: Path) -> list[Any]:
     data["store"] = {"path": str(tmp_path / "runs.db")}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    config = load_config(path)
-
-    async def go() -> list[Any]:
-        async with build_runtime(config) as runtime:
-            try:
-                return [ep async for ep in runtime.stream(build_tasks(config))]
-            finally:
-                await runtime.policy.aclose()  # the openai client's aiohttp session
-
-    return anyio.run(go)
+    return run_episodes(load_config(path))
 
 
 def check(episodes: list[Any]) -> None:
