@@ -3,6 +3,7 @@ that point a shipped config at a real server)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -11,7 +12,7 @@ from runtime.app.build import build_runtime
 from runtime.app.parts import build_tasks
 from runtime.core.types import Episode
 
-__all__ = ["run_episodes"]
+__all__ = ["run_episodes", "server_policy"]
 
 
 def run_episodes(config: Any) -> list[Episode]:
@@ -26,3 +27,18 @@ def run_episodes(config: Any) -> list[Episode]:
                 await runtime.policy.aclose()
 
     return anyio.run(go)
+
+
+def server_policy(base_url: str, model: str, server: str, tokenizer: Path, **settings: Any) -> dict[str, Any]:
+    """A ``policy:`` mapping for a real server on loopback in completion mode, the prompt
+    rendered by ``tokenizer``'s chat template; ``settings`` add to it or override it."""
+    return {
+        "kind": "openai",
+        "base_url": base_url,
+        "model": model,
+        "server": server,
+        "mode": "completion",
+        "tokenizer": str(tokenizer),
+        "timeout": 600,
+        "wait_ready": 30,
+    } | settings

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from config_run import run_episodes
+from config_run import run_episodes, server_policy
 from hf_serve import transformers_serve
 from vllm_support import VLLM_PYTHON, vllm_server
 
@@ -31,6 +31,7 @@ pytestmark = pytest.mark.timeout(900)
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = 8
+SERVED = {"timeout": 120, "max_concurrency": TASKS}  # a tiny model: a call takes well under a second
 
 
 def run_calculator(policy: dict[str, Any], tmp_path: Path, tag: str) -> list[Episode]:
@@ -49,20 +50,6 @@ def chosen(ep: Episode) -> list[tuple[str, str]]:
     """The chosen path below the root, as (node kind, text)."""
     nodes = {node.id: node for node in ep.nodes}
     return [(nodes[i].kind, nodes[i].text) for i in ep.chosen_path if nodes[i].parent is not None]
-
-
-def server_policy(base_url: str, model: str, server: str, tokenizer: Path) -> dict[str, Any]:
-    return {
-        "kind": "openai",
-        "base_url": base_url,
-        "model": model,
-        "server": server,
-        "mode": "completion",
-        "tokenizer": str(tokenizer),
-        "timeout": 120,
-        "wait_ready": 30,
-        "max_concurrency": TASKS,
-    }
 
 
 def check(local: list[Episode], served: list[Episode]) -> None:
@@ -95,7 +82,8 @@ def test_calculator_episodes_through_transformers_serve(
     tool_policy: Path, local_episodes: list[Episode], tmp_path: Path
 ) -> None:
     with transformers_serve(tool_policy, tmp_path, on_failure="skip") as url:
-        served = run_calculator(server_policy(url, str(tool_policy), "transformers", tool_policy), tmp_path, "hf")
+        policy = server_policy(url, str(tool_policy), "transformers", tool_policy, **SERVED)
+        served = run_calculator(policy, tmp_path, "hf")
     check(local_episodes, served)
 
 
@@ -111,7 +99,8 @@ def test_calculator_episodes_through_vllm_server(
     except RuntimeError as exc:  # vLLM exited or did not come up (its log's tail is in the message)
         pytest.skip(f"vLLM server did not start: {str(exc)[-500:]}")
     with stack:
-        served = run_calculator(server_policy(server.url, "bundled-tool", "vllm", tool_policy), tmp_path, "vllm")
+        policy = server_policy(server.url, "bundled-tool", "vllm", tool_policy, **SERVED)
+        served = run_calculator(policy, tmp_path, "vllm")
     check(local_episodes, served)
     sampled = [node for ep in served for node in ep.nodes if node.kind != "observation" and node.parent is not None]
     assert all(node.token_ids for node in sampled)  # vLLM takes and returns ids: the record stays token-exact

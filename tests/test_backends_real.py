@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-from config_run import run_episodes
+from config_run import run_episodes, server_policy
 from hf_serve import transformers_serve
 from vllm_support import VLLM_PYTHON, vllm_server
 
@@ -82,19 +82,6 @@ def check(episodes: list[Any]) -> None:
     texts = [[node.text for node in ep.nodes] for ep in episodes]
     assert answered > TASKS // 2, texts
     assert ended > TASKS // 2, texts
-
-
-def server_policy(base_url: str, model: str, server: str, tokenizer: Path) -> dict[str, Any]:
-    return {
-        "kind": "openai",
-        "base_url": base_url,
-        "model": model,
-        "server": server,
-        "mode": "completion",
-        "tokenizer": str(tokenizer),
-        "timeout": 600,
-        "wait_ready": 30,
-    }
 
 
 def test_chain_of_thought_through_transformers_serve(smollm2: Path, tmp_path: Path) -> None:
